@@ -1,0 +1,24 @@
+"""Membership inference attacks: one module per family, one shared interface.
+
+Every attack is ``fit(ReferenceSignals) -> score(target logits [N, Q, C]) -> float32 [N]``,
+higher = more likely member, and is built from ``configs/attack/<name>.yaml`` by
+``hydra.utils.instantiate``.
+"""
+from mia_torch.attacks.base import Attack, ReferenceSignals, balanced_accuracy_threshold, roc_auc
+from mia_torch.attacks.lira import LiRA
+from mia_torch.attacks.population import PopulationAttack
+from mia_torch.attacks.rmia import RMIA
+from mia_torch.attacks.shokri import ShokriAttack
+from mia_torch.attacks.threshold import ThresholdAttack
+
+__all__ = [
+    "Attack",
+    "ReferenceSignals",
+    "ThresholdAttack",
+    "PopulationAttack",
+    "ShokriAttack",
+    "LiRA",
+    "RMIA",
+    "balanced_accuracy_threshold",
+    "roc_auc",
+]

@@ -1,0 +1,15 @@
+"""Stage 5 outputs: ``results.json``, TensorBoard, ROC plots, summary table, per-record CSV.
+
+Submodules are imported on use (``from mia_torch.report import plots``) so that reading
+or writing JSON does not pull in matplotlib or TensorBoard.
+"""
+import importlib
+from typing import Any
+
+__all__ = ["plots", "records", "results", "table", "tensorboard"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

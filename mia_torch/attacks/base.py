@@ -1,0 +1,222 @@
+"""The shared attack interface and small helpers used by every attack family.
+
+An attack is fitted on the signals of reference (shadow) models, whose training sets
+are known through their keep rows, and then scores a target model's signals: one float
+per example, higher = more likely a member. Attacks never see the target's membership
+and never compute metrics.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+__all__ = [
+    "ReferenceSignals",
+    "Attack",
+    "balanced_accuracy_threshold",
+    "roc_auc",
+    "check_choice",
+    "check_number",
+    "check_target",
+]
+
+
+@dataclass(frozen=True)
+class ReferenceSignals:
+    """Signals of R reference models on the N attacked examples.
+
+    ``logits`` is float ``[R, N, Q, C]`` (R models, N examples, Q augmentation queries,
+    C classes; a 3-d ``[R, N, C]`` tensor is read as Q = 1), ``keep`` is bool ``[R, N]``
+    with ``keep[r, n]`` true when example n was in reference model r's training set, and
+    ``labels`` is int64 ``[N]``. Shapes are checked on construction; all three tensors
+    should live on the same device.
+    """
+
+    logits: torch.Tensor
+    keep: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        logits = self.logits
+        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+            raise TypeError("ReferenceSignals.logits must be a floating-point tensor")
+        if logits.dim() == 3:
+            logits = logits.unsqueeze(2)
+        if logits.dim() != 4:
+            raise ValueError(
+                f"ReferenceSignals.logits must be [R, N, Q, C], got shape {tuple(self.logits.shape)}"
+            )
+        keep = torch.as_tensor(self.keep, device=logits.device)
+        if keep.dtype != torch.bool:
+            if keep.is_floating_point() or not bool(((keep == 0) | (keep == 1)).all()):
+                raise ValueError("ReferenceSignals.keep must be boolean (or 0/1 integers)")
+            keep = keep.bool()
+        labels = torch.as_tensor(self.labels, device=logits.device)
+        if labels.is_floating_point():
+            raise TypeError("ReferenceSignals.labels must be integers")
+        labels = labels.long()
+        r, n = logits.shape[:2]
+        if tuple(keep.shape) != (r, n):
+            raise ValueError(f"ReferenceSignals.keep must be [R, N] = [{r}, {n}], got {tuple(keep.shape)}")
+        if tuple(labels.shape) != (n,):
+            raise ValueError(f"ReferenceSignals.labels must be [N] = [{n}], got {tuple(labels.shape)}")
+        object.__setattr__(self, "logits", logits)
+        object.__setattr__(self, "keep", keep)
+        object.__setattr__(self, "labels", labels)
+
+    @property
+    def num_models(self) -> int:
+        """R, the number of reference models."""
+        return int(self.logits.shape[0])
+
+    @property
+    def num_examples(self) -> int:
+        """N, the number of examples."""
+        return int(self.logits.shape[1])
+
+    def statistic(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Apply a per-example statistic ``fn(logits, labels)`` to every model and query: float32 ``[R, N, Q]``."""
+        return fn(self.logits, self.labels[None, :, None])
+
+
+class Attack(ABC):
+    """``fit(reference signals) -> score(target logits)``.
+
+    Scores are one float32 per example, higher = more likely member, on the device of the
+    target logits. ``threshold`` is an optional decision threshold on the score scale
+    (predict member when ``score >= threshold``), calibrated on reference models only;
+    ``None`` when the attack has none. ``requires_references`` says whether ``fit``
+    needs at least one reference model.
+    """
+
+    requires_references: bool = False
+    threshold: float | None = None
+
+    def fit(self, ref: ReferenceSignals) -> "Attack":
+        """Fit the attack on reference signals; the default does nothing and returns ``self``."""
+        return self
+
+    @abstractmethod
+    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Score the target model's logits ``[N, Q, C]``: float32 ``[N]``, higher = member."""
+
+    def _check_references(self, ref: ReferenceSignals | None) -> ReferenceSignals | None:
+        if ref is None:
+            if self.requires_references:
+                raise ValueError(f"{type(self).__name__} needs reference models (ref is None)")
+            return None
+        if not isinstance(ref, ReferenceSignals):
+            raise TypeError("fit expects a ReferenceSignals instance")
+        if self.requires_references and ref.num_models < 1:
+            raise ValueError(f"{type(self).__name__} needs at least one reference model, got R = 0")
+        return ref
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items()) if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Raise ``ValueError`` naming ``name`` and the allowed values unless ``value`` is one of them."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> Any:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a finite number in the given range."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    lo_ok = low is None or (value > low if low_open else value >= low)
+    hi_ok = high is None or (value < high if high_open else value <= high)
+    if not (lo_ok and hi_ok):
+        lo = "-inf" if low is None else f"{low}"
+        hi = "inf" if high is None else f"{high}"
+        bracket = ("(" if low_open or low is None else "[") + f"{lo}, {hi}" + (")" if high_open or high is None else "]")
+        raise ValueError(f"{name} must be in {bracket}, got {value!r}")
+    return value
+
+
+def check_target(logits: torch.Tensor, labels: torch.Tensor, num_examples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate target inputs; returns logits ``[N, Q, C]`` (a 2-d ``[N, C]`` input gets Q = 1) and int64 labels ``[N]``."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError("logits must be a floating-point tensor [N, Q, C]")
+    if logits.dim() == 2:
+        logits = logits.unsqueeze(1)
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be [N, Q, C], got shape {tuple(logits.shape)}")
+    labels = torch.as_tensor(labels, device=logits.device)
+    if labels.is_floating_point():
+        raise TypeError("labels must be integers")
+    labels = labels.long()
+    if tuple(labels.shape) != (logits.shape[0],):
+        raise ValueError(f"labels must be [N] = [{logits.shape[0]}], got {tuple(labels.shape)}")
+    if num_examples is not None and logits.shape[0] != num_examples:
+        raise ValueError(
+            f"the attack was fitted on N = {num_examples} examples but the target logits have N = {logits.shape[0]}"
+        )
+    return logits, labels
+
+
+def balanced_accuracy_threshold(scores: torch.Tensor, member: torch.Tensor) -> float | None:
+    """Score threshold maximizing balanced accuracy of the rule ``score >= threshold``.
+
+    ``scores`` and boolean ``member`` have the same shape (any); non-finite scores are
+    ignored. The threshold is one of the observed scores (the lowest score predicted
+    member). Returns ``None`` when there are no members or no non-members.
+    """
+    s = scores.reshape(-1).double()
+    m = member.reshape(-1).to(device=s.device, dtype=torch.bool)
+    ok = torch.isfinite(s)
+    s, m = s[ok], m[ok]
+    n_pos = int(m.sum())
+    n_neg = int(m.numel() - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return None
+    s_sorted, order = torch.sort(s, descending=True, stable=True)
+    m_sorted = m[order]
+    tp = torch.cumsum(m_sorted.double(), 0)
+    fp = torch.cumsum((~m_sorted).double(), 0)
+    bal = 0.5 * (tp / n_pos + 1.0 - fp / n_neg)
+    # A cut is only realisable after the last element of a group of tied scores.
+    last = torch.ones_like(m_sorted)
+    last[:-1] = s_sorted[:-1] != s_sorted[1:]
+    bal = torch.where(last, bal, torch.full_like(bal, -1.0))
+    return float(s_sorted[int(torch.argmax(bal))])
+
+
+def roc_auc(scores: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """Area under the ROC curve along the last dimension (Mann-Whitney, ties count 1/2).
+
+    ``scores`` ``[..., n]`` and boolean ``member`` of the same shape; returns float64
+    ``[...]``. Rows without members or without non-members get 0.5. Used for
+    calibration on reference models; reporting uses scikit-learn.
+    """
+    s = scores.double()
+    m = member.to(device=s.device, dtype=torch.bool).broadcast_to(s.shape)
+    sorted_s = torch.sort(s, dim=-1).values
+    lo = torch.searchsorted(sorted_s, s, side="left").double()
+    hi = torch.searchsorted(sorted_s, s, side="right").double()
+    rank = 0.5 * (lo + hi + 1.0)  # average 1-based rank of tied values
+    n_pos = m.double().sum(-1)
+    n_neg = (~m).double().sum(-1)
+    u = torch.where(m, rank, torch.zeros_like(rank)).sum(-1) - n_pos * (n_pos + 1.0) / 2.0
+    denom = n_pos * n_neg
+    return torch.where(denom > 0, u / denom.clamp(min=1.0), torch.full_like(u, 0.5))

@@ -1,0 +1,148 @@
+"""Batched augmentation on the tensor's own device, and deterministic query views.
+
+Training augmentation (:func:`random_crop_flip`) draws all its randomness from one
+``torch.Generator`` and runs as a handful of batched tensor ops, so it stays on the GPU
+with no host synchronisation. Query views (:func:`apply_query`) are the fixed
+transformations under which trained models are queried for membership signals.
+
+Query grammar (:data:`QUERY_NAMES`):
+
+- ``identity``: the image itself;
+- ``flip``: horizontal mirror (last axis reversed);
+- ``shift_<dx>_<dy>``: integer translation with zero fill, ``dx`` to the right and ``dy``
+  down (negative values move left / up): ``out[..., i, j] = x[..., i - dy, j - dx]``,
+  e.g. ``shift_1_0``, ``shift_-1_0``, ``shift_0_-2``;
+- ``flip_shift_<dx>_<dy>``: the flip first, then the shift.
+
+The values are in the space the images are stored in (normalised), so zero fill is the
+dataset mean, as a model sees padding.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["QUERY_NAMES", "apply_queries", "apply_query", "parse_queries", "random_crop_flip"]
+
+#: The forms a query name can take; ``<dx>``/``<dy>`` are integers (pixels, may be negative).
+QUERY_NAMES: tuple[str, ...] = ("identity", "flip", "shift_<dx>_<dy>", "flip_shift_<dx>_<dy>")
+
+_QUERY_RE = re.compile(r"^(?:(identity)|(flip)|(flip_)?shift_(-?\d+)_(-?\d+))$")
+
+
+def random_crop_flip(
+    x: Tensor,
+    *,
+    padding: int,
+    flip: bool,
+    generator: torch.Generator | None = None,
+    padding_mode: str = "reflect",
+) -> Tensor:
+    """Per-image random crop after padding and per-image random horizontal flip of ``[B, C, H, W]``.
+
+    Each image is padded by ``padding`` pixels on every side (``padding_mode="reflect"``
+    by default, as in LiRA and airbench; ``"zeros"`` pads with 0, i.e. the dataset mean
+    for normalised data) and an ``H x W`` window at a uniformly random offset in
+    ``[0, 2 * padding]`` is kept, i.e. the image is shifted by up to ``padding`` pixels each
+    way; then, with ``flip``, each image is mirrored with probability 1/2. All randomness
+    comes from ``generator``, which must live on ``x.device`` (``None``: the default
+    generator of that device). ``padding=0, flip=False`` returns ``x`` itself.
+    """
+    if padding < 0:
+        raise ValueError(f"crop padding must be >= 0, got {padding}")
+    if padding == 0 and not flip:
+        return x
+    if x.ndim != 4:
+        raise ValueError(f"random_crop_flip expects [B, C, H, W] images, got shape {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    if padding > 0:
+        mode = {"reflect": "reflect", "zeros": "constant"}.get(padding_mode)
+        if mode is None:
+            raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
+        if mode == "reflect" and padding >= min(h, w):
+            mode = "replicate"  # reflect needs padding < image size; tiny images fall back
+        padded = F.pad(x, (padding,) * 4, mode=mode)
+        offsets = torch.randint(0, 2 * padding + 1, (b, 2), device=x.device, generator=generator)
+        rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+        cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
+        out = padded.gather(2, rows.expand(b, c, h, w + 2 * padding))
+        out = out.gather(3, cols.expand(b, c, h, w))
+    else:
+        out = x
+    if flip:
+        mask = torch.rand(b, device=x.device, generator=generator) < 0.5
+        out = torch.where(mask.view(b, 1, 1, 1), out.flip(-1), out)
+    return out
+
+
+def _parse(name: str) -> tuple[bool, int, int]:
+    """``(flip, dx, dy)`` of a query name; raises ``ValueError`` for anything else."""
+    m = _QUERY_RE.match(name.strip()) if isinstance(name, str) else None
+    if m is None:
+        raise ValueError(
+            f"invalid query {name!r} in config key `queries`; valid forms: {', '.join(QUERY_NAMES)} "
+            f"with integer pixel shifts, e.g. identity, flip, shift_1_0, shift_-1_0, flip_shift_0_1"
+        )
+    if m.group(1):
+        return False, 0, 0
+    if m.group(2):
+        return True, 0, 0
+    return bool(m.group(3)), int(m.group(4)), int(m.group(5))
+
+
+def _canonical(flip: bool, dx: int, dy: int) -> str:
+    if dx == 0 and dy == 0:
+        return "flip" if flip else "identity"
+    return f"{'flip_' if flip else ''}shift_{dx}_{dy}"
+
+
+def parse_queries(names: Sequence[str]) -> list[str]:
+    """Validate query names (config key ``queries``) and return them in canonical spelling.
+
+    Raises ``ValueError`` for an empty list, a name outside :data:`QUERY_NAMES`, or two
+    names for the same view (``shift_0_0`` is ``identity``, ``flip_shift_0_0`` is ``flip``,
+    ``shift_01_0`` is ``shift_1_0``). Order is kept: it is the query axis of the signals.
+    """
+    if isinstance(names, str):
+        raise ValueError(f"config key `queries` must be a list of query names, got the string {names!r}")
+    out: list[str] = []
+    for name in names:
+        canon = _canonical(*_parse(name))
+        if canon in out:
+            raise ValueError(f"config key `queries` lists the view {canon!r} twice ({name!r})")
+        out.append(canon)
+    if not out:
+        raise ValueError(f"config key `queries` is empty; give at least one of: {', '.join(QUERY_NAMES)}")
+    return out
+
+
+def _shift(x: Tensor, dx: int, dy: int) -> Tensor:
+    """Translate the last two axes by ``dx`` (right) and ``dy`` (down), zero fill."""
+    if dx == 0 and dy == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
+    top, left = max(-dy, 0), max(-dx, 0)
+    return padded[..., top : top + h, left : left + w]
+
+
+def apply_query(x: Tensor, name: str) -> Tensor:
+    """The deterministic view ``name`` (see :data:`QUERY_NAMES`) of images ``[..., H, W]``.
+
+    ``identity`` returns ``x`` itself; other views return new tensors of the same shape,
+    dtype and device. Shifts fill with zeros (the mean of normalised data); a shift of
+    at least the image size gives all zeros.
+    """
+    flip, dx, dy = _parse(name)
+    out = x.flip(-1) if flip else x
+    return _shift(out, dx, dy)
+
+
+def apply_queries(x: Tensor, names: Sequence[str]) -> Tensor:
+    """All views of ``x`` stacked on a new leading axis: ``[len(names), *x.shape]``."""
+    return torch.stack([apply_query(x, n) for n in names])

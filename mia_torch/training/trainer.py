@@ -1,0 +1,141 @@
+"""Train one model on a subset of a device-resident dataset.
+
+The whole dataset stays on the compute device; batches are index gathers, augmentation
+runs on the device, and running loss/accuracy are accumulated as device tensors, so
+the step loop never waits on the host. On CUDA the forward pass runs under bf16
+autocast with channels_last memory and a fused optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mia_torch.data.augment import random_crop_flip
+from mia_torch.training.config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    """Metrics of a trained model; the model itself is trained in place."""
+
+    metrics: dict[str, float | list[float]] = field(default_factory=dict)
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int):
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule in ("linear", "onecycle"):
+            return max(0.0, 1 - progress)
+        if cfg.schedule == "step":
+            return 0.1 ** int(progress * 3)
+        return 1.0
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or Adam; fused kernels on CUDA."""
+    extra = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+            **extra,
+        )
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 2048) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)`` (one host sync at the end)."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        with _autocast(x.device):
+            out = model(xb).float()
+        loss_sum += F.cross_entropy(out, yb, reduction="sum")
+        correct += (out.argmax(1) == yb).sum()
+    return (loss_sum / len(y)).item(), (correct / len(y)).item()
+
+
+def train_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    member_idx: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``x[member_idx]`` and return its train/test metrics.
+
+    Data order and augmentation come from a generator seeded with ``seed``; batches are
+    near-equal splits of each epoch's permutation, so no batch is tiny.
+    """
+    device = x.device
+    if len(member_idx) == 0:
+        raise ValueError("a model has no training examples: the population is too small for the split")
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if cfg.compile else model
+    generator = torch.Generator(device=device).manual_seed(seed)
+    member_idx = member_idx.to(device)
+    num_batches = max(1, round(len(member_idx) / cfg.batch_size))
+    optimizer = make_optimizer(model, cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.epochs * num_batches, num_batches))
+    epoch_loss, epoch_acc = [], []
+    model.train()
+    for _ in range(cfg.epochs):
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        order = member_idx[torch.randperm(len(member_idx), generator=generator, device=device)]
+        for batch in torch.tensor_split(order, num_batches):
+            xb = random_crop_flip(x[batch], padding=cfg.crop_padding, flip=cfg.flip, generator=generator)
+            yb = y[batch]
+            with _autocast(device):
+                out = step_model(xb)
+                loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(batch)
+            correct += (out.detach().argmax(1) == yb).sum()
+        epoch_loss.append(loss_sum / len(member_idx))
+        epoch_acc.append(correct / len(member_idx))
+    train_loss, train_acc = evaluate(model, x[member_idx], y[member_idx], batch_size=cfg.eval_batch_size)
+    metrics: dict[str, float | list[float]] = {
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "epoch_train_loss": torch.stack(epoch_loss).tolist(),
+        "epoch_train_acc": torch.stack(epoch_acc).tolist(),
+    }
+    if x_test is not None and y_test is not None:
+        metrics["test_loss"], metrics["test_acc"] = evaluate(model, x_test, y_test, batch_size=cfg.eval_batch_size)
+    model.eval()
+    return TrainResult(metrics=metrics)

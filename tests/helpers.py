@@ -1,0 +1,40 @@
+"""Shared test utilities: compose the project's Hydra config and run the pipeline in a temp dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mia_torch.configs import register_configs
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+
+# A small, fast experiment on the synthetic dataset (seconds on a laptop CPU).
+TINY = [
+    "dataset=synthetic",
+    "dataset.num_examples=400",
+    "dataset.num_test=100",
+    "model=mlp",
+    "num_models=4",
+    "train.epochs=4",
+    "bootstrap=20",
+    "progress=false",
+]
+
+
+def make_config(tmp_path: Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``configs/config.yaml`` with ``overrides`` and a private store."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"store_dir={tmp_path / 'store'}", *overrides])
+
+
+def run_experiment(tmp_path: Path, overrides: Sequence[str] = (), name: str = "run") -> dict[str, Any]:
+    """Run the pipeline with ``overrides`` into ``tmp_path/name``; returns the results dict."""
+    from mia_torch.pipeline import run
+
+    return run(make_config(tmp_path, overrides), run_dir=tmp_path / name)

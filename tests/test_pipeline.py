@@ -1,0 +1,117 @@
+"""End-to-end runs of the five stages on small data."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hydra.errors import HydraException
+
+from helpers import REPO, TINY, make_config, run_experiment
+from mia_torch.evaluation import load_scores
+from mia_torch.metrics import membership_metrics
+
+
+def test_tiny_end_to_end_run_writes_every_artifact(tmp_path):
+    results = run_experiment(tmp_path, [*TINY, "attack=[loss,shokri,lira_online,rmia]"])
+    run_dir = tmp_path / "run"
+    for name in ("results.json", "roc.png", "keep.npy", "signals.npy", "labels.npy", "scores.npz",
+                 "records_target0.csv"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert set(saved["attacks"]) == {"loss", "shokri", "lira_online", "rmia"}
+    assert saved["config"]["num_models"] == 4
+    assert 0 <= saved["targets"]["0"]["test_acc"] <= 1
+    signals = np.load(run_dir / "signals.npy")
+    assert signals.shape == (4, 400, 2, saved["dataset"]["num_classes"])
+    # The saved scores reproduce the reported metrics.
+    keep = np.load(run_dir / "keep.npy")
+    scores = load_scores(run_dir / "scores.npz")
+    recomputed = membership_metrics(scores["loss"][0], keep[0])
+    assert recomputed["auc"] == pytest.approx(saved["attacks"]["loss"]["per_target"][0]["auc"])
+    assert results["trained_models"] == [0, 1, 2, 3]
+
+
+def test_overfit_target_leaks_and_untrained_target_does_not(tmp_path):
+    results = run_experiment(tmp_path, [*TINY, "train.epochs=30", "dataset.noise=2.0",
+                                        "attack=[loss,lira_online]", "bootstrap=50"])
+    target = results["targets"]["0"]
+    assert target["train_acc"] > target["test_acc"] + 0.1  # overfit: a leaky target
+    for name in ("loss", "lira_online"):
+        entry = results["attacks"][name]
+        assert entry["pooled"]["auc"] > 0.6, name
+        assert abs(entry["sanity"]["auc"] - 0.5) < 0.1, name
+
+
+def test_several_targets_are_aggregated(tmp_path):
+    results = run_experiment(tmp_path, [*TINY, "target_ids=[0,1,2]", "attack=[loss]"])
+    entry = results["attacks"]["loss"]
+    assert [row["target"] for row in entry["per_target"]] == [0, 1, 2]
+    aucs = [row["auc"] for row in entry["per_target"]]
+    assert entry["mean"]["auc"]["mean"] == pytest.approx(np.mean(aucs))
+    assert entry["pooled"]["num_members"] == sum(r["num_members"] for r in entry["per_target"])
+
+
+def test_disjoint_threat_model_evaluates_on_the_target_half(tmp_path):
+    results = run_experiment(tmp_path, [*TINY, "threat_model=disjoint", "num_models=5",
+                                        "attack=[shokri,lira_offline]"])
+    row = results["attacks"]["shokri"]["per_target"][0]
+    assert row["num_members"] + row["num_nonmembers"] == 200
+
+
+def test_rerun_reuses_models_and_signals(tmp_path):
+    first = run_experiment(tmp_path, [*TINY, "attack=[loss]"], name="a")
+    second = run_experiment(tmp_path, [*TINY, "attack=[loss,confidence]"], name="b")
+    assert first["trained_models"] == [0, 1, 2, 3]
+    assert second["trained_models"] == []
+    assert first["attacks"]["loss"]["pooled"]["auc"] == second["attacks"]["loss"]["pooled"]["auc"]
+
+
+def test_mnist_from_torchvision_files(tmp_path):
+    from fixtures_torchvision import write_mnist
+
+    write_mnist(tmp_path / "data", num_train=300, num_test=60, seed=0)
+    results = run_experiment(tmp_path, [*TINY[3:], "dataset=mnist", f"data_dir={tmp_path / 'data'}",
+                                        "model=small_cnn", "model.width=8", "train.epochs=2", "attack=[loss]"])
+    assert results["dataset"] == {"name": "mnist", "population": 300, "test": 60, "num_classes": 10}
+
+
+def test_cli_missing_dataset_fails_fast_with_clear_message(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "run.py"), "dataset=mnist", f"data_dir={tmp_path / 'nowhere'}",
+         f"store_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    err = proc.stderr + proc.stdout
+    assert str(tmp_path / "nowhere") in err and "download=true" in err
+    assert not (tmp_path / "store" / "models").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.optimizer=rmsprop", "train.optimizer"),
+        ("num_models=1", "num_models"),
+        ("target_ids=[7]", "target_ids"),
+        ("threat_model=both", "threat_model"),
+        ("queries=[identity,rotate]", "queries"),
+        ("device=tpu", "device"),
+        ("signals_dtype=int8", "signals_dtype"),
+    ],
+)
+def test_invalid_values_fail_before_training_naming_the_key(tmp_path, override, key):
+    with pytest.raises(ValueError, match=key):
+        run_experiment(tmp_path, [*TINY, override])
+    assert not (tmp_path / "store" / "models").exists()
+
+
+def test_unknown_group_option_and_bad_type_are_rejected_by_name(tmp_path):
+    with pytest.raises(HydraException, match="attack"):
+        make_config(tmp_path, ["attack=[loss,nonexistent]"])
+    with pytest.raises(Exception, match="train.epochs"):
+        make_config(tmp_path, ["train.epochs=many"])
+    with pytest.raises(Exception, match="num_modles"):
+        make_config(tmp_path, ["num_modles=3"])
