@@ -35,14 +35,14 @@ def test_tiny_end_to_end_run_writes_every_artifact(tmp_path):
 
 
 def test_overfit_target_leaks_and_untrained_target_does_not(tmp_path):
-    results = run_experiment(tmp_path, [*TINY, "train.epochs=30", "dataset.noise=2.0",
-                                        "attack=[loss,lira_online]", "bootstrap=50"])
+    results = run_experiment(tmp_path, [*TINY, "train.epochs=30", "dataset.label_noise=0.3",
+                                        "attack=[loss,lira_online]", "bootstrap=50", "target_ids=[0,2]"])
     target = results["targets"]["0"]
-    assert target["train_acc"] > target["test_acc"] + 0.1  # overfit: a leaky target
+    assert target["train_acc"] > 0.9  # memorised its labels, 30% of which are random: a leaky target
     for name in ("loss", "lira_online"):
         entry = results["attacks"][name]
         assert entry["pooled"]["auc"] > 0.6, name
-        assert abs(entry["sanity"]["auc"] - 0.5) < 0.1, name
+        assert abs(entry["sanity"]["auc"] - 0.5) < 0.08, name
 
 
 def test_several_targets_are_aggregated(tmp_path):

@@ -211,12 +211,20 @@ def roc_auc(scores: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
     """
     s = scores.double()
     m = member.to(device=s.device, dtype=torch.bool).broadcast_to(s.shape)
-    sorted_s = torch.sort(s, dim=-1).values
-    lo = torch.searchsorted(sorted_s, s, side="left").double()
-    hi = torch.searchsorted(sorted_s, s, side="right").double()
-    rank = 0.5 * (lo + hi + 1.0)  # average 1-based rank of tied values
+    n = s.shape[-1]
+    sorted_s, order = torch.sort(s, dim=-1)
+    m_sorted = m.gather(-1, order)
+    # Average 1-based rank of each group of tied scores: (first + last position) / 2 + 1.
+    pos = torch.arange(n, device=s.device).expand(s.shape)
+    new = torch.ones_like(m_sorted)
+    new[..., 1:] = sorted_s[..., 1:] != sorted_s[..., :-1]
+    last = torch.ones_like(m_sorted)
+    last[..., :-1] = new[..., 1:]
+    first_pos = torch.where(new, pos, torch.zeros_like(pos)).cummax(-1).values
+    last_pos = torch.where(last, pos, torch.full_like(pos, n - 1)).flip(-1).cummin(-1).values.flip(-1)
+    rank = 0.5 * (first_pos + last_pos).double() + 1.0
     n_pos = m.double().sum(-1)
     n_neg = (~m).double().sum(-1)
-    u = torch.where(m, rank, torch.zeros_like(rank)).sum(-1) - n_pos * (n_pos + 1.0) / 2.0
+    u = torch.where(m_sorted, rank, torch.zeros_like(rank)).sum(-1) - n_pos * (n_pos + 1.0) / 2.0
     denom = n_pos * n_neg
     return torch.where(denom > 0, u / denom.clamp(min=1.0), torch.full_like(u, 0.5))

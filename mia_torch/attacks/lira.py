@@ -27,7 +27,9 @@ Missing references are handled without NaNs:
 
 ``fit`` also calibrates ``threshold`` (max balanced accuracy) by leave-one-out: each
 reference model in turn plays the target against the Gaussians of the others, all folds
-computed at once in closed form (needs R >= 2; otherwise ``threshold`` is ``None``).
+computed in closed form from the full statistics (needs R >= 2; otherwise ``threshold``
+is ``None``). Statistics and scores are computed in float64; scores are returned as
+float32.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ from mia_torch.signals.stats import logit_scaled_confidence
 __all__ = ["LiRA"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOO_CHUNK_ELEMENTS = 1 << 24
 
 
 def _sufficient(phi: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -168,7 +171,7 @@ class LiRA(Attack):
     def fit(self, ref: ReferenceSignals) -> "LiRA":
         """Fit per-example Gaussians on reference phi; optionally calibrate ``threshold`` by leave-one-out."""
         ref = self._check_references(ref)
-        phi = ref.statistic(logit_scaled_confidence)  # [R, N, Q]
+        phi = ref.statistic(logit_scaled_confidence).double()  # [R, N, Q]
         keep = ref.keep
         stats_in = _sufficient(phi, keep)
         stats_out = _sufficient(phi, ~keep)
@@ -192,24 +195,33 @@ class LiRA(Attack):
 
     def _reference_scores(self, phi: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         per_example = self.variance == "per_example"
-        loo_in = _leave_one_out(phi, keep, *_sufficient(phi, keep))
-        loo_out = _leave_one_out(phi, ~keep, *_sufficient(phi, ~keep))
-        params = _gaussians(*loo_in, *loo_out, per_example=per_example, min_std=self.min_std)
-        return _lira_score(phi, params, self._score_online).to(torch.float32)
+        full_in, full_out = _sufficient(phi, keep), _sufficient(phi, ~keep)
+        r, n, q = phi.shape
+        # Folds are independent given the full statistics: process them in chunks so the
+        # float64 temporaries stay bounded (about _LOO_CHUNK_ELEMENTS per tensor).
+        step = max(1, _LOO_CHUNK_ELEMENTS // max(1, n * q))
+        out = []
+        for start in range(0, r, step):
+            sl = slice(start, min(r, start + step))
+            loo_in = _leave_one_out(phi[sl], keep[sl], *full_in)
+            loo_out = _leave_one_out(phi[sl], ~keep[sl], *full_out)
+            params = _gaussians(*loo_in, *loo_out, per_example=per_example, min_std=self.min_std)
+            out.append(_lira_score(phi[sl], params, self._score_online))
+        return torch.cat(out).to(torch.float32)
 
     def reference_scores(self, ref: ReferenceSignals) -> torch.Tensor:
         """Leave-one-out scores float32 ``[R, N]``: each reference model scored as the target
         against Gaussians fitted on the other R - 1 (closed form, all folds at once)."""
         if ref.num_models < 2:
             raise ValueError("reference_scores needs at least two reference models")
-        return self._reference_scores(ref.statistic(logit_scaled_confidence), ref.keep)
+        return self._reference_scores(ref.statistic(logit_scaled_confidence).double(), ref.keep)
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Target scores, float32 ``[N]``, higher = member."""
         if self._params is None:
             raise RuntimeError("LiRA.score called before fit")
         logits, labels = check_target(logits, labels, self._num_examples)
-        phi = logit_scaled_confidence(logits, labels[:, None])  # [N, Q]
+        phi = logit_scaled_confidence(logits, labels[:, None]).double()  # [N, Q]
         params = {k: v.to(phi.device) for k, v in self._params.items()}
         if phi.shape[-1] != params["mu_in"].shape[-1]:
             raise ValueError(

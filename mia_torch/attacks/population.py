@@ -46,12 +46,14 @@ class PopulationAttack(ThresholdAttack):
         if self.calibration == "balanced_accuracy":
             self.threshold = balanced_accuracy_threshold(scores, ref.keep)
             return self
-        out = scores[~ref.keep].double()
+        out = scores[~ref.keep]
         out = out[torch.isfinite(out)]
         if out.numel() == 0:
             return self
         desc = torch.sort(out, descending=True).values
         k = int(math.floor(self.fpr * out.numel()))
-        # Smallest float above the (k+1)-th largest OUT score: at most k OUT scores reach it.
-        self.threshold = math.nextafter(float(desc[k]), math.inf)
+        # Smallest float32 above the (k+1)-th largest OUT score (scores are float32, so the
+        # threshold must be representable there): at most k OUT scores reach it.
+        kth = desc[k : k + 1]
+        self.threshold = float(torch.nextafter(kth, torch.full_like(kth, math.inf)))
         return self

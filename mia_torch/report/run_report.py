@@ -91,6 +91,6 @@ def print_summary(results: Mapping[str, Any], run_dir: Path) -> None:
     failed = [n for n, e in results["attacks"].items() if "sanity" in e and not e["sanity"]["chance_in_ci"]]
     if any("sanity" in e for e in results["attacks"].values()):
         lines.append("sanity (untrained target, AUC should be 0.5): "
-                     + ("ok" if not failed else f"CHANCE OUTSIDE INTERVAL for {', '.join(failed)}"))
+                     + ("ok" if not failed else f"0.5 OUTSIDE THE 99% INTERVAL for {', '.join(failed)}"))
     lines.append(f"outputs: {run_dir} (results.json, roc.png, tensorboard/)")
     print("\n".join(lines), flush=True)

@@ -86,7 +86,9 @@ def _apply(
 
 
 def _log_softmax_true(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return z.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
+    # Shifting by z_y first keeps the result accurate to its own magnitude even when the
+    # logits are large (logsumexp(z) - z_y would lose digits to the rounding of 1e4).
+    return -torch.logsumexp(z - z.gather(-1, y[:, None]), dim=-1)
 
 
 def _cross_entropy(z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -113,8 +115,9 @@ def _log1m_softmax(z: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     p = logp.exp()
     out = torch.log1p(-p)
     top = z.argmax(dim=-1, keepdim=True)
-    masked = z.scatter(-1, top, float("-inf"))
-    top_val = torch.logsumexp(masked, dim=-1, keepdim=True) - torch.logsumexp(z, dim=-1, keepdim=True)
+    shifted = z - z.gather(-1, top)
+    masked = shifted.scatter(-1, top, float("-inf"))
+    top_val = torch.logsumexp(masked, dim=-1, keepdim=True) - torch.logsumexp(shifted, dim=-1, keepdim=True)
     return out.scatter(-1, top, top_val)
 
 
@@ -129,13 +132,15 @@ def _modified_entropy(z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
 
 
 def _phi(z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    z_true = z.gather(-1, y[:, None]).squeeze(-1)
-    others = z.scatter(-1, y[:, None], float("-inf"))
-    return z_true - torch.logsumexp(others, dim=-1)
+    # z_y - logsumexp_{y' != y} z_y' = -logsumexp_{y' != y} (z_y' - z_y): the true class is
+    # masked to -inf; the shift by z_y keeps full relative accuracy for large logits.
+    shifted = z - z.gather(-1, y[:, None])
+    others = shifted.scatter(-1, y[:, None], float("-inf"))
+    return -torch.logsumexp(others, dim=-1)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-element cross-entropy loss ``-log p_y``, computed as ``logsumexp(z) - z_y``.
+    """Per-element cross-entropy loss ``-log p_y``, computed as ``logsumexp(z - z_y)``.
 
     Returns a float32 tensor of shape ``logits.shape[:-1]``; lower values are typical of
     training members (the Yeom et al. loss attack thresholds it).
@@ -171,8 +176,8 @@ def modified_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 def logit_scaled_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Logit-scaled confidence ``phi = log p_y - log sum_{y' != y} p_{y'}`` (LiRA's statistic).
 
-    Computed exactly as ``z_y - logsumexp_{y' != y} z_{y'}`` by masking the true class to
-    ``-inf``; it never takes the log of a softmax, so it is finite and exact even when
+    Computed exactly as ``z_y - logsumexp_{y' != y} z_{y'}`` (evaluated as
+    ``-logsumexp_{y' != y}(z_{y'} - z_y)``) by masking the true class to ``-inf``; it never takes the log of a softmax, so it is finite and exact even when
     ``p_y`` rounds to 0 or 1 (for two classes it equals ``z_y - z_other``). Needs at least
     two classes. Returns float32, higher = more member-like.
     """
