@@ -19,8 +19,9 @@ log ratios once and binary-searching every x (``torch.searchsorted``), O(N log N
 and O(N) memory, with no pairwise x-by-z matrix. Because the population is fixed, the
 score is a non-decreasing function of ratio(x).
 
-Defaults follow the paper and its authors' reference configuration: gamma = 2 offline
-and 1 online, offline ``a`` calibrated when ``a`` is None. Calibration picks a from the
+Defaults: gamma = 2 offline, as in the paper's offline setting, and gamma = 1 online
+(the plain ratio comparison); with a fixed population gamma shifts which samples count,
+not the order of the scores. Offline, ``a`` is calibrated when it is None. Calibration picks a from the
 grid {0, 0.1, ..., 1} maximizing the AUC (of the ratio, which orders examples as the
 score does) when each reference model in turn plays the target against the others,
 averaged over the R folds; with one reference model it falls back to a = 0.33.
@@ -92,8 +93,8 @@ class RMIA(Attack):
             ``a`` correction (False, default: the paper's few-reference setting).
         a: offline interpolation parameter in [0, 1], or None to calibrate it on the
             reference models (ignored online).
-        gamma: likelihood-ratio threshold > 0 of the pairwise test; None = 2 offline,
-            1 online (the paper's choices).
+        gamma: likelihood-ratio threshold > 0 of the pairwise test; None = 2 offline
+            (the paper's offline setting), 1 online.
         num_population: number of population samples z drawn from the N examples
             (default 5000; all of them if fewer or None). Larger values refine the
             score resolution at low FPR at O(N log N) cost.

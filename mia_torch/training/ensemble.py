@@ -246,6 +246,7 @@ def _train_vmap(
     counts_dev = torch.tensor(counts, device=device, dtype=torch.float32)
     c, h, w = x.shape[1:]
     epoch_loss, epoch_acc = [], []
+    probing = True
     for _ in range(cfg.epochs):
         orders = torch.zeros((k_models, n_max), dtype=torch.long, device=device)
         for k, (m, gen) in enumerate(zip(members, generators)):
@@ -254,7 +255,7 @@ def _train_vmap(
         loss_sum = torch.zeros(k_models, device=device)
         correct = torch.zeros(k_models, device=device)
         for j in range(num_batches):
-            idx = batches[:, j]  # [K, B]
+            idx = batches[:, j].contiguous()  # [K, B]
             offsets, coins = _draws(generators, [row[j] for row in sizes_host], cfg, h, w, device)
             if offsets is not None:
                 offsets = offsets[src[:, j]].view(-1, 2)
@@ -262,18 +263,26 @@ def _train_vmap(
                 coins = coins[src[:, j]].view(-1)
             xb = _crop_flip(x[idx.view(-1)], cfg.crop_padding, offsets, coins).view(k_models, width, c, h, w)
             yb = y[idx]
-            with _autocast(device):
-                out = batched(params, buffers, xb)
-                per_example = F.cross_entropy(
-                    out.float().flatten(0, 1), yb.view(-1), reduction="none", label_smoothing=cfg.label_smoothing
-                ).view(k_models, width)
-                if padded:
-                    losses = (per_example * weight[:, j]).sum(1) / sizes_dev[:, j]
-                else:
-                    losses = per_example.mean(1)
-                loss = losses.sum()  # model k's gradient only depends on its own term
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                with _autocast(device):
+                    out = batched(params, buffers, xb)
+                    per_example = F.cross_entropy(
+                        out.float().flatten(0, 1), yb.view(-1), reduction="none", label_smoothing=cfg.label_smoothing
+                    ).view(k_models, width)
+                    if padded:
+                        losses = (per_example * weight[:, j]).sum(1) / sizes_dev[:, j]
+                    else:
+                        losses = per_example.mean(1)
+                    loss = losses.sum()  # model k's gradient only depends on its own term
+                loss.backward()
+            except (RuntimeError, NotImplementedError) as err:
+                if not probing:
+                    raise
+                # the first step shows whether the architecture runs under vmap (batching
+                # rules, memory for K models); the models are still untouched here
+                raise _VmapUnsupported(f"{type(err).__name__}: {err}") from err
+            probing = False
             optimizer.step()
             scheduler.step()
             hits = (out.detach().argmax(-1) == yb).float()
@@ -331,7 +340,7 @@ def train_models(
         model.to(device)
     try:
         epoch_loss, epoch_acc = _train_vmap(models, x, y, member_idx, cfg, seeds)
-    except (_VmapUnsupported, RuntimeError, NotImplementedError) as err:
+    except _VmapUnsupported as err:
         log.warning("training %d models one at a time: the vmap ensemble is not usable here (%s)", k_models, err)
         return loop()
     losses = torch.stack(epoch_loss, 1).tolist()  # one host sync for all models

@@ -1,0 +1,339 @@
+#!/usr/bin/env python
+"""Throughput of shadow-model training and signal collection: common research loop vs mia_torch.
+
+One run, one dataset and architecture, several ways to do the same work:
+
+training (``--epochs`` over ``--num-train`` images, SGD, batch ``--batch-size``):
+
+- ``naive``: the common research loop: a ``Dataset`` applying a per-item random crop and
+  flip (``torchvision.transforms.v2``) in a ``DataLoader`` (``--num-workers``), fp32,
+  ``loss.item()`` every step for logging;
+- ``train_model``: mia_torch's device-resident trainer (one model);
+- ``train_models[<strategy>]``: ``--num-models`` models at once (``--strategies``).
+
+signals (``--queries`` views of every training image):
+
+- ``naive``: ``DataLoader`` batches of 256, fp32, one query at a time, logits to the host;
+- ``collect_logits``: mia_torch's batched collection (all views in one forward pass);
+- ``collect_logits_many[<strategy>]``: ``--num-models`` models at once.
+
+Prints the machine, a side-by-side table (img/s, models/min, ratio to the naive loop)
+and writes the same numbers as JSON (``--out``). Synthetic data is generated here (class
+prototypes plus noise, so the models do learn something), or ``--dataset digits`` uses
+scikit-learn's bundled 8x8 digits.
+
+Example: ``.venv/bin/python scripts/bench.py --out bench.json`` (about 1-2 min on a
+2-core CPU); on a GPU: ``--dataset synthetic-cifar --model resnet18 --num-train 20000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mia_torch.data.augment import apply_query  # noqa: E402
+from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet  # noqa: E402
+from mia_torch.signals.collect import collect_logits  # noqa: E402
+from mia_torch.training.config import TrainConfig  # noqa: E402
+from mia_torch.training.ensemble import collect_logits_many, train_models  # noqa: E402
+from mia_torch.training.trainer import _lr_lambda, evaluate, train_model  # noqa: E402
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "cifar_cnn": FastCifarCNN,
+    "resnet18": ResNet18,
+    "wrn28_2": lambda **kw: WideResNet(depth=28, widen_factor=2, **kw),
+    "mlp": MLP,
+}
+DATASETS = {"synthetic-cifar": (3, 32, 32), "synthetic-mnist": (1, 28, 28), "digits": (1, 8, 8)}
+
+
+def make_data(name: str, num_train: int, num_test: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """``x, y, x_test, y_test`` (CPU float32, normalised), 10 classes."""
+    if name == "digits":
+        from mia_torch.data.datasets import load_dataset
+
+        data = load_dataset("digits", root=None, seed=seed)
+        x, y = data.x[:num_train], data.y[:num_train]
+        return x, y, data.x_test[:num_test], data.y_test[:num_test]
+    shape = DATASETS[name]
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn((10, *shape), generator=g)
+    n = num_train + num_test
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = prototypes[y] + 2.0 * torch.randn((n, *shape), generator=g)
+    x = (x - x.mean()) / x.std()
+    return x[:num_train], y[:num_train], x[num_train:], y[num_train:]
+
+
+class AugmentedTensors(torch.utils.data.Dataset):
+    """The usual research-code dataset: per-item tensor transforms on the host."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None) -> None:
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        img = self.x[i]
+        return (self.transform(img) if self.transform is not None else img), self.y[i]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def naive_train(model: nn.Module, x, y, cfg: TrainConfig, *, device, num_workers: int, seed: int) -> float:
+    """The reference loop; returns its wall time in seconds."""
+    from torchvision.transforms import v2
+
+    ops = []
+    if cfg.crop_padding > 0:
+        ops.append(v2.RandomCrop(x.shape[-2:], padding=cfg.crop_padding, padding_mode="reflect"))
+    if cfg.flip:
+        ops.append(v2.RandomHorizontalFlip())
+    dataset = AugmentedTensors(x, y, v2.Compose(ops) if ops else None)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+    )
+    model.to(device).train()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+    )
+    steps = len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.epochs * steps, steps))
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(cfg.epochs):
+        running = 0.0
+        for xb, yb in loader:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.item()  # the per-step host sync of typical logging code
+    sync(device)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def naive_signals(model: nn.Module, x, queries, *, device, num_workers: int) -> float:
+    """Reference signal collection: DataLoader, fp32, batch 256, one query at a time."""
+    loader = torch.utils.data.DataLoader(
+        AugmentedTensors(x, torch.zeros(len(x), dtype=torch.long)),
+        batch_size=256,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    model.to(device).eval()
+    sync(device)
+    start = time.perf_counter()
+    per_query = []
+    for q in queries:
+        chunks = []
+        for xb, _ in loader:
+            chunks.append(model(apply_query(xb.to(device), q)).cpu())
+        per_query.append(torch.cat(chunks))
+    torch.stack(per_query, 1)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def machine(device: torch.device) -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, object] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1min_at_start"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic-mnist")
+    p.add_argument("--num-train", type=int, default=4096)
+    p.add_argument("--num-test", type=int, default=1024)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--num-models", type=int, default=4, help="models trained / queried together")
+    p.add_argument("--strategies", default="auto", help="comma-separated train_models strategies: auto, vmap, loop")
+    p.add_argument("--queries", default="identity,flip,shift_1_0,shift_-1_0")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--num-workers", type=int, default=None, help="naive DataLoader workers (default 2 CPU / 8 CUDA)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--compile", action="store_true", help="torch.compile in mia_torch's trainer")
+    p.add_argument("--skip-naive", action="store_true", help="skip the reference loops")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    num_workers = args.num_workers if args.num_workers is not None else (8 if device.type == "cuda" else 2)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    queries = [q.strip() for q in args.queries.split(",") if q.strip()]
+    info = machine(device)
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+    x, y, x_test, y_test = make_data(args.dataset, args.num_train, args.num_test, args.seed)
+    shape = tuple(x.shape[1:])
+    padding = 4 if min(shape[1:]) >= 32 else (2 if min(shape[1:]) >= 16 else 1)
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, crop_padding=padding, flip=True, compile=args.compile
+    )
+    torch.manual_seed(args.seed)
+    proto = MODELS[args.model](input_shape=shape, num_classes=10)
+    fresh = [copy.deepcopy(proto) for _ in range(args.num_models)]
+    xd, yd, xtd, ytd = (t.to(device) for t in (x, y, x_test, y_test))
+    n = len(x)
+    print(
+        f"workload: {args.model} on {args.dataset} {shape}, {n} train images, {args.epochs} epochs, "
+        f"batch {args.batch_size}, crop padding {padding} + flip, {args.num_models} models, "
+        f"{len(queries)} queries, naive loader workers {num_workers}"
+    )
+
+    # warm-up: first-call costs (kernel selection, allocator) stay out of every row
+    warm = copy.deepcopy(proto)
+    train_model(warm, xd[:256], yd[:256], torch.arange(256, device=device), TrainConfig(epochs=1, batch_size=128), seed=0)
+    collect_logits(warm, xd[:256], queries, batch_size=256)
+
+    train_rows: list[dict[str, object]] = []
+
+    def add_train(name: str, seconds: float, models: int, test_acc: float | None) -> None:
+        images = models * args.epochs * n
+        train_rows.append(
+            {
+                "name": name,
+                "seconds": seconds,
+                "models": models,
+                "img_per_s": images / seconds,
+                "models_per_min": 60.0 * models / seconds,
+                "test_acc": test_acc,
+            }
+        )
+
+    if not args.skip_naive:
+        model = copy.deepcopy(proto)
+        seconds = naive_train(model, x, y, cfg, device=device, num_workers=num_workers, seed=args.seed)
+        add_train("naive (DataLoader)", seconds, 1, evaluate(model, xtd, ytd)[1])
+    model = copy.deepcopy(proto)
+    member = torch.arange(n, device=device)
+    seconds, _ = timed(lambda: train_model(model, xd, yd, member, cfg, seed=args.seed), device)
+    add_train("train_model", seconds, 1, evaluate(model, xtd, ytd)[1])
+    trained = None
+    for strategy in strategies:
+        models = [copy.deepcopy(m) for m in fresh]
+        seconds, results = timed(
+            lambda: train_models(
+                models, xd, yd, [member] * len(models), cfg, seeds=list(range(len(models))), strategy=strategy
+            ),
+            device,
+        )
+        accs = [evaluate(m, xtd, ytd)[1] for m in models]
+        add_train(f"train_models[{strategy}] x{len(models)}", seconds, len(models), sum(accs) / len(accs))
+        trained = models
+    trained = trained or [model]
+
+    signal_rows: list[dict[str, object]] = []
+
+    def add_signal(name: str, seconds: float, models: int) -> None:
+        images = models * n * len(queries)
+        signal_rows.append({"name": name, "seconds": seconds, "models": models, "img_per_s": images / seconds})
+
+    if not args.skip_naive:
+        add_signal("naive (DataLoader)", naive_signals(model, x, queries, device=device, num_workers=num_workers), 1)
+    seconds, _ = timed(lambda: collect_logits(model, xd, queries, batch_size=2048), device)
+    add_signal("collect_logits", seconds, 1)
+    for strategy in strategies:
+        seconds, _ = timed(
+            lambda: collect_logits_many(trained, xd, queries, batch_size=2048, strategy=strategy), device
+        )
+        add_signal(f"collect_logits_many[{strategy}] x{len(trained)}", seconds, len(trained))
+
+    for rows in (train_rows, signal_rows):
+        base = rows[0]["img_per_s"] if rows and rows[0]["name"].startswith("naive") else None
+        for row in rows:
+            row["vs_naive"] = row["img_per_s"] / base if base else None
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    print(f"\n{'training':<30} {'seconds':>8} {'img/s':>9} {'models/min':>10} {'vs naive':>8} {'test acc':>8}")
+    for r in train_rows:
+        print(
+            f"{r['name']:<30} {r['seconds']:>8.2f} {r['img_per_s']:>9.0f} {r['models_per_min']:>10.2f} "
+            f"{fmt(r['vs_naive'], '>7.2f') + 'x' if r['vs_naive'] else '       -':>8} {fmt(r['test_acc'], '>8.3f')}"
+        )
+    print(f"\n{'signals':<30} {'seconds':>8} {'img/s':>9} {'vs naive':>8}")
+    for r in signal_rows:
+        print(
+            f"{r['name']:<30} {r['seconds']:>8.2f} {r['img_per_s']:>9.0f} "
+            f"{fmt(r['vs_naive'], '>7.2f') + 'x' if r['vs_naive'] else '       -':>8}"
+        )
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
+        print(f"\nload average (1 min) at start {info['load_avg_1min_at_start']}, at end {info['load_avg_1min_at_end']}")
+    report = {
+        "machine": info,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | {"crop_padding": padding},
+        "train": train_rows,
+        "signals": signal_rows,
+    }
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
