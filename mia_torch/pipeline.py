@@ -208,6 +208,8 @@ def save_splits(ctx: Context) -> None:
 def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     """Validate the config, load the data, build splits and attacks: everything that can fail fast."""
     settings = load_settings(cfg)
+    if settings.num_threads is not None:
+        torch.set_num_threads(settings.num_threads)
     for name, attack_cfg in settings.attacks.items():
         try:
             hydra.utils.instantiate(attack_cfg)

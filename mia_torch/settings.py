@@ -23,6 +23,7 @@ class Settings:
 
     seed: int
     device: torch.device
+    num_threads: int | None
     data_dir: Path
     download: bool
     store_dir: Path
@@ -88,11 +89,15 @@ def load_settings(cfg: DictConfig) -> Settings:
     _require(isinstance(c["num_shards"], int) and c["num_shards"] >= 1, "num_shards", c["num_shards"], "an integer >= 1")
     _require(isinstance(c["shard"], int) and 0 <= c["shard"] < c["num_shards"],
              "shard", c["shard"], f"an integer in [0, num_shards={c['num_shards']})")
+    threads = c["num_threads"]
+    _require(threads is None or (isinstance(threads, int) and threads >= 1), "num_threads", threads,
+             "null or an integer >= 1")
     if not c["attack"] and c["stage"] == "all":
         raise ValueError("attack is empty: choose attacks, e.g. attack=[loss,lira_online]")
     return Settings(
         seed=int(c["seed"]),
         device=resolve_device(str(c["device"])),
+        num_threads=threads,
         data_dir=Path(c["data_dir"]).expanduser(),
         download=bool(c["download"]),
         store_dir=Path(c["store_dir"]).expanduser(),

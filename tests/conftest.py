@@ -1,8 +1,12 @@
-"""Shared pytest setup: skip `gpu` tests without CUDA, keep CPU threads modest."""
+"""Shared pytest setup: skip `gpu` tests without CUDA; one CPU thread per test process.
+
+Tiny models gain nothing from intra-op threads, and on a loaded machine extra threads
+slow them down many times over; parallelism comes from pytest-xdist workers instead.
+"""
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
