@@ -115,3 +115,13 @@ def test_unknown_group_option_and_bad_type_are_rejected_by_name(tmp_path):
         make_config(tmp_path, ["train.epochs=many"])
     with pytest.raises(Exception, match="num_modles"):
         make_config(tmp_path, ["num_modles=3"])
+
+
+def test_lira_beats_loss_at_low_fpr_on_bundled_digits(tmp_path):
+    results = run_experiment(tmp_path, ["dataset=digits", "model=mlp", "num_models=16", "target_ids=[0,2,4,6]",
+                                        "train.epochs=30", "train.weight_decay=0", "bootstrap=0",
+                                        "sanity_check=false", "progress=false", "attack=[loss,lira_online]"])
+    lira, loss = results["attacks"]["lira_online"]["pooled"], results["attacks"]["loss"]["pooled"]
+    assert lira["tpr@0.01fpr"] > loss["tpr@0.01fpr"]
+    assert lira["auc"] > loss["auc"]
+    print({k: (lira[k], loss[k]) for k in ("auc", "tpr@0.01fpr", "tpr@0.001fpr")})

@@ -27,7 +27,8 @@ Both strategies draw the same random numbers from each model's generator in the 
 order as :func:`train_model` (the permutation at each epoch start, then the crop offsets
 and flip coin flips of each batch), so each model sees exactly the batches and
 augmentations that :func:`train_model` would give it and the two strategies agree up to
-floating-point rounding.
+floating-point rounding (dropout, where a model has it, draws from the global generator
+in both, so it differs between them).
 
 Batches of different member counts. All K models take the same number of steps per
 epoch, ``num_batches = max(1, round(max_k n_k / batch_size))`` (what
@@ -164,7 +165,7 @@ def _split_layout(counts: list[int], num_batches: int) -> tuple[Tensor, Tensor, 
 
 
 def _draws(
-    generators: Sequence[torch.Generator], sizes: list[int], cfg: TrainConfig, h: int, w: int, device: torch.device
+    generators: Sequence[torch.Generator], sizes: list[int], cfg: TrainConfig, device: torch.device
 ) -> tuple[Tensor | None, Tensor | None]:
     """Per-model crop offsets and flip coins, drawn as ``random_crop_flip`` draws them."""
     offsets, coins = [], []
@@ -256,7 +257,7 @@ def _train_vmap(
         correct = torch.zeros(k_models, device=device)
         for j in range(num_batches):
             idx = batches[:, j].contiguous()  # [K, B]
-            offsets, coins = _draws(generators, [row[j] for row in sizes_host], cfg, h, w, device)
+            offsets, coins = _draws(generators, [row[j] for row in sizes_host], cfg, device)
             if offsets is not None:
                 offsets = offsets[src[:, j]].view(-1, 2)
             if coins is not None:
