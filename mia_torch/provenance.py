@@ -32,6 +32,7 @@ def environment_versions(package_version: str) -> dict[str, str | None]:
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "numpy": np.__version__,
+        "torch_threads": str(torch.get_num_threads()),
         "platform": platform.platform(),
         "git_commit": git_commit(),
     }

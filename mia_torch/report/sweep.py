@@ -44,6 +44,7 @@ __all__ = [
     "SweepSummary",
     "SweepSummaryCallback",
     "collect_jobs",
+    "describe",
     "summary_table",
     "sweep_figure",
     "swept_keys",
@@ -124,6 +125,16 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: _natural_key(p.relative_to(sweep_dir).as_posix()))
 
 
+def _saved_stage(job_dir: Path) -> Any:
+    """``stage`` of the job's saved config (``.hydra/config.yaml``), or None."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(job_dir / ".hydra" / "config.yaml").get("stage")
+    except Exception:  # noqa: BLE001 - absent or unreadable: unknown
+        return None
+
+
 def collect_jobs(sweep_dir: str | Path) -> list[SweepJob]:
     """Every job under ``sweep_dir`` (directories with ``.hydra/overrides.yaml`` or ``results.json``).
 
@@ -157,7 +168,7 @@ def collect_jobs(sweep_dir: str | Path) -> list[SweepJob]:
                 job.results = results
             except Exception as err:  # noqa: BLE001
                 job.missing_reason = f"unreadable results.json ({err})"
-        elif job.values.get("stage") == "train":
+        elif job.values.get("stage", _saved_stage(path)) == "train":
             job.missing_reason = "stage=train (trains models only, writes no results.json)"
         else:
             job.missing_reason = "no results.json (job failed or has not finished)"
@@ -363,6 +374,7 @@ def sweep_figure(jobs: Sequence[SweepJob], *, title: str = "") -> Any:
             elif scale == "category":
                 long = max(len(t) for t in ticks) > 8
                 ax.set_xticks(range(len(ticks)))
+                ax.set_xlim(-0.5, len(ticks) - 0.5)
                 ax.set_xticklabels(ticks, rotation=30 if long else 0, ha="right" if long else "center")
             ax.set_xlabel(key)
             ax.set_ylabel(label)

@@ -1,0 +1,111 @@
+"""scripts/reproduce.py: a finished CPU run retrains bitwise-identically; tampering is caught."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import REPO, TINY
+from mia_torch.evaluation import load_scores, save_scores
+
+torch.set_num_threads(1)
+
+SCRIPT = REPO / "scripts" / "reproduce.py"
+OVERRIDES = [*TINY, "attack=[loss,lira_online]", "sanity_check=false"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def _load_script():
+    """scripts/reproduce.py as a module (its ``main(argv)`` returns the exit status)."""
+    if "reproduce_script" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("reproduce_script", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["reproduce_script"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny run made by the Hydra entry point (so it has .hydra/config.yaml)."""
+    root = tmp_path_factory.mktemp("original")
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), *OVERRIDES,
+                           f"store_dir={root / 'store'}", f"hydra.run.dir={root / 'run'}"],
+                          cwd=root, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / "run" / ".hydra" / "config.yaml").is_file()
+    return root
+
+
+def test_reproduce_matches_a_finished_run_then_catches_tampered_scores(finished_run, tmp_path, capsys):
+    """``main(argv)`` is what ``scripts/reproduce.py`` exits with (in-process: no second torch start-up)."""
+    reproduce = _load_script()
+    run_dir = finished_run / "run"
+    code = reproduce.main([str(run_dir), "--out", str(tmp_path / "again")])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "MATCH: the rerun reproduces" in out and "MISMATCH" not in out
+    for name in ("keep.npy", "signals.npy", "scores loss/target_0", "scores lira_online/target_0",
+                 "results.json metrics"):
+        assert f"MATCH     {name}" in out, name
+    assert "versions:" in out and "torch" in out
+    assert f"config: {run_dir / '.hydra' / 'config.yaml'}" in out
+    # A fresh store: every model was retrained, none read from the original store.
+    assert "empty: every model is retrained" in out
+    rerun = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert rerun["trained_models"] == [0, 1, 2, 3]
+    assert rerun["config"]["store_dir"] == str(tmp_path / "again" / "store")
+    report = json.loads((tmp_path / "again" / "reproduce_report.json").read_text())
+    assert report["verdict"] == "MATCH" and report["mode"] == "exact"
+
+    # Tamper with one attack's saved scores: the same rerun (its models reused) now disagrees.
+    scores = load_scores(run_dir / "scores.npz")
+    scores["loss"][0] = scores["loss"][0].copy()
+    scores["loss"][0][7] += np.float32(0.5)
+    save_scores(run_dir / "scores.npz", scores)
+    code = reproduce.main([str(run_dir), "--out", str(tmp_path / "tampered"),
+                           "--store-dir", str(tmp_path / "again" / "store")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "holds 4 model(s) already" in out
+    assert "MISMATCH  scores loss/target_0: max abs diff 0.5, 1 of 400 values differ" in out
+    assert "MATCH     scores lira_online/target_0" in out
+    assert "\nMISMATCH: 1 of" in out
+
+
+def test_reproduce_script_exits_2_without_a_finished_run(tmp_path):
+    (tmp_path / "half").mkdir()
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "half")], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    assert proc.returncode == 2
+    assert "results.json is missing" in proc.stderr
+
+
+def test_cuda_runs_are_compared_on_auc_and_accuracy_within_atol():
+    reproduce = _load_script()
+    original = {"attacks": {"loss": {"pooled": {"auc": 0.700, "tpr@0.001fpr": 0.01}}},
+                "targets": {"0": {"train_acc": 0.99, "test_acc": 0.80}}}
+    close = {"attacks": {"loss": {"pooled": {"auc": 0.705, "tpr@0.001fpr": 0.03}}},
+             "targets": {"0": {"train_acc": 0.99, "test_acc": 0.803}}}
+    far = {"attacks": {"loss": {"pooled": {"auc": 0.75, "tpr@0.001fpr": 0.01}}},
+           "targets": {"0": {"train_acc": 0.99, "test_acc": 0.80}}}
+    ok = reproduce.compare_metrics(original, close, exact=False, atol=0.01)
+    assert not [c for c in ok if c.status == "mismatch"]
+    assert any(c.status == "info" and "tpr@0.001fpr" in c.detail for c in ok)  # reported, not gated
+    bad = reproduce.compare_metrics(original, far, exact=False, atol=0.01)
+    assert [c.name for c in bad if c.status == "mismatch"] == ["metric attacks.loss.pooled.auc"]
+    # The same small differences fail the exact (CPU) comparison.
+    assert [c for c in reproduce.compare_metrics(original, close, exact=True, atol=0.01) if c.status == "mismatch"]
+    assert reproduce._device_is_cuda({"device": "auto"}, {"cuda": "12.4"})
+    assert not reproduce._device_is_cuda({"device": "cpu"}, {"cuda": "12.4"})
