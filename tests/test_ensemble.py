@@ -253,21 +253,27 @@ def test_very_uneven_member_counts_use_the_loop(digits, caplog):
     assert "pad" in caplog.text and len(results) == 2
 
 
-def test_bf16_autocast_with_batchnorm(digits, monkeypatch):
-    """The path CUDA takes: BatchNorm under vmap and bf16 autocast (here on CPU), vs fp32 one by one."""
+def test_bf16_mixed_precision_with_batchnorm(digits, monkeypatch):
+    """The path CUDA takes (bf16 convs, float32 BatchNorm under vmap), here on CPU, vs float32 one by one."""
     x, y = digits
     members = [torch.arange(0, 300), torch.arange(300, 599)]
     cfg = TrainConfig(epochs=8, batch_size=64, lr=0.1, crop_padding=1)
     init = make_models(bn_cnn, 2)
     fp32 = copy.deepcopy(init)
     ref = [train_model(m, x, y, i, cfg, seed=s, x_test=x[1300:], y_test=y[1300:]) for m, i, s in zip(fp32, members, [0, 1])]
-    monkeypatch.setattr(ensemble, "_autocast", lambda device: torch.autocast(device.type, dtype=torch.bfloat16))
+    monkeypatch.setattr(ensemble, "_compute_dtype", lambda device: torch.bfloat16)
+    net = ensemble._StackedNet(init[0], torch.bfloat16)
+    params, buffers = ensemble._stack(init)
+    assert torch.func.vmap(net)(net.cast(params), buffers, x[:8].expand(2, 8, 1, 8, 8)).dtype == torch.bfloat16
     models = copy.deepcopy(init)
     results = train_models(models, x, y, members, cfg, seeds=[0, 1], x_test=x[1300:], y_test=y[1300:], strategy="vmap")
     for model, result, want in zip(models, results, ref):
         assert result.metrics["test_acc"] > want.metrics["test_acc"] - 0.1 > 0.6
-        assert model.features[1].running_mean.dtype == torch.float32
+        assert model.features[0].weight.dtype == model.features[1].running_mean.dtype == torch.float32
         assert model.features[1].running_mean.abs().max() > 1e-3
+    logits = collect_logits_many(models, x[:50], ["identity", "flip"], strategy="vmap")
+    want = torch.stack([collect_logits(m, x[:50], ["identity", "flip"]) for m in models])
+    torch.testing.assert_close(logits, want, atol=0.1, rtol=0.05)
 
 
 @pytest.mark.parametrize("factory", [mlp, bn_cnn], ids=["mlp", "bn_cnn"])

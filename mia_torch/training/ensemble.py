@@ -47,10 +47,16 @@ BatchNorm under vmap. Running statistics are kept as stacked per-model buffers p
 ``functional_call``; BatchNorm's in-place running-stat update then writes into each
 model's slice of the stacked buffer, so trained models end with their own correct
 running statistics (no ``replace_all_batch_norm_modules_``, which would drop them).
-Under bf16 autocast, BatchNorm has no autocast policy, so its input arrives in bf16
-while its running statistics are float32, a mix the vmap batching rules reject
-("Expected running_mean to have type BFloat16 but got Float"); the functional copy of
-the network therefore runs each BatchNorm on float32 input and casts its output back.
+
+Mixed precision under vmap (CUDA). Autocast and vmap do not compose well: a vmapped conv
+runs in float32 under autocast, and BatchNorm, which has no autocast policy, may receive
+bf16 input next to float32 running statistics, a mix its batching rules reject
+("Expected running_mean to have type BFloat16 but got Float"). The vmap strategy
+therefore does its own mixed precision instead of autocast: conv and linear layers run
+with bf16 copies of their float32 weights on bf16 input, and normalisation layers run on
+float32 input with float32 parameters and statistics, casting their output back to bf16;
+the loss is computed in float32 and the optimizer updates float32 weights, as with
+autocast in :func:`train_model`.
 """
 
 from __future__ import annotations
@@ -67,7 +73,6 @@ from mia_torch.data.augment import apply_query
 from mia_torch.training.config import TrainConfig
 from mia_torch.training.trainer import (
     TrainResult,
-    _autocast,
     _lr_lambda,
     evaluate,
     make_optimizer,
@@ -97,24 +102,61 @@ def _resolve(strategy: str, device: torch.device, num_models: int) -> str:
     return strategy
 
 
-def _float32_forward(forward):
-    """Wrap a normalisation layer's forward to compute on float32 input (see module doc)."""
+#: Layers whose weights the vmap strategy runs in the low-precision dtype (their input is cast to it).
+_MATMUL_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+#: Layers the vmap strategy always runs in float32 (their output is cast back to the input's dtype).
+_NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
-    def wrapped(inp: Tensor) -> Tensor:
+
+def _compute_dtype(device: torch.device) -> torch.dtype | None:
+    """The vmap strategy's forward dtype: bf16 on CUDA (as the trainer's autocast), else float32 (``None``)."""
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
+def _cast_input(forward, dtype: torch.dtype | None):
+    """Wrap a layer's forward to cast its input: to ``dtype``, or (``None``) to float32 and back."""
+
+    def to_dtype(inp: Tensor) -> Tensor:
+        return forward(inp.to(dtype))
+
+    def in_float32(inp: Tensor) -> Tensor:
         if inp.dtype in (torch.float16, torch.bfloat16):
             return forward(inp.float()).to(inp.dtype)
         return forward(inp)
 
-    return wrapped
+    return in_float32 if dtype is None else to_dtype
 
 
-def _functional_template(model: nn.Module) -> nn.Module:
-    """A parameter-free (meta) copy of ``model`` to run with stacked parameters."""
-    template = copy.deepcopy(model).to("meta")
-    for module in template.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.forward = _float32_forward(module.forward)  # type: ignore[method-assign]
-    return template
+class _StackedNet:
+    """A parameter-free (meta) copy of a model, run with stacked parameters under ``vmap``.
+
+    Mixed precision is explicit rather than through autocast, which ``vmap`` partly
+    bypasses (a vmapped conv runs in float32 under autocast): with a ``dtype``, conv and
+    linear layers run with weights cast to it (float32 master weights, gradients flow
+    through the cast) and their input cast to it, and normalisation layers always run on
+    float32 input with float32 parameters and running statistics.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype | None) -> None:
+        self.template = copy.deepcopy(model).to("meta")
+        self.dtype = dtype
+        self.low_precision: set[str] = set()
+        for prefix, module in self.template.named_modules():
+            if isinstance(module, _NORM_LAYERS):
+                module.forward = _cast_input(module.forward, None)  # type: ignore[method-assign]
+            elif isinstance(module, _MATMUL_LAYERS) and dtype is not None:
+                module.forward = _cast_input(module.forward, dtype)  # type: ignore[method-assign]
+                names = (n for n, _ in module.named_parameters(recurse=False))
+                self.low_precision.update(f"{prefix}.{n}" if prefix else n for n in names)
+
+    def cast(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The parameters the forward uses: conv/linear ones in ``dtype`` (differentiable cast)."""
+        if self.dtype is None:
+            return params
+        return {k: v.to(self.dtype) if k in self.low_precision else v for k, v in params.items()}
+
+    def __call__(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        return torch.func.functional_call(self.template, (params, buffers), (x,))
 
 
 def _stack(models: Sequence[nn.Module]) -> tuple[dict[str, nn.Parameter], dict[str, Tensor]]:
@@ -229,12 +271,9 @@ def _train_vmap(
     src = (draw_start[..., None] + slot_in_chunk).to(device)  # [K, nb, B]
 
     params, buffers = _stack(models)
-    template = _functional_template(models[0]).train()
-
-    def forward(p: dict[str, Tensor], b: dict[str, Tensor], xb: Tensor) -> Tensor:
-        return torch.func.functional_call(template, (p, b), (xb,))
-
-    batched = torch.func.vmap(forward, randomness="different")
+    net = _StackedNet(models[0], _compute_dtype(device))
+    net.template.train()
+    batched = torch.func.vmap(net, randomness="different")
     if cfg.compile:
         batched = torch.compile(batched)
     optimizer = make_optimizer(nn.ParameterList(params.values()), cfg, device)
@@ -266,16 +305,15 @@ def _train_vmap(
             yb = y[idx]
             optimizer.zero_grad(set_to_none=True)
             try:
-                with _autocast(device):
-                    out = batched(params, buffers, xb)
-                    per_example = F.cross_entropy(
-                        out.float().flatten(0, 1), yb.view(-1), reduction="none", label_smoothing=cfg.label_smoothing
-                    ).view(k_models, width)
-                    if padded:
-                        losses = (per_example * weight[:, j]).sum(1) / sizes_dev[:, j]
-                    else:
-                        losses = per_example.mean(1)
-                    loss = losses.sum()  # model k's gradient only depends on its own term
+                out = batched(net.cast(params), buffers, xb)
+                per_example = F.cross_entropy(
+                    out.float().flatten(0, 1), yb.view(-1), reduction="none", label_smoothing=cfg.label_smoothing
+                ).view(k_models, width)
+                if padded:
+                    losses = (per_example * weight[:, j]).sum(1) / sizes_dev[:, j]
+                else:
+                    losses = per_example.mean(1)
+                loss = losses.sum()  # model k's gradient only depends on its own term
                 loss.backward()
             except (RuntimeError, NotImplementedError) as err:
                 if not probing:
@@ -397,12 +435,10 @@ def collect_logits_many(
         for model in models:
             model.to(device).eval()
         params, buffers = _stack(models)
-        template = _functional_template(models[0]).eval()
-
-        def forward(p: dict[str, Tensor], b: dict[str, Tensor], xb: Tensor) -> Tensor:
-            return torch.func.functional_call(template, (p, b), (xb,))
-
-        batched = torch.func.vmap(forward, in_dims=(0, 0, None))
+        net = _StackedNet(models[0], _compute_dtype(device))
+        net.template.eval()
+        params = net.cast(params)
+        batched = torch.func.vmap(net, in_dims=(0, 0, None))
         num_queries = len(queries)
         out: Tensor | None = None
         for start in range(0, len(x), batch_size):
@@ -410,8 +446,7 @@ def collect_logits_many(
             views = torch.cat([apply_query(xb, q) for q in queries])
             if device.type == "cuda":
                 views = views.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                logits = batched(params, buffers, views)  # [K, Q * b, C]
+            logits = batched(params, buffers, views)  # [K, Q * b, C]
             logits = logits.view(len(models), num_queries, len(xb), -1).transpose(1, 2)
             if out is None:
                 out = torch.empty((len(models), len(x), num_queries, logits.shape[-1]), dtype=dtype, device=device)
