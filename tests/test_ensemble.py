@@ -249,7 +249,8 @@ def test_very_uneven_member_counts_use_the_loop(digits, caplog):
     members = [torch.arange(0, 40), torch.arange(40, 240)]
     models = make_models(mlp, 2)
     with caplog.at_level(logging.WARNING, logger="mia_torch.training.ensemble"):
-        results = train_models(models, x, y, members, TrainConfig(epochs=1, batch_size=20), seeds=[0, 1], strategy="vmap")
+        cfg = TrainConfig(epochs=1, batch_size=20)
+        results = train_models(models, x, y, members, cfg, seeds=[0, 1], strategy="vmap")
     assert "pad" in caplog.text and len(results) == 2
 
 
@@ -260,7 +261,9 @@ def test_bf16_mixed_precision_with_batchnorm(digits, monkeypatch):
     cfg = TrainConfig(epochs=8, batch_size=64, lr=0.1, crop_padding=1)
     init = make_models(bn_cnn, 2)
     fp32 = copy.deepcopy(init)
-    ref = [train_model(m, x, y, i, cfg, seed=s, x_test=x[1300:], y_test=y[1300:]) for m, i, s in zip(fp32, members, [0, 1])]
+    ref = [
+        train_model(m, x, y, i, cfg, seed=s, x_test=x[1300:], y_test=y[1300:]) for m, i, s in zip(fp32, members, [0, 1])
+    ]
     monkeypatch.setattr(ensemble, "_compute_dtype", lambda device: torch.bfloat16)
     net = ensemble._StackedNet(init[0], torch.bfloat16)
     params, buffers = ensemble._stack(init)

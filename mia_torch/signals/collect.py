@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mia_torch.data.augment import apply_query
+from mia_torch.training.trainer import CPU_EVAL_BATCH
 
 SIGNAL_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -30,6 +31,8 @@ def collect_logits(
     device = x.device
     out: torch.Tensor | None = None
     num_queries = len(queries)
+    if device.type == "cpu":  # cache-sized forward batches
+        batch_size = max(1, min(batch_size, CPU_EVAL_BATCH // num_queries))
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         views = torch.cat([apply_query(xb, q) for q in queries])

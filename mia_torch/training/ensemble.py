@@ -12,10 +12,11 @@ smoothing and weight decay. Two strategies compute it:
   batched kernels (a conv of K models becomes one grouped conv); one optimizer over the
   stacked parameters updates all models per step (fused kernels on CUDA). This divides
   kernel launches and Python overhead by K, which is what limits small models on a GPU.
-- ``"loop"``: one :func:`train_model` call per model. On CPU this is faster: the batching
-  rules move the model axis into the channel axis, and the layout copies this needs cost
-  more than the dispatch overhead they save (measured ~3x slower per model-step for the
-  MNIST CNN on a 2-core CPU).
+- ``"loop"``: one :func:`train_model` call per model. On CPU this is as fast or faster:
+  the batching rules move the model axis into the channel axis, and the layout copies
+  this needs cost more than the dispatch overhead they save. Measured on a 2-core CPU,
+  4 models, vmap throughput relative to loop: SmallCNN 0.66x (28x28) and 0.83x (8x8),
+  MLP 0.95x (28x28) and 1.23x (8x8); for signal collection 0.5-0.65x for the CNNs.
 
 ``"auto"`` (default) uses ``"vmap"`` on CUDA with more than one model and ``"loop"``
 otherwise. ``"vmap"`` falls back to ``"loop"``, with a logged warning, when the models

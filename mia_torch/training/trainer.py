@@ -59,6 +59,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
 
+#: Forward batch size for evaluation on CPU: activations of larger batches spill out of cache.
+CPU_EVAL_BATCH = 256
+
+
+def use_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
+    """NHWC for conv nets on images: tensor cores on CUDA, and oneDNN's much faster pool/norm kernels on CPU."""
+    return x.ndim == 4 and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
 def _autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -69,6 +78,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     if len(y) == 0:
         return float("nan"), float("nan")
     model.eval()
+    if x.device.type == "cpu":
+        batch_size = min(batch_size, CPU_EVAL_BATCH)
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device)
     for start in range(0, len(y), batch_size):
@@ -100,7 +111,7 @@ def train_model(
     if len(member_idx) == 0:
         raise ValueError("a model has no training examples: the population is too small for the split")
     model.to(device)
-    if device.type == "cuda":
+    if use_channels_last(model, x):
         model.to(memory_format=torch.channels_last)
     step_model = torch.compile(model) if cfg.compile else model
     generator = torch.Generator(device=device).manual_seed(seed)
