@@ -32,7 +32,7 @@ from mia_torch.store import (
     state_dict_from_bytes,
     state_dict_to_bytes,
 )
-from mia_torch.training.trainer import train_model
+from mia_torch.training.ensemble import train_models
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +97,25 @@ def load_trained_model(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[
     return model.to(ctx.settings.device).eval(), found[1]
 
 
-def train_one(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train model ``index`` on its keep row and save it to the store."""
+def train_group(ctx: Context, indices: list[int]) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
+    """Train models ``indices`` together (``parallel_models`` at once) and save each to the store."""
     s = ctx.settings
-    model = build_model(s, ctx.data, model_seed(s, index))
-    members = torch.from_numpy(np.flatnonzero(ctx.splits.keep[index]))
-    result = train_model(model, ctx.data.x, ctx.data.y, members, s.train, seed=model_seed(s, index),
-                         x_test=ctx.data.x_test, y_test=ctx.data.y_test)
-    if not np.isfinite(result.metrics["train_loss"]):
-        raise FloatingPointError(
-            f"model {index} diverged (train loss {result.metrics['train_loss']}): lower train.lr or add warmup"
-        )
-    meta = {"model": index, **result.metrics}
-    ctx.store.save("models", model_key(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
-    return model, meta
+    seeds = [model_seed(s, i) for i in indices]
+    models = [build_model(s, ctx.data, seed) for seed in seeds]
+    members = [torch.from_numpy(np.flatnonzero(ctx.splits.keep[i])) for i in indices]
+    results = train_models(models, ctx.data.x, ctx.data.y, members, s.train, seeds=seeds,
+                           x_test=ctx.data.x_test, y_test=ctx.data.y_test, strategy=s.parallel_strategy)
+    trained = []
+    for index, model, result in zip(indices, models, results):
+        if not np.isfinite(result.metrics["train_loss"]):
+            raise FloatingPointError(
+                f"model {index} diverged (train loss {result.metrics['train_loss']}): lower train.lr or add warmup"
+            )
+        meta = {"model": index, **result.metrics}
+        ctx.store.save("models", model_key(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
+        ctx.trained.append(index)
+        trained.append((model, meta))
+    return trained
 
 
 def _progress(items, settings: Settings, desc: str):
@@ -119,17 +124,23 @@ def _progress(items, settings: Settings, desc: str):
 
 def train_stage(ctx: Context, indices: list[int]) -> list[dict[str, Any]]:
     """Make sure models ``indices`` exist in the store; train only the missing ones."""
-    metrics = []
-    for index in _progress(indices, ctx.settings, "train"):
-        found = load_trained_model(ctx, index)
+    metrics: dict[int, dict[str, Any]] = {}
+    missing = []
+    for index in indices:
+        found = ctx.store.load("models", model_key(ctx, index))
         if found is None:
-            _, meta = train_one(ctx, index)
-            ctx.trained.append(index)
+            missing.append(index)
         else:
-            meta = found[1]
+            metrics[index] = found[1]
             ctx.reused.append(index)
-        metrics.append(meta)
-    return metrics
+    group = ctx.settings.parallel_models
+    with tqdm(total=len(missing), desc="train", disable=not ctx.settings.progress, unit="model", leave=False) as bar:
+        for start in range(0, len(missing), group):
+            chunk = missing[start : start + group]
+            for index, (_, meta) in zip(chunk, train_group(ctx, chunk)):
+                metrics[index] = meta
+            bar.update(len(chunk))
+    return [metrics[i] for i in indices]
 
 
 def signals_stage(ctx: Context) -> np.ndarray:
@@ -143,9 +154,7 @@ def signals_stage(ctx: Context) -> np.ndarray:
             rows.append(array_from_bytes(found[0]))
             continue
         loaded = load_trained_model(ctx, index)
-        model = loaded[0] if loaded is not None else train_one(ctx, index)[0]
-        if loaded is None:
-            ctx.trained.append(index)
+        model = loaded[0] if loaded is not None else train_group(ctx, [index])[0][0]
         logits = collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size, dtype=s.signals_dtype)
         array = logits.cpu().numpy()
         ctx.store.save("signals", key, array_to_bytes(array), {"model": index, "shape": list(array.shape)})

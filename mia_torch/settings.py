@@ -13,6 +13,7 @@ from mia_torch.data.augment import parse_queries
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.training.config import TrainConfig
+from mia_torch.training.ensemble import STRATEGIES
 
 STAGES = ("all", "train")
 
@@ -40,6 +41,8 @@ class Settings:
     stage: str
     shard: int
     num_shards: int
+    parallel_models: int
+    parallel_strategy: str
     train: TrainConfig
     dataset: dict[str, Any]
     model: dict[str, Any]
@@ -89,6 +92,9 @@ def load_settings(cfg: DictConfig) -> Settings:
     _require(isinstance(c["num_shards"], int) and c["num_shards"] >= 1, "num_shards", c["num_shards"], "an integer >= 1")
     _require(isinstance(c["shard"], int) and 0 <= c["shard"] < c["num_shards"],
              "shard", c["shard"], f"an integer in [0, num_shards={c['num_shards']})")
+    _require(isinstance(c["parallel_models"], int) and c["parallel_models"] >= 1, "parallel_models",
+             c["parallel_models"], "an integer >= 1")
+    _require(c["parallel_strategy"] in STRATEGIES, "parallel_strategy", c["parallel_strategy"], f"one of {STRATEGIES}")
     threads = c["num_threads"]
     _require(threads is None or (isinstance(threads, int) and threads >= 1), "num_threads", threads,
              "null or an integer >= 1")
@@ -114,6 +120,8 @@ def load_settings(cfg: DictConfig) -> Settings:
         stage=c["stage"],
         shard=c["shard"],
         num_shards=c["num_shards"],
+        parallel_models=c["parallel_models"],
+        parallel_strategy=c["parallel_strategy"],
         train=TrainConfig.from_mapping(c["train"]),
         dataset=c["dataset"],
         model=c["model"],

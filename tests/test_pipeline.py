@@ -125,3 +125,13 @@ def test_lira_beats_loss_at_low_fpr_on_bundled_digits(tmp_path):
     assert lira["tpr@0.01fpr"] > loss["tpr@0.01fpr"]
     assert lira["auc"] > loss["auc"]
     print({k: (lira[k], loss[k]) for k in ("auc", "tpr@0.01fpr", "tpr@0.001fpr")})
+
+
+def test_models_trained_together_match_models_trained_one_by_one(tmp_path):
+    one = run_experiment(tmp_path, [*TINY, "attack=[loss]", "parallel_models=1"], name="one")
+    together = run_experiment(tmp_path, [*TINY, "attack=[loss]", "parallel_models=4", "parallel_strategy=vmap",
+                                         f"store_dir={tmp_path / 'store_vmap'}"], name="together")
+    assert together["trained_models"] == [0, 1, 2, 3]
+    for a, b in zip(one["models"], together["models"]):
+        assert abs(a["test_acc"] - b["test_acc"]) < 0.03
+        assert abs(a["train_loss"] - b["train_loss"]) < 0.02 + 0.05 * a["train_loss"]

@@ -111,14 +111,14 @@ SLOW_TRAINING = """
 import runpy, sys, time
 import mia_torch.pipeline as pipeline
 
-_train_model = pipeline.train_model
+_train_models = pipeline.train_models
 
-def slow_train_model(*args, **kwargs):
-    result = _train_model(*args, **kwargs)
+def slow_train_models(*args, **kwargs):
+    result = _train_models(*args, **kwargs)
     time.sleep(0.25)  # leaves a wide window between two stored models
     return result
 
-pipeline.train_model = slow_train_model
+pipeline.train_models = slow_train_models
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -127,15 +127,15 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_run_killed_after_k_models_resumes_with_only_the_missing_ones(tmp_path, reference):
     """SIGKILL a real run once 2 models are stored; the rerun trains exactly the others.
 
-    The killed process is the normal entry point with training slowed by a sleep after
-    each model is trained (before it is saved), so the kill lands while a model is in
+    The killed process is the normal entry point, training one model at a time, slowed by
+    a sleep after each model is trained (before it is saved), so the kill lands while a model is in
     training, whatever the machine's load.
     """
     store = tmp_path / "store"
     driver = tmp_path / "slow_run.py"
     driver.write_text(SLOW_TRAINING)
     log = (tmp_path / "killed.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(driver), str(RUN), *OVERRIDES, f"store_dir={store}",
+    proc = subprocess.Popen([sys.executable, str(driver), str(RUN), *OVERRIDES, "parallel_models=1", f"store_dir={store}",
                              f"hydra.run.dir={tmp_path / 'killed'}"], cwd=tmp_path, env=_env(), stdout=log,
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
