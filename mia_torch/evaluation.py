@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mia_torch.metrics import aggregate, bootstrap_intervals, membership_metrics
-from mia_torch.store import atomic_write_bytes
+from mia_torch.atomic import atomic_write_bytes
 
 Scores = Mapping[str, Mapping[int, np.ndarray]]
 

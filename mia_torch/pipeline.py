@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from mia_torch import __version__
+from mia_torch.atomic import atomic_write_bytes
 from mia_torch.attacks.base import Attack, ReferenceSignals
 from mia_torch.data.datasets import Dataset, load_dataset
 from mia_torch.data.splits import Splits, make_splits
@@ -27,7 +28,6 @@ from mia_torch.store import (
     ArtifactStore,
     array_from_bytes,
     array_to_bytes,
-    atomic_write_bytes,
     digest,
     state_dict_from_bytes,
     state_dict_to_bytes,

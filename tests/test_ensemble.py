@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import mia_torch.training.ensemble as ensemble
-from mia_torch.data.augment import random_crop_flip
+from mia_torch.data.augment import crop_flip, random_crop_flip
 from mia_torch.models import MLP, SmallCNN
 from mia_torch.signals.collect import collect_logits
 from mia_torch.training import TrainConfig, train_model
@@ -171,7 +171,7 @@ def test_batched_augmentation_matches_random_crop_flip(padding, flip):
     cfg = TrainConfig(crop_padding=padding, flip=flip)
     want = random_crop_flip(x, padding=padding, flip=flip, generator=torch.Generator().manual_seed(3))
     offsets, coins = ensemble._draws([torch.Generator().manual_seed(3)], [6], cfg, x.device)
-    got = ensemble._crop_flip(x, padding, offsets, coins)
+    got = crop_flip(x, padding=padding, offsets=offsets, flips=coins)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 

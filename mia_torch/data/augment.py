@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["QUERY_NAMES", "apply_queries", "apply_query", "parse_queries", "random_crop_flip"]
+__all__ = ["QUERY_NAMES", "apply_queries", "apply_query", "crop_flip", "draw_crop_flip", "parse_queries", "random_crop_flip"]
 
 #: The forms a query name can take; ``<dx>``/``<dy>`` are integers (pixels, may be negative).
 QUERY_NAMES: tuple[str, ...] = ("identity", "flip", "shift_<dx>_<dy>", "flip_shift_<dx>_<dy>")
@@ -59,24 +59,38 @@ def random_crop_flip(
         return x
     if x.ndim != 4:
         raise ValueError(f"random_crop_flip expects [B, C, H, W] images, got shape {tuple(x.shape)}")
+    offsets, flips = draw_crop_flip(len(x), padding=padding, flip=flip, generator=generator, device=x.device)
+    return crop_flip(x, padding=padding, offsets=offsets, flips=flips, padding_mode=padding_mode)
+
+
+def draw_crop_flip(
+    batch: int, *, padding: int, flip: bool, generator: torch.Generator | None, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
+    """The random draws of :func:`random_crop_flip`: crop offsets ``[B, 2]`` and flip coins ``[B]``."""
+    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), device=device, generator=generator) if padding else None
+    flips = torch.rand(batch, device=device, generator=generator) < 0.5 if flip else None
+    return offsets, flips
+
+
+def crop_flip(
+    x: Tensor, *, padding: int, offsets: Tensor | None, flips: Tensor | None, padding_mode: str = "reflect"
+) -> Tensor:
+    """Apply given crop ``offsets`` (after padding) and ``flips`` to ``[B, C, H, W]`` images."""
     b, c, h, w = x.shape
-    if padding > 0:
+    out = x
+    if offsets is not None:
         mode = {"reflect": "reflect", "zeros": "constant"}.get(padding_mode)
         if mode is None:
             raise ValueError(f"padding_mode must be 'reflect' or 'zeros', got {padding_mode!r}")
         if mode == "reflect" and padding >= min(h, w):
             mode = "replicate"  # reflect needs padding < image size; tiny images fall back
         padded = F.pad(x, (padding,) * 4, mode=mode)
-        offsets = torch.randint(0, 2 * padding + 1, (b, 2), device=x.device, generator=generator)
         rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
         cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
         out = padded.gather(2, rows.expand(b, c, h, w + 2 * padding))
         out = out.gather(3, cols.expand(b, c, h, w))
-    else:
-        out = x
-    if flip:
-        mask = torch.rand(b, device=x.device, generator=generator) < 0.5
-        out = torch.where(mask.view(b, 1, 1, 1), out.flip(-1), out)
+    if flips is not None:
+        out = torch.where(flips.view(b, 1, 1, 1), out.flip(-1), out)
     return out
 
 

@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mia_torch.data.augment import apply_query
+from mia_torch.data.augment import apply_query, crop_flip, draw_crop_flip
 from mia_torch.training.config import TrainConfig
 from mia_torch.training.trainer import (
     TrainResult,
@@ -211,29 +211,10 @@ def _draws(
     generators: Sequence[torch.Generator], sizes: list[int], cfg: TrainConfig, device: torch.device
 ) -> tuple[Tensor | None, Tensor | None]:
     """Per-model crop offsets and flip coins, drawn as ``random_crop_flip`` draws them."""
-    offsets, coins = [], []
-    for gen, b in zip(generators, sizes):
-        if cfg.crop_padding > 0:
-            offsets.append(torch.randint(0, 2 * cfg.crop_padding + 1, (b, 2), device=device, generator=gen))
-        if cfg.flip:
-            coins.append(torch.rand(b, device=device, generator=gen) < 0.5)
-    return (torch.cat(offsets) if offsets else None), (torch.cat(coins) if coins else None)
-
-
-def _crop_flip(x: Tensor, padding: int, offsets: Tensor | None, flip: Tensor | None) -> Tensor:
-    """:func:`~mia_torch.data.augment.random_crop_flip` of ``[B, C, H, W]`` with given draws."""
-    b, c, h, w = x.shape
-    out = x
-    if offsets is not None:
-        mode = "reflect" if padding < min(h, w) else "replicate"
-        padded = F.pad(x, (padding,) * 4, mode=mode)
-        rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(b, 1, h, 1)
-        cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(b, 1, 1, w)
-        out = padded.gather(2, rows.expand(b, c, h, w + 2 * padding))
-        out = out.gather(3, cols.expand(b, c, h, w))
-    if flip is not None:
-        out = torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out)
-    return out
+    draws = [draw_crop_flip(b, padding=cfg.crop_padding, flip=cfg.flip, generator=gen, device=device)
+             for gen, b in zip(generators, sizes)]
+    offsets, coins = zip(*draws)
+    return (torch.cat(offsets) if cfg.crop_padding else None), (torch.cat(coins) if cfg.flip else None)
 
 
 def _train_vmap(
@@ -302,7 +283,7 @@ def _train_vmap(
                 offsets = offsets[src[:, j]].view(-1, 2)
             if coins is not None:
                 coins = coins[src[:, j]].view(-1)
-            xb = _crop_flip(x[idx.view(-1)], cfg.crop_padding, offsets, coins).view(k_models, width, c, h, w)
+            xb = crop_flip(x[idx.view(-1)], padding=cfg.crop_padding, offsets=offsets, flips=coins).view(k_models, width, c, h, w)
             yb = y[idx]
             optimizer.zero_grad(set_to_none=True)
             try:
