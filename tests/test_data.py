@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -201,6 +202,8 @@ def test_dataset_configs_hold_only_keys_load_dataset_accepts(tmp_path, path):
         data = load_dataset(**cfg, root=tmp_path, download=False, seed=0)
     except DatasetNotFoundError:
         assert cfg.name in ("mnist", "fashion_mnist", "cifar10", "cifar100")
+    except ValueError as err:  # npz without a path: a config error naming the key
+        assert cfg.name == "npz" and "dataset.path" in str(err)
     else:
         assert len(data.x) > 0
 
@@ -329,3 +332,23 @@ def test_data_dir_none_works_for_digits_and_is_explained_for_file_datasets():
     assert len(load_dataset("digits", root=None)) == 1500
     with pytest.raises(DatasetNotFoundError, match="data_dir"):
         load_dataset("mnist", root=None)
+
+
+def test_npz_dataset_loads_user_arrays_in_any_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, size=(40, 12, 12, 3), dtype=np.uint8)  # HWC, as image files decode
+    x_test = rng.integers(0, 256, size=(10, 12, 12, 3), dtype=np.uint8)
+    y_train, y_test = rng.integers(0, 5, 40), np.arange(10) % 5
+    np.savez(tmp_path / "mine.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    data = load_dataset("npz", root=tmp_path, path="mine.npz")
+    assert data.x.shape == (40, 3, 12, 12) and data.x_test.shape == (10, 3, 12, 12)
+    assert data.num_classes == 5 and torch.equal(data.y, torch.from_numpy(y_train))
+    # Channel 1 of image 0, pixel (2, 3), after scaling to [0, 1] and normalising.
+    expected = (x_train[0, 2, 3, 1] / 255.0 - data.mean[1]) / data.std[1]
+    assert float(data.x[0, 1, 2, 3]) == pytest.approx(expected, rel=1e-5)
+    assert abs(float(data.x[:, 0].mean())) < 1e-4
+    with pytest.raises(DatasetNotFoundError, match="dataset.path"):
+        load_dataset("npz", root=tmp_path, path="other.npz")
+    np.savez(tmp_path / "bad.npz", x_train=x_train)
+    with pytest.raises(ValueError, match="y_train"):
+        load_dataset("npz", root=tmp_path, path="bad.npz")

@@ -430,3 +430,50 @@ def _synthetic(
         mean=mean,
         std=std,
     )
+
+
+def _images_nchw(array: np.ndarray, key: str, path: Path) -> torch.Tensor:
+    """uint8 (0..255) or float images as float32 ``[N, C, H, W]``; HWC and HW layouts are converted."""
+    if array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim == 4 and array.shape[-1] in (1, 3, 4) and array.shape[1] not in (1, 3, 4):
+        array = array.transpose(0, 3, 1, 2)
+    if array.ndim != 4:
+        raise ValueError(f"{path}: `{key}` must hold images [N, H, W], [N, H, W, C] or [N, C, H, W], got {array.shape}")
+    images = torch.from_numpy(np.ascontiguousarray(array))
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+@register_dataset("npz")
+def _npz(*, root: Path | None, download: bool, seed: int, path: str | None = None) -> Dataset:
+    """Your own arrays: ``x_train, y_train, x_test, y_test`` in a ``.npz`` file (no pickle).
+
+    ``path`` is taken relative to ``data_dir`` unless absolute. Images may be uint8 (scaled
+    to [0, 1]) or float, in ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` layout; they are
+    normalised with the population's per-channel mean and std. ``x_train`` is the population.
+    """
+    if not path:
+        raise ValueError("dataset=npz needs `dataset.path`: the .npz file with x_train, y_train, x_test, y_test")
+    file = Path(path).expanduser()
+    if not file.is_absolute() and root is not None:
+        file = Path(root) / file
+    if not file.is_file():
+        raise DatasetNotFoundError(f"{file} not found: set `dataset.path` (relative to `data_dir`) to your .npz file")
+    with np.load(file, allow_pickle=False) as arrays:
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays.files]
+        if missing:
+            raise ValueError(f"{file} lacks arrays {missing}; it needs x_train, y_train, x_test, y_test")
+        x, x_test = _images_nchw(arrays["x_train"], "x_train", file), _images_nchw(arrays["x_test"], "x_test", file)
+        y = torch.from_numpy(arrays["y_train"].astype(np.int64).reshape(-1))
+        y_test = torch.from_numpy(arrays["y_test"].astype(np.int64).reshape(-1))
+    mean, std = _channel_stats(x)
+    return Dataset(
+        name="npz",
+        x=normalize(x, mean, std),
+        y=y,
+        x_test=normalize(x_test, mean, std),
+        y_test=y_test,
+        num_classes=int(max(y.max(), y_test.max())) + 1,
+        mean=mean,
+        std=std,
+    )
