@@ -3,5 +3,5 @@
 # (e.g. `scripts/test.sh -m slow` for the slow tests, `-m gpu` on a CUDA machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${EXTRAS:-dev,joblib}" scripts/setup.sh
+scripts/setup.sh
 exec .venv/bin/python -m pytest -q -n 2 "$@"
