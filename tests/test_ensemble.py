@@ -17,15 +17,6 @@ from mia_torch.training import TrainConfig, train_model
 from mia_torch.training.ensemble import collect_logits_many, train_models
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU models run faster single-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     """scikit-learn's 8x8 digits, normalised, as ``[N, 1, 8, 8]``; a fixed shuffle."""

@@ -17,15 +17,6 @@ from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU models run much faster single-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 CASES = [
     (SmallCNN, {"width": 8}, (1, 28, 28)),
     (SmallCNN, {"width": 8}, (1, 8, 8)),
@@ -134,39 +125,30 @@ def test_fast_cifar_cnn_whitening_init_whitens_patches():
     torch.testing.assert_close(cov, torch.eye(half), atol=2e-2, rtol=0)
 
 
-def test_small_cnn_learns_the_written_mnist_fixture(tmp_path):
-    write_mnist(tmp_path, num_train=600, num_test=200, seed=0)
-    data = load_dataset("mnist", root=tmp_path)
+def _fit_small_cnn(data, *, batch: int, steps: int = 100) -> float:
+    """Test accuracy of a small SmallCNN after ``steps`` Adam steps on random batches."""
     torch.manual_seed(0)
     model = SmallCNN(input_shape=data.input_shape, num_classes=data.num_classes, width=8, hidden=32)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(100):
-        idx = torch.randint(0, len(data.x), (32,), generator=gen)
+    for _ in range(steps):
+        idx = torch.randint(0, len(data.x), (batch,), generator=gen)
         loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
     with torch.no_grad():
-        acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+        return (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+
+
+def test_small_cnn_learns_the_written_mnist_fixture(tmp_path):
+    write_mnist(tmp_path, num_train=600, num_test=200, seed=0)
+    acc = _fit_small_cnn(load_dataset("mnist", root=tmp_path), batch=32)
     assert acc > 0.6, acc  # chance is 0.1
 
 
 def test_small_cnn_learns_digits(tmp_path):
-    data = load_dataset("digits", root=tmp_path, seed=0)
-    torch.manual_seed(0)
-    model = SmallCNN(input_shape=data.input_shape, num_classes=10, width=8, hidden=32)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(100):
-        idx = torch.randint(0, len(data.x), (64,), generator=gen)
-        loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+    acc = _fit_small_cnn(load_dataset("digits", root=tmp_path, seed=0), batch=64)
     assert acc > 0.7, acc

@@ -10,12 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from helpers import REPO, TINY
 from mia_torch.evaluation import load_scores, save_scores
 
-torch.set_num_threads(1)
 
 SCRIPT = REPO / "scripts" / "reproduce.py"
 OVERRIDES = [*TINY, "attack=[loss,lira_online]", "sanity_check=false"]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from helpers import CONFIG_DIR, REPO, TINY, make_config, run_experiment
@@ -28,7 +27,6 @@ from mia_torch.report.results import write_json
 from mia_torch.report.sweep import SweepSummaryCallback, _axis, collect_jobs, write_sweep_summary
 from mia_torch.store import ArtifactStore
 
-torch.set_num_threads(1)
 
 RUN = REPO / "experiments" / "run.py"
 OVERRIDES = [*TINY, "attack=[loss,lira_online]", "sanity_check=false"]
