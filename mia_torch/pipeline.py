@@ -32,7 +32,7 @@ from mia_torch.store import (
     state_dict_from_bytes,
     state_dict_to_bytes,
 )
-from mia_torch.training.ensemble import train_models
+from mia_torch.training.ensemble import resolve_strategy, train_models
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,10 @@ def train_stage(ctx: Context, indices: list[int]) -> list[dict[str, Any]]:
         else:
             metrics[index] = found[1]
             ctx.reused.append(index)
-    group = ctx.settings.parallel_models
+    s = ctx.settings
+    # Loop-trained models are saved one by one, so an interruption loses at most one.
+    batched = resolve_strategy(s.parallel_strategy, s.device, s.parallel_models) == "vmap"
+    group = s.parallel_models if batched else 1
     with tqdm(total=len(missing), desc="train", disable=not ctx.settings.progress, unit="model", leave=False) as bar:
         for start in range(0, len(missing), group):
             chunk = missing[start : start + group]

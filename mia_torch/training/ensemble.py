@@ -95,7 +95,8 @@ class _VmapUnsupported(Exception):
     """The models cannot be trained as one stacked ensemble; use the loop strategy."""
 
 
-def _resolve(strategy: str, device: torch.device, num_models: int) -> str:
+def resolve_strategy(strategy: str, device: torch.device, num_models: int) -> str:
+    """The strategy ``"auto"`` stands for here: vmap on CUDA with several models, else loop."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "auto":
@@ -347,7 +348,7 @@ def train_models(
         if len(m) == 0:
             raise ValueError(f"model {k} has no training examples: the population is too small for the split")
     device = x.device
-    chosen = _resolve(strategy, device, k_models)
+    chosen = resolve_strategy(strategy, device, k_models)
 
     def loop() -> list[TrainResult]:
         return [
@@ -406,7 +407,7 @@ def collect_logits_many(
     if not models:
         raise ValueError("collect_logits_many needs at least one model")
     device = x.device
-    chosen = _resolve(strategy, device, len(models))
+    chosen = resolve_strategy(strategy, device, len(models))
 
     def loop() -> Tensor:
         return torch.stack([collect_logits(m, x, queries, batch_size=batch_size, dtype=dtype) for m in models])
