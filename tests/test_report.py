@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mia_torch.atomic import atomic_open
 from mia_torch.metrics import bootstrap_intervals, membership_metrics, roc_curve
 from mia_torch.report import plots, records, results, table, tensorboard
 
@@ -256,7 +257,7 @@ def test_json_failed_write_keeps_old_file_and_no_temp(tmp_path):
     with pytest.raises(TypeError):
         results.write_json(path, {"a": object()})
     with pytest.raises(RuntimeError):
-        with results.atomic_open(path, "w") as f:
+        with atomic_open(path, "w") as f:
             f.write("partial")
             raise RuntimeError("interrupted")
     assert results.read_json(path) == {"a": 1}

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from mia_torch.metrics.roc import tpr_at_fpr
 
-from .results import atomic_write_bytes
+from mia_torch.atomic import atomic_write_bytes
 
 __all__ = ["roc_figure", "save_figure", "figure_to_array", "MIN_LOG_FPR"]
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from mia_torch.metrics.roc import average_ranks
 
-from .results import atomic_open
+from mia_torch.atomic import atomic_open
 
 __all__ = ["write_vulnerability_csv", "vulnerability_columns"]
 

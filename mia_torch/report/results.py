@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from mia_torch.atomic import atomic_open, atomic_write_bytes
+from mia_torch.atomic import atomic_open
 
-__all__ = ["atomic_open", "atomic_write_bytes", "to_jsonable", "write_json", "read_json"]
+__all__ = ["to_jsonable", "write_json", "read_json"]
 
 
 def _key(k: Any) -> str:

@@ -37,7 +37,8 @@ from typing import Any, Mapping, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mia_torch.report.results import atomic_open, read_json
+from mia_torch.atomic import atomic_open
+from mia_torch.report.results import read_json
 
 __all__ = [
     "SweepJob",
