@@ -218,3 +218,22 @@ def test_aggregate_mean_std():
     assert aggregate(per_target[:1])["auc"] == {"mean": 0.6, "std": 0.0}
     with pytest.raises(ValueError):
         aggregate([])
+
+
+def test_clopper_pearson_matches_scipy_exact_interval_and_covers():
+    from scipy.stats import binomtest
+
+    from mia_torch.metrics import clopper_pearson
+
+    for k, n in [(0, 10), (3, 10), (10, 10), (1, 750), (37, 1000)]:
+        low, high = clopper_pearson(k, n, confidence=0.95)
+        ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        assert float(low) == pytest.approx(ref.low, abs=1e-12)
+        assert float(high) == pytest.approx(ref.high, abs=1e-12)
+    # coverage: for p = 0.05, n = 200, at least 95% of draws have an interval containing p
+    rng = np.random.default_rng(0)
+    draws = rng.binomial(200, 0.05, size=4000)
+    low, high = clopper_pearson(draws, 200)
+    assert np.mean((low <= 0.05) & (0.05 <= high)) >= 0.95
+    with pytest.raises(ValueError):
+        clopper_pearson(5, 3)

@@ -1,8 +1,7 @@
-"""scripts/reproduce.py: a finished CPU run retrains bitwise-identically; tampering is caught."""
+"""mia_torch.reproduce (scripts/reproduce.py, mia-reproduce): a finished CPU run retrains bitwise-identically; tampering is caught."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,13 +24,10 @@ def _env() -> dict[str, str]:
 
 
 def _load_script():
-    """scripts/reproduce.py as a module (its ``main(argv)`` returns the exit status)."""
-    if "reproduce_script" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("reproduce_script", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["reproduce_script"]
+    """The reproduce module (its ``main(argv)`` returns the exit status)."""
+    from mia_torch import reproduce
+
+    return reproduce
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ Scores are ``float[N]`` with higher = more likely member; labels are ``bool[N]``
 ``True`` = member. Functions return plain Python floats.
 """
 from .bootstrap import bootstrap_intervals, bootstrap_samples
+from .intervals import clopper_pearson
 from .roc import (
     aggregate,
     auc_score,
@@ -23,6 +24,7 @@ __all__ = [
     "balanced_accuracy_at",
     "bootstrap_intervals",
     "bootstrap_samples",
+    "clopper_pearson",
     "membership_metrics",
     "roc_curve",
     "tpr_at_fpr",
