@@ -32,7 +32,8 @@ from mia_torch.store import (
     state_dict_from_bytes,
     state_dict_to_bytes,
 )
-from mia_torch.training.ensemble import resolve_strategy, train_models
+from mia_torch.training.ensemble import train_models
+from mia_torch.training.stacking import resolve_strategy
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from mia_torch.data.augment import parse_queries
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.training.config import TrainConfig
-from mia_torch.training.ensemble import STRATEGIES
+from mia_torch.training.stacking import STRATEGIES
 
 STAGES = ("all", "train")
 
