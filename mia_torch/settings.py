@@ -13,6 +13,7 @@ from mia_torch.data.augment import parse_queries
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.training.config import TrainConfig
+from mia_torch.training.dp import DefenseConfig
 from mia_torch.training.stacking import STRATEGIES
 
 STAGES = ("all", "train")
@@ -44,6 +45,7 @@ class Settings:
     parallel_models: int
     parallel_strategy: str
     train: TrainConfig
+    defense: DefenseConfig
     dataset: dict[str, Any]
     model: dict[str, Any]
     attacks: dict[str, dict[str, Any]]
@@ -100,6 +102,9 @@ def load_settings(cfg: DictConfig) -> Settings:
              "null or an integer >= 1")
     if not c["attack"] and c["stage"] == "all":
         raise ValueError("attack is empty: choose attacks, e.g. attack=[loss,lira_online]")
+    train = TrainConfig.from_mapping(c["train"])
+    defense = DefenseConfig.from_mapping(c.get("defense"))  # runs saved before the group existed: none
+    defense.check_training(train)
     return Settings(
         seed=int(c["seed"]),
         device=resolve_device(str(c["device"])),
@@ -122,7 +127,8 @@ def load_settings(cfg: DictConfig) -> Settings:
         num_shards=c["num_shards"],
         parallel_models=c["parallel_models"],
         parallel_strategy=c["parallel_strategy"],
-        train=TrainConfig.from_mapping(c["train"]),
+        train=train,
+        defense=defense,
         dataset=c["dataset"],
         model=c["model"],
         attacks=c["attack"],
