@@ -39,6 +39,7 @@ Interplay with the other training options:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -174,13 +175,15 @@ def make_private_compatible(model: nn.Module) -> nn.Module:
     return fixed
 
 
+@functools.lru_cache(maxsize=64)
 def noise_multiplier(
     epsilon: float, *, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:
     """The noise multiplier whose accounted epsilon after ``steps`` steps at ``sample_rate`` is ``epsilon``.
 
     Opacus' :func:`~opacus.accountants.utils.get_noise_multiplier` (binary search to within
-    0.01 of ``epsilon``, on the safe side); 0 for ``epsilon = inf``.
+    0.01 of ``epsilon``, on the safe side); 0 for ``epsilon = inf``. Cached: the models of a
+    study share their calibration (a search takes about a second).
     """
     if math.isinf(epsilon):
         return 0.0
@@ -194,6 +197,17 @@ def noise_multiplier(
                          f"{sample_rate:.3g} and {steps} steps ({err}): raise defense.epsilon") from err
 
 
+@functools.lru_cache(maxsize=256)
+def _spent(history: tuple[tuple[float, float, int], ...], delta: float, mechanism: str) -> float:
+    """Epsilon at ``delta`` of a composition ``(noise multiplier, sample rate, steps), ...`` (cached: models
+    of a study usually share it, and an accounting takes up to a second)."""
+    from opacus.accountants import create_accountant
+
+    accountant = create_accountant(mechanism=mechanism)
+    accountant.history = list(history)
+    return float(accountant.get_epsilon(delta=delta))
+
+
 def _batches(member_idx: torch.Tensor, *, steps: int, sample_rate: float, poisson: bool,
              generator: torch.Generator) -> list[torch.Tensor]:
     """One epoch's batches: Poisson samples of the members, or near-equal splits of a permutation."""
@@ -203,6 +217,32 @@ def _batches(member_idx: torch.Tensor, *, steps: int, sample_rate: float, poisso
                 for _ in range(steps)]
     order = member_idx[torch.randperm(n, generator=generator, device=member_idx.device)]
     return list(torch.tensor_split(order, steps))
+
+
+def _epoch(
+    private: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batches: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *, generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch of DP-SGD steps; returns the summed loss and the number of correct predictions."""
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        if len(batch) == 0:  # Poisson sampling drew nobody: a noise-only step, as Opacus takes
+            for p in private.parameters():
+                if p.requires_grad:
+                    p.grad_sample = p.new_zeros((0, *p.shape))
+        else:
+            draws = draw_augment(len(batch), cfg.augment, image_size=tuple(x.shape[2:]), generator=generator,
+                                 device=x.device)
+            out = private(augment_batch(x[batch], draws, cfg.augment))
+            loss = F.cross_entropy(out, y[batch], label_smoothing=cfg.label_smoothing)
+            loss.backward()
+            loss_sum += loss.detach() * len(batch)
+            correct += (out.detach().argmax(1) == y[batch]).sum()
+        optimizer.step()
+        scheduler.step()
+    return loss_sum, correct
 
 
 def train_private(
@@ -253,40 +293,24 @@ def train_private(
     optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     member_idx = member_idx.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     epoch_loss, epoch_acc = [], []
     with warnings.catch_warnings():  # Opacus hooks the first layer, whose input needs no gradient
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for _ in range(cfg.epochs):
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device)
-            for batch in _batches(member_idx, steps=steps_per_epoch, sample_rate=sample_rate,
-                                  poisson=defense.poisson_sampling, generator=generator):
-                optimizer.zero_grad(set_to_none=True)
-                if len(batch) == 0:  # Poisson sampling drew nobody: a noise-only step, as Opacus takes
-                    for p in trainable:
-                        p.grad_sample = p.new_zeros((0, *p.shape))
-                else:
-                    draws = draw_augment(len(batch), cfg.augment, image_size=tuple(x.shape[2:]), generator=generator,
-                                         device=device)
-                    out = private(augment_batch(x[batch], draws, cfg.augment))
-                    loss = F.cross_entropy(out, y[batch], label_smoothing=cfg.label_smoothing)
-                    loss.backward()
-                    loss_sum += loss.detach() * len(batch)
-                    correct += (out.detach().argmax(1) == y[batch]).sum()
-                optimizer.step()
-                scheduler.step()
+            batches = _batches(member_idx, steps=steps_per_epoch, sample_rate=sample_rate,
+                               poisson=defense.poisson_sampling, generator=generator)
+            loss_sum, correct = _epoch(private, optimizer, scheduler, batches, x, y, cfg, generator=generator)
             epoch_loss.append(loss_sum / n)
             epoch_acc.append(correct / n)
             if end_of_epoch(stopper, model, x, y, val_idx, cfg):
                 break
     private._close()  # remove Opacus' hooks and per-example gradient attributes from the model
     steps = sum(count for _, _, count in accountant.history)
-    spent = accountant.get_epsilon(delta=delta) if sigma > 0 else math.inf
+    spent = _spent(tuple(map(tuple, accountant.history)), delta, defense.accountant) if sigma > 0 else math.inf
     metrics = final_metrics(model, x, y, member_idx, cfg, epoch_loss=torch.stack(epoch_loss).tolist(),
                             epoch_acc=torch.stack(epoch_acc).tolist(), stopper=stopper, x_test=x_test, y_test=y_test)
     metrics |= {
-        "dp_epsilon": float(spent),
+        "dp_epsilon": spent,
         "dp_epsilon_target": float(defense.epsilon),
         "dp_delta": float(delta),
         "dp_noise_multiplier": sigma,
