@@ -140,5 +140,6 @@ def _check_no_image_augmentation(train: TrainConfig, dataset: str) -> None:
         value = getattr(train, key)
         if value:
             raise ValueError(
-                f"train.{key}={value!r} is an image augmentation, but dataset {dataset!r} is tabular: set train.{key}={off}"
+                f"train.{key}={value!r} is an image augmentation, but dataset {dataset!r} is tabular: "
+                f"set train.{key}={off}"
             )

@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from helpers import make_config, run_experiment
-from mia_torch.data import DatasetNotFoundError, dataset_kind, load_dataset, parse_queries
+from mia_torch.data import (
+    DATASETS,
+    Dataset,
+    DatasetNotFoundError,
+    dataset_kind,
+    load_dataset,
+    parse_queries,
+    register_dataset,
+)
 from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet
 from mia_torch.settings import load_settings
 from mia_torch.signals.collect import collect_logits
@@ -130,6 +138,7 @@ GOOD = "a,b,label\n1,x,0\n2,y,1\n3,x,0\n4,y,1\n5,x,0\n"
         ({"path": "good.csv"}, {}, ["dataset.label"]),
         ({"path": "nowhere.csv", "label": "label"}, {}, ["nowhere.csv", "dataset.path"]),
         ({"path": "good.csv", "label": "class"}, {}, ["dataset.label", "'class'", "good.csv"]),
+        ({"path": "good.csv", "label": "label", "test_path": "gone.csv"}, {}, ["gone.csv", "dataset.test_path"]),
         ({"path": "good.csv", "label": "label", "categorical": ["c"]}, {}, ["dataset.categorical", "'c'"]),
         ({"path": "good.csv", "label": "label", "drop": ["zz"]}, {}, ["dataset.drop", "'zz'"]),
         ({"path": "good.csv", "label": "label", "categorical": "a"}, {}, ["dataset.categorical", "list"]),
@@ -151,7 +160,8 @@ GOOD = "a,b,label\n1,x,0\n2,y,1\n3,x,0\n4,y,1\n5,x,0\n"
          ["short.csv", "'b'"]),
         ({"path": "good.csv", "label": "label", "test_path": "text.csv"}, {"text.csv": "a,b,label\nmany,x,0\n"},
          ["text.csv", "`a`", "'many'", "dataset.categorical"]),
-        ({"path": "gap.csv", "label": "label", "missing": "error"}, {"gap.csv": "a,b,label\n1,x,0\n,y,1\n3,x,0\n4,y,1\n"},
+        ({"path": "gap.csv", "label": "label", "missing": "error"},
+         {"gap.csv": "a,b,label\n1,x,0\n,y,1\n3,x,0\n4,y,1\n"},
          ["gap.csv", "'a'", "dataset.missing"]),
         ({"path": "empty.csv", "label": "label"}, {"empty.csv": ""}, ["empty.csv", "empty"]),
         ({"path": "header.csv", "label": "label"}, {"header.csv": "a,label\n"}, ["header.csv", "no records"]),
@@ -185,6 +195,29 @@ def test_breast_cancer_records_load_standardised_with_a_seeded_split():
     assert not torch.equal(data.test_indices, load_dataset("breast_cancer", root=None, seed=1).test_indices)
     with pytest.raises(ValueError, match="dataset.num_test"):
         load_dataset("breast_cancer", root=None, num_test=569)
+    subset = load_dataset("breast_cancer", root=None, population_size=100)
+    assert subset.x.shape == (100, 30) and set(subset.indices.tolist()) <= set(data.indices.tolist())
+
+
+def test_registered_kind_is_known_before_loading_and_checked_after():
+    def records(*, root, download, seed, kind: str = "tabular"):
+        x = torch.zeros(6, 3) if kind == "tabular" else torch.zeros(6, 1, 2, 2)
+        y = torch.tensor([0, 1] * 3)
+        return Dataset("tiny_records", x, y, x[:2], y[:2], 2, kind=kind)
+
+    register_dataset("tiny_records", kind="tabular")(records)
+    try:
+        assert dataset_kind("tiny_records") == "tabular" and dataset_kind("digits") == "image"
+        assert load_dataset("tiny_records", root=None).input_shape == (3,)
+        with pytest.raises(ValueError, match="registered as tabular"):
+            load_dataset("tiny_records", root=None, kind="image")
+    finally:
+        DATASETS.pop("tiny_records", None)
+    with pytest.raises(ValueError, match="kind"):
+        register_dataset("tiny_records", kind="text")
+    with pytest.raises(ValueError, match=r"records \[N, F\]"):
+        Dataset("bad", torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.int64), torch.zeros(1, 1, 2, 2),
+                torch.zeros(1, dtype=torch.int64), 2, kind="tabular")
 
 
 def test_each_kind_of_dataset_brings_its_default_queries(tmp_path):
@@ -242,7 +275,8 @@ def test_models_trained_together_on_records_match_one_by_one():
     for strategy in ("vmap", "loop"):
         torch.manual_seed(0)
         models = [MLP(input_shape=(30,), num_classes=2, hidden_sizes=(16,)) for _ in members]
-        results[strategy] = (train_models(models, data.x, data.y, members, cfg, seeds=[3, 4], strategy=strategy), models)
+        trained = train_models(models, data.x, data.y, members, cfg, seeds=[3, 4], strategy=strategy)
+        results[strategy] = (trained, models)
     for rv, rl in zip(results["vmap"][0], results["loop"][0]):
         assert rv.metrics["epoch_train_loss"] == pytest.approx(rl.metrics["epoch_train_loss"], rel=1e-4)
     models = results["vmap"][1]
@@ -273,7 +307,8 @@ def test_csv_runs_end_to_end_and_a_memorising_target_leaks(tmp_path):
     write_records(tmp_path / "data" / "transactions.csv")
     results = run_experiment(tmp_path, [
         "dataset=csv", "dataset.path=transactions.csv", "dataset.label=fraud", f"data_dir={tmp_path / 'data'}",
-        "model=mlp", "train=adam", "train.lr=0.01", "train.epochs=30", "train.batch_size=32", "num_models=4", "target_ids=[0,1]",
+        "model=mlp", "train=adam", "train.lr=0.01", "train.epochs=30", "train.batch_size=32",
+        "num_models=4", "target_ids=[0,1]",
         "attack=[loss,lira_offline,rmia]", "bootstrap=50", "progress=false",
     ])
     run_dir = tmp_path / "run"

@@ -163,7 +163,7 @@ def _registered(name: str) -> DatasetLoader:
 def dataset_kind(name: str) -> str:
     """The kind (``"image"`` or ``"tabular"``) of the registered dataset ``name``, without loading it."""
     _registered(name)
-    return _KINDS[name]
+    return _KINDS.get(name, "image")
 
 
 def data_file(path: str | Path, root: Path | None) -> Path:
@@ -195,8 +195,10 @@ def load_dataset(
     _check_options(name, loader, options)
     path = Path(root).expanduser() if root is not None else None
     data = loader(root=path, download=bool(download), seed=int(seed), **options)
-    if data.kind != _KINDS[name]:
-        raise ValueError(f"dataset {name!r} is registered as {_KINDS[name]} data but its loader returned {data.kind}")
+    if data.kind != dataset_kind(name):
+        raise ValueError(
+            f"dataset {name!r} is registered as {dataset_kind(name)} data but its loader returned {data.kind}"
+        )
     if population_size is not None:
         keep = _subset(len(data.x), population_size, seed=seed, stream=1, key="population_size", name=name)
         data = replace(data, x=data.x[keep], y=data.y[keep], indices=data.indices[keep])

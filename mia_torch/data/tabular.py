@@ -124,7 +124,9 @@ def read_csv(file: Path, *, key: str) -> "pd.DataFrame":
     import pandas as pd
 
     if not file.is_file():
-        raise DatasetNotFoundError(f"{file} not found: set `{key}` (relative to `data_dir` unless absolute) to your CSV")
+        raise DatasetNotFoundError(
+            f"{file} not found: set `{key}` (relative to `data_dir` unless absolute) to your CSV file"
+        )
     try:
         frame = pd.read_csv(file, dtype=str, skipinitialspace=True)
     except pd.errors.EmptyDataError as err:
@@ -211,7 +213,9 @@ def _breast_cancer(*, root: Path | None, download: bool, seed: int, num_test: in
     frame = bunch.data.assign(diagnosis=bunch.target_names[bunch.target.to_numpy()])
     total = len(frame)
     if isinstance(num_test, bool) or not isinstance(num_test, (int, np.integer)) or not 1 <= num_test <= total - 2:
-        raise ValueError(f"`dataset.num_test` for breast_cancer must be an integer in [1, {total - 2}], got {num_test!r}")
+        raise ValueError(
+            f"`dataset.num_test` for breast_cancer must be an integer in [1, {total - 2}], got {num_test!r}"
+        )
     pop_rows, test_rows = split_rows(total, int(num_test), seed=seed)
     return tabular_dataset(
         "breast_cancer", frame.iloc[pop_rows], frame.iloc[test_rows], label="diagnosis",
@@ -245,7 +249,9 @@ def _check_columns(frame: "pd.DataFrame", *, label: str, categorical: list[str],
 
 def _check_labels(frame: "pd.DataFrame", label: str, source: str) -> None:
     if label not in frame.columns:
-        raise ValueError(f"`dataset.label`={label!r} is not a column of {source}; its columns are: {list(frame.columns)}")
+        raise ValueError(
+            f"`dataset.label`={label!r} is not a column of {source}; its columns are: {list(frame.columns)}"
+        )
     empty = frame.index[frame[label].isna().to_numpy()]
     if len(empty):
         raise ValueError(
@@ -330,7 +336,8 @@ def _encode_labels(
         shown = sorted({_class_name(v) for v in test_labels.to_numpy()[unseen]})
         raise ValueError(
             f"column `{label}` (dataset.label) of {test_source} holds class(es) {shown[:5]} that the population of "
-            f"{source} never has; the classes are fitted on the population: remove those test rows"
+            f"{source} never has; the classes are fitted on the population: remove the records of those classes "
+            f"or add some to the population"
         )
     return (torch.as_tensor(encoder.transform(pop), dtype=torch.int64),
             torch.as_tensor(encoder.transform(test), dtype=torch.int64), names)
