@@ -108,21 +108,22 @@ def test_vmap_bf16_step_updates_each_models_batchnorm_statistics(images, factory
                 assert torch.equal(p, p0), name
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_one_fused_optimizer_over_stacked_parameters_equals_one_optimizer_per_model(optimizer):
+def test_one_fused_optimizer_over_stacked_parameters_equals_one_optimizer_per_model(optimizer, device):
     """The vmap strategy's single (fused on CUDA) optimizer over stacked parameters takes the
     same steps as separate unfused optimizers per model: SGD with Nesterov momentum and weight
-    decay, and Adam, are elementwise."""
+    decay, and Adam, are elementwise. On CPU this runs CPU's fused kernels."""
     cfg = TrainConfig(optimizer=optimizer, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-3)
     g = torch.Generator().manual_seed(0)
     shapes = [(4, 3, 3, 3), (4,), (10, 4)]
-    per_model = [[nn.Parameter(torch.randn(s, generator=g)) for s in shapes] for _ in range(3)]
+    per_model = [[nn.Parameter(torch.randn(s, generator=g).to(device)) for s in shapes] for _ in range(3)]
     stacked = [nn.Parameter(torch.stack([ps[i].detach() for ps in per_model])) for i in range(len(shapes))]
-    fused = make_optimizer(nn.ParameterList(stacked), cfg, torch.device("cuda"))  # CUDA's choice, CPU kernels
+    fused = make_optimizer(nn.ParameterList(stacked), cfg, torch.device("cuda"))  # fused=True, as on CUDA
     assert fused.defaults["fused"] is True
-    singles = [make_optimizer(nn.ParameterList(ps), cfg, torch.device("cpu")) for ps in per_model]
+    singles = [make_optimizer(nn.ParameterList(ps), cfg, torch.device("cpu")) for ps in per_model]  # unfused
     for _ in range(5):
-        grads = [[torch.randn(s, generator=g) for s in shapes] for _ in per_model]
+        grads = [[torch.randn(s, generator=g).to(device) for s in shapes] for _ in per_model]
         for i, p in enumerate(stacked):
             p.grad = torch.stack([gr[i] for gr in grads])
         for ps, gr in zip(per_model, grads):
