@@ -82,6 +82,16 @@ fi
 WHEELS=$(absolute "${WHEELS:-$REPO/.wheels}")
 CIFAR10_JPEG=$(absolute "${CIFAR10_JPEG:-$REPO/.data/cifar10_jpeg.npz}")
 BUDGET=${GPU_CHECK_BUDGET_S:-465}
+for var in GPU_CHECK_BUDGET_S ${!GPU_CHECK_LIMIT_*}; do
+    if [[ -n ${!var:-} && ! ${!var} =~ ^[0-9]+$ ]]; then
+        echo "error: $var=${!var} is not a whole number of seconds" >&2
+        exit 2
+    fi
+done
+if [[ -d $OUT && -n $(ls -A "$OUT") ]]; then
+    echo "error: output folder $OUT is not empty: point OUT at a new or empty folder" >&2
+    exit 2
+fi
 RESERVE=25  # seconds kept for a killed stage's grace period, the summary and the archive
 KILL_AFTER=10
 DEADLINE=$((SECONDS + BUDGET))

@@ -78,8 +78,8 @@ class StageTimer:
         tmp.replace(self.path)
 
 
-def _log_groups(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Log how long each group of models took to train (the pace, even if the run is cut short)."""
+def _log_groups(fn: Callable[..., Any], timer: StageTimer) -> Callable[..., Any]:
+    """Log (and record in the timings) each group of models as it finishes training: the pace, even if cut short."""
 
     @functools.wraps(fn)
     def logged(ctx: Any, indices: list[int]) -> Any:
@@ -89,6 +89,9 @@ def _log_groups(fn: Callable[..., Any]) -> Callable[..., Any]:
         _sync()
         seconds = time.perf_counter() - start
         log.info("trained models %s in %.1f s (%.2f s per model)", list(indices), seconds, seconds / max(1, len(indices)))
+        timer.extra["models_trained_so_far"] = timer.extra.get("models_trained_so_far", 0) + len(indices)
+        timer.extra["training_groups_s"] = round(timer.extra.get("training_groups_s", 0.0) + seconds, 2)
+        timer.write()
         return out
 
     return logged
@@ -117,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log.warning("mia_torch.pipeline has no %s: %s is not timed", name, key)
     if hasattr(pipeline, "train_group"):
-        pipeline.train_group = _log_groups(pipeline.train_group)
+        pipeline.train_group = _log_groups(pipeline.train_group, timer)
     results = pipeline.run(cfg, run_dir=args.run_dir)
-    timer.extra = {
+    timer.extra |= {
         "total_s": results.get("seconds"),
         "trained_models": len(results.get("trained_models", [])),
         "reused_models": len(results.get("reused_models", [])),

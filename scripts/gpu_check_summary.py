@@ -244,6 +244,8 @@ def markdown(summary: dict[str, Any]) -> str:
             f"training {_f(t.get('train_s'), '.1f')} s, signals {_f(t.get('signals_s'), '.1f')} s, attacks "
             f"{_f(t.get('attacks_s'), '.1f')} s, whole run {_f(t.get('total_s') or t.get('elapsed_s'), '.1f')} s; "
             f"peak GPU memory {_f(t.get('cuda_max_memory_gib'), '.1f')} GiB"
+            + (f"; {t['trained_models']} models trained, {t['reused_models']} reused from the store"
+               if "trained_models" in t else "")
         )
     if study and study.get("complete"):
         lines += [
@@ -261,7 +263,11 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {name} | {_f(a['auc'])} | {_pct(a['tpr@0.01fpr'], 2)} | {_pct(a['tpr@0.001fpr'], 2)} "
                          f"| {sanity} |")
     elif study:
-        lines.append("the study did not finish: timings so far above, its pace in study.log")
+        t = study.get("timings", {})
+        lines.append(
+            f"the study did not finish: {t.get('models_trained_so_far', 0)} models trained in "
+            f"{_f(t.get('training_groups_s'), '.1f')} s before it stopped (its pace in study.log)"
+        )
     lines += ["", "## Targets (issue 12)", ""]
     if summary["mode"] == "smoke":
         lines.append("not checked in a smoke run (tiny sizes on CPU)")

@@ -249,3 +249,20 @@ def test_bench_counts_flops_of_a_known_model():
     assert flops == {"forward": forward, "train": forward + forward + 2 * 10 * 3}
     conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
     assert bench.count_flops(conv, (1, 8, 8))["forward"] == 2 * 9 * 4 * 64
+
+
+def test_summary_of_a_study_cut_short_reports_its_pace(tmp_path):
+    summary_mod = load_script("gpu_check_summary")
+    (tmp_path / "study_timings.json").write_text(json.dumps({"models_trained_so_far": 16, "training_groups_s": 120.0}))
+    text = summary_mod.markdown(summary_mod.summarize(tmp_path, smoke=False))
+    assert "the study did not finish: 16 models trained in 120.0 s" in text
+
+
+def test_bad_settings_are_rejected_before_anything_runs(tmp_path):
+    proc = run_check(tmp_path, "--smoke", GPU_CHECK_LIMIT_STUDY="ten")
+    assert proc.returncode == 2 and "GPU_CHECK_LIMIT_STUDY=ten is not a whole number" in proc.stderr
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep me")
+    proc = run_check(tmp_path, "--smoke")
+    assert proc.returncode == 2 and "is not empty" in proc.stderr
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
