@@ -116,7 +116,7 @@ fi
 say() { echo "[gpu_check $(date -u +%H:%M:%S)] $*"; }
 
 summarize() {
-    "$PYTHON" "$REPO/scripts/gpu_check_summary.py" --work "$WORK" --out "$OUT" "${MODE_ARGS[@]}" "$@"
+    "$PYTHON" "$REPO/scripts/gpu_check_summary.py" --work "$WORK" --out "$OUT" ${MODE_ARGS[@]+"${MODE_ARGS[@]}"} "$@"
 }
 
 wanted() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
@@ -219,7 +219,7 @@ if wanted study; then
         fi
         read -r -a EXTRA <<<"${GPU_CHECK_STUDY_ARGS:-}"
         run_stage study study.log "$PYTHON" scripts/gpu_check_study.py --run-dir "$WORK/study" \
-            --timings "$WORK/study_timings.json" "${STUDY[@]}" "${EXTRA[@]}"
+            --timings "$WORK/study_timings.json" "${STUDY[@]}" ${EXTRA[@]+"${EXTRA[@]}"}
     else
         skip study "no decoded data"
     fi
