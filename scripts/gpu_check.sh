@@ -7,7 +7,7 @@
 #   scripts/gpu_check.sh [--smoke] [--stages LIST]
 #
 #   --smoke        tiny sizes on CPU (synthetic CIFAR-shaped data, few models, 1 epoch,
-#                  small benchmarks): checks the whole script works, in about half a minute
+#                  small benchmarks): checks the whole script works (about 30 s of CPU time)
 #   --stages LIST  comma-separated subset of: tests,data,study,bench_cifar_cnn,bench_resnet18
 #                  (default: all; the env stage always runs first)
 #
@@ -28,14 +28,17 @@
 #   artifacts.tar.gz           env.json, stages.tsv, tests.xml, bench_*.json, the study's
 #                              results.json, timings, ROC plot and TensorBoard events
 # Scratch (decoded data, model store) goes to $GPU_CHECK_WORK (default
-# outputs/gpu_check_work/<UTC time>). The exit status is 0 when every stage succeeded.
+# outputs/gpu_check_work/<UTC time>); a rerun with the same GPU_CHECK_WORK reuses the
+# models already trained (the summary says how many). The exit status is 0 when every
+# stage succeeded.
 #
 # Running it on a GPU machine without a virtualenv or network:
 #   1. Here, once per checkout:  scripts/gpu_check_prepare.sh [path/to/cifar10_jpeg.npz]
-#      downloads the wheels of the pure-Python dependencies a bare Python 3.12 with torch,
-#      torchvision, tensorboard, scikit-learn and matplotlib lacks (hydra-core, omegaconf,
-#      antlr4-python3-runtime, pyyaml, tqdm, pytest) into .wheels/ and copies the CIFAR-10
-#      JPEG container (18 MB) to .data/cifar10_jpeg.npz; both folders are git-ignored.
+#      downloads the wheels of the dependencies a bare Python 3.12 with torch, torchvision,
+#      tensorboard, scikit-learn and matplotlib lacks (hydra-core, omegaconf,
+#      antlr4-python3-runtime, pyyaml, tqdm, pytest and theirs, about 3 MB) into .wheels/ and
+#      copies the CIFAR-10 JPEG container (18 MB) to .data/cifar10_jpeg.npz; both folders
+#      are git-ignored.
 #   2. There, from the checkout root, with .wheels and .data carried along:
 #        OUT=/some/folder scripts/gpu_check.sh
 #      The env stage unpacks WHEELS (default .wheels) into the work folder and puts it on
