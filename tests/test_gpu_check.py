@@ -39,7 +39,7 @@ def run_check(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPro
         "OMP_NUM_THREADS": "1",
     } | env
     environ.pop("PYTHONPATH", None)  # the script sets it: the checkout, then the unpacked wheels
-    return subprocess.run(["bash", str(SCRIPT), *args], env=environ, capture_output=True, text=True, timeout=300)
+    return subprocess.run(["bash", str(SCRIPT), *args], env=environ, capture_output=True, text=True, timeout=600)
 
 
 def returned_files(out: Path) -> list[Path]:
@@ -47,13 +47,13 @@ def returned_files(out: Path) -> list[Path]:
 
 
 def test_smoke_run_reports_every_stage(tmp_path):
-    """`--smoke` runs every stage on CPU and returns at most 8 files of at most 16 MB, at most 2 folders deep."""
+    """`--smoke` runs every stage on CPU and leaves at most 8 files of at most 16 MB, all directly in $OUT."""
     proc = run_check(tmp_path, "--smoke")
     out = tmp_path / "out"
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = returned_files(out)
     assert 1 <= len(files) <= 8, files
-    assert all(p.stat().st_size <= 16 * 2**20 and len(p.relative_to(out).parts) <= 3 for p in files)
+    assert all(p.stat().st_size <= 16 * 2**20 and p.parent == out for p in files)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "smoke" and summary["all_ok"]
     assert [r["stage"] for r in summary["stages"]] == [
