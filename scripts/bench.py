@@ -456,6 +456,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         with atomic_open(args.out) as f:
             f.write(json.dumps(report, indent=2))
         print(f"wrote {args.out}")
+    logging.getLogger("mia_torch").removeHandler(fallbacks)
     return report
 
 
