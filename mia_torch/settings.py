@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.resources
 import tempfile
@@ -101,9 +102,10 @@ def check_top_level_keys(config: dict[str, Any]) -> None:
     known = primary | groups
     unknown = sorted(set(config) - known)
     if unknown:
+        close = [match for key in unknown for match in difflib.get_close_matches(key, known, n=1)]
         raise ValueError(
-            f"unknown top-level key(s) {', '.join(unknown)} (added with +key=value?): mia_torch would ignore them. "
-            f"Valid keys: {', '.join(sorted(known))}"
+            f"unknown top-level key(s) {', '.join(unknown)} (added with +key=value?): mia_torch would ignore them"
+            + (f"; did you mean {', '.join(close)}?" if close else "") + f" Valid keys: {', '.join(sorted(known))}"
         )
     missing = sorted(primary - set(config))
     if missing:

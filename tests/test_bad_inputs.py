@@ -102,7 +102,7 @@ CASES = [
     # ---- the config (Hydra composition, then our checks)
     Case("unknown group option", ["attack=[loss,nonexistent]"], ["attack/nonexistent"]),
     Case("mistyped key", ["num_modles=3"], ["num_modles"]),
-    Case("mistyped key added with +", ["+num_modles=3"], ["num_modles", "Valid keys", "num_models"]),
+    Case("mistyped key added with +", ["+num_modles=3"], ["num_modles", "did you mean num_models?", "Valid keys"]),
     Case("unknown top-level key", ["+unknown_key=1"], ["unknown_key", "Valid keys", "store_dir", "attack"]),
     Case("wrong type (structured)", ["train.epochs=many"], ["train.epochs"]),
     Case("out of range: optimizer", ["train.optimizer=rmsprop"], ["train.optimizer"]),
