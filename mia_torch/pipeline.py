@@ -17,12 +17,13 @@ from tqdm import tqdm
 from mia_torch import __version__
 from mia_torch.atomic import atomic_write_bytes
 from mia_torch.attacks.base import Attack, ReferenceSignals
-from mia_torch.data.datasets import Dataset, load_dataset
+from mia_torch.data.datasets import Dataset, describe_dataset, load_dataset
 from mia_torch.data.splits import Splits, make_splits
+from mia_torch.data.validate import check_training_sets
 from mia_torch.evaluation import evaluate_attacks, save_scores
 from mia_torch.provenance import environment_versions
 from mia_torch.report.run_report import write_run_report
-from mia_torch.settings import Settings, load_settings
+from mia_torch.settings import Settings, check_attacks, check_writable, load_settings
 from mia_torch.signals.collect import collect_logits
 from mia_torch.store import (
     ArtifactStore,
@@ -218,8 +219,10 @@ def save_splits(ctx: Context) -> None:
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Context:
-    """Validate the config, load the data, build splits and attacks: everything that can fail fast.
+    """Validate the config, the directories and the data, build splits: everything that can fail fast.
 
+    Cheap checks come first (values, attacks, writable ``store_dir`` and run directory),
+    then the data is loaded and checked, so bad input stops before any training.
     ``cfg.queries`` is set to the queries in effect (the dataset's default when it is null),
     so that results.json records them.
     """
@@ -227,16 +230,15 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     cfg.queries = list(settings.queries)
     if settings.num_threads is not None:
         torch.set_num_threads(settings.num_threads)
-    for name, attack_cfg in settings.attacks.items():
-        try:
-            hydra.utils.instantiate(attack_cfg)
-        except Exception as err:  # noqa: BLE001 - re-raised with the key that caused it
-            raise ValueError(f"attack.{name} cannot be built: {err}") from err
+    check_attacks(settings)
+    check_writable(settings.store_dir, key="store_dir")
+    check_writable(run_dir, key="hydra.run.dir")
     data = load_dataset(**settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
     build_model(settings, data, 0)(data.x[:2])  # the architecture fits the data
     splits = make_splits(settings.num_models, len(data.y), seed=settings.seed,
                          target_ids=settings.target_ids, threat_model=settings.threat_model)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_training_sets(splits.keep, source=describe_dataset(settings.dataset["name"], settings.dataset),
+                        threat_model=settings.threat_model)
     return Context(settings=settings, run_dir=run_dir, data=data.to(settings.device), splits=splits,
                    store=ArtifactStore(settings.store_dir))
 

@@ -1,7 +1,7 @@
 """Rerun a finished run from its saved config and check that it reproduces.
 
 Usage (``scripts/reproduce.py`` is the same command):
-    mia-reproduce <run_dir> [--out DIR] [--store-dir DIR] [--atol X] [--exact]
+    mia-reproduce <run_dir> [--out DIR] [--store-dir DIR] [--atol X] [--exact] [--allow-target T ...]
 
 The config comes from ``<run_dir>/.hydra/config.yaml`` (what Hydra saved; without it,
 from the resolved config recorded in ``results.json``). Interpolations are resolved as
@@ -31,11 +31,19 @@ check and a final ``MATCH`` or ``MISMATCH``; writes the same as JSON to
 ``<out>/reproduce_report.json``. Exit status: 0 on MATCH, 1 on MISMATCH, 2 when the run
 cannot be reproduced (missing files, invalid config, a failing rerun).
 
+A run directory is untrusted input: before anything is built, every ``_target_`` of
+its config must name a class defined in mia_torch (:mod:`mia_torch.config_safety`);
+others are refused (exit status 2) unless allowed one by one with
+``--allow-target <dotted.path>``, e.g. ``--allow-target my_pkg.models.MyNet`` for a
+run that used your own model.
+
 The Hydra-native alternative reruns the saved config without the comparison:
     mia-run --config-path <abs run_dir>/.hydra --config-name config \\
         hydra.run.dir=<new dir> store_dir=<fresh store>
 (key overrides work; config-group choices such as ``model=...`` do not, since the saved
 config is already composed; without ``store_dir=`` the default store's models are reused.)
+It trusts the directory completely: Hydra itself builds the ``hydra.callbacks`` of that
+config before mia_torch sees it, so use it only on runs you made yourself.
 """
 
 from __future__ import annotations
@@ -47,10 +55,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+
+from mia_torch.config_safety import UnsafeConfigError, check_targets
 
 #: Default tolerance on pooled AUC and target accuracy when a run used CUDA.
 DEFAULT_ATOL = 0.01
@@ -282,15 +292,28 @@ def _count_models(store: Path) -> int:
     return sum(1 for p in (store / "models").glob("*/meta.json")) if (store / "models").is_dir() else 0
 
 
-def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: float, exact: bool) -> int:
-    """Rerun ``run_dir`` into ``out`` and compare; returns the exit status."""
+def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: float, exact: bool,
+              allow_targets: Sequence[str] = ()) -> int:
+    """Rerun ``run_dir`` into ``out`` and compare; returns the exit status.
+
+    ``allow_targets`` are ``_target_`` strings outside mia_torch that the config may build.
+    """
     from mia_torch.report.results import read_json, write_json
 
     results_file = run_dir / "results.json"
     if not results_file.is_file():
         raise ReproduceError(f"{results_file} is missing: reproduce needs a finished run (stage=all)")
-    original = read_json(results_file)
+    try:
+        original = read_json(results_file)
+    except (OSError, ValueError) as err:
+        raise ReproduceError(f"{results_file} is not readable JSON: {err}") from err
+    if not isinstance(original, dict):
+        raise ReproduceError(f"{results_file} does not hold a run's results (a JSON object)")
     config, notes = load_run_config(run_dir, original.get("config"))
+    try:
+        check_targets(config, allowed=allow_targets, source=f"the config of {run_dir}")
+    except UnsafeConfigError as err:
+        raise ReproduceError(str(err)) from err
     out = out or run_dir / f"reproduce_{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and any(out.iterdir()):
         raise ReproduceError(f"{out} exists and is not empty: choose another --out")
@@ -307,7 +330,10 @@ def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: 
     from mia_torch.settings import resolve_device
 
     cfg: DictConfig = OmegaConf.create(config)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReproduceError(f"cannot create the rerun directory {out} (--out): {err}") from err
     OmegaConf.save(cfg, out / "reproduce_config.yaml")
     try:
         run(cfg, run_dir=out)
@@ -354,11 +380,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                         help=f"CUDA runs: tolerance on pooled AUC and target accuracy (default {DEFAULT_ATOL})")
     parser.add_argument("--exact", action="store_true", help="require bitwise equality even when a run used CUDA")
+    parser.add_argument("--allow-target", action="append", default=[], metavar="DOTTED.PATH",
+                        help="let the saved config build this _target_ outside mia_torch (repeatable; only for "
+                             "run directories and code you trust)")
     args = parser.parse_args(argv)
     if not args.atol >= 0:
         parser.error("--atol must be >= 0")
     try:
-        return reproduce(args.run_dir, out=args.out, store_dir=args.store_dir, atol=args.atol, exact=args.exact)
+        return reproduce(args.run_dir, out=args.out, store_dir=args.store_dir, atol=args.atol, exact=args.exact,
+                         allow_targets=args.allow_target)
     except ReproduceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

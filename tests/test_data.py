@@ -175,7 +175,7 @@ def test_register_dataset_adds_a_loadable_name(tmp_path):
     @register_dataset("tiny_test_set")
     def _tiny(*, root, download, seed, n: int = 4):
         x = torch.zeros(n, 1, 2, 2)
-        labels = torch.zeros(n, dtype=torch.int64)
+        labels = torch.arange(n) % 2  # two classes: a single-class population is refused
         return Dataset("tiny_test_set", x, labels, x[:1], labels[:1], 2)
 
     try:

@@ -1,4 +1,4 @@
-"""mia_torch.reproduce (scripts/reproduce.py, mia-reproduce): a finished CPU run retrains bitwise-identically; tampering is caught."""
+"""mia_torch.reproduce (scripts/reproduce.py, mia-reproduce): a finished CPU run retrains bitwise-identically; tampering is caught; a crafted run directory runs no code."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from helpers import REPO, TINY
 from mia_torch.evaluation import load_scores, save_scores
@@ -103,3 +104,76 @@ def test_cuda_runs_are_compared_on_auc_and_accuracy_within_atol():
     assert [c for c in reproduce.compare_metrics(original, close, exact=True, atol=0.01) if c.status == "mismatch"]
     assert reproduce._device_is_cuda({"device": "auto"}, {"cuda": "12.4"})
     assert not reproduce._device_is_cuda({"device": "cpu"}, {"cuda": "12.4"})
+
+
+# ---------------------------------------------------------------- untrusted run directories
+
+
+def _crafted_run(root, *, key: str, target: str, args: list[str]):
+    """A run directory whose saved config is valid except that ``key`` builds ``target(*args)``."""
+    from omegaconf import OmegaConf
+
+    from helpers import make_config
+
+    config = OmegaConf.to_container(make_config(root, [*OVERRIDES, "device=cpu"]), resolve=True)
+    node = config
+    for part in key.split(".")[:-1]:
+        node = node[part]
+    node[key.split(".")[-1]] = {"_target_": target, "_args_": args}
+    run_dir = root / "crafted"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(config), run_dir / ".hydra" / "config.yaml")
+    (run_dir / "results.json").write_text(json.dumps({"config": config}))
+    return run_dir
+
+
+@pytest.mark.parametrize("key, target", [
+    ("attack.loss", "pathlib.Path.touch"),            # creates the file when built
+    ("model", "pathlib.Path.touch"),
+    ("attack.loss", "mia_torch.atomic.os.mkdir"),     # a path that starts in mia_torch but leaves it
+    ("attack.loss", "mia_torch.atomic.atomic_write_bytes"),  # a function inside mia_torch, not a class
+])
+def test_a_crafted_run_directory_runs_no_code(tmp_path, capsys, key, target):
+    marker = tmp_path / "marker"
+    run_dir = _crafted_run(tmp_path, key=key, target=target, args=[str(marker)])
+    code = _load_script().main([str(run_dir), "--out", str(tmp_path / "again")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert not marker.exists()
+    assert f"{key}._target_: '{target}'" in err and f"--allow-target {target}" in err
+    assert not (tmp_path / "again").exists()  # refused before anything was built or written
+
+
+def test_the_script_exits_2_on_a_crafted_run_directory(tmp_path):
+    marker = tmp_path / "marker"
+    run_dir = _crafted_run(tmp_path, key="attack.loss", target="pathlib.Path.touch", args=[str(marker)])
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(run_dir)], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "attack.loss._target_" in proc.stderr and not marker.exists()
+
+
+def test_allow_target_lets_a_trusted_target_be_built(tmp_path, capsys):
+    """With the flag the named callable runs (here: creates the marker); it is no attack, so the rerun fails."""
+    marker = tmp_path / "marker"
+    run_dir = _crafted_run(tmp_path, key="attack.loss", target="pathlib.Path.touch", args=[str(marker)])
+    code = _load_script().main([str(run_dir), "--out", str(tmp_path / "again"), "--allow-target", "pathlib.Path.touch"])
+    assert code == 2 and marker.exists()
+    assert "attack.loss built a NoneType, not a mia_torch Attack" in capsys.readouterr().err
+
+
+def test_every_shipped_target_is_accepted_and_foreign_modules_are_not_imported(tmp_path, monkeypatch):
+    from mia_torch.config_safety import UnsafeConfigError, check_targets, find_targets
+
+    shipped = {value for path in (REPO / "configs").rglob("*.yaml")
+               for _, value in find_targets(yaml.safe_load(path.read_text()) or {})}
+    assert {"mia_torch.models.MLP", "mia_torch.attacks.LiRA"} <= shipped
+    check_targets({"targets": [{"_target_": t} for t in sorted(shipped)]})
+    # Deciding never imports a module outside mia_torch (importing one can run code).
+    (tmp_path / "planted.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\nclass Net: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for target in ("planted.Net", "mia_torch.nope.Net", "mia_torch", "mia_torch.pipeline.np.ndarray", 42):
+        with pytest.raises(UnsafeConfigError, match=r"model\._target_"):
+            check_targets({"model": {"_target_": target}})
+    assert not (tmp_path / "imported").exists()
+    check_targets({"model": {"_target_": "planted.Net"}}, allowed=["planted.Net"])

@@ -96,6 +96,11 @@ class Attack(ABC):
     requires_references: bool = False
     threshold: float | None = None
 
+    @property
+    def needs_in_references(self) -> bool:
+        """Whether ``fit`` needs references trained on the attacked examples (online attacks: LiRA, RMIA)."""
+        return bool(getattr(self, "online", False))
+
     def fit(self, ref: ReferenceSignals) -> "Attack":
         """Fit the attack on reference signals; the default does nothing and returns ``self``."""
         return self

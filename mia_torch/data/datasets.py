@@ -29,6 +29,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from mia_torch.data.validate import DataValidationError, read_npz, validate_dataset
+
 __all__ = [
     "DATASETS",
     "DATASET_KINDS",
@@ -189,7 +191,9 @@ def load_dataset(
     datasets fetch missing files into it. ``population_size`` / ``test_size``, when set,
     keep a seeded random subset of that many population / test examples (in their
     original order). ``options`` go to the dataset's loader (e.g. ``num_examples`` for
-    ``synthetic``); unknown options raise ``ValueError``.
+    ``synthetic``); unknown options raise ``ValueError``. The result is checked by
+    :func:`mia_torch.data.validate.validate_dataset` (finite images, labels in range, two
+    classes or more), whatever the loader.
     """
     loader = _registered(name)
     _check_options(name, loader, options)
@@ -205,7 +209,19 @@ def load_dataset(
     if test_size is not None:
         keep = _subset(len(data.x_test), test_size, seed=seed, stream=2, key="test_size", name=name)
         data = replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep], test_indices=data.test_indices[keep])
+    validate_dataset(data, source=describe_dataset(name, options))
     return data
+
+
+def describe_dataset(name: str, options: dict[str, Any]) -> str:
+    """How error messages name a dataset: its name, its file (``dataset.path``) and a registered loader."""
+    text = f"dataset {name!r}"
+    if options.get("path"):
+        text += f" (dataset.path={options['path']})"
+    loader = DATASETS.get(name)
+    if loader is not None and not loader.__module__.startswith("mia_torch."):
+        text += f" (loader {loader.__module__}.{loader.__qualname__})"
+    return text
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -503,21 +519,14 @@ def _npz(*, root: Path | None, download: bool, seed: int, path: str | None = Non
         file = Path(root) / file
     if not file.is_file():
         raise DatasetNotFoundError(f"{file} not found: set `dataset.path` (relative to `data_dir`) to your .npz file")
-    with np.load(file, allow_pickle=False) as arrays:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays.files]
-        if missing:
-            raise ValueError(f"{file} lacks arrays {missing}; it needs x_train, y_train, x_test, y_test")
-        x, x_test = _images_nchw(arrays["x_train"], "x_train", file), _images_nchw(arrays["x_test"], "x_test", file)
-        y = torch.from_numpy(arrays["y_train"].astype(np.int64).reshape(-1))
-        y_test = torch.from_numpy(arrays["y_test"].astype(np.int64).reshape(-1))
+    arrays = read_npz(file)
+    x, x_test = _images_nchw(arrays.x_train, "x_train", file), _images_nchw(arrays.x_test, "x_test", file)
     mean, std = _channel_stats(x)
-    return Dataset(
-        name="npz",
-        x=normalize(x, mean, std),
-        y=y,
-        x_test=normalize(x_test, mean, std),
-        y_test=y_test,
-        num_classes=int(max(y.max(), y_test.max())) + 1,
-        mean=mean,
-        std=std,
-    )
+    try:
+        data = Dataset(name="npz", x=normalize(x, mean, std), y=torch.from_numpy(arrays.y_train),
+                       x_test=normalize(x_test, mean, std), y_test=torch.from_numpy(arrays.y_test),
+                       num_classes=arrays.num_classes, mean=mean, std=std)
+    except ValueError as err:  # e.g. train and test images of different shapes
+        raise DataValidationError(f"{file}: {err}") from err
+    validate_dataset(data, source=str(file))
+    return data
