@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from helpers import TINY, make_config, run_experiment
 from mia_torch.attacks import RMIA, Attack, ReferenceSignals
+from mia_torch.attacks.rmia import _count_auc
 from mia_torch.pipeline import attack_stage, prepare
 from test_attacks import CONFIG_DIR, make_signals
 
@@ -23,7 +24,7 @@ def test_rmia_calibration_picks_the_best_leave_one_out_auc_of_explicit_refits():
     ref, _, _, _ = make_signals(4, 300, 2, d=1.5, s=1.0, m0=2.0, seed=21)
     fitted = RMIA(online=False).fit(ref)
     mean_auc = {}
-    for a, t in itertools.product([i / 10 for i in range(11)], (1.0, 2.0, 4.0)):
+    for a, t in itertools.product([i / 10 for i in range(11)], (1.0, 2.0, 4.0, 8.0)):
         aucs = []
         for held in range(ref.num_models):
             others = [r for r in range(ref.num_models) if r != held]
@@ -39,13 +40,23 @@ def test_rmia_calibration_picks_the_best_leave_one_out_auc_of_explicit_refits():
     assert min(mean_auc.values()) < best - 0.02
 
 
+def test_histogram_auc_of_population_counts_matches_sklearn():
+    g = torch.Generator().manual_seed(24)
+    counts = torch.randint(0, 7, (5, 400), generator=g)
+    member = torch.rand(5, 400, generator=g) < 0.4
+    ours = _count_auc(counts, member, 7)
+    for row in range(5):
+        assert ours[row].item() == pytest.approx(roc_auc_score(member[row].numpy(), counts[row].numpy()), abs=1e-12)
+    assert _count_auc(counts[:1], torch.ones(1, 400, dtype=torch.bool), 7).item() == 0.5
+
+
 def test_rmia_knobs_fixed_by_config_are_kept_and_one_reference_uses_the_documented_defaults():
     ref, _, _, _ = make_signals(4, 200, 2, d=1.0, s=1.0, seed=22)
     assert RMIA(online=False, a=0.7, temperature=3.0).fit(ref).fitted_params()["calibration_auc"] is None
     fixed = RMIA(online=False, a=0.7, temperature=3.0).fit(ref)
     assert (fixed.a_, fixed.temperature_) == (0.7, 3.0)
     online = RMIA(online=True).fit(ref).fitted_params()
-    assert online["a"] is None and online["temperature"] in (1.0, 2.0, 4.0)
+    assert online["a"] is None and online["temperature"] in (1.0, 2.0, 4.0, 8.0)
     one = ReferenceSignals(ref.logits[:1], ref.keep[:1], ref.labels)
     single = RMIA(online=False).fit(one).fitted_params()
     assert (single["a"], single["temperature"], single["threshold"]) == (0.33, 2.0, None)
@@ -91,7 +102,7 @@ def test_fitted_knobs_and_scores_do_not_depend_on_the_targets_membership(tmp_pat
         assert np.array_equal(first.scores[name][target], flipped.scores[name][target]), name
         assert first.scores[name][target].dtype == np.float64, name
     rmia = first.fitted_params["rmia"][target]
-    assert rmia["temperature"] in (1.0, 2.0, 4.0) and 0.0 <= rmia["a"] <= 1.0
+    assert rmia["temperature"] in (1.0, 2.0, 4.0, 8.0) and 0.0 <= rmia["a"] <= 1.0
     # ...while the references' membership does enter the choice (the test can fail)
     refs = list(ctx.splits.reference_ids[target])
     rng = np.random.default_rng(0)
@@ -105,5 +116,5 @@ def test_results_json_records_fitted_params(tmp_path):
     run_experiment(tmp_path, [*TINY, "attack=[loss,rmia]"])
     saved = json.loads(Path(tmp_path / "run" / "results.json").read_text())
     rmia = saved["fitted_params"]["rmia"]["0"]
-    assert rmia["temperature"] in (1.0, 2.0, 4.0) and rmia["a"] in [i / 10 for i in range(11)]
+    assert rmia["temperature"] in (1.0, 2.0, 4.0, 8.0) and rmia["a"] in [i / 10 for i in range(11)]
     assert set(saved["fitted_params"]["loss"]["0"]) == {"threshold"}
