@@ -97,7 +97,7 @@ def _loo_logsumexp(x: torch.Tensor) -> torch.Tensor:
 def _count_auc(counts: torch.Tensor, member: torch.Tensor, num_values: int) -> torch.Tensor:
     """AUC of each row of integer scores in ``[0, num_values)`` (ties count 1/2): float64 ``[rows]``.
 
-    A histogram replaces the sort of :func:`roc_auc`: O(N + num_values) per row.
+    A histogram replaces the sort of :func:`~mia_torch.attacks.base.roc_auc`: O(N + num_values) per row.
     """
     rows = counts.shape[0]
     index = counts + torch.arange(rows, device=counts.device)[:, None] * num_values
