@@ -175,11 +175,13 @@ def untrained_logits(ctx: Context, target: int) -> torch.Tensor:
 
 @dataclass
 class AttackOutputs:
-    """Scores per attack and target (``scores[name][target] = float[N]``), plus calibrated thresholds."""
+    """Scores per attack and target (``scores[name][target] = float64[N]``), calibrated thresholds,
+    and every knob the attack fitted on the target's references (``fitted_params[name][target]``)."""
 
     scores: dict[str, dict[int, np.ndarray]]
     thresholds: dict[str, dict[int, float | None]]
     sanity: dict[str, dict[int, np.ndarray]] | None
+    fitted_params: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
 
 def attack_stage(ctx: Context, logits: np.ndarray) -> AttackOutputs:
@@ -190,7 +192,7 @@ def attack_stage(ctx: Context, logits: np.ndarray) -> AttackOutputs:
     labels = ctx.data.y.to(device)
     keep = torch.from_numpy(ctx.splits.keep).to(device)
     out = AttackOutputs({n: {} for n in s.attacks}, {n: {} for n in s.attacks},
-                        {n: {} for n in s.attacks} if s.sanity_check else None)
+                        {n: {} for n in s.attacks} if s.sanity_check else None, {n: {} for n in s.attacks})
     for target in ctx.splits.target_ids:
         refs = torch.tensor(ctx.splits.reference_ids[target], device=device)
         reference = ReferenceSignals(logits=all_logits[refs], keep=keep[refs], labels=labels)
@@ -198,10 +200,12 @@ def attack_stage(ctx: Context, logits: np.ndarray) -> AttackOutputs:
         for name, attack_cfg in s.attacks.items():
             attack: Attack = hydra.utils.instantiate(attack_cfg)
             attack.fit(reference)
-            out.scores[name][target] = attack.score(all_logits[target], labels).float().cpu().numpy()
+            # float64: a confident model's scores differ beyond float32's resolution.
+            out.scores[name][target] = attack.score(all_logits[target], labels).double().cpu().numpy()
             out.thresholds[name][target] = attack.threshold
+            out.fitted_params[name][target] = attack.fitted_params()
             if out.sanity is not None and blank is not None:
-                out.sanity[name][target] = attack.score(blank, labels).float().cpu().numpy()
+                out.sanity[name][target] = attack.score(blank, labels).double().cpu().numpy()
     return out
 
 
@@ -275,6 +279,7 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         "trained_models": ctx.trained,
         "reused_models": ctx.reused,
         "corrupt_artifacts": [str(p) for p in ctx.store.corrupt],
+        "fitted_params": {name: {str(t): p for t, p in per.items()} for name, per in outputs.fitted_params.items()},
         "seconds": round(time.time() - started, 2),
         **evaluation,
     }
