@@ -21,12 +21,14 @@ Add a dataset with :func:`register_dataset`.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+from mia_torch.fingerprint import dataset_digest
 
 __all__ = [
     "DATASETS",
@@ -50,7 +52,8 @@ class Dataset:
     and ``std``; ``y``/``y_test`` are int64 class ids in ``[0, num_classes)``.
     ``indices[i]`` is the position of population row ``i`` in the source's training
     split (useful to map per-record results back to the original data) and
-    ``test_indices`` likewise for the test split.
+    ``test_indices`` likewise for the test split. ``content_digest`` is the digest of
+    all of it (:func:`mia_torch.fingerprint.dataset_digest`), set by :func:`load_dataset`.
     """
 
     name: str
@@ -63,6 +66,7 @@ class Dataset:
     std: tuple[float, ...] = ()
     indices: torch.Tensor | None = None
     test_indices: torch.Tensor | None = None
+    content_digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for xs, ys, what in ((self.x, self.y, "population"), (self.x_test, self.y_test, "test split")):
@@ -93,13 +97,15 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> "Dataset":
         """A copy with the image and label tensors on ``device`` (indices stay on CPU)."""
-        return replace(
+        moved = replace(
             self,
             x=self.x.to(device),
             y=self.y.to(device),
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
         )
+        moved.content_digest = self.content_digest  # same content
+        return moved
 
 
 DatasetLoader = Callable[..., Dataset]
@@ -161,6 +167,7 @@ def load_dataset(
     if test_size is not None:
         keep = _subset(len(data.x_test), test_size, seed=seed, stream=2, key="test_size", name=name)
         data = replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep], test_indices=data.test_indices[keep])
+    dataset_digest(data)  # once, on the CPU tensors: the store keys artifacts by it
     return data
 
 
