@@ -30,13 +30,15 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 from filelock import SoftFileLease
 
 from mia_torch.atomic import atomic_write_bytes, fsync_dir
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ def array_from_bytes(data: bytes) -> np.ndarray:
 
 def state_dict_to_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
     """Serialise a model state dict (tensors only) for the store."""
+    import torch  # here, so that the store itself (and a process that only coordinates) needs no torch
+
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
     return buf.getvalue()
@@ -86,6 +90,8 @@ def state_dict_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
     Raises (``pickle.UnpicklingError``, ``RuntimeError``, ``ValueError``) unless the payload
     is a mapping of names to tensors that loads under ``weights_only``.
     """
+    import torch
+
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
