@@ -129,7 +129,7 @@ def _claim(
             leases[item].acquire(blocking=False)
         except Timeout:
             continue
-        if store.contains(kind, keys[item]) and _reuse(item, pick_up, outcome):  # finished while we looked
+        if _reuse(item, pick_up, outcome):  # finished while we looked
             leases[item].release()
             continue
         claimed.append(item)

@@ -175,15 +175,18 @@ def signals_stage(ctx: Context) -> np.ndarray:
                            {"model": index, "shape": list(array.shape)})
 
     keys = {index: signal_key(ctx, index) for index in range(s.num_models)}
-    with _progress(None, s, "signals") as bar:
-        build_missing(ctx.store, "signals", keys, collect, decode=decode, on_built=bar.update)
-    rows = []
-    for index in range(s.num_models):
-        found = ctx.store.load("signals", keys[index], decode=decode)
-        if found is None:
-            raise RuntimeError(f"signals of model {index} vanished from the store {ctx.store.root}")
-        rows.append(found[0])
-    return np.stack(rows)
+    rows = {index: found[0] for index, key in keys.items()
+            if (found := ctx.store.load("signals", key, decode=decode)) is not None}
+    missing = {index: key for index, key in keys.items() if index not in rows}
+    if missing:
+        with _progress(None, s, "signals") as bar:
+            build_missing(ctx.store, "signals", missing, collect, decode=decode, on_built=bar.update)
+        for index, key in missing.items():
+            found = ctx.store.load("signals", key, decode=decode)
+            if found is None:
+                raise RuntimeError(f"signals of model {index} vanished from the store {ctx.store.root}")
+            rows[index] = found[0]
+    return np.stack([rows[index] for index in range(s.num_models)])
 
 
 def untrained_logits(ctx: Context, target: int) -> torch.Tensor:

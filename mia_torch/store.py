@@ -122,8 +122,9 @@ class ArtifactStore:
     def save(self, kind: str, key: str, payload: bytes, meta: Mapping[str, Any] | None = None) -> Path:
         """Publish ``payload`` with ``meta`` as ``kind/key``; returns the artifact folder.
 
-        Written to a staging folder and renamed into place. If the artifact already exists
-        (another process published it first), that one is kept and this copy discarded.
+        Written to a staging folder and renamed into place. If a valid artifact already
+        exists (another process published it first), that one is kept and this copy
+        discarded; a corrupt one there is moved aside and replaced.
         """
         folder = self._dir(kind, key)
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -133,14 +134,19 @@ class ArtifactStore:
             record = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload), "meta": dict(meta or {})}
             atomic_write_bytes(staging / "payload", payload)
             atomic_write_bytes(staging / "meta.json", json.dumps(record, indent=1, default=str).encode())
-            try:
-                os.rename(staging, folder)
-            except OSError as err:
-                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-                log.info("%s/%s was published by another process first: keeping that one", kind, key)
+            for _ in range(3):
+                try:
+                    os.rename(staging, folder)
+                    break
+                except OSError as err:
+                    if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                if self.load(kind, key) is not None:  # a corrupt one there is moved aside: then retry
+                    log.info("%s/%s was published by another process first: keeping that one", kind, key)
+                    return folder
             else:
-                fsync_dir(folder.parent)
+                raise RuntimeError(f"could not publish {folder}: it keeps reappearing corrupt")
+            fsync_dir(folder.parent)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

@@ -143,6 +143,15 @@ def test_first_publication_wins_and_leaves_no_staging_folders(tmp_path):
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["abc"]
 
 
+def test_publishing_over_a_corrupt_artifact_moves_it_aside(tmp_path):
+    store = ArtifactStore(tmp_path)
+    (tmp_path / "models" / "abc").mkdir(parents=True)
+    (tmp_path / "models" / "abc" / "payload").write_bytes(b"left by a crash")
+    store.save("models", "abc", b"new", {"by": 2})
+    assert store.load("models", "abc") == (b"new", {"by": 2})
+    assert len(store.corrupt) == 1 and (store.corrupt[0] / "payload").read_bytes() == b"left by a crash"
+
+
 def test_files_and_folders_follow_the_umask(tmp_path):
     old = os.umask(0o002)
     try:
