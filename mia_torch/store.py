@@ -1,9 +1,9 @@
 """Content-addressed artifact store: atomic publication, verified reads, quarantine, locks.
 
 An artifact lives in ``<root>/<kind>/<key>/``: a ``payload`` file and a ``meta.json``
-that records the payload's SHA-256. Both are written into a private staging folder that
-is then renamed into place, so an artifact folder appears complete or not at all, and
-when two processes publish the same key the first one wins.
+that records the payload's SHA-256. Both are written into a private folder under
+``<root>/.staging/`` that is then renamed into place, so an artifact folder appears
+complete or not at all, and when two processes publish the same key the first one wins.
 
 A reader trusts nothing it did not verify. A folder that lacks ``meta.json`` or
 ``payload``, a payload whose checksum does not match, or one that does not decode
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Folder under the store root where artifacts are written before they are renamed into place.
+STAGING = ".staging"
 
 __all__ = [
     "ArtifactStore",
@@ -115,6 +118,19 @@ class ArtifactStore:
         self.lease_s = lease_s
         self.poll_s = poll_s
         self.corrupt: list[Path] = []
+        self._remove_abandoned_staging()
+
+    def _remove_abandoned_staging(self, *, older_than_s: float = 86400.0) -> None:
+        """Delete staging folders left by writers killed mid-write over a day ago (never published)."""
+        staging = self.root / STAGING
+        if not staging.is_dir():
+            return
+        for entry in staging.iterdir():
+            try:
+                if time.time() - entry.stat().st_mtime > older_than_s:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except FileNotFoundError:
+                pass
 
     def _dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -128,8 +144,8 @@ class ArtifactStore:
         """
         folder = self._dir(kind, key)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = folder.with_name(f".{key}.partial-{uuid.uuid4().hex}")
-        staging.mkdir()
+        staging = self.root / STAGING / f"{kind}-{key}-{uuid.uuid4().hex}"
+        staging.mkdir(parents=True)
         try:
             record = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload), "meta": dict(meta or {})}
             atomic_write_bytes(staging / "payload", payload)

@@ -124,4 +124,4 @@ def test_two_runs_on_one_store_train_each_model_once_and_agree(tmp_path):
     scores_a, scores_b = load_scores(tmp_path / "a" / "scores.npz"), load_scores(tmp_path / "b" / "scores.npz")
     for attack in ("loss", "lira_offline"):
         np.testing.assert_array_equal(scores_a[attack][0], scores_b[attack][0])
-    assert not list((tmp_path / "store").glob("*/*.lock")) and not list((tmp_path / "store").glob("*/.*partial*"))
+    assert not list((tmp_path / "store").glob("*/*.lock")) and not list((tmp_path / "store" / ".staging").iterdir())

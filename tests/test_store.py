@@ -5,6 +5,7 @@ import io
 import json
 import os
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -141,6 +142,17 @@ def test_first_publication_wins_and_leaves_no_staging_folders(tmp_path):
     store.save("models", "abc", b"second", {"by": 2})
     assert store.load("models", "abc") == (b"first", {"by": 1})
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["abc"]
+    assert list((tmp_path / ".staging").iterdir()) == []
+
+
+def test_staging_left_by_a_killed_writer_is_removed_after_a_day(tmp_path):
+    old, fresh = tmp_path / ".staging" / "models-a-1", tmp_path / ".staging" / "models-b-2"
+    for folder in (old, fresh):
+        folder.mkdir(parents=True)
+        (folder / "payload").write_bytes(b"half")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    ArtifactStore(tmp_path)
+    assert not old.exists() and fresh.exists()  # a fresh one may belong to a writer still running
 
 
 def test_publishing_over_a_corrupt_artifact_moves_it_aside(tmp_path):
