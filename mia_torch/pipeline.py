@@ -242,8 +242,13 @@ def save_splits(ctx: Context) -> None:
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Context:
-    """Validate the config, load the data, build splits and attacks: everything that can fail fast."""
+    """Validate the config, load the data, build splits and attacks: everything that can fail fast.
+
+    ``cfg.queries`` is set to the queries in effect (the dataset's default when it is null),
+    so that results.json records them.
+    """
     settings = load_settings(cfg)
+    cfg.queries = list(settings.queries)
     if settings.num_threads is not None:
         torch.set_num_threads(settings.num_threads)
     for name, attack_cfg in settings.attacks.items():

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mia_torch.data.augment import parse_queries
+from mia_torch.data.datasets import dataset_kind
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.training.config import TrainConfig
@@ -100,6 +101,10 @@ def load_settings(cfg: DictConfig) -> Settings:
              "null or an integer >= 1")
     if not c["attack"] and c["stage"] == "all":
         raise ValueError("attack is empty: choose attacks, e.g. attack=[loss,lira_online]")
+    kind = dataset_kind(c["dataset"].get("name"))
+    train = TrainConfig.from_mapping(c["train"])
+    if kind == "tabular":
+        _check_no_image_augmentation(train, c["dataset"]["name"])
     return Settings(
         seed=int(c["seed"]),
         device=resolve_device(str(c["device"])),
@@ -110,7 +115,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         num_models=c["num_models"],
         target_ids=tuple(targets),
         threat_model=c["threat_model"],
-        queries=tuple(parse_queries(c["queries"])),
+        queries=tuple(parse_queries(c["queries"], kind=kind)),
         signals_dtype=SIGNAL_DTYPES[c["signals_dtype"]],
         signal_batch_size=c["signal_batch_size"],
         fpr_targets=tuple(float(f) for f in fprs),
@@ -122,8 +127,19 @@ def load_settings(cfg: DictConfig) -> Settings:
         num_shards=c["num_shards"],
         parallel_models=c["parallel_models"],
         parallel_strategy=c["parallel_strategy"],
-        train=TrainConfig.from_mapping(c["train"]),
+        train=train,
         dataset=c["dataset"],
         model=c["model"],
         attacks=c["attack"],
     )
+
+
+def _check_no_image_augmentation(train: TrainConfig, dataset: str) -> None:
+    """Random crops and flips are image augmentations: refuse them on tabular data."""
+    for key, off in (("crop_padding", 0), ("flip", "false")):
+        value = getattr(train, key)
+        if value:
+            raise ValueError(
+                f"train.{key}={value!r} is an image augmentation, but dataset {dataset!r} is tabular: "
+                f"set train.{key}={off}"
+            )

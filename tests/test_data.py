@@ -202,8 +202,8 @@ def test_dataset_configs_hold_only_keys_load_dataset_accepts(tmp_path, path):
         data = load_dataset(**cfg, root=tmp_path, download=False, seed=0)
     except DatasetNotFoundError:
         assert cfg.name in ("mnist", "fashion_mnist", "cifar10", "cifar100")
-    except ValueError as err:  # npz without a path: a config error naming the key
-        assert cfg.name == "npz" and "dataset.path" in str(err)
+    except ValueError as err:  # npz / csv without a path: a config error naming the key
+        assert cfg.name in ("npz", "csv") and "dataset.path" in str(err)
     else:
         assert len(data.x) > 0
 

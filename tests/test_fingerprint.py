@@ -40,6 +40,7 @@ def _edit(path, text="\n# edited\n"):
         ("signals/collect.py", False, True),
         ("signals/output.py", False, True),
         ("data/datasets.py", False, False),  # the data digest covers what it loads
+        ("data/tabular.py", False, False),
         ("data/splits.py", False, False),  # the keep row is in the key
         ("signals/stats.py", False, False),
         ("attacks/lira.py", False, False),

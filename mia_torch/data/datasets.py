@@ -14,6 +14,7 @@ Registered names:
 - ``digits``: scikit-learn's bundled 8x8 digits (1797 images), works offline; a seeded
   split gives the population and ``num_test`` held-out images.
 - ``synthetic``: seeded class prototypes plus Gaussian noise, for tests and sanity checks.
+- ``csv``, ``breast_cancer``: tabular records (see :mod:`mia_torch.data.tabular`).
 
 Add a dataset with :func:`register_dataset`.
 """
@@ -32,8 +33,11 @@ from mia_torch.fingerprint import dataset_digest
 
 __all__ = [
     "DATASETS",
+    "DATASET_KINDS",
     "Dataset",
     "DatasetNotFoundError",
+    "dataset_kind",
+    "data_file",
     "load_dataset",
     "normalize",
     "register_dataset",
@@ -44,12 +48,19 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not where the config says, and were not downloaded."""
 
 
+#: What a dataset's examples are: ``"image"`` (``x`` is ``[N, C, H, W]``) or ``"tabular"``
+#: (``x`` is ``[N, F]``, one row of encoded features per record).
+DATASET_KINDS: tuple[str, ...] = ("image", "tabular")
+
+
 @dataclass
 class Dataset:
     """A population and a held-out test split, as normalised tensors.
 
-    ``x``/``x_test`` are float32 ``[N, C, H, W]`` normalised per channel with ``mean``
-    and ``std``; ``y``/``y_test`` are int64 class ids in ``[0, num_classes)``.
+    For ``kind="image"``, ``x``/``x_test`` are float32 ``[N, C, H, W]`` normalised per
+    channel with ``mean`` and ``std``; for ``kind="tabular"`` they are float32 ``[N, F]``
+    encoded features named by ``feature_names``. ``y``/``y_test`` are int64 class ids in
+    ``[0, num_classes)``, named by ``class_names`` when the source has names.
     ``indices[i]`` is the position of population row ``i`` in the source's training
     split (useful to map per-record results back to the original data) and
     ``test_indices`` likewise for the test split. ``content_digest`` is the digest of
@@ -66,19 +77,25 @@ class Dataset:
     std: tuple[float, ...] = ()
     indices: torch.Tensor | None = None
     test_indices: torch.Tensor | None = None
+    kind: str = "image"
+    feature_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
     content_digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.kind not in DATASET_KINDS:
+            raise ValueError(f"dataset {self.name!r}: kind must be one of {DATASET_KINDS}, got {self.kind!r}")
+        ndim, layout = (4, "images [N, C, H, W]") if self.kind == "image" else (2, "records [N, F]")
         for xs, ys, what in ((self.x, self.y, "population"), (self.x_test, self.y_test, "test split")):
-            if xs.ndim != 4:
-                raise ValueError(f"dataset {self.name!r}: {what} images must be [N, C, H, W], got {tuple(xs.shape)}")
+            if xs.ndim != ndim:
+                raise ValueError(f"dataset {self.name!r}: {what} must be {layout}, got {tuple(xs.shape)}")
             if ys.ndim != 1 or len(ys) != len(xs):
                 raise ValueError(
-                    f"dataset {self.name!r}: {what} has {len(xs)} images but labels of shape {tuple(ys.shape)}"
+                    f"dataset {self.name!r}: {what} has {len(xs)} examples but labels of shape {tuple(ys.shape)}"
                 )
         if self.x.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(
-                f"dataset {self.name!r}: population images {tuple(self.x.shape[1:])} and test images "
+                f"dataset {self.name!r}: population examples {tuple(self.x.shape[1:])} and test examples "
                 f"{tuple(self.x_test.shape[1:])} differ in shape"
             )
         if self.indices is None:
@@ -90,10 +107,9 @@ class Dataset:
         return len(self.x)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image, as the model constructors take it."""
-        c, h, w = self.x.shape[1:]
-        return int(c), int(h), int(w)
+    def input_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of one image or ``(F,)`` of one record, as the model constructors take it."""
+        return tuple(int(v) for v in self.x.shape[1:])
 
     def to(self, device: torch.device | str) -> "Dataset":
         """A copy with the image and label tensors on ``device`` (indices stay on CPU)."""
@@ -114,23 +130,52 @@ DatasetLoader = Callable[..., Dataset]
 #: ``loader(root=Path | None, download=bool, seed=int, **options)`` and returns the full
 #: :class:`Dataset`; :func:`load_dataset` then applies ``population_size``/``test_size``.
 DATASETS: dict[str, DatasetLoader] = {}
+_KINDS: dict[str, str] = {}
 
 
-def register_dataset(name: str, *, replace_existing: bool = False) -> Callable[[DatasetLoader], DatasetLoader]:
+def register_dataset(
+    name: str, *, kind: str = "image", replace_existing: bool = False
+) -> Callable[[DatasetLoader], DatasetLoader]:
     """Decorator that registers a dataset loader under ``name`` (the config's ``dataset.name``).
 
     The loader takes keyword arguments ``root`` (a :class:`~pathlib.Path`, or ``None``), ``download``,
-    ``seed`` and its own options, and returns the full :class:`Dataset` with normalised
-    float32 images on the CPU. Registering a taken name raises unless ``replace_existing``.
+    ``seed`` and its own options, and returns the full :class:`Dataset` of ``kind``
+    (``"image"`` or ``"tabular"``, see :data:`DATASET_KINDS`) as float32 tensors on the CPU.
+    The kind is known before loading, so the config's ``queries`` are checked first.
+    Registering a taken name raises unless ``replace_existing``.
     """
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, got {kind!r}")
 
     def decorator(fn: DatasetLoader) -> DatasetLoader:
         if name in DATASETS and not replace_existing:
             raise ValueError(f"a dataset named {name!r} is already registered")
         DATASETS[name] = fn
+        _KINDS[name] = kind
         return fn
 
     return decorator
+
+
+def _registered(name: str) -> DatasetLoader:
+    if name not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {name!r} (config key `dataset`, i.e. `dataset.name`); "
+            f"registered datasets: {', '.join(sorted(DATASETS))}"
+        )
+    return DATASETS[name]
+
+
+def dataset_kind(name: str) -> str:
+    """The kind (``"image"`` or ``"tabular"``) of the registered dataset ``name``, without loading it."""
+    _registered(name)
+    return _KINDS.get(name, "image")
+
+
+def data_file(path: str | Path, root: Path | None) -> Path:
+    """``path`` with ``~`` expanded, under ``root`` (``data_dir``) unless absolute."""
+    file = Path(path).expanduser()
+    return Path(root) / file if not file.is_absolute() and root is not None else file
 
 
 def load_dataset(
@@ -152,15 +197,14 @@ def load_dataset(
     original order). ``options`` go to the dataset's loader (e.g. ``num_examples`` for
     ``synthetic``); unknown options raise ``ValueError``.
     """
-    if name not in DATASETS:
-        raise ValueError(
-            f"unknown dataset {name!r} (config key `dataset`, i.e. `dataset.name`); "
-            f"registered datasets: {', '.join(sorted(DATASETS))}"
-        )
-    loader = DATASETS[name]
+    loader = _registered(name)
     _check_options(name, loader, options)
     path = Path(root).expanduser() if root is not None else None
     data = loader(root=path, download=bool(download), seed=int(seed), **options)
+    if data.kind != dataset_kind(name):
+        raise ValueError(
+            f"dataset {name!r} is registered as {dataset_kind(name)} data but its loader returned {data.kind}"
+        )
     if population_size is not None:
         keep = _subset(len(data.x), population_size, seed=seed, stream=1, key="population_size", name=name)
         data = replace(data, x=data.x[keep], y=data.y[keep], indices=data.indices[keep])

@@ -267,7 +267,6 @@ def _train_vmap(
     members = [m.to(device) for m in member_idx]
     n_max = max(counts)
     counts_dev = torch.tensor(counts, device=device, dtype=torch.float32)
-    c, h, w = x.shape[1:]
     epoch_loss, epoch_acc = [], []
     probing = True
     for _ in range(cfg.epochs):
@@ -284,7 +283,7 @@ def _train_vmap(
                 offsets = offsets[src[:, j]].view(-1, 2)
             if coins is not None:
                 coins = coins[src[:, j]].view(-1)
-            xb = crop_flip(x[idx.view(-1)], padding=cfg.crop_padding, offsets=offsets, flips=coins).view(k_models, width, c, h, w)
+            xb = crop_flip(x[idx.view(-1)], padding=cfg.crop_padding, offsets=offsets, flips=coins).view(k_models, width, *x.shape[1:])
             yb = y[idx]
             optimizer.zero_grad(set_to_none=True)
             try:
@@ -427,7 +426,7 @@ def collect_logits_many(
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size]
             views = torch.cat([apply_query(xb, q) for q in queries])
-            if device.type == "cuda":
+            if device.type == "cuda" and views.ndim == 4:
                 views = views.contiguous(memory_format=torch.channels_last)
             logits = batched(params, buffers, views)  # [K, Q * b, C]
             logits = logits.view(len(models), num_queries, len(xb), -1).transpose(1, 2)
