@@ -76,7 +76,7 @@ def build_missing(
     leases = {item: store.lease(kind, keys[item]) for item in pending}
     announced: set[Item] = set()
     while pending:
-        claimed = _claim(store, kind, keys, pending, leases, group=group, pick_up=pick_up, outcome=outcome)
+        claimed = _claim(pending, leases, group=group, pick_up=pick_up, outcome=outcome)
         pending = [item for item in pending if item not in outcome.meta and item not in claimed]
         if claimed:
             try:
@@ -110,9 +110,6 @@ def _reuse(item: Item, pick_up: Callable[[Item], bool], outcome: BuildOutcome[It
 
 
 def _claim(
-    store: ArtifactStore,
-    kind: str,
-    keys: Mapping[Item, str],
     pending: list[Item],
     leases: Mapping[Item, Any],
     *,
