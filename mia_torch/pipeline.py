@@ -21,6 +21,8 @@ from mia_torch.data.datasets import Dataset, describe_dataset, load_dataset
 from mia_torch.data.splits import Splits, make_splits
 from mia_torch.data.validate import check_training_sets
 from mia_torch.evaluation import evaluate_attacks, save_scores
+from mia_torch.fingerprint import code_digest, dataset_digest
+from mia_torch.locks import build_missing
 from mia_torch.provenance import environment_versions
 from mia_torch.report.run_report import write_run_report
 from mia_torch.settings import Settings, check_attacks, check_writable, load_settings
@@ -36,10 +38,6 @@ from mia_torch.store import (
 from mia_torch.training.ensemble import resolve_strategy, train_models
 
 log = logging.getLogger(__name__)
-
-# Bump when a change to training or querying code changes what an artifact would contain.
-TRAINING_CODE_VERSION = 1
-SIGNALS_CODE_VERSION = 1
 
 
 @dataclass
@@ -67,17 +65,21 @@ def model_seed(settings: Settings, index: int) -> int:
 
 
 def model_key(ctx: Context, index: int) -> str:
-    """Content hash of everything that determines trained model ``index``."""
+    """Content hash of everything that determines trained model ``index``.
+
+    The data enters as the digest of its tensors as loaded and the code as the digest of
+    the training source (:mod:`mia_torch.fingerprint`), so new data or edited training
+    code makes new keys, while moving a data file does not.
+    """
     s = ctx.settings
     return digest({
-        "dataset": s.dataset,
+        "data": dataset_digest(ctx.data),
         "model": s.model,
         "train": s.train.to_dict(),
         "keep_row": digest({"row": np.flatnonzero(ctx.splits.keep[index]).tolist()}),
-        "population": len(ctx.data.y),
         "seed": model_seed(s, index),
         "device": s.device.type,
-        "code": TRAINING_CODE_VERSION,
+        "code": code_digest("models"),
     })
 
 
@@ -85,20 +87,25 @@ def signal_key(ctx: Context, index: int) -> str:
     """Content hash of model ``index``'s logits under the configured queries."""
     s = ctx.settings
     return digest({"model": model_key(ctx, index), "queries": s.queries, "dtype": str(s.signals_dtype),
-                   "code": SIGNALS_CODE_VERSION})
+                   "code": code_digest("signals")})
 
 
 def load_trained_model(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[str, Any]] | None:
-    """Model ``index`` from the store (weights_only load), or None when absent/corrupt."""
-    found = ctx.store.load("models", model_key(ctx, index))
+    """Model ``index`` from the store (weights_only load), or None when absent or corrupt (moved aside)."""
+    key = model_key(ctx, index)
+    found = ctx.store.load("models", key, decode=state_dict_from_bytes)
     if found is None:
         return None
     model = build_model(ctx.settings, ctx.data, model_seed(ctx.settings, index))
-    model.load_state_dict(state_dict_from_bytes(found[0]))
+    try:
+        model.load_state_dict(found[0])
+    except RuntimeError as err:
+        ctx.store.quarantine("models", key, reason=f"its weights do not fit the configured model: {err}")
+        return None
     return model.to(ctx.settings.device).eval(), found[1]
 
 
-def train_group(ctx: Context, indices: list[int]) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
+def train_group(ctx: Context, indices: list[int]) -> None:
     """Train models ``indices`` together (``parallel_models`` at once) and save each to the store."""
     s = ctx.settings
     seeds = [model_seed(s, i) for i in indices]
@@ -106,7 +113,6 @@ def train_group(ctx: Context, indices: list[int]) -> list[tuple[torch.nn.Module,
     members = [torch.from_numpy(np.flatnonzero(ctx.splits.keep[i])) for i in indices]
     results = train_models(models, ctx.data.x, ctx.data.y, members, s.train, seeds=seeds,
                            x_test=ctx.data.x_test, y_test=ctx.data.y_test, strategy=s.parallel_strategy)
-    trained = []
     for index, model, result in zip(indices, models, results):
         if not np.isfinite(result.metrics["train_loss"]):
             raise FloatingPointError(
@@ -115,8 +121,6 @@ def train_group(ctx: Context, indices: list[int]) -> list[tuple[torch.nn.Module,
         meta = {"model": index, **result.metrics}
         ctx.store.save("models", model_key(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
         ctx.trained.append(index)
-        trained.append((model, meta))
-    return trained
 
 
 def _progress(items, settings: Settings, desc: str):
@@ -124,46 +128,66 @@ def _progress(items, settings: Settings, desc: str):
 
 
 def train_stage(ctx: Context, indices: list[int]) -> list[dict[str, Any]]:
-    """Make sure models ``indices`` exist in the store; train only the missing ones."""
-    metrics: dict[int, dict[str, Any]] = {}
-    missing = []
-    for index in indices:
-        found = ctx.store.load("models", model_key(ctx, index))
-        if found is None:
-            missing.append(index)
-        else:
-            metrics[index] = found[1]
-            ctx.reused.append(index)
+    """Make sure models ``indices`` exist in the store; train only the missing ones.
+
+    Missing models are locked and trained in groups (``parallel_models`` at once with
+    vmap; one by one otherwise, so an interruption loses at most one); models another
+    process is training are waited for and reused (:func:`mia_torch.locks.build_missing`).
+    """
     s = ctx.settings
-    # Loop-trained models are saved one by one, so an interruption loses at most one.
     batched = resolve_strategy(s.parallel_strategy, s.device, s.parallel_models) == "vmap"
-    group = s.parallel_models if batched else 1
-    with tqdm(total=len(missing), desc="train", disable=not ctx.settings.progress, unit="model", leave=False) as bar:
-        for start in range(0, len(missing), group):
-            chunk = missing[start : start + group]
-            for index, (_, meta) in zip(chunk, train_group(ctx, chunk)):
-                metrics[index] = meta
-            bar.update(len(chunk))
-    return [metrics[i] for i in indices]
+    keys = {index: model_key(ctx, index) for index in indices}
+    with tqdm(desc="train", disable=not s.progress, unit="model", leave=False) as bar:
+        outcome = build_missing(ctx.store, "models", keys, lambda chunk: train_group(ctx, chunk),
+                                group=s.parallel_models if batched else 1, decode=state_dict_from_bytes,
+                                on_built=bar.update)
+    ctx.reused.extend(outcome.reused)
+    return [outcome.meta[i] for i in indices]
+
+
+def _model_for_signals(ctx: Context, index: int) -> torch.nn.Module:
+    loaded = load_trained_model(ctx, index)
+    if loaded is None:  # moved aside as corrupt since the train stage: rebuild it
+        train_stage(ctx, [index])
+        loaded = load_trained_model(ctx, index)
+    if loaded is None:
+        raise RuntimeError(f"model {index} could not be loaded from the store right after training it")
+    return loaded[0]
 
 
 def signals_stage(ctx: Context) -> np.ndarray:
     """Logits ``[M, N, Q, C]`` of every model, reusing stored signals where present."""
     s = ctx.settings
-    rows = []
-    for index in _progress(range(s.num_models), s, "signals"):
-        key = signal_key(ctx, index)
-        found = ctx.store.load("signals", key)
-        if found is not None:
-            rows.append(array_from_bytes(found[0]))
-            continue
-        loaded = load_trained_model(ctx, index)
-        model = loaded[0] if loaded is not None else train_group(ctx, [index])[0][0]
-        logits = collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size, dtype=s.signals_dtype)
-        array = logits.cpu().numpy()
-        ctx.store.save("signals", key, array_to_bytes(array), {"model": index, "shape": list(array.shape)})
-        rows.append(array)
-    return np.stack(rows)
+    num_examples = len(ctx.data.y)
+
+    def decode(payload: bytes) -> np.ndarray:
+        array = array_from_bytes(payload)
+        if array.ndim < 1 or len(array) != num_examples:
+            raise ValueError(f"signals of shape {array.shape} for a population of {num_examples}")
+        return array
+
+    def collect(indices: list[int]) -> None:
+        for index in indices:
+            model = _model_for_signals(ctx, index)
+            logits = collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size,
+                                    dtype=s.signals_dtype)
+            array = logits.cpu().numpy()
+            ctx.store.save("signals", signal_key(ctx, index), array_to_bytes(array),
+                           {"model": index, "shape": list(array.shape)})
+
+    keys = {index: signal_key(ctx, index) for index in range(s.num_models)}
+    rows = {index: found[0] for index, key in keys.items()
+            if (found := ctx.store.load("signals", key, decode=decode)) is not None}
+    missing = {index: key for index, key in keys.items() if index not in rows}
+    if missing:
+        with _progress(None, s, "signals") as bar:
+            build_missing(ctx.store, "signals", missing, collect, decode=decode, on_built=bar.update)
+        for index, key in missing.items():
+            found = ctx.store.load("signals", key, decode=decode)
+            if found is None:
+                raise RuntimeError(f"signals of model {index} vanished from the store {ctx.store.root}")
+            rows[index] = found[0]
+    return np.stack([rows[index] for index in range(s.num_models)])
 
 
 def untrained_logits(ctx: Context, target: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ Add a dataset with :func:`register_dataset`.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mia_torch.data.validate import DataValidationError, read_npz, validate_dataset
+from mia_torch.fingerprint import dataset_digest
 
 __all__ = [
     "DATASETS",
@@ -63,7 +64,8 @@ class Dataset:
     ``[0, num_classes)``, named by ``class_names`` when the source has names.
     ``indices[i]`` is the position of population row ``i`` in the source's training
     split (useful to map per-record results back to the original data) and
-    ``test_indices`` likewise for the test split.
+    ``test_indices`` likewise for the test split. ``content_digest`` is the digest of
+    all of it (:func:`mia_torch.fingerprint.dataset_digest`), set by :func:`load_dataset`.
     """
 
     name: str
@@ -79,6 +81,7 @@ class Dataset:
     kind: str = "image"
     feature_names: tuple[str, ...] = ()
     class_names: tuple[str, ...] = ()
+    content_digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in DATASET_KINDS:
@@ -111,13 +114,15 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> "Dataset":
         """A copy with the image and label tensors on ``device`` (indices stay on CPU)."""
-        return replace(
+        moved = replace(
             self,
             x=self.x.to(device),
             y=self.y.to(device),
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
         )
+        moved.content_digest = self.content_digest  # same content
+        return moved
 
 
 DatasetLoader = Callable[..., Dataset]
@@ -210,6 +215,7 @@ def load_dataset(
         keep = _subset(len(data.x_test), test_size, seed=seed, stream=2, key="test_size", name=name)
         data = replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep], test_indices=data.test_indices[keep])
     validate_dataset(data, source=describe_dataset(name, options))
+    dataset_digest(data)  # once, on the CPU tensors: the store keys artifacts by it
     return data
 
 
