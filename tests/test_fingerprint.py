@@ -137,8 +137,8 @@ def test_registered_loaders_get_a_digest(tmp_path):
     @register_dataset("digest_test_set")
     def _tiny(*, root, download, seed, label: int = 0):
         x = torch.zeros(4, 1, 2, 2)
-        y = torch.full((4,), label, dtype=torch.int64)
-        return Dataset("digest_test_set", x, y, x[:1], y[:1], 2)
+        y = (torch.arange(4) + label) % 2  # two classes; `label` swaps them
+        return Dataset("digest_test_set", x, y, x[:2], y[:2], 2)
 
     try:
         zero, one = load_dataset("digest_test_set", root=None), load_dataset("digest_test_set", root=None, label=1)
