@@ -21,7 +21,9 @@ from mia_torch.data.datasets import Dataset, load_dataset
 from mia_torch.data.splits import Splits, make_splits
 from mia_torch.evaluation import evaluate_attacks, save_scores
 from mia_torch.provenance import environment_versions
+from mia_torch.report.pictures import ImageSource
 from mia_torch.report.run_report import write_run_report
+from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.settings import Settings, load_settings
 from mia_torch.signals.collect import collect_logits
 from mia_torch.store import (
@@ -217,16 +219,29 @@ def save_splits(ctx: Context) -> None:
     atomic_write_bytes(ctx.run_dir / "eval_mask.npy", array_to_bytes(ctx.splits.eval_mask))
 
 
+def check_attack(name: str, attack_cfg: Any) -> None:
+    """Build ``attack.<name>`` once and check that it is an :class:`Attack`, naming the key if not."""
+    target = attack_cfg.get("_target_") if isinstance(attack_cfg, dict) else None
+    if target is None:
+        raise ValueError(f"attack.{name} has no _target_: set attack.{name}._target_ to an Attack class, "
+                         f"e.g. +attack.{name}._target_=my_package.MyAttack")
+    try:
+        attack = hydra.utils.instantiate(attack_cfg)
+    except Exception as err:  # noqa: BLE001 - re-raised with the key that caused it
+        raise ValueError(f"attack.{name} cannot be built: {err}") from err
+    if not isinstance(attack, Attack):
+        raise ValueError(f"attack.{name}._target_={target} builds a {type(attack).__module__}."
+                         f"{type(attack).__qualname__}, which is not an Attack: subclass "
+                         f"mia_torch.attacks.base.Attack and implement score(logits, labels)")
+
+
 def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     """Validate the config, load the data, build splits and attacks: everything that can fail fast."""
     settings = load_settings(cfg)
     if settings.num_threads is not None:
         torch.set_num_threads(settings.num_threads)
     for name, attack_cfg in settings.attacks.items():
-        try:
-            hydra.utils.instantiate(attack_cfg)
-        except Exception as err:  # noqa: BLE001 - re-raised with the key that caused it
-            raise ValueError(f"attack.{name} cannot be built: {err}") from err
+        check_attack(name, attack_cfg)
     data = load_dataset(**settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
     build_model(settings, data, 0)(data.x[:2])  # the architecture fits the data
     splits = make_splits(settings.num_models, len(data.y), seed=settings.seed,
@@ -253,24 +268,28 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     atomic_write_bytes(ctx.run_dir / "labels.npy", array_to_bytes(ctx.data.y.cpu().numpy()))
     outputs = attack_stage(ctx, logits)
     save_scores(ctx.run_dir / "scores.npz", outputs.scores)
-    evaluation = evaluate_attacks(outputs.scores, keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask,
-                                  fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
-                                  thresholds=outputs.thresholds, sanity=outputs.sanity)
-    results = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "versions": environment_versions(__version__),
-        "dataset": {"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
-                    "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
-        "target_ids": list(s.target_ids),
-        "targets": {str(t): {k: model_metrics[t][k] for k in ("train_acc", "test_acc", "train_loss", "test_loss")
-                             if k in model_metrics[t]} for t in s.target_ids},
-        "models": model_metrics,
-        "trained_models": ctx.trained,
-        "reused_models": ctx.reused,
-        "corrupt_artifacts": [str(p) for p in ctx.store.corrupt],
-        "seconds": round(time.time() - started, 2),
-        **evaluation,
-    }
+    labels = ctx.data.y.cpu().numpy()
+    query = s.queries.index("identity") if "identity" in s.queries else 0
+    target_logits = {t: logits[t, :, query] for t in s.target_ids}
+    attacks = evaluate_attacks(outputs.scores, keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask,
+                               fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
+                               thresholds=outputs.thresholds, sanity=outputs.sanity, labels=labels,
+                               predictions={t: z.argmax(-1) for t, z in target_logits.items()})
+    results = RunResults(
+        config=OmegaConf.to_container(cfg, resolve=True),
+        versions=environment_versions(__version__),
+        dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
+                 "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
+        target_ids=list(s.target_ids),
+        targets={t: TargetResult.from_dict(model_metrics[t], path=f"model {t}") for t in s.target_ids},
+        models=model_metrics,
+        trained_models=ctx.trained,
+        reused_models=ctx.reused,
+        corrupt_artifacts=[str(p) for p in ctx.store.corrupt],
+        seconds=round(time.time() - started, 2),
+        attacks=attacks,
+    )
     write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=ctx.splits.keep,
-                     eval_mask=ctx.splits.eval_mask, class_labels=ctx.data.y.cpu().numpy())
-    return results
+                     eval_mask=ctx.splits.eval_mask, labels=labels, target_logits=target_logits,
+                     images=ImageSource.of(ctx.data))
+    return results.to_dict()

@@ -52,6 +52,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mia_torch.report.types import RunResults
+
 #: Default tolerance on pooled AUC and target accuracy when a run used CUDA.
 DEFAULT_ATOL = 0.01
 #: Config keys that may differ between the runs without changing any number.
@@ -222,12 +224,22 @@ def _numbers(node: Any, prefix: str) -> dict[str, float]:
     return out
 
 
-def compare_metrics(original: Mapping[str, Any], new: Mapping[str, Any], *, exact: bool, atol: float) -> list[Check]:
-    """Metrics of results.json: all exactly, or AUC and accuracies within ``atol``."""
+def _gated(results: RunResults) -> dict[str, float | None]:
+    """What a study reports, compared within ``atol`` on CUDA: pooled AUCs and target accuracies."""
+    out: dict[str, float | None] = {f"attacks.{n}.pooled.auc": a.pooled.auc for n, a in results.attacks.items()}
+    for target, info in results.targets.items():
+        out[f"targets.{target}.train_acc"] = info.train_acc
+        out[f"targets.{target}.test_acc"] = info.test_acc
+    return out
+
+
+def compare_metrics(original: RunResults, new: RunResults, *, exact: bool, atol: float) -> list[Check]:
+    """Metrics of results.json: all exactly, or pooled AUC and target accuracies within ``atol``."""
     checks: list[Check] = []
     sections = ("attacks", "targets", "models", "dataset") if exact else ("attacks", "targets")
-    a = {k: v for s in sections for k, v in _numbers(original.get(s), s).items()}
-    b = {k: v for s in sections for k, v in _numbers(new.get(s), s).items()}
+    a_dict, b_dict = original.to_dict(), new.to_dict()
+    a = {k: v for s in sections for k, v in _numbers(a_dict.get(s), s).items()}
+    b = {k: v for s in sections for k, v in _numbers(b_dict.get(s), s).items()}
     if exact:
         differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
                         and not (isinstance(a.get(k), float) and isinstance(b.get(k), float)
@@ -238,22 +250,20 @@ def compare_metrics(original: Mapping[str, Any], new: Mapping[str, Any], *, exac
             checks.append(Check(f"metric {key}", "mismatch", f"{a.get(key)!r} vs {b.get(key)!r}"))
         return checks
 
-    def gated(key: str) -> bool:
-        return (key.startswith("attacks.") and key.endswith(".pooled.auc")) or (
-            key.startswith("targets.") and key.rsplit(".", 1)[-1] in ("train_acc", "test_acc"))
-
-    for key in sorted(k for k in set(a) | set(b) if gated(k)):
-        if key not in a or key not in b:
-            checks.append(Check(f"metric {key}", "mismatch", f"missing in the {'rerun' if key in a else 'original'}"))
+    gated_a, gated_b = _gated(original), _gated(new)
+    for key in sorted(set(gated_a) | set(gated_b)):
+        if key not in gated_a or key not in gated_b:
+            where = "rerun" if key in gated_a else "original"
+            checks.append(Check(f"metric {key}", "mismatch", f"missing in the {where}"))
             continue
-        if not (isinstance(a[key], float) and isinstance(b[key], float)):
-            checks.append(Check(f"metric {key}", "match" if a[key] == b[key] else "mismatch",
-                                f"{a[key]!r} vs {b[key]!r}"))
+        x, y = gated_a[key], gated_b[key]
+        if x is None or y is None:
+            checks.append(Check(f"metric {key}", "match" if x == y else "mismatch", f"{x!r} vs {y!r}"))
             continue
-        diff = abs(a[key] - b[key])
+        diff = abs(x - y)
         checks.append(Check(f"metric {key}", "match" if diff <= atol else "mismatch",
-                            f"{a[key]:.4f} vs {b[key]:.4f} (|diff| {diff:.2g}, atol {atol:g})"))
-    others = [k for k in set(a) & set(b) if not gated(k) and isinstance(a[k], float) and isinstance(b[k], float)]
+                            f"{x:.4f} vs {y:.4f} (|diff| {diff:.2g}, atol {atol:g})"))
+    others = [k for k in set(a) & set(b) if k not in gated_a and isinstance(a[k], float) and isinstance(b[k], float)]
     if others:
         worst = max(others, key=lambda k: abs(a[k] - b[k]))
         checks.append(Check("other metrics", "info", f"largest difference {worst}: {a[worst]!r} vs {b[worst]!r}"))
@@ -278,19 +288,29 @@ def version_warnings(original: Mapping[str, Any] | None, new: Mapping[str, Any] 
 # ---------------------------------------------------------------- main
 
 
+def read_results(path: Path) -> RunResults:
+    """A finished run's ``results.json`` as :class:`RunResults`; ``ReproduceError`` when it is not one."""
+    from mia_torch.report.results import read_json
+
+    try:
+        return RunResults.from_dict(read_json(path), path=str(path))
+    except (OSError, ValueError) as err:
+        raise ReproduceError(f"{path} is not a finished run's results: {err}") from err
+
+
 def _count_models(store: Path) -> int:
     return sum(1 for p in (store / "models").glob("*/meta.json")) if (store / "models").is_dir() else 0
 
 
 def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: float, exact: bool) -> int:
     """Rerun ``run_dir`` into ``out`` and compare; returns the exit status."""
-    from mia_torch.report.results import read_json, write_json
+    from mia_torch.report.results import write_json
 
     results_file = run_dir / "results.json"
     if not results_file.is_file():
         raise ReproduceError(f"{results_file} is missing: reproduce needs a finished run (stage=all)")
-    original = read_json(results_file)
-    config, notes = load_run_config(run_dir, original.get("config"))
+    original = read_results(results_file)
+    config, notes = load_run_config(run_dir, original.config)
     out = out or run_dir / f"reproduce_{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and any(out.iterdir()):
         raise ReproduceError(f"{out} exists and is not empty: choose another --out")
@@ -311,17 +331,17 @@ def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: 
     OmegaConf.save(cfg, out / "reproduce_config.yaml")
     try:
         run(cfg, run_dir=out)
-        new = read_json(out / "results.json")
+        new = read_results(out / "results.json")
     except Exception as err:  # noqa: BLE001 - reported as "cannot reproduce"
         raise ReproduceError(f"the rerun failed: {type(err).__name__}: {err}") from err
 
-    cuda = _device_is_cuda(original.get("config") or config, original.get("versions")) or (
+    cuda = _device_is_cuda(original.config or config, original.versions) or (
         resolve_device(str(config.get("device", "auto"))).type == "cuda")
     exact = exact or not cuda
     mode = ("exact: every array and metric must be bitwise equal" if exact else
             f"tolerance (a run used CUDA): pooled AUC and target accuracies within atol={atol:g}; "
             "signal and score differences are reported")
-    version_lines, warnings = version_warnings(original.get("versions"), new.get("versions"))
+    version_lines, warnings = version_warnings(original.versions, new.versions)
     checks = compare_arrays(run_dir, out, exact=exact) + compare_metrics(original, new, exact=exact, atol=atol)
     failed = [c for c in checks if c.status == "mismatch"]
     print("\nversions:\n" + "\n".join(version_lines))
@@ -339,7 +359,7 @@ def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: 
     write_json(out / "reproduce_report.json", {
         "verdict": verdict, "run_dir": str(run_dir), "rerun_dir": str(out), "mode": "exact" if exact else "tolerance",
         "atol": atol, "checks": [asdict(c) for c in checks], "version_warnings": warnings,
-        "versions": {"original": original.get("versions"), "rerun": new.get("versions")},
+        "versions": {"original": original.versions, "rerun": new.versions},
     })
     return 0 if not failed else 1
 

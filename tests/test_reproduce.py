@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import subprocess
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO, TINY
+from results_fixtures import make_results
 from mia_torch.evaluation import load_scores, save_scores
 
 
@@ -86,16 +89,28 @@ def test_reproduce_script_exits_2_without_a_finished_run(tmp_path):
     assert "results.json is missing" in proc.stderr
 
 
+def _results_with(auc: float, tpr: float, test_acc: float):
+    results = copy.deepcopy(_typed_results())
+    pooled = results.attacks["loss"].pooled
+    pooled.auc, pooled.tpr[0.001] = auc, tpr
+    results.targets[0].test_acc = test_acc
+    return results
+
+
+@functools.cache
+def _typed_results():
+    return make_results(shifts={"loss": 0.5}, targets=(0,), num_examples=200, bootstrap=0)[0]
+
+
 def test_cuda_runs_are_compared_on_auc_and_accuracy_within_atol():
     reproduce = _load_script()
-    original = {"attacks": {"loss": {"pooled": {"auc": 0.700, "tpr@0.001fpr": 0.01}}},
-                "targets": {"0": {"train_acc": 0.99, "test_acc": 0.80}}}
-    close = {"attacks": {"loss": {"pooled": {"auc": 0.705, "tpr@0.001fpr": 0.03}}},
-             "targets": {"0": {"train_acc": 0.99, "test_acc": 0.803}}}
-    far = {"attacks": {"loss": {"pooled": {"auc": 0.75, "tpr@0.001fpr": 0.01}}},
-           "targets": {"0": {"train_acc": 0.99, "test_acc": 0.80}}}
+    original = _results_with(0.700, 0.01, 0.80)
+    close = _results_with(0.705, 0.03, 0.803)
+    far = _results_with(0.75, 0.01, 0.80)
     ok = reproduce.compare_metrics(original, close, exact=False, atol=0.01)
     assert not [c for c in ok if c.status == "mismatch"]
+    assert [c.name for c in ok if c.status == "match"] == ["metric attacks.loss.pooled.auc", "metric targets.0.test_acc",
+                                                           "metric targets.0.train_acc"]
     assert any(c.status == "info" and "tpr@0.001fpr" in c.detail for c in ok)  # reported, not gated
     bad = reproduce.compare_metrics(original, far, exact=False, atol=0.01)
     assert [c.name for c in bad if c.status == "mismatch"] == ["metric attacks.loss.pooled.auc"]
@@ -103,3 +118,9 @@ def test_cuda_runs_are_compared_on_auc_and_accuracy_within_atol():
     assert [c for c in reproduce.compare_metrics(original, close, exact=True, atol=0.01) if c.status == "mismatch"]
     assert reproduce._device_is_cuda({"device": "auto"}, {"cuda": "12.4"})
     assert not reproduce._device_is_cuda({"device": "cpu"}, {"cuda": "12.4"})
+
+
+def test_reproduce_refuses_a_results_json_that_is_not_a_finished_runs(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps({"stage": "train", "trained_models": [0]}))
+    assert _load_script().main([str(tmp_path)]) == 2
+    assert "is not a finished run's results" in capsys.readouterr().err
