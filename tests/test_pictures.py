@@ -28,8 +28,8 @@ def test_confidence_figure_separates_members_and_nonmembers():
     conf = np.where(members, 0.999, 0.75)
     phi = np.log(conf / (1 - conf))
     fig = confidence_figure(conf, phi, members, title="t")
-    texts = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
-    assert "members: mean 0.999, n=300" in texts and "non-members: mean 0.750, n=200" in texts
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts == ["members (n=300): mean p_y 0.999, φ 6.91", "non-members (n=200): mean p_y 0.750, φ 1.10"]
 
 
 def test_gallery_shows_the_targets_top_members_with_p_values():

@@ -51,15 +51,16 @@ class ImageSource:
         return np.clip(x, 0.0, 1.0).transpose(0, 2, 3, 1)
 
 
+_GROUPS = (("members", "tab:red"), ("non-members", "tab:blue"))
+
+
 def _histograms(ax: Any, member: np.ndarray, nonmember: np.ndarray, bins: np.ndarray, xlabel: str) -> None:
-    for values, label, color in ((member, "members", "tab:red"), (nonmember, "non-members", "tab:blue")):
+    for values, (_, color) in zip((member, nonmember), _GROUPS):
         ax.hist(values, bins=bins, density=True, histtype="stepfilled", alpha=0.35, color=color)
-        ax.hist(values, bins=bins, density=True, histtype="step", lw=2, color=color,
-                label=f"{label}: mean {np.mean(values):.3f}, n={values.size}")
+        ax.hist(values, bins=bins, density=True, histtype="step", lw=2, color=color)
     ax.set_xlabel(xlabel, fontsize=FONT_SIZE)
     ax.set_ylabel("density", fontsize=FONT_SIZE)
     ax.tick_params(labelsize=FONT_SIZE - 2)
-    ax.legend(fontsize=FONT_SIZE - 2, loc="best")
     ax.grid(True, alpha=0.3)
 
 
@@ -67,11 +68,14 @@ def confidence_figure(confidence: np.ndarray, phi: np.ndarray, members: np.ndarr
     """Member vs non-member histograms of the true-class confidence ``p_y`` and of φ = log(p_y / (1 - p_y)).
 
     ``confidence``, ``phi`` and boolean ``members`` are per evaluated example of one target.
-    The left panel shows the confidence gap as it is; the right one spreads out the
-    confident end (p_y near 1), where members and non-members pile up.
+    The top panel shows the confidence gap as it is; the bottom one spreads out the
+    confident end (p_y near 1), where members and non-members pile up. The legend gives
+    each group's size and means.
     """
+    from matplotlib.patches import Patch
+
     members = np.asarray(members, dtype=bool)
-    fig = new_figure(FIGURE_WIDTH, 10)
+    fig = new_figure(FIGURE_WIDTH, 10.5)
     ax_p, ax_phi = fig.subplots(2, 1)
     _histograms(ax_p, confidence[members], confidence[~members], np.linspace(0, 1, 41), "confidence p_y (true class)")
     finite = phi[np.isfinite(phi)]
@@ -81,6 +85,12 @@ def confidence_figure(confidence: np.ndarray, phi: np.ndarray, members: np.ndarr
                 "φ = log(p_y / (1 − p_y))")
     ax_p.set_title("the confidence gap", fontsize=FONT_SIZE)
     ax_phi.set_title("logit scale: the confident end spread out", fontsize=FONT_SIZE)
+    labels = []
+    for (name, _), group in zip(_GROUPS, (members, ~members)):
+        mean_phi = np.mean(phi[group & np.isfinite(phi)]) if np.any(group & np.isfinite(phi)) else math.nan
+        labels.append(f"{name} (n={int(group.sum())}): mean p_y {np.mean(confidence[group]):.3f}, φ {mean_phi:.2f}")
+    handles = [Patch(facecolor=color, edgecolor=color, alpha=0.5, lw=2) for _, color in _GROUPS]
+    fig.legend(handles, labels, loc="outside lower center", fontsize=FONT_SIZE - 2)
     fig.suptitle(title, fontsize=FONT_SIZE + 1)
     return fig
 
