@@ -138,7 +138,7 @@ def evaluate_attacks(
     """
     classes = correct = None
     targets = sorted(next(iter(scores.values()), {}))
-    if labels is not None:
+    if labels is not None and targets:
         classes = np.concatenate([labels[eval_mask] for _ in targets])
         if predictions is not None:
             correct = np.concatenate([predictions[t][eval_mask] == labels[eval_mask] for t in targets])

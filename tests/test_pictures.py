@@ -46,3 +46,20 @@ def test_gallery_shows_the_targets_top_members_with_p_values():
     best = member_scores.max()
     p = (1 + np.sum(scores["lira"][0][~keep[0]] >= best)) / (1 + (~keep[0]).sum())
     assert f"p = {p:.2g}" in titles[0] and f"label {labels[top[0]]}" in titles[0]
+
+
+def test_slice_heatmap_shows_every_slice_or_the_most_exposed_classes():
+    from mia_torch.report.pictures import MAX_CLASS_ROWS, slices_figure
+
+    results, _, _, _ = make_results(num_examples=400, targets=(0,), num_classes=4)
+    rows = [t.get_text() for t in slices_figure(results).axes[0].get_yticklabels()]
+    assert rows == ["class 0", "class 1", "class 2", "class 3", "correct", "misclassified"]
+
+    results, _, _, _ = make_results(num_examples=2400, targets=(0,), num_classes=30, bootstrap=0)
+    strongest = results.attacks[results.strongest_attack()]
+    ranked = sorted((s for s in strongest.slices if s.kind == "class"), key=lambda s: -s.metrics.auc)
+    fig = slices_figure(results)
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(rows) == MAX_CLASS_ROWS + 2 and rows[-2:] == ["correct", "misclassified"]
+    assert {r.replace("class ", "class=") for r in rows[:-2]} == {s.name for s in ranked[:MAX_CLASS_ROWS]}
+    assert f"the {MAX_CLASS_ROWS} most exposed of 30 classes" in fig.axes[0].get_title()

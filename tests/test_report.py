@@ -110,10 +110,11 @@ def tb_report(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("report")
     results, scores, keep, labels = make_results(targets=(0, 1))
+    results.target_ids = [0]  # figures of one target (both are evaluated)
     results.config["dataset"] = {"name": "synthetic"}
     eval_mask = np.ones(keep.shape[1], bool)
     logits = {t: np.random.default_rng(t).normal(size=(keep.shape[1], 4)) + 3 * keep[t][:, None] * np.eye(4)[labels]
-              for t in (0, 1)}
+              for t in (0,)}
     images = ImageSource(torch.rand(keep.shape[1], 1, 8, 8), (0.0,), (1.0,))
     write_run_report(run_dir, results, scores=scores, keep=keep, eval_mask=eval_mask, labels=labels,
                      target_logits=logits, images=images)
@@ -127,11 +128,11 @@ def tb_report(tmp_path_factory):
 def test_run_report_writes_every_figure_as_png_and_results_json_last(tb_report):
     log_dir, _, results, _ = tb_report
     run_dir = log_dir.parent
-    for stem in ("roc", "slices", "target0_confidence", "target1_confidence", "target0_exposed", "target1_exposed"):
+    for stem in ("roc", "slices", "target0_confidence", "target0_exposed"):
         assert (run_dir / f"{stem}.png").read_bytes()[:8] == PNG_MAGIC, stem
     saved = json.loads((run_dir / "results.json").read_text())
     assert saved == json.loads(json.dumps(results.to_dict()))
-    assert {p.name for p in run_dir.glob("records_target*.csv")} == {"records_target0.csv", "records_target1.csv"}
+    assert {p.name for p in run_dir.glob("records_target*.csv")} == {"records_target0.csv"}
 
 
 def test_tensorboard_single_run_dir(tb_report):
@@ -168,8 +169,7 @@ def test_tensorboard_images_are_readable_at_native_size(tb_report):
 
     _, acc, _, _ = tb_report
     tags = set(acc.Tags()["images"])
-    assert tags == {"report/roc", "report/slices", "report/target0_confidence", "report/target1_confidence",
-                    "report/target0_exposed", "report/target1_exposed"}
+    assert tags == {"report/roc", "report/slices", "report/target0_confidence", "report/target0_exposed"}
     assert sorted(tags)[0] == "report/roc"  # the first card
     for tag in tags:
         (event,) = acc.Images(tag)

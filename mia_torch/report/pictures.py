@@ -17,6 +17,9 @@ from mia_torch.report.types import RunResults
 
 __all__ = ["ImageSource", "confidence_figure", "exposed_records_figure", "slices_figure"]
 
+#: The slice heatmap shows at most this many classes (the most exposed ones).
+MAX_CLASS_ROWS = 20
+
 
 @dataclass(frozen=True)
 class ImageSource:
@@ -124,16 +127,32 @@ def exposed_records_figure(
     return fig
 
 
+def _shown_slices(results: RunResults, attacks: Sequence[str]) -> tuple[list[str], str]:
+    """Slice names for the heatmap, and a note when classes were left out: with more than
+    :data:`MAX_CLASS_ROWS` classes, the most exposed ones under the strongest attack."""
+    slices = results.attacks[attacks[0]].slices
+    classes = [s.name for s in slices if s.kind == "class"]
+    if len(classes) <= MAX_CLASS_ROWS:
+        return [s.name for s in slices], ""
+    strongest = results.attacks[results.strongest_attack() or attacks[0]]
+    ranked = sorted((s for s in strongest.slices if s.kind == "class" and s.metrics is not None),
+                    key=lambda s: -s.metrics.auc)
+    shown = {s.name for s in ranked[:MAX_CLASS_ROWS]}
+    names = [s.name for s in slices if s.name in shown or s.kind != "class"]
+    return names, f"; the {len(shown)} most exposed of {len(classes)} classes"
+
+
 def slices_figure(results: RunResults) -> Figure | None:
     """Heatmap of each attack's AUC (columns) on each slice (rows; skipped slices blank); None without slices."""
     attacks = [n for n, a in results.attacks.items() if a.slices]
     if not attacks:
         return None
-    names = [s.name for s in results.attacks[attacks[0]].slices]
+    names, note = _shown_slices(results, attacks)
     auc = np.full((len(names), len(attacks)), np.nan)
     for j, name in enumerate(attacks):
-        for i, piece in enumerate(results.attacks[name].slices):
-            if piece.metrics is not None:
+        for i, slice_name in enumerate(names):
+            piece = results.attacks[name].slice(slice_name)
+            if piece is not None and piece.metrics is not None:
                 auc[i, j] = piece.metrics.auc
     fig = new_figure(FIGURE_WIDTH, 0.45 * len(names) + 0.18 * max(len(a) for a in attacks) + 1.6)
     ax = fig.subplots()
@@ -152,5 +171,5 @@ def slices_figure(results: RunResults) -> Figure | None:
     colorbar = fig.colorbar(image, ax=ax, fraction=0.05)
     colorbar.set_label("AUC (0.5 = chance)", fontsize=FONT_SIZE - 2)
     colorbar.ax.tick_params(labelsize=FONT_SIZE - 3)
-    ax.set_title("AUC per slice, pooled over targets\n(– = too few records)", fontsize=FONT_SIZE)
+    ax.set_title(f"AUC per slice, pooled over targets\n(– = too few records{note})", fontsize=FONT_SIZE)
     return fig

@@ -107,8 +107,8 @@ def write_report(
     ``results.models`` (lists such as ``epoch_train_loss`` as curves with step = epoch,
     from 1); ``target/<t>/<field>`` for each reported field of each target;
     ``attack/<name>/<metric>`` for each attack's pooled metrics (see :func:`roc_scalars`),
-    its reported fields and ``sanity_auc``; ``slice/<name>/<slice>/<metric>`` for each
-    evaluated slice. Images: each entry of ``images`` (``uint8[H, W, 3]``) under its key.
+    its reported fields and ``sanity_auc``; ``slice/<name>/<slice>/auc`` and
+    ``.../tpr@<f>fpr`` for each evaluated slice. Images: each entry of ``images`` (``uint8[H, W, 3]``) under its key.
     PR curves ``pr/<name>`` on rank-scaled scores and histograms ``scores/<name>/member``
     and ``.../nonmember`` from ``pooled_scores[name] = (scores, members)``. HParams:
     ``hparams`` flattened (:func:`flatten_hparams`) with :func:`summary_metrics` as its
@@ -152,8 +152,9 @@ def write_report(
                 scalar(f"attack/{name}/sanity_auc", attack.sanity.auc)
             for piece in attack.slices:
                 if piece.metrics is not None:
-                    for key, value in roc_scalars(piece.metrics).items():
-                        scalar(f"slice/{name}/{piece.name}/{key}", value)
+                    scalar(f"slice/{name}/{piece.name}/auc", piece.metrics.auc)
+                    for fpr, value in piece.metrics.tpr.items():
+                        scalar(f"slice/{name}/{piece.name}/{tpr_key(fpr)}", value)
         for name, (scores, members) in checked.items():
             writer.add_pr_curve(f"pr/{name}", members, rank_scale(scores), global_step=0)
             writer.add_histogram(f"scores/{name}/member", scores[members], global_step=0)
