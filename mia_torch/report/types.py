@@ -292,6 +292,6 @@ class RunResults(Record):
 
     def mean_over_targets(self, name: str) -> float | None:
         """Mean of the :class:`TargetResult` field ``name`` over the targets that have it."""
-        values = [getattr(t, name) for t in self.targets.values()]
+        values = [getattr(t, name, None) for t in self.targets.values()]
         values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
         return sum(values) / len(values) if values else None
