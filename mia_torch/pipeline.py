@@ -24,7 +24,9 @@ from mia_torch.evaluation import evaluate_attacks, save_scores
 from mia_torch.fingerprint import code_digest, dataset_digest
 from mia_torch.locks import build_missing
 from mia_torch.provenance import environment_versions
+from mia_torch.report.pictures import ImageSource
 from mia_torch.report.run_report import write_run_report
+from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.settings import Settings, check_attacks, check_writable, load_settings
 from mia_torch.signals.collect import collect_logits
 from mia_torch.store import (
@@ -199,13 +201,13 @@ def untrained_logits(ctx: Context, target: int) -> torch.Tensor:
 
 @dataclass
 class AttackOutputs:
-    """Scores per attack and target (``scores[name][target] = float64[N]``), calibrated thresholds,
-    and every knob the attack fitted on the target's references (``fitted_params[name][target]``)."""
+    """Scores per attack and target (``scores[name][target] = float64[N]``), every knob the attack
+    fitted on the target's references (``fitted_params[name][target]``, its threshold included),
+    and the scores of the untrained copies (sanity check)."""
 
     scores: dict[str, dict[int, np.ndarray]]
-    thresholds: dict[str, dict[int, float | None]]
+    fitted_params: dict[str, dict[int, dict[str, Any]]]
     sanity: dict[str, dict[int, np.ndarray]] | None
-    fitted_params: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
 
 
 def attack_stage(ctx: Context, logits: np.ndarray) -> AttackOutputs:
@@ -216,7 +218,7 @@ def attack_stage(ctx: Context, logits: np.ndarray) -> AttackOutputs:
     labels = ctx.data.y.to(device)
     keep = torch.from_numpy(ctx.splits.keep).to(device)
     out = AttackOutputs({n: {} for n in s.attacks}, {n: {} for n in s.attacks},
-                        {n: {} for n in s.attacks} if s.sanity_check else None, {n: {} for n in s.attacks})
+                        {n: {} for n in s.attacks} if s.sanity_check else None)
     for target in ctx.splits.target_ids:
         refs = torch.tensor(ctx.splits.reference_ids[target], device=device)
         reference = ReferenceSignals(logits=all_logits[refs], keep=keep[refs], labels=labels)
@@ -226,7 +228,6 @@ def attack_stage(ctx: Context, logits: np.ndarray) -> AttackOutputs:
             attack.fit(reference)
             # float64: a confident model's scores differ beyond float32's resolution.
             out.scores[name][target] = attack.score(all_logits[target], labels).double().cpu().numpy()
-            out.thresholds[name][target] = attack.threshold
             out.fitted_params[name][target] = attack.fitted_params()
             if out.sanity is not None and blank is not None:
                 out.sanity[name][target] = attack.score(blank, labels).double().cpu().numpy()
@@ -288,25 +289,28 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     atomic_write_bytes(ctx.run_dir / "labels.npy", array_to_bytes(ctx.data.y.cpu().numpy()))
     outputs = attack_stage(ctx, logits)
     save_scores(ctx.run_dir / "scores.npz", outputs.scores)
-    evaluation = evaluate_attacks(outputs.scores, keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask,
-                                  fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
-                                  thresholds=outputs.thresholds, sanity=outputs.sanity)
-    results = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "versions": environment_versions(__version__),
-        "dataset": {"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
-                    "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
-        "target_ids": list(s.target_ids),
-        "targets": {str(t): {k: model_metrics[t][k] for k in ("train_acc", "test_acc", "train_loss", "test_loss")
-                             if k in model_metrics[t]} for t in s.target_ids},
-        "models": model_metrics,
-        "trained_models": ctx.trained,
-        "reused_models": ctx.reused,
-        "corrupt_artifacts": [str(p) for p in ctx.store.corrupt],
-        "fitted_params": {name: {str(t): p for t, p in per.items()} for name, per in outputs.fitted_params.items()},
-        "seconds": round(time.time() - started, 2),
-        **evaluation,
-    }
+    labels = ctx.data.y.cpu().numpy()
+    query = s.queries.index("identity") if "identity" in s.queries else 0
+    target_logits = {t: logits[t, :, query] for t in s.target_ids}
+    attacks = evaluate_attacks(outputs.scores, keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask,
+                               fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
+                               fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
+                               predictions={t: z.argmax(-1) for t, z in target_logits.items()})
+    results = RunResults(
+        config=OmegaConf.to_container(cfg, resolve=True),
+        versions=environment_versions(__version__),
+        dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
+                 "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
+        target_ids=list(s.target_ids),
+        targets={t: TargetResult.from_dict(model_metrics[t], path=f"model {t}") for t in s.target_ids},
+        models=model_metrics,
+        trained_models=ctx.trained,
+        reused_models=ctx.reused,
+        corrupt_artifacts=[str(p) for p in ctx.store.corrupt],
+        seconds=round(time.time() - started, 2),
+        attacks=attacks,
+    )
     write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=ctx.splits.keep,
-                     eval_mask=ctx.splits.eval_mask, class_labels=ctx.data.y.cpu().numpy())
-    return results
+                     eval_mask=ctx.splits.eval_mask, labels=labels, target_logits=target_logits,
+                     images=ImageSource.of(ctx.data))
+    return results.to_dict()

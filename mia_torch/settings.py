@@ -126,18 +126,26 @@ def check_writable(directory: Path, *, key: str) -> None:
                          f"point {key} at a directory you can write to") from err
 
 
+def build_attack(name: str, attack_cfg: Any) -> Attack:
+    """Build ``attack.<name>`` and check that it is an :class:`Attack`, naming the key if not."""
+    target = attack_cfg.get("_target_") if isinstance(attack_cfg, dict) else None
+    if target is None:
+        raise ValueError(f"attack.{name} has no _target_: set attack.{name}._target_ to an Attack class, "
+                         f"e.g. +attack.{name}._target_=my_package.MyAttack")
+    try:
+        attack = hydra.utils.instantiate(attack_cfg)
+    except Exception as err:  # noqa: BLE001 - re-raised with the key that caused it
+        raise ValueError(f"attack.{name} cannot be built: {err}") from err
+    if not isinstance(attack, Attack):
+        raise ValueError(f"attack.{name}._target_={target} builds a {type(attack).__module__}."
+                         f"{type(attack).__qualname__}, which is not an Attack: subclass "
+                         f"mia_torch.attacks.base.Attack and implement score(logits, labels)")
+    return attack
+
+
 def check_attacks(settings: "Settings") -> dict[str, Attack]:
     """Build every configured attack (naming ``attack.<name>`` on error) and check it suits the threat model."""
-    attacks = {}
-    for name, attack_cfg in settings.attacks.items():
-        try:
-            attack = hydra.utils.instantiate(attack_cfg)
-        except Exception as err:  # noqa: BLE001 - re-raised with the key that caused it
-            raise ValueError(f"attack.{name} cannot be built: {err}") from err
-        if not isinstance(attack, Attack):
-            raise ValueError(f"attack.{name} built a {type(attack).__name__}, not a mia_torch Attack: "
-                             f"check attack.{name}._target_")
-        attacks[name] = attack
+    attacks = {name: build_attack(name, cfg) for name, cfg in settings.attacks.items()}
     if settings.threat_model == "disjoint":
         online = [name for name, attack in attacks.items() if attack.needs_in_references]
         if online:

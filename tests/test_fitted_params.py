@@ -115,6 +115,9 @@ def test_fitted_knobs_and_scores_do_not_depend_on_the_targets_membership(tmp_pat
 def test_results_json_records_fitted_params(tmp_path):
     run_experiment(tmp_path, [*TINY, "attack=[loss,rmia]"])
     saved = json.loads(Path(tmp_path / "run" / "results.json").read_text())
-    rmia = saved["fitted_params"]["rmia"]["0"]
-    assert rmia["temperature"] in (1.0, 2.0, 4.0, 8.0) and rmia["a"] in [i / 10 for i in range(11)]
-    assert set(saved["fitted_params"]["loss"]["0"]) == {"threshold"}
+    rmia = saved["attacks"]["rmia"]["per_target"][0]
+    assert rmia["target"] == 0
+    fitted = rmia["fitted_params"]
+    assert fitted["temperature"] in (1.0, 2.0, 4.0, 8.0) and fitted["a"] in [i / 10 for i in range(11)]
+    assert fitted["threshold"] == rmia["threshold"]
+    assert set(saved["attacks"]["loss"]["per_target"][0]["fitted_params"]) == {"threshold"}
