@@ -1,21 +1,25 @@
 """Atomic file writes: a temp file in the destination folder, fsync, rename.
 
 A reader never sees a half-written file, and an interrupted write leaves the previous
-version intact.
+version intact. Files are created with the process umask (as ``open`` would), not
+``tempfile``'s private 0600, so outputs in a group-shared folder stay readable by the group.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes"]
+__all__ = ["atomic_open", "atomic_write_bytes", "fsync_dir"]
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename in it) to disk; best effort."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -41,7 +45,8 @@ def atomic_open(
         raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_name = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(tmp_name, _CREATE, 0o666)  # the umask applies
     try:
         if mode == "wb":
             f = os.fdopen(fd, "wb")
@@ -56,7 +61,7 @@ def atomic_open(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

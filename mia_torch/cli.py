@@ -1,21 +1,23 @@
-"""`mia-run`: the Hydra entry point of the installed package."""
+"""`mia-run`: the Hydra entry point of the installed package.
+
+The configs are read from the package (``pkg://mia_torch.conf``: the top-level
+``configs/`` of a checkout, linked as ``mia_torch/conf`` and shipped in the wheel), so
+``mia-run`` works from any directory after ``pip install .``, a wheel or an editable install.
+"""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from mia_torch.configs import register_configs
 
-CONFIG_DIR = os.environ.get("MIA_TORCH_CONFIG_DIR", str(Path(__file__).resolve().parents[1] / "configs"))
+CONFIG_PATH = "pkg://mia_torch.conf"
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> None:
     """Run the configured experiment (see configs/config.yaml)."""
     from mia_torch.pipeline import run

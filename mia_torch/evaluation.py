@@ -1,31 +1,75 @@
-"""Turn attack scores into membership metrics: per target, across targets, pooled."""
+"""Turn attack scores into the typed evaluation of every attack, computed once.
+
+Per attack (:class:`~mia_torch.report.types.AttackEvaluation`): metrics per target, their
+mean ± std over targets, the pooled ROC of all targets' examples (with its curve), the
+sanity check on untrained targets and the slices (per class; correctly vs incorrectly
+classified by the target). Every ROC gets bootstrap intervals (``bootstrap`` resamples)
+and Clopper–Pearson intervals for its TPRs.
+"""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from mia_torch.metrics import aggregate, bootstrap_intervals, membership_metrics
 from mia_torch.atomic import atomic_write_bytes
+from mia_torch.metrics import aggregate, bootstrap_intervals, clopper_pearson, membership_metrics, roc_curve, tpr_key
+from mia_torch.report.types import (
+    AttackEvaluation,
+    MeanStd,
+    RocCurve,
+    RocMetrics,
+    SanityCheck,
+    SliceResult,
+    TargetAttackMetrics,
+)
 
 Scores = Mapping[str, Mapping[int, np.ndarray]]
-
 
 #: Confidence of the sanity check's interval: wide enough that checking a dozen attacks
 #: rarely raises a false alarm on a target that truly carries no membership information.
 SANITY_CONFIDENCE = 0.99
+#: A slice is evaluated only with at least this many members and this many non-members.
+MIN_SLICE_SIZE = 10
+#: Metrics averaged over targets (``AttackEvaluation.mean``), besides the TPRs.
+_AVERAGED = ("auc", "advantage", "balanced_accuracy", "num_members", "num_nonmembers")
 
 
-def _measure(scores: np.ndarray, members: np.ndarray, *, fpr_targets: Sequence[float], bootstrap: int, seed: int,
-             threshold: float | None = None, confidence: float = 0.95) -> dict[str, Any]:
-    metrics = membership_metrics(scores, members, fpr_targets=fpr_targets, threshold=threshold)
+def measure(
+    scores: np.ndarray,
+    members: np.ndarray,
+    *,
+    fpr_targets: Sequence[float],
+    bootstrap: int,
+    seed: int,
+    threshold: float | None = None,
+    confidence: float = 0.95,
+    keep_curve: bool = False,
+) -> RocMetrics:
+    """Metrics of one ROC with bootstrap (``bootstrap`` resamples, 0 = none) and Clopper–Pearson intervals.
+
+    ``threshold`` is the attack's calibrated decision threshold (balanced accuracy is
+    measured there; without it, at the best threshold). ``keep_curve`` keeps the ROC curve
+    in memory (``RocMetrics.curve``) for figures.
+    """
+    raw = membership_metrics(scores, members, fpr_targets=fpr_targets, threshold=threshold)
+    n_members = raw["num_members"]
+    tpr = {float(f): raw[tpr_key(f)] for f in fpr_targets}
+    low, high = clopper_pearson([round(t * n_members) for t in tpr.values()], n_members, confidence=confidence)
+    ci = {}
     if bootstrap:
-        metrics["ci"] = bootstrap_intervals(scores, members, fpr_targets=fpr_targets, num_resamples=bootstrap,
-                                            seed=seed, confidence=confidence)
-    return metrics
+        ci = bootstrap_intervals(scores, members, fpr_targets=fpr_targets, num_resamples=bootstrap, seed=seed,
+                                 confidence=confidence)
+    return RocMetrics(
+        auc=raw["auc"], advantage=raw["advantage"], balanced_accuracy=raw["balanced_accuracy"],
+        balanced_accuracy_threshold=raw["balanced_accuracy_threshold"], num_members=n_members,
+        num_nonmembers=raw["num_nonmembers"], tpr=tpr, ci=ci, confidence=confidence,
+        tpr_exact_ci={f: (float(lo), float(hi)) for f, lo, hi in zip(tpr, np.atleast_1d(low), np.atleast_1d(high))},
+        curve=RocCurve(*roc_curve(scores, members)) if keep_curve else None,
+    )
 
 
 def pooled(scores: Mapping[int, np.ndarray], keep: np.ndarray, eval_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -33,6 +77,42 @@ def pooled(scores: Mapping[int, np.ndarray], keep: np.ndarray, eval_mask: np.nda
     targets = sorted(scores)
     return (np.concatenate([scores[t][eval_mask] for t in targets]),
             np.concatenate([keep[t][eval_mask] for t in targets]))
+
+
+def slice_masks(classes: np.ndarray, correct: np.ndarray | None) -> list[tuple[str, str, np.ndarray]]:
+    """``(name, kind, mask)`` of every slice: ``class=<c>`` per class, then ``correct`` and ``misclassified``."""
+    out = [(f"class={c}", "class", classes == c) for c in np.unique(classes).tolist()]
+    if correct is not None:
+        out += [("correct", "classification", correct), ("misclassified", "classification", ~correct)]
+    return out
+
+
+def evaluate_slices(
+    scores: np.ndarray,
+    members: np.ndarray,
+    masks: Sequence[tuple[str, str, np.ndarray]],
+    *,
+    fpr_targets: Sequence[float],
+) -> list[SliceResult]:
+    """Metrics of every slice (no bootstrap); a slice with fewer than ``MIN_SLICE_SIZE`` members
+    or non-members is skipped with the reason."""
+    out = []
+    for name, kind, mask in masks:
+        n_members = int(np.count_nonzero(members[mask]))
+        n_nonmembers = int(np.count_nonzero(mask)) - n_members
+        result = SliceResult(name=name, kind=kind, num_members=n_members, num_nonmembers=n_nonmembers)
+        if min(n_members, n_nonmembers) < MIN_SLICE_SIZE:
+            result.skipped = (f"{n_members} members and {n_nonmembers} non-members "
+                              f"(each needs at least {MIN_SLICE_SIZE})")
+        else:
+            result.metrics = measure(scores[mask], members[mask], fpr_targets=fpr_targets, bootstrap=0, seed=0)
+        out.append(result)
+    return out
+
+
+def _mean_over_targets(rows: Sequence[RocMetrics]) -> dict[str, MeanStd]:
+    dicts = [{**{k: getattr(r, k) for k in _AVERAGED}, **{tpr_key(f): v for f, v in r.tpr.items()}} for r in rows]
+    return {k: MeanStd(**v) for k, v in aggregate(dicts).items()}
 
 
 def evaluate_attacks(
@@ -43,37 +123,52 @@ def evaluate_attacks(
     fpr_targets: Sequence[float],
     bootstrap: int,
     seed: int,
-    thresholds: Mapping[str, Mapping[int, float | None]] | None = None,
+    fitted_params: Mapping[str, Mapping[int, Mapping[str, Any]]] | None = None,
     sanity: Scores | None = None,
-) -> dict[str, Any]:
-    """Metrics of every attack: ``per_target``, ``mean`` (mean ± std over targets), ``pooled``.
+    labels: np.ndarray | None = None,
+    predictions: Mapping[int, np.ndarray] | None = None,
+) -> dict[str, AttackEvaluation]:
+    """Evaluate every attack: per target, mean ± std over targets, pooled (with its ROC curve).
 
-    Membership labels come from the targets' keep rows, restricted to ``eval_mask``.
-    With ``sanity`` (scores of untrained targets) each attack also gets a ``sanity``
-    entry whose AUC should be 0.5 within its 99% interval.
+    Membership labels come from the targets' keep rows, restricted to ``eval_mask``. With
+    ``sanity`` (scores of untrained targets) each attack gets a sanity check whose AUC
+    should be 0.5 within its 99% interval. With the class ``labels`` (``int[N]``) the pooled
+    examples are also evaluated per class, and with each target's ``predictions``
+    (``int[N]``, its predicted class) on correctly vs incorrectly classified examples.
     """
-    report: dict[str, Any] = {}
+    classes = correct = None
+    targets = sorted(next(iter(scores.values()), {}))
+    if labels is not None and targets:
+        classes = np.concatenate([labels[eval_mask] for _ in targets])
+        if predictions is not None:
+            correct = np.concatenate([predictions[t][eval_mask] == labels[eval_mask] for t in targets])
+    masks = slice_masks(classes, correct) if classes is not None else []
+    out: dict[str, AttackEvaluation] = {}
     for name, per_target in scores.items():
         rows = []
         for target in sorted(per_target):
-            threshold = (thresholds or {}).get(name, {}).get(target)
-            rows.append({"target": target, **_measure(per_target[target][eval_mask], keep[target][eval_mask],
-                                                      fpr_targets=fpr_targets, bootstrap=bootstrap, seed=seed,
-                                                      threshold=threshold)})
+            fitted = dict((fitted_params or {}).get(name, {}).get(target, {}))
+            threshold = fitted.get("threshold")
+            m = measure(per_target[target][eval_mask], keep[target][eval_mask], fpr_targets=fpr_targets,
+                        bootstrap=bootstrap, seed=seed, threshold=threshold)
+            rows.append(TargetAttackMetrics(**vars(m), target=target, threshold=threshold, fitted_params=fitted))
         all_scores, all_members = pooled(per_target, keep, eval_mask)
-        entry: dict[str, Any] = {
-            "per_target": rows,
-            "mean": aggregate([{k: v for k, v in r.items() if k not in ("ci", "target")} for r in rows]),
-            "pooled": _measure(all_scores, all_members, fpr_targets=fpr_targets, bootstrap=bootstrap, seed=seed),
-        }
+        entry = AttackEvaluation(
+            per_target=rows,
+            mean=_mean_over_targets(rows),
+            pooled=measure(all_scores, all_members, fpr_targets=fpr_targets, bootstrap=bootstrap, seed=seed,
+                           keep_curve=True),
+            slices=evaluate_slices(all_scores, all_members, masks, fpr_targets=fpr_targets),
+        )
         if sanity is not None:
             blank_scores, blank_members = pooled(sanity[name], keep, eval_mask)
-            check = _measure(blank_scores, blank_members, fpr_targets=fpr_targets, bootstrap=max(bootstrap, 200),
-                             seed=seed, confidence=SANITY_CONFIDENCE)
-            low, high = check["ci"]["auc"]
-            entry["sanity"] = {"auc": check["auc"], "auc_ci": [low, high], "chance_in_ci": bool(low <= 0.5 <= high)}
-        report[name] = entry
-    return {"attacks": report}
+            check = measure(blank_scores, blank_members, fpr_targets=fpr_targets, bootstrap=max(bootstrap, 200),
+                            seed=seed, confidence=SANITY_CONFIDENCE)
+            low, high = check.ci["auc"]
+            entry.sanity = SanityCheck(auc=check.auc, auc_ci=(low, high), chance_in_ci=bool(low <= 0.5 <= high),
+                                       confidence=SANITY_CONFIDENCE)
+        out[name] = entry
+    return out
 
 
 def save_scores(path: Path, scores: Scores) -> None:
@@ -91,3 +186,16 @@ def load_scores(path: Path) -> dict[str, dict[int, np.ndarray]]:
             name, target = key.rsplit("/target_", 1)
             out.setdefault(name, {})[int(target)] = z[key]
     return out
+
+
+def empirical_p_values(scores: np.ndarray, nonmember_scores: np.ndarray) -> np.ndarray:
+    """Empirical p-value of each score against the non-members' scores (higher = member).
+
+    ``p = (1 + #{non-members scoring at least as high}) / (1 + #non-members)``: the
+    probability that a record which is not a member scores this high or higher, estimated
+    from the target's non-members; the +1 keeps it a valid p-value (never 0), so the
+    smallest reachable value is ``1 / (1 + #non-members)``.
+    """
+    ordered = np.sort(np.asarray(nonmember_scores, dtype=np.float64))
+    at_least = ordered.size - np.searchsorted(ordered, np.asarray(scores, dtype=np.float64), side="left")
+    return (1.0 + at_least) / (1.0 + ordered.size)

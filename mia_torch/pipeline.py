@@ -17,12 +17,17 @@ from tqdm import tqdm
 from mia_torch import __version__
 from mia_torch.atomic import atomic_write_bytes
 from mia_torch.attacks.base import Attack, ReferenceSignals
-from mia_torch.data.datasets import Dataset, load_dataset
+from mia_torch.data.datasets import Dataset, describe_dataset, load_dataset
 from mia_torch.data.splits import Splits, carve_validation, make_splits
+from mia_torch.data.validate import check_training_sets
 from mia_torch.evaluation import evaluate_attacks, save_scores
+from mia_torch.fingerprint import code_digest, dataset_digest
+from mia_torch.locks import build_missing
 from mia_torch.provenance import environment_versions
+from mia_torch.report.pictures import ImageSource
 from mia_torch.report.run_report import write_run_report
-from mia_torch.settings import Settings, load_settings
+from mia_torch.report.types import RunResults, TargetResult
+from mia_torch.settings import Settings, check_attacks, check_writable, load_settings
 from mia_torch.signals.collect import collect_logits
 from mia_torch.signals.collect_many import collect_logits_many
 from mia_torch.store import (
@@ -40,10 +45,6 @@ from mia_torch.training.trainer import TrainResult
 
 log = logging.getLogger(__name__)
 
-# Bump when a change to training or querying code changes what an artifact would contain.
-TRAINING_CODE_VERSION = 1
-SIGNALS_CODE_VERSION = 1
-
 
 @dataclass
 class Context:
@@ -56,11 +57,6 @@ class Context:
     store: ArtifactStore
     trained: list[int] = field(default_factory=list)
     reused: list[int] = field(default_factory=list)
-
-
-#: Per-model metrics copied into ``results.json["targets"]`` when present.
-TARGET_METRICS = ("train_acc", "test_acc", "train_loss", "test_loss", "best_epoch", "stopped_epoch",
-                  "dp_epsilon", "dp_epsilon_target", "dp_delta", "dp_noise_multiplier")
 
 
 def build_model(settings: Settings, data: Dataset, seed: int, *, private: bool = False) -> torch.nn.Module:
@@ -85,37 +81,51 @@ def model_seed(settings: Settings, index: int) -> int:
 
 
 def model_key(ctx: Context, index: int) -> str:
-    """Content hash of everything that determines trained model ``index``."""
+    """Content hash of everything that determines trained model ``index``.
+
+    The data enters as the digest of its tensors as loaded and the code as the digest of
+    the training source (:mod:`mia_torch.fingerprint`), so new data or edited training
+    code makes new keys, while moving a data file does not.
+    """
     s = ctx.settings
-    population = len(ctx.data.y)
-    return digest({
-        "dataset": s.dataset,
+    spec = {
+        "data": dataset_digest(ctx.data),
         "model": s.model,
         "train": s.train.to_dict(),
-        "defense": s.defense.key(population) if is_private(s, index) else None,
-        # the half dealt to the model; its validation carve-out follows from it, the seed and train.early_stopping
-        "keep_row": digest({"row": np.flatnonzero(ctx.splits.assigned[index]).tolist()}),
-        "population": population,
+        "defense": s.defense.key(len(ctx.data.y)) if is_private(s, index) else None,
+        "keep_row": _digest_row(ctx.splits.keep[index]),  # the records it trains on
         "seed": model_seed(s, index),
         "device": s.device.type,
-        "code": TRAINING_CODE_VERSION,
-    })
+        "code": code_digest("models"),
+    }
+    if ctx.splits.validation is not None:  # early stopping: the records it validates on
+        spec["validation_row"] = _digest_row(ctx.splits.validation[index])
+    return digest(spec)
+
+
+def _digest_row(row: np.ndarray) -> str:
+    return digest({"row": np.flatnonzero(row).tolist()})
 
 
 def signal_key(ctx: Context, index: int) -> str:
     """Content hash of model ``index``'s logits under the configured queries."""
     s = ctx.settings
     return digest({"model": model_key(ctx, index), "queries": s.queries, "dtype": str(s.signals_dtype),
-                   "code": SIGNALS_CODE_VERSION})
+                   "code": code_digest("signals")})
 
 
 def load_trained_model(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[str, Any]] | None:
-    """Model ``index`` from the store (weights_only load), or None when absent/corrupt."""
-    found = ctx.store.load("models", model_key(ctx, index))
+    """Model ``index`` from the store (weights_only load), or None when absent or corrupt (moved aside)."""
+    key = model_key(ctx, index)
+    found = ctx.store.load("models", key, decode=state_dict_from_bytes)
     if found is None:
         return None
     model = build_model(ctx.settings, ctx.data, model_seed(ctx.settings, index), private=is_private(ctx.settings, index))
-    model.load_state_dict(state_dict_from_bytes(found[0]))
+    try:
+        model.load_state_dict(found[0])
+    except RuntimeError as err:
+        ctx.store.quarantine("models", key, reason=f"its weights do not fit the configured model: {err}")
+        return None
     return model.to(ctx.settings.device).eval(), found[1]
 
 
@@ -126,7 +136,7 @@ def _rows(ctx: Context, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             None if validation is None else torch.from_numpy(np.flatnonzero(validation[index])))
 
 
-def _save_trained(ctx: Context, index: int, model: torch.nn.Module, result: TrainResult) -> dict[str, Any]:
+def _save_trained(ctx: Context, index: int, model: torch.nn.Module, result: TrainResult) -> None:
     if not np.isfinite(result.metrics["train_loss"]):
         raise FloatingPointError(
             f"model {index} diverged (train loss {result.metrics['train_loss']}): lower train.lr or add warmup"
@@ -134,99 +144,105 @@ def _save_trained(ctx: Context, index: int, model: torch.nn.Module, result: Trai
     meta = {"model": index, **result.metrics}
     ctx.store.save("models", model_key(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
     ctx.trained.append(index)
-    return meta
 
 
-def train_group(ctx: Context, indices: list[int]) -> list[tuple[torch.nn.Module, dict[str, Any]]]:
-    """Train models ``indices`` and save each to the store, in order.
+def train_group(ctx: Context, indices: list[int]) -> None:
+    """Train models ``indices`` and save each to the store.
 
     DP-SGD models train one at a time (each saved when done); the others together
     (``parallel_models`` at once).
     """
     s, data = ctx.settings, ctx.data
-    trained: dict[int, tuple[torch.nn.Module, dict[str, Any]]] = {}
     for index in [i for i in indices if is_private(s, i)]:
         model = build_model(s, data, model_seed(s, index), private=True)
         members, validation = _rows(ctx, index)
         result = train_private(model, data.x, data.y, members, s.train, s.defense, seed=model_seed(s, index),
                                delta=s.defense.delta_for(len(data.y)), val_idx=validation,
                                x_test=data.x_test, y_test=data.y_test)
-        trained[index] = (model, _save_trained(ctx, index, model, result))
+        _save_trained(ctx, index, model, result)
     plain = [i for i in indices if not is_private(s, i)]
-    if plain:
-        seeds = [model_seed(s, i) for i in plain]
-        models = [build_model(s, data, seed) for seed in seeds]
-        rows = [_rows(ctx, i) for i in plain]
-        validation = None if ctx.splits.validation is None else [v for _, v in rows]
-        results = train_models(models, data.x, data.y, [m for m, _ in rows], s.train, seeds=seeds, val_idx=validation,
-                               x_test=data.x_test, y_test=data.y_test, strategy=s.parallel_strategy)
-        for index, model, result in zip(plain, models, results):
-            trained[index] = (model, _save_trained(ctx, index, model, result))
-    return [trained[i] for i in indices]
+    if not plain:
+        return
+    seeds = [model_seed(s, i) for i in plain]
+    models = [build_model(s, data, seed) for seed in seeds]
+    rows = [_rows(ctx, i) for i in plain]
+    validation = None if ctx.splits.validation is None else [v for _, v in rows]
+    results = train_models(models, data.x, data.y, [m for m, _ in rows], s.train, seeds=seeds, val_idx=validation,
+                           x_test=data.x_test, y_test=data.y_test, strategy=s.parallel_strategy)
+    for index, model, result in zip(plain, models, results):
+        _save_trained(ctx, index, model, result)
+
+
+def _progress(items, settings: Settings, desc: str):
+    return tqdm(items, desc=desc, disable=not settings.progress, unit="model", leave=False)
 
 
 def train_stage(ctx: Context, indices: list[int]) -> list[dict[str, Any]]:
-    """Make sure models ``indices`` exist in the store; train only the missing ones."""
-    metrics: dict[int, dict[str, Any]] = {}
-    missing = []
-    for index in indices:
-        found = ctx.store.load("models", model_key(ctx, index))
-        if found is None:
-            missing.append(index)
-        else:
-            metrics[index] = found[1]
-            ctx.reused.append(index)
+    """Make sure models ``indices`` exist in the store; train only the missing ones.
+
+    Missing models are locked and trained in groups (``parallel_models`` at once with
+    vmap; one by one otherwise, so an interruption loses at most one); models another
+    process is training are waited for and reused (:func:`mia_torch.locks.build_missing`).
+    """
     s = ctx.settings
-    # Loop-trained models are saved one by one, so an interruption loses at most one.
     batched = resolve_strategy(s.parallel_strategy, s.device, s.parallel_models) == "vmap"
-    group = s.parallel_models if batched else 1
-    with tqdm(total=len(missing), desc="train", disable=not ctx.settings.progress, unit="model", leave=False) as bar:
-        for start in range(0, len(missing), group):
-            chunk = missing[start : start + group]
-            for index, (_, meta) in zip(chunk, train_group(ctx, chunk)):
-                metrics[index] = meta
-            bar.update(len(chunk))
-    return [metrics[i] for i in indices]
+    keys = {index: model_key(ctx, index) for index in indices}
+    with tqdm(desc="train", disable=not s.progress, unit="model", leave=False) as bar:
+        outcome = build_missing(ctx.store, "models", keys, lambda chunk: train_group(ctx, chunk),
+                                group=s.parallel_models if batched else 1, decode=state_dict_from_bytes,
+                                on_built=bar.update)
+    ctx.reused.extend(outcome.reused)
+    return [outcome.meta[i] for i in indices]
+
+
+def _model_for_signals(ctx: Context, index: int) -> torch.nn.Module:
+    loaded = load_trained_model(ctx, index)
+    if loaded is None:  # moved aside as corrupt since the train stage: rebuild it
+        train_stage(ctx, [index])
+        loaded = load_trained_model(ctx, index)
+    if loaded is None:
+        raise RuntimeError(f"model {index} could not be loaded from the store right after training it")
+    return loaded[0]
 
 
 def signals_stage(ctx: Context) -> np.ndarray:
     """Logits ``[M, N, Q, C]`` of every model, reusing stored signals where present.
 
     Missing signals are collected ``parallel_models`` models at a time where the strategy
-    is vmap (CUDA), one model at a time otherwise.
+    is vmap (CUDA: one batched forward for all of them), one model at a time otherwise.
     """
     s = ctx.settings
-    rows: dict[int, np.ndarray] = {}
-    missing = []
-    for index in range(s.num_models):
-        found = ctx.store.load("signals", signal_key(ctx, index))
-        if found is not None:
-            rows[index] = array_from_bytes(found[0])
-        else:
-            missing.append(index)
-    batched = resolve_strategy(s.parallel_strategy, s.device, s.parallel_models) == "vmap"
-    group = s.parallel_models if batched else 1
-    with tqdm(total=len(missing), desc="signals", disable=not s.progress, unit="model", leave=False) as bar:
-        for start in range(0, len(missing), group):
-            chunk = missing[start : start + group]
-            models = _trained_models(ctx, chunk)
-            logits = collect_logits_many(models, ctx.data.x, s.queries, batch_size=s.signal_batch_size,
-                                         dtype=s.signals_dtype, strategy=s.parallel_strategy)
-            for index, array in zip(chunk, logits.cpu().numpy()):
-                ctx.store.save("signals", signal_key(ctx, index), array_to_bytes(array),
-                               {"model": index, "shape": list(array.shape)})
-                rows[index] = array
-            bar.update(len(chunk))
-    return np.stack([rows[i] for i in range(s.num_models)])
+    num_examples = len(ctx.data.y)
 
+    def decode(payload: bytes) -> np.ndarray:
+        array = array_from_bytes(payload)
+        if array.ndim < 1 or len(array) != num_examples:
+            raise ValueError(f"signals of shape {array.shape} for a population of {num_examples}")
+        return array
 
-def _trained_models(ctx: Context, indices: list[int]) -> list[torch.nn.Module]:
-    """Models ``indices`` from the store, training the ones that are missing."""
-    loaded = {i: found[0] for i in indices if (found := load_trained_model(ctx, i)) is not None}
-    missing = [i for i in indices if i not in loaded]
+    def collect(indices: list[int]) -> None:
+        models = [_model_for_signals(ctx, index) for index in indices]
+        logits = collect_logits_many(models, ctx.data.x, s.queries, batch_size=s.signal_batch_size,
+                                     dtype=s.signals_dtype, strategy=s.parallel_strategy)
+        for index, array in zip(indices, logits.cpu().numpy()):
+            ctx.store.save("signals", signal_key(ctx, index), array_to_bytes(array),
+                           {"model": index, "shape": list(array.shape)})
+
+    keys = {index: signal_key(ctx, index) for index in range(s.num_models)}
+    rows = {index: found[0] for index, key in keys.items()
+            if (found := ctx.store.load("signals", key, decode=decode)) is not None}
+    missing = {index: key for index, key in keys.items() if index not in rows}
     if missing:
-        loaded |= {i: model for i, (model, _) in zip(missing, train_group(ctx, missing))}
-    return [loaded[i] for i in indices]
+        with _progress(None, s, "signals") as bar:
+            batched = resolve_strategy(s.parallel_strategy, s.device, s.parallel_models) == "vmap"
+            build_missing(ctx.store, "signals", missing, collect, group=s.parallel_models if batched else 1,
+                          decode=decode, on_built=bar.update)
+        for index, key in missing.items():
+            found = ctx.store.load("signals", key, decode=decode)
+            if found is None:
+                raise RuntimeError(f"signals of model {index} vanished from the store {ctx.store.root}")
+            rows[index] = found[0]
+    return np.stack([rows[index] for index in range(s.num_models)])
 
 
 def untrained_logits(ctx: Context, target: int) -> torch.Tensor:
@@ -238,10 +254,12 @@ def untrained_logits(ctx: Context, target: int) -> torch.Tensor:
 
 @dataclass
 class AttackOutputs:
-    """Scores per attack and target (``scores[name][target] = float[N]``), plus calibrated thresholds."""
+    """Scores per attack and target (``scores[name][target] = float64[N]``), every knob the attack
+    fitted on the target's references (``fitted_params[name][target]``, its threshold included),
+    and the scores of the untrained copies (sanity check)."""
 
     scores: dict[str, dict[int, np.ndarray]]
-    thresholds: dict[str, dict[int, float | None]]
+    fitted_params: dict[str, dict[int, dict[str, Any]]]
     sanity: dict[str, dict[int, np.ndarray]] | None
 
 
@@ -261,10 +279,11 @@ def attack_stage(ctx: Context, logits: np.ndarray) -> AttackOutputs:
         for name, attack_cfg in s.attacks.items():
             attack: Attack = hydra.utils.instantiate(attack_cfg)
             attack.fit(reference)
-            out.scores[name][target] = attack.score(all_logits[target], labels).float().cpu().numpy()
-            out.thresholds[name][target] = attack.threshold
+            # float64: a confident model's scores differ beyond float32's resolution.
+            out.scores[name][target] = attack.score(all_logits[target], labels).double().cpu().numpy()
+            out.fitted_params[name][target] = attack.fitted_params()
             if out.sanity is not None and blank is not None:
-                out.sanity[name][target] = attack.score(blank, labels).float().cpu().numpy()
+                out.sanity[name][target] = attack.score(blank, labels).double().cpu().numpy()
     return out
 
 
@@ -284,15 +303,20 @@ def save_splits(ctx: Context) -> None:
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Context:
-    """Validate the config, load the data, build splits and attacks: everything that can fail fast."""
+    """Validate the config, the directories and the data, build splits: everything that can fail fast.
+
+    Cheap checks come first (values, attacks, writable ``store_dir`` and run directory),
+    then the data is loaded and checked, so bad input stops before any training.
+    ``cfg.queries`` is set to the queries in effect (the dataset's default when it is null),
+    so that results.json records them.
+    """
     settings = load_settings(cfg)
+    cfg.queries = list(settings.queries)
     if settings.num_threads is not None:
         torch.set_num_threads(settings.num_threads)
-    for name, attack_cfg in settings.attacks.items():
-        try:
-            hydra.utils.instantiate(attack_cfg)
-        except Exception as err:  # noqa: BLE001 - re-raised with the key that caused it
-            raise ValueError(f"attack.{name} cannot be built: {err}") from err
+    check_attacks(settings)
+    check_writable(settings.store_dir, key="store_dir")
+    check_writable(run_dir, key="hydra.run.dir")
     data = load_dataset(**settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
     build_model(settings, data, 0, private=settings.defense.private)(data.x[:2])  # fits the data (and DP-SGD)
     splits = make_splits(settings.num_models, len(data.y), seed=settings.seed,
@@ -301,7 +325,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     if stopping.enabled:  # membership is what each model actually trains on: its half minus its validation
         seeds = [model_seed(settings, m) for m in range(settings.num_models)]
         splits = carve_validation(splits, fraction=stopping.validation_fraction, seeds=seeds)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_training_sets(splits.keep, source=describe_dataset(settings.dataset["name"], settings.dataset),
+                        threat_model=settings.threat_model)
     return Context(settings=settings, run_dir=run_dir, data=data.to(settings.device), splits=splits,
                    store=ArtifactStore(settings.store_dir))
 
@@ -323,24 +348,28 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     atomic_write_bytes(ctx.run_dir / "labels.npy", array_to_bytes(ctx.data.y.cpu().numpy()))
     outputs = attack_stage(ctx, logits)
     save_scores(ctx.run_dir / "scores.npz", outputs.scores)
-    evaluation = evaluate_attacks(outputs.scores, keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask,
-                                  fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
-                                  thresholds=outputs.thresholds, sanity=outputs.sanity)
-    results = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "versions": environment_versions(__version__),
-        "dataset": {"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
-                    "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
-        "target_ids": list(s.target_ids),
-        "targets": {str(t): {k: model_metrics[t][k] for k in TARGET_METRICS if k in model_metrics[t]}
-                    for t in s.target_ids},
-        "models": model_metrics,
-        "trained_models": ctx.trained,
-        "reused_models": ctx.reused,
-        "corrupt_artifacts": [str(p) for p in ctx.store.corrupt],
-        "seconds": round(time.time() - started, 2),
-        **evaluation,
-    }
+    labels = ctx.data.y.cpu().numpy()
+    query = s.queries.index("identity") if "identity" in s.queries else 0
+    target_logits = {t: logits[t, :, query] for t in s.target_ids}
+    attacks = evaluate_attacks(outputs.scores, keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask,
+                               fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
+                               fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
+                               predictions={t: z.argmax(-1) for t, z in target_logits.items()})
+    results = RunResults(
+        config=OmegaConf.to_container(cfg, resolve=True),
+        versions=environment_versions(__version__),
+        dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
+                 "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
+        target_ids=list(s.target_ids),
+        targets={t: TargetResult.from_dict(model_metrics[t], path=f"model {t}") for t in s.target_ids},
+        models=model_metrics,
+        trained_models=ctx.trained,
+        reused_models=ctx.reused,
+        corrupt_artifacts=[str(p) for p in ctx.store.corrupt],
+        seconds=round(time.time() - started, 2),
+        attacks=attacks,
+    )
     write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=ctx.splits.keep,
-                     eval_mask=ctx.splits.eval_mask, class_labels=ctx.data.y.cpu().numpy())
-    return results
+                     eval_mask=ctx.splits.eval_mask, labels=labels, target_logits=target_logits,
+                     images=ImageSource.of(ctx.data))
+    return results.to_dict()

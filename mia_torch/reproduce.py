@@ -1,7 +1,7 @@
 """Rerun a finished run from its saved config and check that it reproduces.
 
 Usage (``scripts/reproduce.py`` is the same command):
-    mia-reproduce <run_dir> [--out DIR] [--store-dir DIR] [--atol X] [--exact]
+    mia-reproduce <run_dir> [--out DIR] [--store-dir DIR] [--atol X] [--exact] [--allow-target T ...]
 
 The config comes from ``<run_dir>/.hydra/config.yaml`` (what Hydra saved; without it,
 from the resolved config recorded in ``results.json``). Interpolations are resolved as
@@ -31,11 +31,19 @@ check and a final ``MATCH`` or ``MISMATCH``; writes the same as JSON to
 ``<out>/reproduce_report.json``. Exit status: 0 on MATCH, 1 on MISMATCH, 2 when the run
 cannot be reproduced (missing files, invalid config, a failing rerun).
 
+A run directory is untrusted input: before anything is built, every ``_target_`` of
+its config must name a class defined in mia_torch (:mod:`mia_torch.config_safety`);
+others are refused (exit status 2) unless allowed one by one with
+``--allow-target <dotted.path>``, e.g. ``--allow-target my_pkg.models.MyNet`` for a
+run that used your own model.
+
 The Hydra-native alternative reruns the saved config without the comparison:
     mia-run --config-path <abs run_dir>/.hydra --config-name config \\
         hydra.run.dir=<new dir> store_dir=<fresh store>
 (key overrides work; config-group choices such as ``model=...`` do not, since the saved
 config is already composed; without ``store_dir=`` the default store's models are reused.)
+It trusts the directory completely: Hydra itself builds the ``hydra.callbacks`` of that
+config before mia_torch sees it, so use it only on runs you made yourself.
 """
 
 from __future__ import annotations
@@ -47,10 +55,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+
+from mia_torch.config_safety import UnsafeConfigError, check_targets
+from mia_torch.report.types import RunResults
 
 #: Default tolerance on pooled AUC and target accuracy when a run used CUDA.
 DEFAULT_ATOL = 0.01
@@ -222,12 +233,22 @@ def _numbers(node: Any, prefix: str) -> dict[str, float]:
     return out
 
 
-def compare_metrics(original: Mapping[str, Any], new: Mapping[str, Any], *, exact: bool, atol: float) -> list[Check]:
-    """Metrics of results.json: all exactly, or AUC and accuracies within ``atol``."""
+def _gated(results: RunResults) -> dict[str, float | None]:
+    """What a study reports, compared within ``atol`` on CUDA: pooled AUCs and target accuracies."""
+    out: dict[str, float | None] = {f"attacks.{n}.pooled.auc": a.pooled.auc for n, a in results.attacks.items()}
+    for target, info in results.targets.items():
+        out[f"targets.{target}.train_acc"] = info.train_acc
+        out[f"targets.{target}.test_acc"] = info.test_acc
+    return out
+
+
+def compare_metrics(original: RunResults, new: RunResults, *, exact: bool, atol: float) -> list[Check]:
+    """Metrics of results.json: all exactly, or pooled AUC and target accuracies within ``atol``."""
     checks: list[Check] = []
     sections = ("attacks", "targets", "models", "dataset") if exact else ("attacks", "targets")
-    a = {k: v for s in sections for k, v in _numbers(original.get(s), s).items()}
-    b = {k: v for s in sections for k, v in _numbers(new.get(s), s).items()}
+    a_dict, b_dict = original.to_dict(), new.to_dict()
+    a = {k: v for s in sections for k, v in _numbers(a_dict.get(s), s).items()}
+    b = {k: v for s in sections for k, v in _numbers(b_dict.get(s), s).items()}
     if exact:
         differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
                         and not (isinstance(a.get(k), float) and isinstance(b.get(k), float)
@@ -238,22 +259,20 @@ def compare_metrics(original: Mapping[str, Any], new: Mapping[str, Any], *, exac
             checks.append(Check(f"metric {key}", "mismatch", f"{a.get(key)!r} vs {b.get(key)!r}"))
         return checks
 
-    def gated(key: str) -> bool:
-        return (key.startswith("attacks.") and key.endswith(".pooled.auc")) or (
-            key.startswith("targets.") and key.rsplit(".", 1)[-1] in ("train_acc", "test_acc"))
-
-    for key in sorted(k for k in set(a) | set(b) if gated(k)):
-        if key not in a or key not in b:
-            checks.append(Check(f"metric {key}", "mismatch", f"missing in the {'rerun' if key in a else 'original'}"))
+    gated_a, gated_b = _gated(original), _gated(new)
+    for key in sorted(set(gated_a) | set(gated_b)):
+        if key not in gated_a or key not in gated_b:
+            where = "rerun" if key in gated_a else "original"
+            checks.append(Check(f"metric {key}", "mismatch", f"missing in the {where}"))
             continue
-        if not (isinstance(a[key], float) and isinstance(b[key], float)):
-            checks.append(Check(f"metric {key}", "match" if a[key] == b[key] else "mismatch",
-                                f"{a[key]!r} vs {b[key]!r}"))
+        x, y = gated_a[key], gated_b[key]
+        if x is None or y is None:
+            checks.append(Check(f"metric {key}", "match" if x == y else "mismatch", f"{x!r} vs {y!r}"))
             continue
-        diff = abs(a[key] - b[key])
+        diff = abs(x - y)
         checks.append(Check(f"metric {key}", "match" if diff <= atol else "mismatch",
-                            f"{a[key]:.4f} vs {b[key]:.4f} (|diff| {diff:.2g}, atol {atol:g})"))
-    others = [k for k in set(a) & set(b) if not gated(k) and isinstance(a[k], float) and isinstance(b[k], float)]
+                            f"{x:.4f} vs {y:.4f} (|diff| {diff:.2g}, atol {atol:g})"))
+    others = [k for k in set(a) & set(b) if k not in gated_a and isinstance(a[k], float) and isinstance(b[k], float)]
     if others:
         worst = max(others, key=lambda k: abs(a[k] - b[k]))
         checks.append(Check("other metrics", "info", f"largest difference {worst}: {a[worst]!r} vs {b[worst]!r}"))
@@ -278,19 +297,45 @@ def version_warnings(original: Mapping[str, Any] | None, new: Mapping[str, Any] 
 # ---------------------------------------------------------------- main
 
 
+def read_results(path: Path, raw: Any = None) -> RunResults:
+    """A finished run's ``results.json`` (or its already-read JSON ``raw``) as :class:`RunResults`;
+    ``ReproduceError`` when it is not one."""
+    from mia_torch.report.results import read_json
+
+    try:
+        return RunResults.from_dict(read_json(path) if raw is None else raw, path=str(path))
+    except (OSError, ValueError) as err:
+        raise ReproduceError(f"{path} is not a finished run's results: {err}") from err
+
+
 def _count_models(store: Path) -> int:
     return sum(1 for p in (store / "models").glob("*/meta.json")) if (store / "models").is_dir() else 0
 
 
-def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: float, exact: bool) -> int:
-    """Rerun ``run_dir`` into ``out`` and compare; returns the exit status."""
+def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: float, exact: bool,
+              allow_targets: Sequence[str] = ()) -> int:
+    """Rerun ``run_dir`` into ``out`` and compare; returns the exit status.
+
+    ``allow_targets`` are ``_target_`` strings outside mia_torch that the config may build.
+    The config is checked for unsafe ``_target_``s before anything else is read or built.
+    """
     from mia_torch.report.results import read_json, write_json
 
     results_file = run_dir / "results.json"
     if not results_file.is_file():
         raise ReproduceError(f"{results_file} is missing: reproduce needs a finished run (stage=all)")
-    original = read_json(results_file)
-    config, notes = load_run_config(run_dir, original.get("config"))
+    try:
+        raw = read_json(results_file)
+    except (OSError, ValueError) as err:
+        raise ReproduceError(f"{results_file} is not readable JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise ReproduceError(f"{results_file} does not hold a run's results (a JSON object)")
+    config, notes = load_run_config(run_dir, raw.get("config"))
+    try:
+        check_targets(config, allowed=allow_targets, source=f"the config of {run_dir}")
+    except UnsafeConfigError as err:
+        raise ReproduceError(str(err)) from err
+    original = read_results(results_file, raw)
     out = out or run_dir / f"reproduce_{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and any(out.iterdir()):
         raise ReproduceError(f"{out} exists and is not empty: choose another --out")
@@ -307,21 +352,24 @@ def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: 
     from mia_torch.settings import resolve_device
 
     cfg: DictConfig = OmegaConf.create(config)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ReproduceError(f"cannot create the rerun directory {out} (--out): {err}") from err
     OmegaConf.save(cfg, out / "reproduce_config.yaml")
     try:
         run(cfg, run_dir=out)
-        new = read_json(out / "results.json")
+        new = read_results(out / "results.json")
     except Exception as err:  # noqa: BLE001 - reported as "cannot reproduce"
         raise ReproduceError(f"the rerun failed: {type(err).__name__}: {err}") from err
 
-    cuda = _device_is_cuda(original.get("config") or config, original.get("versions")) or (
+    cuda = _device_is_cuda(original.config or config, original.versions) or (
         resolve_device(str(config.get("device", "auto"))).type == "cuda")
     exact = exact or not cuda
     mode = ("exact: every array and metric must be bitwise equal" if exact else
             f"tolerance (a run used CUDA): pooled AUC and target accuracies within atol={atol:g}; "
             "signal and score differences are reported")
-    version_lines, warnings = version_warnings(original.get("versions"), new.get("versions"))
+    version_lines, warnings = version_warnings(original.versions, new.versions)
     checks = compare_arrays(run_dir, out, exact=exact) + compare_metrics(original, new, exact=exact, atol=atol)
     failed = [c for c in checks if c.status == "mismatch"]
     print("\nversions:\n" + "\n".join(version_lines))
@@ -339,7 +387,7 @@ def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: 
     write_json(out / "reproduce_report.json", {
         "verdict": verdict, "run_dir": str(run_dir), "rerun_dir": str(out), "mode": "exact" if exact else "tolerance",
         "atol": atol, "checks": [asdict(c) for c in checks], "version_warnings": warnings,
-        "versions": {"original": original.get("versions"), "rerun": new.get("versions")},
+        "versions": {"original": original.versions, "rerun": new.versions},
     })
     return 0 if not failed else 1
 
@@ -354,11 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                         help=f"CUDA runs: tolerance on pooled AUC and target accuracy (default {DEFAULT_ATOL})")
     parser.add_argument("--exact", action="store_true", help="require bitwise equality even when a run used CUDA")
+    parser.add_argument("--allow-target", action="append", default=[], metavar="DOTTED.PATH",
+                        help="let the saved config build this _target_ outside mia_torch (repeatable; only for "
+                             "run directories and code you trust)")
     args = parser.parse_args(argv)
     if not args.atol >= 0:
         parser.error("--atol must be >= 0")
     try:
-        return reproduce(args.run_dir, out=args.out, store_dir=args.store_dir, atol=args.atol, exact=args.exact)
+        return reproduce(args.run_dir, out=args.out, store_dir=args.store_dir, atol=args.atol, exact=args.exact,
+                         allow_targets=args.allow_target)
     except ReproduceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,22 +1,33 @@
-"""Validate a composed experiment config before any work starts."""
+"""Validate a composed experiment config, and the run's environment, before any work starts."""
 
 from __future__ import annotations
 
+import difflib
+import functools
+import importlib.resources
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mia_torch.attacks.base import Attack
 from mia_torch.data.augment import parse_queries
+from mia_torch.data.datasets import dataset_kind
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.signals.collect import SIGNAL_DTYPES
-from mia_torch.training.config import TrainConfig
+from mia_torch.training.config import AUGMENT_ALIASES, TrainConfig
 from mia_torch.training.dp import DefenseConfig
 from mia_torch.training.stacking import STRATEGIES
 
 STAGES = ("all", "train")
+#: The package that ships the Hydra configs (``configs/`` of a checkout, linked as ``mia_torch/conf``).
+CONFIG_PACKAGE = "mia_torch.conf"
+#: Device types that run computations (``meta`` and the like hold no data).
+COMPUTE_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
 @dataclass(frozen=True)
@@ -52,16 +63,100 @@ class Settings:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without it is an error."""
+    """``auto`` picks CUDA when present; a device that is absent or does not compute is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:
         raise ValueError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here: use device=cpu or device=auto")
+    if device.type not in COMPUTE_DEVICES:
+        raise ValueError(f"device={name!r} is not a compute device: use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} but CUDA is not available here: use device=cpu or device=auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu" and not _backend_available(device.type):
+        raise ValueError(f"device={name!r} is not available here: use device=cpu or device=auto")
     return device
+
+
+def _backend_available(device_type: str) -> bool:
+    if device_type == "mps":
+        return torch.backends.mps.is_available()
+    module = getattr(torch, device_type, None)
+    return bool(module is not None and module.is_available())
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_keys() -> tuple[frozenset[str], frozenset[str]]:
+    """The primary config's own top-level keys, and the config groups that ship (``configs/<group>/``)."""
+    root = importlib.resources.files(CONFIG_PACKAGE)
+    primary = OmegaConf.create((root / "config.yaml").read_text())
+    groups = {entry.name for entry in root.iterdir()
+              if entry.is_dir() and entry.name.isidentifier() and not entry.name.startswith("_")}
+    return frozenset(set(primary) - {"defaults", "hydra"}), frozenset(groups - {"hydra"})
+
+
+def check_top_level_keys(config: dict[str, Any]) -> None:
+    """Refuse top-level keys no shipped config defines (e.g. ``+num_modles=3``) and missing primary keys."""
+    primary, groups = shipped_keys()
+    known = primary | groups
+    unknown = sorted(set(config) - known)
+    if unknown:
+        close = [match for key in unknown for match in difflib.get_close_matches(key, known, n=1)]
+        raise ValueError(
+            f"unknown top-level key(s) {', '.join(unknown)} (added with +key=value?): mia_torch would ignore them"
+            + (f"; did you mean {', '.join(close)}?" if close else "") + f" Valid keys: {', '.join(sorted(known))}"
+        )
+    missing = sorted(primary - set(config))
+    if missing:
+        raise ValueError(f"config key(s) {', '.join(missing)} missing: a config must define every key of "
+                         f"configs/config.yaml")
+
+
+def check_writable(directory: Path, *, key: str) -> None:
+    """Create ``directory`` if needed and write a probe file there, naming config ``key`` on failure."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ValueError(f"{key}={str(directory)!r} is not a writable directory ({reason}): "
+                         f"point {key} at a directory you can write to") from err
+
+
+def build_attack(name: str, attack_cfg: Any) -> Attack:
+    """Build ``attack.<name>`` and check that it is an :class:`Attack`, naming the key if not."""
+    target = attack_cfg.get("_target_") if isinstance(attack_cfg, dict) else None
+    if target is None:
+        raise ValueError(f"attack.{name} has no _target_: set attack.{name}._target_ to an Attack class, "
+                         f"e.g. +attack.{name}._target_=my_package.MyAttack")
+    try:
+        attack = hydra.utils.instantiate(attack_cfg)
+    except Exception as err:  # noqa: BLE001 - re-raised with the key that caused it
+        raise ValueError(f"attack.{name} cannot be built: {err}") from err
+    if not isinstance(attack, Attack):
+        raise ValueError(f"attack.{name}._target_={target} builds a {type(attack).__module__}."
+                         f"{type(attack).__qualname__}, which is not an Attack: subclass "
+                         f"mia_torch.attacks.base.Attack and implement score(logits, labels)")
+    return attack
+
+
+def check_attacks(settings: "Settings") -> dict[str, Attack]:
+    """Build every configured attack (naming ``attack.<name>`` on error) and check it suits the threat model."""
+    attacks = {name: build_attack(name, cfg) for name, cfg in settings.attacks.items()}
+    if settings.threat_model == "disjoint":
+        online = [name for name, attack in attacks.items() if attack.needs_in_references]
+        if online:
+            raise ValueError(
+                f"threat_model=disjoint cannot run attack(s) {', '.join(online)}: they need reference models "
+                f"trained on the target's candidates (IN references), which a disjoint attacker does not have. "
+                f"Use offline attacks (e.g. lira_offline, rmia) or threat_model=shared"
+            )
+    return attacks
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -73,6 +168,7 @@ def load_settings(cfg: DictConfig) -> Settings:
     """Check every top-level value and group, naming the offending key on error."""
     c = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(c, dict)
+    check_top_level_keys(c)
     for group in ("dataset", "model", "train", "attack"):
         if not isinstance(c.get(group), dict):
             raise ValueError(f"config group `{group}` is missing: pick one, e.g. {group}=<option>")
@@ -97,31 +193,40 @@ def load_settings(cfg: DictConfig) -> Settings:
     _require(isinstance(c["parallel_models"], int) and c["parallel_models"] >= 1, "parallel_models",
              c["parallel_models"], "an integer >= 1")
     _require(c["parallel_strategy"] in STRATEGIES, "parallel_strategy", c["parallel_strategy"], f"one of {STRATEGIES}")
+    _require(isinstance(c["seed"], int) and not isinstance(c["seed"], bool) and c["seed"] >= 0, "seed",
+             c["seed"], "an integer >= 0")
+    for key in ("download", "progress", "sanity_check"):
+        _require(isinstance(c[key], bool), key, c[key], "true or false")
+    for key in ("data_dir", "store_dir"):
+        _require(isinstance(c[key], str) and c[key] != "", key, c[key], "a directory path")
     threads = c["num_threads"]
     _require(threads is None or (isinstance(threads, int) and threads >= 1), "num_threads", threads,
              "null or an integer >= 1")
     if not c["attack"] and c["stage"] == "all":
         raise ValueError("attack is empty: choose attacks, e.g. attack=[loss,lira_online]")
+    kind = dataset_kind(c["dataset"].get("name"))
     train = TrainConfig.from_mapping(c["train"])
+    if kind == "tabular":
+        _check_no_image_augmentation(train, c["dataset"]["name"])
     defense = DefenseConfig.from_mapping(c.get("defense"))  # runs saved before the group existed: none
     defense.check_training(train)
     return Settings(
-        seed=int(c["seed"]),
+        seed=c["seed"],
         device=resolve_device(str(c["device"])),
         num_threads=threads,
         data_dir=Path(c["data_dir"]).expanduser(),
-        download=bool(c["download"]),
+        download=c["download"],
         store_dir=Path(c["store_dir"]).expanduser(),
         num_models=c["num_models"],
         target_ids=tuple(targets),
         threat_model=c["threat_model"],
-        queries=tuple(parse_queries(c["queries"])),
+        queries=tuple(parse_queries(c["queries"], kind=kind)),
         signals_dtype=SIGNAL_DTYPES[c["signals_dtype"]],
         signal_batch_size=c["signal_batch_size"],
         fpr_targets=tuple(float(f) for f in fprs),
         bootstrap=c["bootstrap"],
-        progress=bool(c["progress"]),
-        sanity_check=bool(c["sanity_check"]),
+        progress=c["progress"],
+        sanity_check=c["sanity_check"],
         stage=c["stage"],
         shard=c["shard"],
         num_shards=c["num_shards"],
@@ -133,3 +238,15 @@ def load_settings(cfg: DictConfig) -> Settings:
         model=c["model"],
         attacks=c["attack"],
     )
+
+
+def _check_no_image_augmentation(train: TrainConfig, dataset: str) -> None:
+    """Random crops, flips and cutout are image augmentations: refuse them on tabular data (mixup is fine)."""
+    for key, off in (("crop_padding", 0), ("flip", "false"), ("cutout", 0)):
+        value = getattr(train.augment, key)
+        if value:
+            also = f" (also spelled train.{key})" if key in AUGMENT_ALIASES else ""
+            raise ValueError(
+                f"train.augment.{key}={value!r}{also} is an image augmentation, but dataset {dataset!r} is "
+                f"tabular: set train.augment.{key}={off}"
+            )

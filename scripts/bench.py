@@ -17,10 +17,16 @@ signals (``--queries`` views of every training image):
 - ``collect_logits``: mia_torch's batched collection (all views in one forward pass);
 - ``collect_logits_many[<strategy>]``: ``--num-models`` models at once.
 
-Prints the machine, a side-by-side table (img/s, models/min, ratio to the naive loop)
-and writes the same numbers as JSON (``--out``). Synthetic data is generated here (class
-prototypes plus noise, so the models do learn something), or ``--dataset digits`` uses
-scikit-learn's bundled 8x8 digits.
+Prints the machine, a side-by-side table (img/s, models/min, ratio to the naive loop,
+achieved TFLOP/s) and writes the same numbers as JSON (``--out``). TFLOP/s is the
+model's FLOPs per image (counted once with ``torch.utils.flop_counter.FlopCounterMode``:
+forward + backward for training rows, forward for signal rows) times img/s; a training
+row's time also covers its final train/test evaluation, so its TFLOP/s is a slight
+underestimate. A ``train_models``/``collect_logits_many`` row that fell back from vmap
+to one model at a time is flagged (``fell_back`` in the JSON, ``*`` in the table).
+Synthetic data is generated here (class prototypes plus noise, so the models do learn
+something), or ``--dataset digits`` uses scikit-learn's bundled 8x8 digits;
+``--model-args`` passes model options (e.g. narrower widths for a quick run).
 
 Example: ``.venv/bin/python scripts/bench.py --out bench.json`` (about 1-2 min on a
 2-core CPU); on a GPU: ``--dataset synthetic-cifar --model resnet18 --num-train 20000``.
@@ -32,6 +38,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import logging
 import os
 import platform
 import sys
@@ -45,6 +52,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mia_torch.atomic import atomic_open  # noqa: E402
 from mia_torch.data.augment import apply_query  # noqa: E402
 from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet  # noqa: E402
 from mia_torch.signals.collect import collect_logits  # noqa: E402
@@ -83,6 +91,42 @@ def make_data(name: str, num_train: int, num_test: int, seed: int) -> tuple[torc
     x = prototypes[y] + 3.0 * torch.randn((n, *shape), generator=g)
     x = (x - x.mean()) / x.std()
     return x[:num_train], y[:num_train], x[num_train:], y[num_train:]
+
+
+def count_flops(model: nn.Module, shape: tuple[int, ...], *, batch: int = 2) -> dict[str, float] | None:
+    """FLOPs per image of one forward pass and of one forward + backward pass, or ``None``.
+
+    Counted on a float32 CPU copy of ``model`` in training mode with
+    :class:`torch.utils.flop_counter.FlopCounterMode` (matrix multiplies and convolutions,
+    the ops that dominate; elementwise ops are not counted). ``None`` when counting fails
+    or finds no FLOPs.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    probe = copy.deepcopy(model).float().cpu().train()
+    x = torch.randn((batch, *shape))
+    try:
+        with FlopCounterMode(display=False) as forward, torch.no_grad():
+            probe(x)
+        with FlopCounterMode(display=False) as training:
+            probe(x).float().sum().backward()
+    except Exception:  # noqa: BLE001 - an uncountable model just has no TFLOP/s column
+        return None
+    if forward.get_total_flops() <= 0:
+        return None
+    return {"forward": forward.get_total_flops() / batch, "train": training.get_total_flops() / batch}
+
+
+class _FallbackWatch(logging.Handler):
+    """Counts mia_torch's warnings that a vmap ensemble ran one model at a time instead."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "one at a time" in record.getMessage():
+            self.count += 1
 
 
 class AugmentedTensors(torch.utils.data.Dataset):
@@ -211,6 +255,9 @@ def machine(device: torch.device) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> dict[str, object]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
+    p.add_argument(
+        "--model-args", type=json.loads, default={}, help='model options as JSON, e.g. \'{"widths": [16, 32, 32]}\''
+    )
     p.add_argument("--dataset", choices=sorted(DATASETS), default="synthetic-mnist")
     p.add_argument("--num-train", type=int, default=2048)
     p.add_argument("--num-test", type=int, default=1024)
@@ -233,6 +280,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    if not isinstance(args.model_args, dict):
+        p.error("--model-args must be a JSON object, e.g. '{\"width\": 8}'")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    fallbacks = _FallbackWatch()
+    logging.getLogger("mia_torch").addHandler(fallbacks)
 
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -257,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         compile=args.compile,
     )
     torch.manual_seed(args.seed)
-    proto = MODELS[args.model](input_shape=shape, num_classes=10)
+    proto = MODELS[args.model](input_shape=shape, num_classes=10, **args.model_args)
+    flops = count_flops(proto, shape)
     fresh = [copy.deepcopy(proto) for _ in range(args.num_models)]
     xd, yd, xtd, ytd = (t.to(device) for t in (x, y, x_test, y_test))
     n = len(x)
@@ -266,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"batch {args.batch_size}, crop padding {padding} + flip, {args.num_models} models, "
         f"{len(queries)} queries, naive loader workers {num_workers}"
     )
+    if flops is not None:
+        print(f"FLOPs per image: forward {flops['forward'] / 1e6:.1f} M, forward + backward {flops['train'] / 1e6:.1f} M")
 
     # warm-up: first-call costs (kernel selection, allocator) stay out of every row
     # (with --repeats >= 2 the fastest run never includes them at all)
@@ -338,14 +393,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     # repeat of several rows rather than every repeat of one row; each row keeps its fastest
     def rows_of(jobs, kind: str) -> list[dict[str, object]]:
         timings: dict[str, list[tuple[float, object]]] = {name: [] for name, _ in jobs}
+        fell_back: dict[str, bool] = {name: False for name, _ in jobs}
         for _ in range(args.repeats):
             for name, run in jobs:
+                before = fallbacks.count
                 timings[name].append(run())
+                fell_back[name] |= fallbacks.count > before
+        per_image = None if flops is None else flops["train" if kind == "train" else "forward"]
         rows = []
         for name, _ in jobs:
             seconds, (models, acc) = min(timings[name], key=lambda r: r[0])
             images = models * n * (args.epochs if kind == "train" else len(queries))
-            row = {"name": name, "seconds": seconds, "models": models, "img_per_s": images / seconds}
+            row = {"name": name, "seconds": seconds, "models": models, "img_per_s": images / seconds,
+                   "tflops": None if per_image is None else per_image * images / seconds / 1e12,
+                   "fell_back": fell_back[name]}
             if kind == "train":
                 row |= {"models_per_min": 60.0 * models / seconds, "test_acc": acc}
             rows.append(row)
@@ -361,32 +422,44 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
 
-    print(f"\n{'training':<30} {'seconds':>8} {'img/s':>9} {'models/min':>10} {'vs naive':>8} {'test acc':>8}")
+    def name_of(r):
+        return r["name"] + (" *" if r["fell_back"] else "")
+
+    print(
+        f"\n{'training':<32} {'seconds':>8} {'img/s':>9} {'models/min':>10} {'vs naive':>8} {'TFLOP/s':>8} "
+        f"{'test acc':>8}"
+    )
     for r in train_rows:
         print(
-            f"{r['name']:<30} {r['seconds']:>8.2f} {r['img_per_s']:>9.0f} {r['models_per_min']:>10.2f} "
-            f"{fmt(r['vs_naive'], '>7.2f') + 'x' if r['vs_naive'] else '       -':>8} {fmt(r['test_acc'], '>8.3f')}"
+            f"{name_of(r):<32} {r['seconds']:>8.2f} {r['img_per_s']:>9.0f} {r['models_per_min']:>10.2f} "
+            f"{fmt(r['vs_naive'], '>7.2f') + 'x' if r['vs_naive'] else '       -':>8} {fmt(r['tflops'], '>8.2f')} "
+            f"{fmt(r['test_acc'], '>8.3f')}"
         )
-    print(f"\n{'signals':<30} {'seconds':>8} {'img/s':>9} {'vs naive':>8}")
+    print(f"\n{'signals':<32} {'seconds':>8} {'img/s':>9} {'vs naive':>8} {'TFLOP/s':>8}")
     for r in signal_rows:
         print(
-            f"{r['name']:<30} {r['seconds']:>8.2f} {r['img_per_s']:>9.0f} "
-            f"{fmt(r['vs_naive'], '>7.2f') + 'x' if r['vs_naive'] else '       -':>8}"
+            f"{name_of(r):<32} {r['seconds']:>8.2f} {r['img_per_s']:>9.0f} "
+            f"{fmt(r['vs_naive'], '>7.2f') + 'x' if r['vs_naive'] else '       -':>8} {fmt(r['tflops'], '>8.2f')}"
         )
+    if any(r["fell_back"] for r in train_rows + signal_rows):
+        print("* fell back from vmap to one model at a time (see the warning above)")
     if hasattr(os, "getloadavg"):
         info["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
         start_load, end_load = info["load_avg_1min_at_start"], info["load_avg_1min_at_end"]
         print(f"\nload average (1 min) at start {start_load}, at end {end_load} (contention skews every row)")
     report = {
         "machine": info,
+        "flops_per_image": flops,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         | {"crop_padding": padding},
         "train": train_rows,
         "signals": signal_rows,
     }
     if args.out is not None:
-        args.out.write_text(json.dumps(report, indent=2))
+        with atomic_open(args.out) as f:
+            f.write(json.dumps(report, indent=2))
         print(f"wrote {args.out}")
+    logging.getLogger("mia_torch").removeHandler(fallbacks)
     return report
 
 

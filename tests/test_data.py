@@ -175,7 +175,7 @@ def test_register_dataset_adds_a_loadable_name(tmp_path):
     @register_dataset("tiny_test_set")
     def _tiny(*, root, download, seed, n: int = 4):
         x = torch.zeros(n, 1, 2, 2)
-        labels = torch.zeros(n, dtype=torch.int64)
+        labels = torch.arange(n) % 2  # two classes: a single-class population is refused
         return Dataset("tiny_test_set", x, labels, x[:1], labels[:1], 2)
 
     try:
@@ -202,8 +202,8 @@ def test_dataset_configs_hold_only_keys_load_dataset_accepts(tmp_path, path):
         data = load_dataset(**cfg, root=tmp_path, download=False, seed=0)
     except DatasetNotFoundError:
         assert cfg.name in ("mnist", "fashion_mnist", "cifar10", "cifar100")
-    except ValueError as err:  # npz without a path: a config error naming the key
-        assert cfg.name == "npz" and "dataset.path" in str(err)
+    except ValueError as err:  # npz / csv without a path: a config error naming the key
+        assert cfg.name in ("npz", "csv") and "dataset.path" in str(err)
     else:
         assert len(data.x) > 0
 

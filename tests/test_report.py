@@ -1,4 +1,4 @@
-"""Report: TensorBoard contents, ROC figure, results.json, summary table, per-record CSV."""
+"""Report: TensorBoard contents, figures, results.json, the printed summary, per-record CSV."""
 import csv
 import io
 import json
@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from mia_torch.atomic import atomic_open
-from mia_torch.metrics import bootstrap_intervals, membership_metrics, roc_curve
+from mia_torch.metrics import membership_metrics, roc_curve
 from mia_torch.report import plots, records, results, table, tensorboard
+from mia_torch.report.pictures import ImageSource
+from results_fixtures import make_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,17 +43,18 @@ def test_roc_figure_and_atomic_save(tmp_path):
     for name, a in _attacks().items():
         fpr, tpr, _ = roc_curve(a["scores"], a["labels"])
         curves[name] = (fpr, tpr, a["metrics"]["auc"])
-    fig = plots.roc_figure(curves, title="test")
+    fig = plots.roc_figure(curves, title="test", reliable_fpr=10 / 300)
     ax_log, ax_lin = fig.axes[:2]
     assert ax_log.get_xscale() == "log" and ax_log.get_yscale() == "log"
     assert ax_lin.get_xscale() == "linear"
     lo, hi = ax_log.get_xlim()
     assert 1e-5 <= lo < 0.01 and hi == 1.0
-    texts = [t.get_text() for t in ax_lin.get_legend().get_texts()]
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
     auc = curves["lira"][2]
     assert any(t.startswith(f"lira (AUC={auc:.3f}, TPR@0.1%=") for t in texts)
     assert any(t.startswith("loss (AUC=") for t in texts)
     assert "chance" in texts
+    assert "FPR < 10/N: < 10 false positives" in texts  # the shaded low-FPR region
 
     path = tmp_path / "sub" / "roc.png"
     plots.save_figure(fig, path)
@@ -99,119 +102,125 @@ def test_rank_scale_preserves_order():
 
 @pytest.fixture(scope="module")
 def tb_report(tmp_path_factory):
+    """The report of a run, written from typed results by the pipeline's own report writer."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    log_dir = tmp_path_factory.mktemp("tb") / "run"
-    attacks = _attacks()
-    model_metrics = [
-        {
-            "model": 0,
-            "train_acc": 0.99,
-            "train_loss": 0.05,
-            "test_acc": 0.71,
-            "test_loss": 1.2,
-            "epoch_train_loss": [1.0, 0.5, 0.25],
-            "epoch_train_acc": [0.5, 0.8, np.float32(0.9)],
-        },
-        {"model": 1, "train_acc": 0.98, "train_loss": 0.06, "test_acc": 0.7, "test_loss": 1.3},
-    ]
-    hparams = {"dataset": {"name": "synthetic"}, "train": {"lr": 0.1, "epochs": 3}, "attacks": ["loss", "lira"]}
-    summary = {"hparam/lira_auc": attacks["lira"]["metrics"]["auc"], "attack/lira/auc": attacks["lira"]["metrics"]["auc"]}
-    tensorboard.write_report(
-        log_dir, model_metrics=model_metrics, attacks=attacks, hparams=hparams, summary_metrics=summary
-    )
-    acc = EventAccumulator(
-        str(log_dir),
-        size_guidance={"images": 0, "tensors": 0, "histograms": 0, "scalars": 0},
-    )
+    from mia_torch.evaluation import pooled
+    from mia_torch.report.run_report import write_run_report
+
+    run_dir = tmp_path_factory.mktemp("report")
+    results, scores, keep, labels = make_results(targets=(0, 1))
+    results.target_ids = [0]  # figures of one target (both are evaluated)
+    results.config["dataset"] = {"name": "synthetic"}
+    eval_mask = np.ones(keep.shape[1], bool)
+    logits = {t: np.random.default_rng(t).normal(size=(keep.shape[1], 4)) + 3 * keep[t][:, None] * np.eye(4)[labels]
+              for t in (0,)}
+    images = ImageSource(torch.rand(keep.shape[1], 1, 8, 8), (0.0,), (1.0,))
+    write_run_report(run_dir, results, scores=scores, keep=keep, eval_mask=eval_mask, labels=labels,
+                     target_logits=logits, images=images)
+    log_dir = run_dir / "tensorboard"
+    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0, "tensors": 0, "histograms": 0, "scalars": 0})
     acc.Reload()
-    return log_dir, acc, attacks
+    pooled_scores = {name: pooled(per, keep, eval_mask) for name, per in scores.items()}
+    return log_dir, acc, results, pooled_scores
+
+
+def test_run_report_writes_every_figure_as_png_and_results_json_last(tb_report):
+    log_dir, _, results, _ = tb_report
+    run_dir = log_dir.parent
+    for stem in ("roc", "slices", "target0_confidence", "target0_exposed"):
+        assert (run_dir / f"{stem}.png").read_bytes()[:8] == PNG_MAGIC, stem
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results.to_dict()))
+    assert {p.name for p in run_dir.glob("records_target*.csv")} == {"records_target0.csv"}
 
 
 def test_tensorboard_single_run_dir(tb_report):
-    log_dir, _, _ = tb_report
+    log_dir, _, _, _ = tb_report
     files = list(log_dir.rglob("*"))
     assert all(f.parent == log_dir for f in files)  # nothing in sub-runs
     assert len([f for f in files if f.name.startswith("events.out.tfevents")]) == 1
 
 
-def test_tensorboard_scalars(tb_report):
-    _, acc, attacks = tb_report
+def test_tensorboard_scalars_come_from_the_typed_results(tb_report):
+    _, acc, results, _ = tb_report
     tags = set(acc.Tags()["scalars"])
-    for i in (0, 1):
-        for key in ("train_acc", "train_loss", "test_acc", "test_loss"):
-            assert f"model/{i}/{key}" in tags
-    assert [e.value for e in acc.Scalars("model/0/test_acc")] == [pytest.approx(0.71)]
-    curve = acc.Scalars("model/0/epoch_train_loss")
-    assert [e.step for e in curve] == [1, 2, 3]
-    assert [e.value for e in curve] == pytest.approx([1.0, 0.5, 0.25])
-    assert [e.step for e in acc.Scalars("model/0/epoch_train_acc")] == [1, 2, 3]
-    for name, a in attacks.items():
-        for key in ("auc", "advantage", "balanced_accuracy", "tpr@0.01fpr", "tpr@0.001fpr"):
-            events = acc.Scalars(f"attack/{name}/{key}")
-            assert len(events) == 1
-            assert events[0].value == pytest.approx(a["metrics"][key], rel=1e-6, abs=1e-7)
-    assert "attack/lira/balanced_accuracy_threshold" not in tags
-    # a summary metric not otherwise written is added as a scalar, once
-    assert acc.Scalars("hparam/lira_auc")[0].value == pytest.approx(attacks["lira"]["metrics"]["auc"], rel=1e-6)
-    assert len(acc.Scalars("attack/lira/auc")) == 1
+    for i in range(4):
+        assert f"model/{i}/train_acc" in tags
+    assert [e.step for e in acc.Scalars("model/0/epoch_train_loss")] == [1, 2]
+    assert acc.Scalars("target/1/test_acc")[0].value == pytest.approx(0.8)
+    for name, attack in results.attacks.items():
+        pooled = attack.pooled
+        expected = {"auc": pooled.auc, "advantage": pooled.advantage, "tpr@0.01fpr": pooled.tpr[0.01],
+                    "tpr@0.001fpr": pooled.tpr[0.001], "resolvable_fpr": 1 / pooled.num_nonmembers,
+                    "sanity_auc": attack.sanity.auc}
+        for key, value in expected.items():
+            (event,) = acc.Scalars(f"attack/{name}/{key}")
+            assert event.value == pytest.approx(value, rel=1e-6, abs=1e-7), (name, key)
+        for piece in attack.slices:
+            if piece.metrics is not None:
+                assert acc.Scalars(f"slice/{name}/{piece.name}/auc")[0].value == pytest.approx(piece.metrics.auc,
+                                                                                              rel=1e-6)
+    assert acc.Scalars("hparam/lira/auc")[0].value == pytest.approx(results.attacks["lira"].pooled.auc, rel=1e-6)
 
 
-def test_tensorboard_roc_image(tb_report):
+def test_tensorboard_images_are_readable_at_native_size(tb_report):
     from PIL import Image
 
-    _, acc, _ = tb_report
-    assert "roc" in acc.Tags()["images"]
-    (event,) = acc.Images("roc")
-    png = event.encoded_image_string
-    assert png[:8] == PNG_MAGIC
-    img = Image.open(io.BytesIO(png))
-    img.load()
-    assert img.size == (event.width, event.height)
-    assert event.width > 400 and event.height > 200
+    _, acc, _, _ = tb_report
+    tags = set(acc.Tags()["images"])
+    assert tags == {"report/roc", "report/slices", "report/target0_confidence", "report/target0_exposed"}
+    assert sorted(tags)[0] == "report/roc"  # the first card
+    for tag in tags:
+        (event,) = acc.Images(tag)
+        png = event.encoded_image_string
+        assert png[:8] == PNG_MAGIC
+        img = Image.open(io.BytesIO(png))
+        img.load()
+        assert img.size == (event.width, event.height)
+        # TensorBoard's image tab draws every image 350 pixels wide: letters must stay >= 10 pixels there.
+        assert event.width == round(100 * plots.FIGURE_WIDTH)
+        assert plots.FONT_SIZE * 100 / 72 * 350 / event.width >= 10
 
 
 def test_tensorboard_pr_curves_and_histograms(tb_report):
     from tensorboard.util import tensor_util
 
-    _, acc, attacks = tb_report
-    pr_tags = set(acc.PluginTagToContent("pr_curves"))
-    assert pr_tags == {f"pr/{name}" for name in attacks}
-    for name, a in attacks.items():
+    _, acc, _, pooled_scores = tb_report
+    assert set(acc.PluginTagToContent("pr_curves")) == {f"pr/{name}" for name in pooled_scores}
+    for name, (scores, members) in pooled_scores.items():
         (event,) = acc.Tensors(f"pr/{name}")
         data = tensor_util.make_ndarray(event.tensor_proto)
         assert data.shape[0] == 6  # TP, FP, TN, FN, precision, recall
-        tp, fp = data[0], data[1]
-        assert tp[0] == a["labels"].sum() and fp[0] == (~a["labels"]).sum()
-    hist_tags = set(acc.Tags()["histograms"])
-    for name, a in attacks.items():
-        assert {f"scores/{name}/member", f"scores/{name}/nonmember"} <= hist_tags
+        assert data[0][0] == members.sum() and data[1][0] == (~members).sum()
         (h,) = acc.Histograms(f"scores/{name}/member")
-        assert h.histogram_value.num == a["labels"].sum()
-        assert h.histogram_value.max == pytest.approx(a["scores"][a["labels"]].max())
+        assert h.histogram_value.num == members.sum()
+        assert h.histogram_value.max == pytest.approx(scores[members].max())
 
 
 def test_tensorboard_hparams(tb_report):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    _, acc, _ = tb_report
+    _, acc, results, _ = tb_report
     content = acc.PluginTagToContent("hparams")
-    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(content)
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     hp = start.session_start_info.hparams
     assert hp["train.lr"].number_value == pytest.approx(0.1)
     assert hp["dataset.name"].string_value == "synthetic"
-    assert hp["attacks"].string_value == "['loss', 'lira']"
+    assert hp["num_models"].number_value == 4
     exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert {m.name.tag for m in exp.metric_infos} == {"hparam/lira_auc", "attack/lira/auc"}
+    assert {m.name.tag for m in exp.metric_infos} == set(tensorboard.summary_metrics(results))
+    assert "hparam/target_test_acc" in {m.name.tag for m in exp.metric_infos}
 
 
 def test_tensorboard_rejects_invalid_scores(tmp_path):
-    attacks = _attacks()
-    attacks["loss"]["scores"] = attacks["loss"]["scores"].copy()
-    attacks["loss"]["scores"][3] = np.nan
-    with pytest.raises(ValueError):
-        tensorboard.write_report(tmp_path / "bad", model_metrics=[], attacks=attacks, hparams={}, summary_metrics={})
+    results, scores, keep, _ = make_results()
+    bad = scores["loss"][0].copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        tensorboard.write_report(tmp_path / "bad", results, pooled_scores={"loss": (bad, keep[0])}, images={},
+                                 hparams={})
+    assert not (tmp_path / "bad").exists()
 
 
 # --------------------------------------------------------------------------- results
@@ -264,34 +273,58 @@ def test_json_failed_write_keeps_old_file_and_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
-# ----------------------------------------------------------------------------- table
+# ----------------------------------------------------------------------------- summary
 
 
-def test_format_summary():
-    attacks = _attacks()
-    rows = []
-    for name, a in attacks.items():
-        ci = bootstrap_intervals(a["scores"], a["labels"], fpr_targets=(0.01, 0.001), num_resamples=20)
-        rows.append({"attack": name, "metrics": a["metrics"], "intervals": ci})
-    rows.append({"attack": "population", "auc": 0.5})
-    text = table.format_summary(rows)
+def test_summary_marks_tprs_below_ten_over_n_and_gives_both_intervals():
+    """750 non-members (the default run's count): 1% FPR is unreliable, 0.1% below the resolvable 1/750."""
+    results, _, _, _ = make_results(num_examples=1500, targets=(0,))
+    text = table.format_summary(results)
     lines = text.splitlines()
-    assert len(lines) == 2 + len(rows)
-    assert "TPR@1%FPR" in lines[0] and "TPR@0.1%FPR" in lines[0] and "AUC" in lines[0]
-    for name in ("loss", "lira", "population"):
-        assert any(line.startswith(name) for line in lines[2:])
-    lira_line = next(line for line in lines if line.startswith("lira"))
-    m = attacks["lira"]["metrics"]
-    assert f"{m['auc']:.3f} [" in lira_line
-    assert f"{100 * m['tpr@0.01fpr']:.2f}%" in lira_line
-    assert f"{m['balanced_accuracy']:.3f}" in lira_line
-    assert lines[-1].split()[-1] == "-"
-    assert len({len(line) for line in lines[:2]}) == 1  # header and rule aligned
+    assert lines[0] == "target 0: train acc 0.950, test acc 0.800"
+    header, rule = lines[1], lines[2]
+    assert header.split()[:2] == ["attack", "AUC"] and "TPR@1%FPR" in header and "TPR@0.1%FPR" in header
+    assert len(header) <= len(rule) + 1
+    lira = results.attacks["lira"].pooled
+    row = next(line for line in lines if line.startswith("lira "))
+    low, high = lira.ci["auc"]
+    assert f"{lira.auc:.3f} [{low:.3f}, {high:.3f}]" in row
+    cp_low, cp_high = lira.tpr_exact_ci[0.001]
+    assert f"{100 * lira.tpr[0.001]:.2f}%** [{100 * cp_low:.2f}, {100 * cp_high:.2f}]" in row
+    assert f"{100 * lira.tpr[0.01]:.2f}%* [" in row
+    assert "resolvable FPR: 1/N = 0.133% with N = 750 non-members" in text
+    assert "\n* unreliable: FPR below 10/N = 1.333%" in text
+    assert "\n** below the resolvable FPR 1/N = 0.133%: not measurable" in text
+    assert "sanity (untrained target, AUC should be 0.5): ok" in text
 
 
-def test_format_summary_aggregated():
-    text = table.format_summary([{"attack": "lira", "auc": {"mean": 0.7, "std": 0.01}}])
-    assert "0.700 ± 0.010" in text
+def test_summary_does_not_mark_a_resolvable_fpr():
+    results, _, _, _ = make_results(num_examples=4000, targets=(0,))  # 2000 non-members: 1% is 20 false positives
+    row = next(line for line in table.format_summary(results).splitlines() if line.startswith("lira "))
+    lira = results.attacks["lira"].pooled
+    assert f"{100 * lira.tpr[0.01]:.2f}% [" in row and f"{100 * lira.tpr[0.001]:.2f}%* [" in row
+    assert "** below the resolvable FPR" not in table.format_summary(results)  # 0.1% is 2 false positives
+
+
+def test_summary_names_the_most_exposed_class_and_skipped_slices():
+    results, _, _, _ = make_results(num_examples=400, targets=(0,), num_classes=4)
+    lira = results.attacks["lira"]
+    best = max((s for s in lira.slices if s.kind == "class"), key=lambda s: s.metrics.auc)
+    text = table.format_summary(results)
+    assert f"slices (lira, the strongest attack): most exposed class {best.name[6:]} (AUC {best.metrics.auc:.3f}" in text
+    results.attacks["lira"].slices[0].metrics = None
+    results.attacks["lira"].slices[0].skipped = "3 members and 40 non-members (each needs at least 10)"
+    assert f"skipped slices: {lira.slices[0].name}: 3 members" in table.format_summary(results)
+
+
+def test_strongest_attack_prefers_low_fpr_when_it_is_measurable():
+    results, _, _, _ = make_results(num_examples=4000, targets=(0,), shifts={"auc_only": 1.0, "low_fpr": 1.0})
+    a, b = results.attacks["auc_only"].pooled, results.attacks["low_fpr"].pooled
+    a.auc, b.auc = 0.9, 0.8
+    a.tpr[0.01], b.tpr[0.01] = 0.05, 0.2  # 1% FPR is measurable with 2000 non-members; 0.1% is not
+    assert results.strongest_attack() == "low_fpr"
+    results.attacks["auc_only"].pooled.num_nonmembers = results.attacks["low_fpr"].pooled.num_nonmembers = 500
+    assert results.strongest_attack() == "auc_only"  # nothing measurable: the highest AUC
 
 
 # --------------------------------------------------------------------------- records

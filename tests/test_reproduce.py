@@ -1,7 +1,9 @@
-"""mia_torch.reproduce (scripts/reproduce.py, mia-reproduce): a finished CPU run retrains bitwise-identically; tampering is caught."""
+"""mia_torch.reproduce (scripts/reproduce.py, mia-reproduce): a finished CPU run retrains bitwise-identically; tampering is caught; a crafted run directory runs no code."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import subprocess
@@ -9,8 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from helpers import REPO, TINY
+from results_fixtures import make_results
 from mia_torch.evaluation import load_scores, save_scores
 
 
@@ -86,16 +90,28 @@ def test_reproduce_script_exits_2_without_a_finished_run(tmp_path):
     assert "results.json is missing" in proc.stderr
 
 
+def _results_with(auc: float, tpr: float, test_acc: float):
+    results = copy.deepcopy(_typed_results())
+    pooled = results.attacks["loss"].pooled
+    pooled.auc, pooled.tpr[0.001] = auc, tpr
+    results.targets[0].test_acc = test_acc
+    return results
+
+
+@functools.cache
+def _typed_results():
+    return make_results(shifts={"loss": 0.5}, targets=(0,), num_examples=200, bootstrap=0)[0]
+
+
 def test_cuda_runs_are_compared_on_auc_and_accuracy_within_atol():
     reproduce = _load_script()
-    original = {"attacks": {"loss": {"pooled": {"auc": 0.700, "tpr@0.001fpr": 0.01}}},
-                "targets": {"0": {"train_acc": 0.99, "test_acc": 0.80}}}
-    close = {"attacks": {"loss": {"pooled": {"auc": 0.705, "tpr@0.001fpr": 0.03}}},
-             "targets": {"0": {"train_acc": 0.99, "test_acc": 0.803}}}
-    far = {"attacks": {"loss": {"pooled": {"auc": 0.75, "tpr@0.001fpr": 0.01}}},
-           "targets": {"0": {"train_acc": 0.99, "test_acc": 0.80}}}
+    original = _results_with(0.700, 0.01, 0.80)
+    close = _results_with(0.705, 0.03, 0.803)
+    far = _results_with(0.75, 0.01, 0.80)
     ok = reproduce.compare_metrics(original, close, exact=False, atol=0.01)
     assert not [c for c in ok if c.status == "mismatch"]
+    assert [c.name for c in ok if c.status == "match"] == ["metric attacks.loss.pooled.auc", "metric targets.0.test_acc",
+                                                           "metric targets.0.train_acc"]
     assert any(c.status == "info" and "tpr@0.001fpr" in c.detail for c in ok)  # reported, not gated
     bad = reproduce.compare_metrics(original, far, exact=False, atol=0.01)
     assert [c.name for c in bad if c.status == "mismatch"] == ["metric attacks.loss.pooled.auc"]
@@ -103,3 +119,84 @@ def test_cuda_runs_are_compared_on_auc_and_accuracy_within_atol():
     assert [c for c in reproduce.compare_metrics(original, close, exact=True, atol=0.01) if c.status == "mismatch"]
     assert reproduce._device_is_cuda({"device": "auto"}, {"cuda": "12.4"})
     assert not reproduce._device_is_cuda({"device": "cpu"}, {"cuda": "12.4"})
+
+
+# ---------------------------------------------------------------- untrusted run directories
+
+
+def _crafted_run(root, finished, *, key: str, target: str, args: list[str]):
+    """A copy of the ``finished`` run whose saved config is valid except that ``key`` builds ``target(*args)``."""
+    from omegaconf import OmegaConf
+
+    from helpers import make_config
+
+    config = OmegaConf.to_container(make_config(root, [*OVERRIDES, "device=cpu"]), resolve=True)
+    results = json.loads((finished / "run" / "results.json").read_text())
+    node = config
+    for part in key.split(".")[:-1]:
+        node = node[part]
+    node[key.split(".")[-1]] = {"_target_": target, "_args_": args}
+    run_dir = root / "crafted"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(config), run_dir / ".hydra" / "config.yaml")
+    (run_dir / "results.json").write_text(json.dumps({**results, "config": config}))
+    return run_dir
+
+
+@pytest.mark.parametrize("key, target", [
+    ("attack.loss", "pathlib.Path.touch"),            # creates the file when built
+    ("model", "pathlib.Path.touch"),
+    ("attack.loss", "mia_torch.atomic.os.mkdir"),     # a path that starts in mia_torch but leaves it
+    ("attack.loss", "mia_torch.atomic.atomic_write_bytes"),  # a function inside mia_torch, not a class
+])
+def test_a_crafted_run_directory_runs_no_code(finished_run, tmp_path, capsys, key, target):
+    marker = tmp_path / "marker"
+    run_dir = _crafted_run(tmp_path, finished_run, key=key, target=target, args=[str(marker)])
+    code = _load_script().main([str(run_dir), "--out", str(tmp_path / "again")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert not marker.exists()
+    assert f"{key}._target_: '{target}'" in err and f"--allow-target {target}" in err
+    assert not (tmp_path / "again").exists()  # refused before anything was built or written
+
+
+def test_the_script_exits_2_on_a_crafted_run_directory(finished_run, tmp_path):
+    marker = tmp_path / "marker"
+    run_dir = _crafted_run(tmp_path, finished_run, key="attack.loss", target="pathlib.Path.touch", args=[str(marker)])
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(run_dir)], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "attack.loss._target_" in proc.stderr and not marker.exists()
+
+
+def test_allow_target_lets_a_trusted_target_be_built(finished_run, tmp_path, capsys):
+    """With the flag the named callable runs (here: creates the marker); it is no attack, so the rerun fails."""
+    marker = tmp_path / "marker"
+    run_dir = _crafted_run(tmp_path, finished_run, key="attack.loss", target="pathlib.Path.touch", args=[str(marker)])
+    code = _load_script().main([str(run_dir), "--out", str(tmp_path / "again"), "--allow-target", "pathlib.Path.touch"])
+    assert code == 2 and marker.exists()
+    assert "attack.loss._target_=pathlib.Path.touch builds a builtins.NoneType, which is not an Attack" in \
+        capsys.readouterr().err
+
+
+def test_every_shipped_target_is_accepted_and_foreign_modules_are_not_imported(tmp_path, monkeypatch):
+    from mia_torch.config_safety import UnsafeConfigError, check_targets, find_targets
+
+    shipped = {value for path in (REPO / "configs").rglob("*.yaml")
+               for _, value in find_targets(yaml.safe_load(path.read_text()) or {})}
+    assert {"mia_torch.models.MLP", "mia_torch.attacks.LiRA"} <= shipped
+    check_targets({"targets": [{"_target_": t} for t in sorted(shipped)]})
+    # Deciding never imports a module outside mia_torch (importing one can run code).
+    (tmp_path / "planted.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\nclass Net: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for target in ("planted.Net", "mia_torch.nope.Net", "mia_torch", "mia_torch.pipeline.np.ndarray", 42):
+        with pytest.raises(UnsafeConfigError, match=r"model\._target_"):
+            check_targets({"model": {"_target_": target}})
+    assert not (tmp_path / "imported").exists()
+    check_targets({"model": {"_target_": "planted.Net"}}, allowed=["planted.Net"])
+
+
+def test_reproduce_refuses_a_results_json_that_is_not_a_finished_runs(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps({"stage": "train", "trained_models": [0]}))
+    assert _load_script().main([str(tmp_path)]) == 2
+    assert "is not a finished run's results" in capsys.readouterr().err

@@ -1,4 +1,7 @@
-"""Tests for mia_torch.signals.stats: exactness, stability at large logits, float64 references."""
+"""Tests for mia_torch.signals.stats: exactness, stability at large logits, float64 references.
+
+Saturated (confident-model) logits and the attacks' resolution there: tests/test_numerics.py.
+"""
 import math
 
 import numpy as np
@@ -8,12 +11,25 @@ import torch
 from mia_torch.signals import stats
 from mia_torch.signals.stats import (
     STATISTICS,
+    Statistic,
     confidence,
     cross_entropy,
     entropy,
+    log1m_softmax,
+    log_softmax,
+    logit_mean_probability,
     logit_scaled_confidence,
     modified_entropy,
+    probability_logits,
 )
+
+RAW = {
+    "loss": cross_entropy,
+    "confidence": confidence,
+    "entropy": lambda logits, labels: entropy(logits),
+    "modified_entropy": modified_entropy,
+    "phi": logit_scaled_confidence,
+}
 
 
 # ----------------------------------------------------------------- float64 references (numpy)
@@ -47,15 +63,12 @@ def test_phi_two_classes_is_exact_logit_difference_at_1e4():
     y = torch.randint(0, 2, (2000,), generator=g)
     y[:4] = torch.tensor([0, 0, 1, 1])
     phi = logit_scaled_confidence(z, y)
-    expected = z.gather(1, y[:, None])[:, 0] - z.gather(1, (1 - y)[:, None])[:, 0]
-    assert phi.dtype == torch.float32
+    z64 = z.double()  # float32 logits are exact in float64
+    expected = z64.gather(1, y[:, None])[:, 0] - z64.gather(1, (1 - y)[:, None])[:, 0]
+    assert phi.dtype == torch.float64
     assert torch.isfinite(phi).all()
     assert torch.equal(phi, expected)  # closed form, bit for bit
     assert phi[:4].tolist() == [2e4, -2e4, 0.0, 0.0]
-    # float64 input stays float64 internally and matches the float64 closed form
-    z64 = z.double()
-    phi64 = logit_scaled_confidence(z64, y)
-    assert torch.allclose(phi64.double(), (z64.gather(1, y[:, None]) - z64.gather(1, (1 - y)[:, None]))[:, 0].float().double())
 
 
 def test_phi_many_classes_large_logits_matches_float64_reference():
@@ -73,7 +86,7 @@ def test_phi_many_classes_large_logits_matches_float64_reference():
     others[np.arange(500), yn] = -np.inf
     ref = zy - _np_logsumexp(others)
     assert torch.isfinite(phi).all()
-    np.testing.assert_allclose(phi.double().numpy(), ref, rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(phi.numpy(), ref, rtol=1e-12, atol=1e-9)
     # equal logits: p_y = 1/C, so phi = log(1/(C-1))
     assert phi[0].item() == pytest.approx(-math.log(9), abs=1e-3)
     # the log-of-softmax route would give -inf / inf here; we must not
@@ -88,18 +101,20 @@ def test_stats_match_float64_reference(dtype):
     labels = torch.randint(0, 7, (40,), generator=g)
     y = labels[None, :, None].expand(3, 40, 2)
     ref = _ref_all(z.double().numpy(), y.numpy())
-    tol = {torch.float16: 1e-5, torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
-    for name, fn in STATISTICS.items():
+    # every input dtype is exact in float64, where everything is computed
+    for name, fn in RAW.items():
         out = fn(z, labels[None, :, None])
-        assert out.dtype == torch.float32 and out.shape == (3, 40, 2), name
-        np.testing.assert_allclose(out.double().numpy(), ref[name], rtol=1e-5, atol=tol * 10 + 1e-6, err_msg=name)
+        assert out.dtype == torch.float64 and out.shape == (3, 40, 2), name
+        np.testing.assert_allclose(out.numpy(), ref[name], rtol=1e-11, atol=1e-13, err_msg=name)
 
 
 def test_stats_finite_and_closed_form_at_extreme_logits():
     z = torch.tensor([[1e4, -1e4, 0.0], [1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]])
     y = torch.tensor([0, 1, 2])
-    for fn in STATISTICS.values():
+    for fn in RAW.values():
         assert torch.isfinite(fn(z, y)).all()
+    for stat in STATISTICS.values():
+        assert torch.isfinite(stat.score(z[:, None], y[:, None])).all()
     loss = cross_entropy(z, y)
     assert loss[0].item() == 0.0
     assert loss[1].item() == pytest.approx(2e4)
@@ -137,7 +152,7 @@ def test_entropy_bounds():
         z = torch.randn(300, c, generator=g) * 20
         h = entropy(z)
         assert (h >= 0).all() and (h <= math.log(c) + 1e-5).all()
-        assert entropy(torch.zeros(4, c)).allclose(torch.full((4,), math.log(c)))
+        assert entropy(torch.zeros(4, c)).allclose(torch.full((4,), math.log(c), dtype=torch.float64))
 
 
 def test_labels_broadcast_and_chunking_consistent(monkeypatch):
@@ -148,14 +163,15 @@ def test_labels_broadcast_and_chunking_consistent(monkeypatch):
     explicit = torch.nn.functional.cross_entropy(
         z.reshape(-1, 5), labels[None, :, None].expand(4, 30, 3).reshape(-1), reduction="none"
     ).reshape(4, 30, 3)
-    assert torch.allclose(full, explicit, atol=1e-6)
+    assert torch.allclose(full, explicit.double(), atol=1e-6)
     monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 7)  # force many tiny chunks
-    for fn in STATISTICS.values():
+    for fn in [*RAW.values(), lambda z, y: log_softmax(z), lambda z, y: log1m_softmax(z)]:
         a = fn(z, labels[None, :, None])
         monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 1 << 22)
         b = fn(z, labels[None, :, None])
         monkeypatch.setattr(stats, "_CHUNK_ELEMENTS", 7)
-        assert torch.equal(a, b)
+        # vectorised and scalar tails of exp/log may differ in the last bit
+        assert torch.allclose(a, b, rtol=2e-15, atol=0.0)
 
 
 def test_invalid_inputs_raise():
@@ -170,9 +186,40 @@ def test_invalid_inputs_raise():
         cross_entropy(z, torch.zeros(5))
 
 
-def test_registry():
+def test_registry_holds_function_sign_and_query_mean():
     assert set(STATISTICS) == {"loss", "confidence", "entropy", "modified_entropy", "phi"}
-    z = torch.randn(6, 4)
-    y = torch.randint(0, 4, (6,))
-    assert torch.equal(STATISTICS["entropy"](z, y), entropy(z))
-    assert torch.equal(STATISTICS["phi"](z, y), logit_scaled_confidence(z, y))
+    assert all(isinstance(s, Statistic) and s.name == name and s.description for name, s in STATISTICS.items())
+    signs = {name: s.member_sign for name, s in STATISTICS.items()}
+    assert signs == {"loss": -1.0, "confidence": 1.0, "entropy": -1.0, "modified_entropy": -1.0, "phi": 1.0}
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(6, 3, 4, generator=g) * 4  # N = 6 examples, Q = 3 queries
+    y = torch.randint(0, 4, (6,), generator=g)
+    # arithmetic query mean of the raw statistic, signed
+    for name in ("loss", "entropy", "modified_entropy", "phi"):
+        raw = RAW[name](z, y[:, None]).mean(-1)
+        assert torch.allclose(STATISTICS[name].score(z, y[:, None]), signs[name] * raw, rtol=1e-12, atol=1e-12), name
+    # confidence: the log-odds of the query-mean probability (same order as the mean confidence)
+    p = confidence(z, y[:, None]).mean(-1)
+    assert torch.allclose(STATISTICS["confidence"].score(z, y[:, None]), torch.log(p / (1 - p)), rtol=1e-10)
+
+
+def test_log_softmax_forms_keep_tiny_values():
+    z = torch.tensor([[50.0, 0.0, -10.0], [0.0, 0.0, 0.0]])
+    rest = math.exp(-50) + math.exp(-60)  # sum_{j != top} exp(z_j - z_top)
+    lp, l1m, lo = log_softmax(z), log1m_softmax(z), probability_logits(z)
+    assert lp[0, 0].item() == pytest.approx(-rest, rel=1e-12)  # not rounded to 0
+    assert l1m[0, 0].item() == pytest.approx(math.log(rest) - math.log1p(rest), rel=1e-12)
+    assert l1m[0, 1].item() == pytest.approx(-math.exp(-50), rel=1e-9)
+    assert torch.allclose(lp[1], torch.full((3,), -math.log(3), dtype=torch.float64))
+    assert torch.allclose(lo, lp - l1m)
+    assert lo[0, 0].item() == pytest.approx(50 - math.log1p(math.exp(-10)), rel=1e-12)
+
+
+def test_logit_mean_probability_exact_near_one_and_zero():
+    x = torch.tensor([[40.0, 50.0], [-40.0, -50.0], [0.0, 0.0]], dtype=torch.float64)
+    out = logit_mean_probability(x, dim=-1)
+    # mean of 1 - p = (e^-40 + e^-50) / 2 up to relative e^-40
+    q = (math.exp(-40) + math.exp(-50)) / 2
+    assert out[0].item() == pytest.approx(-math.log(q), rel=1e-12)
+    assert out[1].item() == pytest.approx(math.log(q), rel=1e-12)
+    assert out[2].item() == pytest.approx(0.0, abs=1e-15)

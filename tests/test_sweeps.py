@@ -7,7 +7,9 @@ every comparison of scores is exact (CPU, one thread everywhere).
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import json
 import os
 import shutil
@@ -22,9 +24,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from helpers import CONFIG_DIR, REPO, TINY, make_config, run_experiment
+from results_fixtures import make_results
 from mia_torch.evaluation import load_scores
-from mia_torch.report.results import write_json
-from mia_torch.report.sweep import SweepSummaryCallback, _axis, collect_jobs, write_sweep_summary
+from mia_torch.report.results import read_json, write_json
+from mia_torch.report.sweep import SweepSummaryCallback, collect_jobs, write_sweep_summary
+from mia_torch.report.sweep_plot import _axis
+from mia_torch.report.types import TargetResult
 from mia_torch.store import ArtifactStore
 
 
@@ -237,15 +242,21 @@ def test_weight_decay_sweep_writes_summary_table_plot_and_hparams(tmp_path):
 
 
 def _fake_job(sweep: Path, name: str, overrides: list[str], auc: float | None) -> None:
+    """A job folder; with ``auc`` also a results.json whose loss attack has that pooled AUC."""
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
     if auc is not None:
-        write_json(job / "results.json", {
-            "targets": {"0": {"train_acc": 0.9, "test_acc": 0.7}, "1": {"train_acc": 0.8, "test_acc": 0.6}},
-            "attacks": {"loss": {"pooled": {"auc": auc, "tpr@0.01fpr": auc / 10, "tpr@0.001fpr": auc / 100,
-                                            "advantage": 0.1}}},
-        })
+        results = copy.deepcopy(_typed_results())
+        results.targets = {0: TargetResult(train_acc=0.9, test_acc=0.7), 1: TargetResult(train_acc=0.8, test_acc=0.6)}
+        pooled = results.attacks["loss"].pooled
+        pooled.auc, pooled.tpr = auc, {0.01: auc / 10, 0.001: auc / 100}
+        write_json(job / "results.json", results.to_dict())
+
+
+@functools.cache
+def _typed_results():
+    return make_results(shifts={"loss": 0.5}, num_examples=200, bootstrap=0)[0]
 
 
 def test_summary_of_a_grid_sweep_lists_failed_jobs_and_draws_each_key(tmp_path):
@@ -254,17 +265,24 @@ def test_summary_of_a_grid_sweep_lists_failed_jobs_and_draws_each_key(tmp_path):
     for i, (model, lr) in enumerate(grid):
         _fake_job(sweep, str(i), [f"model={model}", f"train.lr={lr}", "seed=0"], auc=None if i == 3 else 0.6 + i / 100)
     _fake_job(sweep, "10", ["model=mlp", "train.lr=1.0", "seed=0"], auc=0.7)  # ordered after 3, not after 1
+    _fake_job(sweep, "11", ["model=mlp", "train.lr=3.0", "seed=0"], auc=0.7)
+    broken = read_json(sweep / "11" / "results.json")
+    del broken["attacks"]["loss"]["pooled"]["auc"]
+    write_json(sweep / "11" / "results.json", broken)
 
     summary = write_sweep_summary(sweep)
     assert summary.swept == ["model", "train.lr"]
-    assert [r["job"] for r in summary.rows] == ["0", "1", "2", "3", "10"]
-    assert [r["status"] for r in summary.rows] == ["ok", "ok", "ok", "missing", "ok"]
-    assert summary.missing == [("3", "no results.json (job failed or has not finished)")]
+    assert [r["job"] for r in summary.rows] == ["0", "1", "2", "3", "10", "11"]
+    assert [r["status"] for r in summary.rows] == ["ok", "ok", "ok", "missing", "ok", "missing"]
+    assert summary.missing[0] == ("3", "no results.json (job failed or has not finished)")
+    assert summary.missing[1][0] == "11" and "attacks.loss.pooled: missing key 'auc'" in summary.missing[1][1]
     assert summary.rows[1]["loss/auc"] == pytest.approx(0.61)
     assert summary.rows[0]["target_train_acc"] == pytest.approx(0.85)
     assert summary.rows[0]["generalization_gap"] == pytest.approx(0.2)
     md = summary.markdown.read_text()
     assert "Common overrides: `seed=0`" in md and "## Missing jobs" in md
+    # 200 non-members per job: TPR at 1% FPR rests on 2 false positives, 0.1% on none; both are marked.
+    assert "| 6.10%* | 0.61%** |" in md and "* unreliable, the FPR is below 10/N" in md
     assert summary.figure is not None and summary.figure.stat().st_size > 1000
     # One panel row per swept key: model on a categorical axis, lr (1e-3 .. 1) on a log axis.
     assert _axis(["mlp", "small_cnn", "mlp"], ["mlp", "small_cnn", "mlp"]) == ("category", [0.0, 1.0, 0.0],

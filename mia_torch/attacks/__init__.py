@@ -1,6 +1,6 @@
 """Membership inference attacks: one module per family, one shared interface.
 
-Every attack is ``fit(ReferenceSignals) -> score(target logits [N, Q, C]) -> float32 [N]``,
+Every attack is ``fit(ReferenceSignals) -> score(target logits [N, Q, C]) -> float64 [N]``,
 higher = more likely member, and is built from ``configs/attack/<name>.yaml`` by
 ``hydra.utils.instantiate``.
 """

@@ -79,22 +79,31 @@ class ReferenceSignals:
         return int(self.logits.shape[1])
 
     def statistic(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Apply a per-example statistic ``fn(logits, labels)`` to every model and query: float32 ``[R, N, Q]``."""
+        """Apply a per-example statistic ``fn(logits, labels)`` to every model and query: ``[R, N, Q]``."""
         return fn(self.logits, self.labels[None, :, None])
 
 
 class Attack(ABC):
     """``fit(reference signals) -> score(target logits)``.
 
-    Scores are one float32 per example, higher = more likely member, on the device of the
-    target logits. ``threshold`` is an optional decision threshold on the score scale
-    (predict member when ``score >= threshold``), calibrated on reference models only;
-    ``None`` when the attack has none. ``requires_references`` says whether ``fit``
-    needs at least one reference model.
+    Scores are one float per example, higher = more likely member, on the device of the
+    target logits; the built-in attacks return float64, so that the small differences
+    between a confident model's outputs on members and non-members survive to the
+    metrics (float32 cannot hold e.g. a confidence of 1 - 1e-9). ``threshold`` is an
+    optional decision threshold on the score scale (predict member when
+    ``score >= threshold``), calibrated on reference models only; ``None`` when the
+    attack has none. ``requires_references`` says whether ``fit`` needs at least one
+    reference model. Every knob ``fit`` chooses from data is chosen on the reference
+    models only and reported by :meth:`fitted_params`.
     """
 
     requires_references: bool = False
     threshold: float | None = None
+
+    @property
+    def needs_in_references(self) -> bool:
+        """Whether ``fit`` needs references trained on the attacked examples (online attacks: LiRA, RMIA)."""
+        return bool(getattr(self, "online", False))
 
     def fit(self, ref: ReferenceSignals) -> "Attack":
         """Fit the attack on reference signals; the default does nothing and returns ``self``."""
@@ -102,7 +111,15 @@ class Attack(ABC):
 
     @abstractmethod
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Score the target model's logits ``[N, Q, C]``: float32 ``[N]``, higher = member."""
+        """Score the target model's logits ``[N, Q, C]``: float ``[N]``, higher = member."""
+
+    def fitted_params(self) -> dict[str, Any]:
+        """What ``fit`` chose from the reference models, as JSON-ready values (for ``results.json``).
+
+        The base reports the decision ``threshold``; attacks with more fitted knobs
+        (e.g. RMIA's ``a`` and ``temperature``) extend the dict.
+        """
+        return {"threshold": None if self.threshold is None else float(self.threshold)}
 
     def _check_references(self, ref: ReferenceSignals | None) -> ReferenceSignals | None:
         if ref is None:

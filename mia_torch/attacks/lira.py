@@ -28,8 +28,8 @@ Missing references are handled without NaNs:
 ``fit`` also calibrates ``threshold`` (max balanced accuracy) by leave-one-out: each
 reference model in turn plays the target against the Gaussians of the others, all folds
 computed in closed form from the full statistics (needs R >= 2; otherwise ``threshold``
-is ``None``). Statistics and scores are computed in float64; scores are returned as
-float32.
+is ``None``). phi is computed exactly from the logits (never from a rounded softmax),
+and statistics and scores are computed and returned in float64.
 """
 from __future__ import annotations
 
@@ -207,17 +207,17 @@ class LiRA(Attack):
             loo_out = _leave_one_out(phi[sl], ~keep[sl], *full_out)
             params = _gaussians(*loo_in, *loo_out, per_example=per_example, min_std=self.min_std)
             out.append(_lira_score(phi[sl], params, self._score_online))
-        return torch.cat(out).to(torch.float32)
+        return torch.cat(out)
 
     def reference_scores(self, ref: ReferenceSignals) -> torch.Tensor:
-        """Leave-one-out scores float32 ``[R, N]``: each reference model scored as the target
+        """Leave-one-out scores float64 ``[R, N]``: each reference model scored as the target
         against Gaussians fitted on the other R - 1 (closed form, all folds at once)."""
         if ref.num_models < 2:
             raise ValueError("reference_scores needs at least two reference models")
         return self._reference_scores(ref.statistic(logit_scaled_confidence).double(), ref.keep)
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Target scores, float32 ``[N]``, higher = member."""
+        """Target scores, float64 ``[N]``, higher = member."""
         if self._params is None:
             raise RuntimeError("LiRA.score called before fit")
         logits, labels = check_target(logits, labels, self._num_examples)
@@ -227,4 +227,4 @@ class LiRA(Attack):
             raise ValueError(
                 f"target has Q = {phi.shape[-1]} queries but the references had Q = {params['mu_in'].shape[-1]}"
             )
-        return _lira_score(phi, params, self._score_online).to(torch.float32)
+        return _lira_score(phi, params, self._score_online)

@@ -5,7 +5,8 @@ every example (no per-example calibration, which is what LiRA and RMIA add). The
 decision threshold is calibrated on the reference models' OUT examples, which stand in
 for population data the target never saw: by default it is set so that a fraction
 ``fpr`` of pooled OUT reference scores lie at or above it (Attack-P's fixed-FPR rule);
-``calibration="balanced_accuracy"`` uses pooled IN/OUT scores instead.
+``calibration="balanced_accuracy"`` uses pooled IN/OUT scores instead. ``fpr`` is a
+setting of the rule, not fitted: only the threshold is chosen from (reference) data.
 """
 from __future__ import annotations
 
@@ -52,8 +53,7 @@ class PopulationAttack(ThresholdAttack):
             return self
         desc = torch.sort(out, descending=True).values
         k = int(math.floor(self.fpr * out.numel()))
-        # Smallest float32 above the (k+1)-th largest OUT score (scores are float32, so the
-        # threshold must be representable there): at most k OUT scores reach it.
+        # The next float above the (k+1)-th largest OUT score: at most k OUT scores reach it.
         kth = desc[k : k + 1]
         self.threshold = float(torch.nextafter(kth, torch.full_like(kth, math.inf)))
         return self

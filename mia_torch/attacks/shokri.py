@@ -4,7 +4,12 @@ Attack networks learn IN/OUT from the reference (shadow) models' outputs, with I
 targets taken from the reference keep rows. Features of an (model, example) pair: the
 softmax probability vector averaged over the Q queries, sorted in descending order
 (optionally truncated to its ``top_k`` largest entries) and standardised with the
-training rows' mean and spread; the true label enters through ``mode``:
+training rows' mean and spread. With ``features="logit"`` (default) each probability
+enters on the log-odds scale ``log(p / (1 - p))``, an order-preserving transform computed
+exactly from the logits: a confident model's probabilities round to 1 and 0 and, once
+standardised, the differences between them vanish, while their log-odds stay spread
+out (the scaling LiRA applies to p_y). ``features="probability"`` uses the
+probabilities themselves, as in the paper. The true label enters through ``mode``:
 
 * ``per_class`` — one MLP per class, as in the paper;
 * ``label_input`` — one MLP with the one-hot label appended to the features.
@@ -30,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from mia_torch.attacks.base import Attack, ReferenceSignals, check_choice, check_number, check_target
+from mia_torch.signals.stats import log_softmax, logit_mean_probability, probability_logits
 
 __all__ = ["ShokriAttack"]
 
@@ -57,6 +63,8 @@ class ShokriAttack(Attack):
         weight_decay: L2 penalty (default 1e-4).
         max_train_rows: cap on (model, example) training rows; None = all.
         seed: seed for initialisation and row subsampling.
+        features: ``logit`` (sorted log-odds of the probabilities; default) or
+            ``probability`` (sorted probabilities, as in the paper).
     """
 
     requires_references = True
@@ -73,8 +81,10 @@ class ShokriAttack(Attack):
         weight_decay: float = 1e-4,
         max_train_rows: int | None = 100_000,
         seed: int = 0,
+        features: str = "logit",
     ) -> None:
         self.mode = check_choice("mode", mode, ("per_class", "label_input"))
+        self.features = check_choice("features", features, ("logit", "probability"))
         self.top_k = None if top_k is None else int(check_number("top_k", top_k, low=1, integer=True))
         self.hidden = int(check_number("hidden", hidden, low=1, integer=True))
         self.epochs = int(check_number("epochs", epochs, low=1, integer=True))
@@ -89,17 +99,19 @@ class ShokriAttack(Attack):
 
     # ----------------------------------------------------------------- features
     def _probability_features(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sorted (descending) query-averaged softmax vector, top-k: float32 ``[..., N, K]``."""
-        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        probs = torch.softmax(logits.to(dtype), dim=-1).mean(-2)
-        feats = torch.sort(probs, dim=-1, descending=True).values
-        if self.top_k is not None:
-            feats = feats[..., : self.top_k]
-        return feats.to(torch.float32)
+        """Sorted (descending) query-averaged softmax vector (as log-odds or probabilities), top-k: float64 ``[..., N, K]``."""
+        rows = []
+        for z in logits.reshape(-1, *logits.shape[-3:]):  # one model at a time bounds the float64 temporaries
+            if self.features == "logit":
+                rows.append(logit_mean_probability(probability_logits(z), dim=-2))
+            else:
+                rows.append(log_softmax(z).exp().mean(-2))
+        feats = torch.sort(torch.stack(rows).reshape(*logits.shape[:-2], -1), dim=-1, descending=True).values
+        return feats if self.top_k is None else feats[..., : self.top_k]
 
     def _features(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Standardised features ``[M, F]`` for flattened rows; labels ``[M]``."""
-        x = (self._probability_features(logits).reshape(labels.numel(), -1) - self._mean) / self._std
+        x = ((self._probability_features(logits).reshape(labels.numel(), -1) - self._mean) / self._std).float()
         if self.mode == "label_input":
             x = torch.cat([x, F.one_hot(labels, self._num_classes).to(x.dtype)], dim=1)
         return x
@@ -146,7 +158,7 @@ class ShokriAttack(Attack):
             probs, labels, target = probs[rows], labels[rows], target[rows]
         self._mean = probs.mean(0)
         self._std = probs.std(0, unbiased=False).clamp(min=1e-6)
-        x = (probs - self._mean) / self._std
+        x = ((probs - self._mean) / self._std).float()
         if self.mode == "label_input":
             x = torch.cat([x, F.one_hot(labels, self._num_classes).to(x.dtype)], dim=1)
 
@@ -179,7 +191,7 @@ class ShokriAttack(Attack):
         return self
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Target member logits, float32 ``[N]``, higher = member."""
+        """Target member logits, float64 ``[N]``, higher = member."""
         if self._net is None:
             raise RuntimeError("ShokriAttack.score called before fit")
         logits, labels = check_target(logits, labels)
@@ -197,4 +209,4 @@ class ShokriAttack(Attack):
         with torch.no_grad():
             out = self._forward(net, xp)[g_idx, slot]
         out = torch.where(self._trained.to(device)[groups], out, torch.zeros_like(out))
-        return out.to(torch.float32)
+        return out.double()

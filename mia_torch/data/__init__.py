@@ -1,10 +1,20 @@
 """Datasets as device-resident tensors, device-side augmentation and query views."""
 
-from mia_torch.data.augment import QUERY_NAMES, apply_queries, apply_query, parse_queries, random_crop_flip
+from mia_torch.data import tabular  # noqa: F401  (registers the csv and breast_cancer datasets)
+from mia_torch.data.augment import (
+    DEFAULT_QUERIES,
+    QUERY_NAMES,
+    apply_queries,
+    apply_query,
+    parse_queries,
+    random_crop_flip,
+)
 from mia_torch.data.datasets import (
+    DATASET_KINDS,
     DATASETS,
     Dataset,
     DatasetNotFoundError,
+    dataset_kind,
     load_dataset,
     normalize,
     register_dataset,
@@ -12,11 +22,14 @@ from mia_torch.data.datasets import (
 
 __all__ = [
     "DATASETS",
+    "DATASET_KINDS",
+    "DEFAULT_QUERIES",
     "QUERY_NAMES",
     "Dataset",
     "DatasetNotFoundError",
     "apply_queries",
     "apply_query",
+    "dataset_kind",
     "load_dataset",
     "normalize",
     "parse_queries",

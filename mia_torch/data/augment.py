@@ -16,6 +16,11 @@ Query grammar (:data:`QUERY_NAMES`):
 
 The values are in the space the images are stored in (normalised), so zero fill is the
 dataset mean, as a model sees padding.
+
+Every view but ``identity`` is an image view. Tabular records are queried as they are
+(``identity``): a view of a record must be the same for every model, and a perturbation
+that is not part of how the models were trained adds little signal on such data.
+:data:`DEFAULT_QUERIES` gives the views used when the config leaves ``queries`` unset.
 """
 
 from __future__ import annotations
@@ -27,10 +32,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["QUERY_NAMES", "apply_queries", "apply_query", "crop_flip", "draw_crop_flip", "parse_queries", "random_crop_flip"]
+__all__ = [
+    "DEFAULT_QUERIES",
+    "QUERY_NAMES",
+    "apply_queries",
+    "apply_query",
+    "crop_flip",
+    "draw_crop_flip",
+    "parse_queries",
+    "random_crop_flip",
+]
 
 #: The forms a query name can take; ``<dx>``/``<dy>`` are integers (pixels, may be negative).
 QUERY_NAMES: tuple[str, ...] = ("identity", "flip", "shift_<dx>_<dy>", "flip_shift_<dx>_<dy>")
+
+#: The query views of a dataset kind (``Dataset.kind``) when ``queries`` is null: images are
+#: queried as themselves and mirrored (the two queries of LiRA), tabular records as themselves.
+DEFAULT_QUERIES: dict[str, tuple[str, ...]] = {"image": ("identity", "flip"), "tabular": ("identity",)}
 
 _QUERY_RE = re.compile(r"^(?:(identity)|(flip)|(flip_)?shift_(-?\d+)_(-?\d+))$")
 
@@ -75,7 +93,12 @@ def draw_crop_flip(
 def crop_flip(
     x: Tensor, *, padding: int, offsets: Tensor | None, flips: Tensor | None, padding_mode: str = "reflect"
 ) -> Tensor:
-    """Apply given crop ``offsets`` (after padding) and ``flips`` to ``[B, C, H, W]`` images."""
+    """Apply given crop ``offsets`` (after padding) and ``flips`` to ``[B, C, H, W]`` images.
+
+    With neither (both ``None``) ``x`` is returned as it is, whatever its shape.
+    """
+    if offsets is None and flips is None:
+        return x
     b, c, h, w = x.shape
     out = x
     if offsets is not None:
@@ -115,13 +138,19 @@ def _canonical(flip: bool, dx: int, dy: int) -> str:
     return f"{'flip_' if flip else ''}shift_{dx}_{dy}"
 
 
-def parse_queries(names: Sequence[str]) -> list[str]:
-    """Validate query names (config key ``queries``) and return them in canonical spelling.
+def parse_queries(names: Sequence[str] | None, *, kind: str = "image") -> list[str]:
+    """Validate query names (config key ``queries``) for data of ``kind``; return them canonically spelled.
 
-    Raises ``ValueError`` for an empty list, a name outside :data:`QUERY_NAMES`, or two
-    names for the same view (``shift_0_0`` is ``identity``, ``flip_shift_0_0`` is ``flip``,
-    ``shift_01_0`` is ``shift_1_0``). Order is kept: it is the query axis of the signals.
+    ``names=None`` gives the default views of ``kind`` (:data:`DEFAULT_QUERIES`). Raises
+    ``ValueError`` for an empty list, a name outside :data:`QUERY_NAMES`, two names for the
+    same view (``shift_0_0`` is ``identity``, ``flip_shift_0_0`` is ``flip``, ``shift_01_0``
+    is ``shift_1_0``), or an image view on ``"tabular"`` data. Order is kept: it is the
+    query axis of the signals.
     """
+    if kind not in DEFAULT_QUERIES:
+        raise ValueError(f"unknown data kind {kind!r}; expected one of {sorted(DEFAULT_QUERIES)}")
+    if names is None:
+        return list(DEFAULT_QUERIES[kind])
     if isinstance(names, str):
         raise ValueError(f"config key `queries` must be a list of query names, got the string {names!r}")
     out: list[str] = []
@@ -132,6 +161,12 @@ def parse_queries(names: Sequence[str]) -> list[str]:
         out.append(canon)
     if not out:
         raise ValueError(f"config key `queries` is empty; give at least one of: {', '.join(QUERY_NAMES)}")
+    image_views = [q for q in out if q not in DEFAULT_QUERIES["tabular"]]
+    if kind == "tabular" and image_views:
+        raise ValueError(
+            f"config key `queries` asks for image view(s) {', '.join(image_views)}, but the dataset is tabular: "
+            f"use queries=[identity], or leave `queries` unset (null) for the dataset's default"
+        )
     return out
 
 

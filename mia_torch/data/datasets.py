@@ -14,6 +14,7 @@ Registered names:
 - ``digits``: scikit-learn's bundled 8x8 digits (1797 images), works offline; a seeded
   split gives the population and ``num_test`` held-out images.
 - ``synthetic``: seeded class prototypes plus Gaussian noise, for tests and sanity checks.
+- ``csv``, ``breast_cancer``: tabular records (see :mod:`mia_torch.data.tabular`).
 
 Add a dataset with :func:`register_dataset`.
 """
@@ -21,17 +22,23 @@ Add a dataset with :func:`register_dataset`.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from mia_torch.data.validate import DataValidationError, read_npz, validate_dataset
+from mia_torch.fingerprint import dataset_digest
+
 __all__ = [
     "DATASETS",
+    "DATASET_KINDS",
     "Dataset",
     "DatasetNotFoundError",
+    "dataset_kind",
+    "data_file",
     "load_dataset",
     "normalize",
     "register_dataset",
@@ -42,15 +49,23 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not where the config says, and were not downloaded."""
 
 
+#: What a dataset's examples are: ``"image"`` (``x`` is ``[N, C, H, W]``) or ``"tabular"``
+#: (``x`` is ``[N, F]``, one row of encoded features per record).
+DATASET_KINDS: tuple[str, ...] = ("image", "tabular")
+
+
 @dataclass
 class Dataset:
     """A population and a held-out test split, as normalised tensors.
 
-    ``x``/``x_test`` are float32 ``[N, C, H, W]`` normalised per channel with ``mean``
-    and ``std``; ``y``/``y_test`` are int64 class ids in ``[0, num_classes)``.
+    For ``kind="image"``, ``x``/``x_test`` are float32 ``[N, C, H, W]`` normalised per
+    channel with ``mean`` and ``std``; for ``kind="tabular"`` they are float32 ``[N, F]``
+    encoded features named by ``feature_names``. ``y``/``y_test`` are int64 class ids in
+    ``[0, num_classes)``, named by ``class_names`` when the source has names.
     ``indices[i]`` is the position of population row ``i`` in the source's training
     split (useful to map per-record results back to the original data) and
-    ``test_indices`` likewise for the test split.
+    ``test_indices`` likewise for the test split. ``content_digest`` is the digest of
+    all of it (:func:`mia_torch.fingerprint.dataset_digest`), set by :func:`load_dataset`.
     """
 
     name: str
@@ -63,18 +78,25 @@ class Dataset:
     std: tuple[float, ...] = ()
     indices: torch.Tensor | None = None
     test_indices: torch.Tensor | None = None
+    kind: str = "image"
+    feature_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()
+    content_digest: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.kind not in DATASET_KINDS:
+            raise ValueError(f"dataset {self.name!r}: kind must be one of {DATASET_KINDS}, got {self.kind!r}")
+        ndim, layout = (4, "images [N, C, H, W]") if self.kind == "image" else (2, "records [N, F]")
         for xs, ys, what in ((self.x, self.y, "population"), (self.x_test, self.y_test, "test split")):
-            if xs.ndim != 4:
-                raise ValueError(f"dataset {self.name!r}: {what} images must be [N, C, H, W], got {tuple(xs.shape)}")
+            if xs.ndim != ndim:
+                raise ValueError(f"dataset {self.name!r}: {what} must be {layout}, got {tuple(xs.shape)}")
             if ys.ndim != 1 or len(ys) != len(xs):
                 raise ValueError(
-                    f"dataset {self.name!r}: {what} has {len(xs)} images but labels of shape {tuple(ys.shape)}"
+                    f"dataset {self.name!r}: {what} has {len(xs)} examples but labels of shape {tuple(ys.shape)}"
                 )
         if self.x.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(
-                f"dataset {self.name!r}: population images {tuple(self.x.shape[1:])} and test images "
+                f"dataset {self.name!r}: population examples {tuple(self.x.shape[1:])} and test examples "
                 f"{tuple(self.x_test.shape[1:])} differ in shape"
             )
         if self.indices is None:
@@ -86,20 +108,21 @@ class Dataset:
         return len(self.x)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image, as the model constructors take it."""
-        c, h, w = self.x.shape[1:]
-        return int(c), int(h), int(w)
+    def input_shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of one image or ``(F,)`` of one record, as the model constructors take it."""
+        return tuple(int(v) for v in self.x.shape[1:])
 
     def to(self, device: torch.device | str) -> "Dataset":
         """A copy with the image and label tensors on ``device`` (indices stay on CPU)."""
-        return replace(
+        moved = replace(
             self,
             x=self.x.to(device),
             y=self.y.to(device),
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
         )
+        moved.content_digest = self.content_digest  # same content
+        return moved
 
 
 DatasetLoader = Callable[..., Dataset]
@@ -108,23 +131,52 @@ DatasetLoader = Callable[..., Dataset]
 #: ``loader(root=Path | None, download=bool, seed=int, **options)`` and returns the full
 #: :class:`Dataset`; :func:`load_dataset` then applies ``population_size``/``test_size``.
 DATASETS: dict[str, DatasetLoader] = {}
+_KINDS: dict[str, str] = {}
 
 
-def register_dataset(name: str, *, replace_existing: bool = False) -> Callable[[DatasetLoader], DatasetLoader]:
+def register_dataset(
+    name: str, *, kind: str = "image", replace_existing: bool = False
+) -> Callable[[DatasetLoader], DatasetLoader]:
     """Decorator that registers a dataset loader under ``name`` (the config's ``dataset.name``).
 
     The loader takes keyword arguments ``root`` (a :class:`~pathlib.Path`, or ``None``), ``download``,
-    ``seed`` and its own options, and returns the full :class:`Dataset` with normalised
-    float32 images on the CPU. Registering a taken name raises unless ``replace_existing``.
+    ``seed`` and its own options, and returns the full :class:`Dataset` of ``kind``
+    (``"image"`` or ``"tabular"``, see :data:`DATASET_KINDS`) as float32 tensors on the CPU.
+    The kind is known before loading, so the config's ``queries`` are checked first.
+    Registering a taken name raises unless ``replace_existing``.
     """
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, got {kind!r}")
 
     def decorator(fn: DatasetLoader) -> DatasetLoader:
         if name in DATASETS and not replace_existing:
             raise ValueError(f"a dataset named {name!r} is already registered")
         DATASETS[name] = fn
+        _KINDS[name] = kind
         return fn
 
     return decorator
+
+
+def _registered(name: str) -> DatasetLoader:
+    if name not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {name!r} (config key `dataset`, i.e. `dataset.name`); "
+            f"registered datasets: {', '.join(sorted(DATASETS))}"
+        )
+    return DATASETS[name]
+
+
+def dataset_kind(name: str) -> str:
+    """The kind (``"image"`` or ``"tabular"``) of the registered dataset ``name``, without loading it."""
+    _registered(name)
+    return _KINDS.get(name, "image")
+
+
+def data_file(path: str | Path, root: Path | None) -> Path:
+    """``path`` with ``~`` expanded, under ``root`` (``data_dir``) unless absolute."""
+    file = Path(path).expanduser()
+    return Path(root) / file if not file.is_absolute() and root is not None else file
 
 
 def load_dataset(
@@ -144,24 +196,38 @@ def load_dataset(
     datasets fetch missing files into it. ``population_size`` / ``test_size``, when set,
     keep a seeded random subset of that many population / test examples (in their
     original order). ``options`` go to the dataset's loader (e.g. ``num_examples`` for
-    ``synthetic``); unknown options raise ``ValueError``.
+    ``synthetic``); unknown options raise ``ValueError``. The result is checked by
+    :func:`mia_torch.data.validate.validate_dataset` (finite images, labels in range, two
+    classes or more), whatever the loader.
     """
-    if name not in DATASETS:
-        raise ValueError(
-            f"unknown dataset {name!r} (config key `dataset`, i.e. `dataset.name`); "
-            f"registered datasets: {', '.join(sorted(DATASETS))}"
-        )
-    loader = DATASETS[name]
+    loader = _registered(name)
     _check_options(name, loader, options)
     path = Path(root).expanduser() if root is not None else None
     data = loader(root=path, download=bool(download), seed=int(seed), **options)
+    if data.kind != dataset_kind(name):
+        raise ValueError(
+            f"dataset {name!r} is registered as {dataset_kind(name)} data but its loader returned {data.kind}"
+        )
     if population_size is not None:
         keep = _subset(len(data.x), population_size, seed=seed, stream=1, key="population_size", name=name)
         data = replace(data, x=data.x[keep], y=data.y[keep], indices=data.indices[keep])
     if test_size is not None:
         keep = _subset(len(data.x_test), test_size, seed=seed, stream=2, key="test_size", name=name)
         data = replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep], test_indices=data.test_indices[keep])
+    validate_dataset(data, source=describe_dataset(name, options))
+    dataset_digest(data)  # once, on the CPU tensors: the store keys artifacts by it
     return data
+
+
+def describe_dataset(name: str, options: dict[str, Any]) -> str:
+    """How error messages name a dataset: its name, its file (``dataset.path``) and a registered loader."""
+    text = f"dataset {name!r}"
+    if options.get("path"):
+        text += f" (dataset.path={options['path']})"
+    loader = DATASETS.get(name)
+    if loader is not None and not loader.__module__.startswith("mia_torch."):
+        text += f" (loader {loader.__module__}.{loader.__qualname__})"
+    return text
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -459,21 +525,14 @@ def _npz(*, root: Path | None, download: bool, seed: int, path: str | None = Non
         file = Path(root) / file
     if not file.is_file():
         raise DatasetNotFoundError(f"{file} not found: set `dataset.path` (relative to `data_dir`) to your .npz file")
-    with np.load(file, allow_pickle=False) as arrays:
-        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays.files]
-        if missing:
-            raise ValueError(f"{file} lacks arrays {missing}; it needs x_train, y_train, x_test, y_test")
-        x, x_test = _images_nchw(arrays["x_train"], "x_train", file), _images_nchw(arrays["x_test"], "x_test", file)
-        y = torch.from_numpy(arrays["y_train"].astype(np.int64).reshape(-1))
-        y_test = torch.from_numpy(arrays["y_test"].astype(np.int64).reshape(-1))
+    arrays = read_npz(file)
+    x, x_test = _images_nchw(arrays.x_train, "x_train", file), _images_nchw(arrays.x_test, "x_test", file)
     mean, std = _channel_stats(x)
-    return Dataset(
-        name="npz",
-        x=normalize(x, mean, std),
-        y=y,
-        x_test=normalize(x_test, mean, std),
-        y_test=y_test,
-        num_classes=int(max(y.max(), y_test.max())) + 1,
-        mean=mean,
-        std=std,
-    )
+    try:
+        data = Dataset(name="npz", x=normalize(x, mean, std), y=torch.from_numpy(arrays.y_train),
+                       x_test=normalize(x_test, mean, std), y_test=torch.from_numpy(arrays.y_test),
+                       num_classes=arrays.num_classes, mean=mean, std=std)
+    except ValueError as err:  # e.g. train and test images of different shapes
+        raise DataValidationError(f"{file}: {err}") from err
+    validate_dataset(data, source=str(file))
+    return data

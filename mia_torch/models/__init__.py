@@ -1,5 +1,7 @@
 """Model zoo: every constructor takes ``input_shape=(C, H, W)``, ``num_classes`` and its options.
 
+The MLP also takes ``input_shape=(F,)``: the feature vectors of tabular data.
+
 Built from configs with ``hydra.utils.instantiate(cfg.model, input_shape=..., num_classes=...)``;
 conv models take ``norm="batch" | "group" | "none"`` (GroupNorm / none for DP-SGD).
 """

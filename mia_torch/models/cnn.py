@@ -1,6 +1,7 @@
 """Shared building blocks and the small convolutional models (MNIST-size CNN, fast CIFAR CNN).
 
-Every model takes keyword arguments ``input_shape`` ``(C, H, W)`` and ``num_classes``
+Every model takes keyword arguments ``input_shape`` ``(C, H, W)`` (the MLP also ``(F,)``
+for tabular records) and ``num_classes``
 plus its own options, and returns logits ``[B, num_classes]``. Conv models take
 ``norm``: ``"batch"`` (default), ``"group"`` (GroupNorm with up to 32 groups; also
 ``"group<k>"`` for up to ``k`` groups), or ``"none"``. GroupNorm and ``none`` keep no
@@ -64,11 +65,24 @@ def dropout_layer(dropout: float) -> nn.Module:
     return nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
 
-def check_shape(input_shape: Sequence[int], num_classes: int) -> tuple[tuple[int, int, int], int]:
-    """Validate ``input_shape`` ``(C, H, W)`` and ``num_classes``; return them as ints."""
+def check_shape(
+    input_shape: Sequence[int], num_classes: int, *, images_only: bool = True
+) -> tuple[tuple[int, ...], int]:
+    """Validate ``input_shape`` and ``num_classes``; return them as ints.
+
+    ``input_shape`` is ``(C, H, W)`` of an image, or, for models that also take tabular
+    records (``images_only=False``), ``(F,)`` features. An image-only model given
+    ``(F,)`` is told to use ``model=mlp``.
+    """
     shape = tuple(int(v) for v in input_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
+    if len(shape) == 1 and images_only:
+        raise ValueError(
+            f"config key `model`: this network needs images (C, H, W), but the dataset is tabular "
+            f"({shape[0]} features per record): use model=mlp"
+        )
+    if len(shape) not in ((3,) if images_only else (1, 3)) or min(shape) < 1:
+        expected = "(C, H, W)" if images_only else "(C, H, W) or (F,)"
+        raise ValueError(f"input_shape must be {expected} with positive sizes, got {tuple(input_shape)}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     return shape, int(num_classes)  # type: ignore[return-value]

@@ -1,7 +1,8 @@
-"""A fully connected network on flattened images."""
+"""A fully connected network on flattened images or tabular feature vectors."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from torch import Tensor, nn
@@ -16,6 +17,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 class MLP(nn.Module):
     """Flatten, then ``Linear-activation[-Dropout]`` per entry of ``hidden_sizes``, then a linear output.
 
+    ``input_shape`` is ``(C, H, W)`` for images or ``(F,)`` for tabular records.
     ``hidden_sizes=()`` gives multinomial logistic regression. ``activation`` is
     ``"relu"``, ``"gelu"`` or ``"tanh"``. Has no normalisation layers (DP-SGD ready).
     """
@@ -30,7 +32,7 @@ class MLP(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        (c, h, w), num_classes = check_shape(input_shape, num_classes)
+        shape, num_classes = check_shape(input_shape, num_classes, images_only=False)
         sizes = tuple(int(v) for v in hidden_sizes)
         if any(v < 1 for v in sizes):
             raise ValueError(f"model option `hidden_sizes` must be positive integers, got {list(hidden_sizes)}")
@@ -38,7 +40,7 @@ class MLP(nn.Module):
             raise ValueError(f"model option `activation` must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         dropout = check_dropout(dropout)
         layers: list[nn.Module] = [nn.Flatten()]
-        fan_in = c * h * w
+        fan_in = math.prod(shape)
         for size in sizes:
             layers += [nn.Linear(fan_in, size), _ACTIVATIONS[activation]()]
             if dropout > 0:

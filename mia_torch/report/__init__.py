@@ -1,4 +1,5 @@
-"""Stage 5 outputs: ``results.json``, TensorBoard, ROC plots, summary table, per-record CSV.
+"""Stage 5 outputs, from the typed results (:mod:`mia_torch.report.types`): ``results.json``,
+TensorBoard, figures, the printed summary, per-record CSVs, sweep summaries.
 
 Submodules are imported on use (``from mia_torch.report import plots``) so that reading
 or writing JSON does not pull in matplotlib or TensorBoard.
@@ -6,7 +7,7 @@ or writing JSON does not pull in matplotlib or TensorBoard.
 import importlib
 from typing import Any
 
-__all__ = ["plots", "records", "results", "table", "tensorboard"]
+__all__ = ["pictures", "plots", "records", "results", "table", "tensorboard", "types"]
 
 
 def __getattr__(name: str) -> Any:

@@ -18,10 +18,23 @@ from mia_torch.metrics.roc import tpr_at_fpr
 
 from mia_torch.atomic import atomic_write_bytes
 
-__all__ = ["roc_figure", "save_figure", "figure_to_array", "MIN_LOG_FPR"]
+__all__ = ["FIGURE_WIDTH", "FONT_SIZE", "MIN_LOG_FPR", "figure_to_array", "new_figure", "roc_figure", "save_figure", "save_png"]
 
 #: Lowest FPR shown on the log-log panel (the left edge is never below this).
 MIN_LOG_FPR = 1e-5
+#: Width of every report figure in inches (at 100 dpi). TensorBoard's image tab shows an
+#: image 350 pixels wide unless "Show actual image size" is ticked, so figures are narrow
+#: and lettered large: FONT_SIZE points on 650 pixels read as about 11-pixel letters there.
+FIGURE_WIDTH = 6.5
+#: Base font size of every report figure, in points.
+FONT_SIZE = 15
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """An Agg-backed figure of ``width`` x ``height`` inches at 100 dpi (no pyplot)."""
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _check_curve(name: str, fpr: np.ndarray, tpr: np.ndarray) -> None:
@@ -32,15 +45,22 @@ def _check_curve(name: str, fpr: np.ndarray, tpr: np.ndarray) -> None:
 
 
 def roc_figure(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], *, title: str = ""
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+    *,
+    title: str = "",
+    label_fpr: float = 1e-3,
+    reliable_fpr: float | None = None,
 ) -> Figure:
     """Overlay the ROC curves of several attacks on two panels: log-log and linear.
 
     ``curves`` maps an attack name to ``(fpr, tpr, auc)``. The log-log panel spans FPR
     from the smallest non-zero FPR among the curves (1 / number of non-members) but not
     below :data:`MIN_LOG_FPR`, up to 1; points at FPR or TPR 0 are drawn at that left /
-    bottom edge. Both panels carry the chance diagonal. Legend entries read
-    ``name (AUC=0.xxx, TPR@0.1%=y.y%)``. Returns an Agg-backed figure.
+    bottom edge. Both panels carry the chance diagonal. With ``reliable_fpr`` (10/N) the
+    log-log panel shades the FPRs below it, where fewer than 10 false positives are
+    allowed. Legend entries (below the panels) read ``name (AUC=0.xxx, TPR@0.1%=y.y%)``,
+    at ``label_fpr``. The panels are stacked (log-log on top) in a :data:`FIGURE_WIDTH`
+    wide figure, legible where TensorBoard shows it.
     """
     prepared = []
     min_pos = 1.0
@@ -54,36 +74,37 @@ def roc_figure(
         pos = fpr[fpr > 0]
         if pos.size:
             min_pos = min(min_pos, float(pos.min()))
-        low_tpr = tpr_at_fpr(fpr, tpr, 1e-3)
-        label = f"{name} (AUC={auc:.3f}, TPR@0.1%={100.0 * low_tpr:.1f}%)"
+        low_tpr = tpr_at_fpr(fpr, tpr, label_fpr)
+        label = f"{name} (AUC={auc:.3f}, TPR@{100 * label_fpr:g}%={100.0 * low_tpr:.1f}%)"
         prepared.append((fpr, tpr, label))
     lower = max(MIN_LOG_FPR, min_pos) if min_pos < 1.0 else MIN_LOG_FPR
 
-    fig = Figure(figsize=(12, 5.2), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_log, ax_lin = fig.subplots(1, 2)
+    fig = new_figure(FIGURE_WIDTH, 11.5 + 0.3 * (len(prepared) + 2))
+    ax_log, ax_lin = fig.subplots(2, 1)
     for fpr, tpr, label in prepared:
-        ax_log.plot(np.clip(fpr, lower, 1.0), np.clip(tpr, lower, 1.0), lw=1.5, label=label)
-        ax_lin.plot(fpr, tpr, lw=1.5, label=label)
+        ax_log.plot(np.clip(fpr, lower, 1.0), np.clip(tpr, lower, 1.0), lw=2, label=label)
+        ax_lin.plot(fpr, tpr, lw=2)
     ax_log.plot([lower, 1.0], [lower, 1.0], ls="--", color="grey", lw=1, label="chance")
-    ax_lin.plot([0.0, 1.0], [0.0, 1.0], ls="--", color="grey", lw=1, label="chance")
+    ax_lin.plot([0.0, 1.0], [0.0, 1.0], ls="--", color="grey", lw=1)
+    if reliable_fpr is not None and reliable_fpr > lower:
+        ax_log.axvspan(lower, min(reliable_fpr, 1.0), color="grey", alpha=0.15, lw=0,
+                       label="FPR < 10/N: < 10 false positives")
 
     ax_log.set_xscale("log")
     ax_log.set_yscale("log")
     ax_log.set_xlim(lower, 1.0)
     ax_log.set_ylim(lower, 1.0)
-    ax_log.set_title("ROC (log-log)")
+    ax_log.set_title("log-log: the low-FPR regime", fontsize=FONT_SIZE)
     ax_lin.set_xlim(0.0, 1.0)
     ax_lin.set_ylim(0.0, 1.0)
-    ax_lin.set_aspect("equal")
-    ax_lin.set_title("ROC (linear)")
+    ax_lin.set_title("linear", fontsize=FONT_SIZE)
     for ax in (ax_log, ax_lin):
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
+        ax.set_xlabel("false positive rate", fontsize=FONT_SIZE)
+        ax.set_ylabel("true positive rate", fontsize=FONT_SIZE)
+        ax.tick_params(labelsize=FONT_SIZE - 1)
         ax.grid(True, which="major", alpha=0.3)
-    ax_lin.legend(loc="lower right", fontsize="small")
-    if title:
-        fig.suptitle(title)
+    fig.legend(loc="outside lower center", fontsize=FONT_SIZE - 1)
+    fig.suptitle(f"ROC\n{title}" if title else "ROC", fontsize=FONT_SIZE + 1)
     return fig
 
 
@@ -93,6 +114,15 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     return np.ascontiguousarray(rgba[:, :, :3])
+
+
+def save_png(pixels: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save ``uint8[H, W, 3]`` pixels (e.g. from :func:`figure_to_array`) as PNG at ``path``, atomically."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="png")
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 120) -> Path:

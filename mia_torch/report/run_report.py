@@ -1,96 +1,129 @@
-"""Write everything a finished run reports: results.json, TensorBoard, ROC plot, CSVs, summary."""
+"""Write everything a finished run reports, from its typed results: figures (PNG and
+TensorBoard), per-record CSVs, ``results.json``, and the printed summary."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-from mia_torch.evaluation import Scores, pooled
-from mia_torch.metrics import auc_score, roc_curve
-from mia_torch.report.plots import roc_figure, save_figure
+from mia_torch.evaluation import Scores, empirical_p_values, pooled
+from mia_torch.report.pictures import ImageSource, confidence_figure, exposed_records_figure, slices_figure
+from mia_torch.report.plots import figure_to_array, roc_figure, save_png
 from mia_torch.report.records import write_vulnerability_csv
 from mia_torch.report.results import write_json
 from mia_torch.report.table import format_summary
 from mia_torch.report.tensorboard import write_report
+from mia_torch.report.types import RunResults
+from mia_torch.signals.stats import confidence, logit_scaled_confidence
 
 log = logging.getLogger(__name__)
 
 #: Keys of the resolved config logged as TensorBoard hparams (compared across a sweep).
 HPARAM_SECTIONS = ("dataset", "model", "train", "num_models", "threat_model", "queries", "seed")
+#: Records shown in the gallery of the most exposed training records of each target.
+GALLERY_SIZE = 16
 
 
-def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One table row per attack: pooled metrics over all targets, with intervals."""
-    return [{"attack": name, **entry["pooled"]} for name, entry in results["attacks"].items()]
+#: TensorBoard category of the figures: all in one, ROC first (tags sort alphabetically).
+FIGURE_CATEGORY = "report"
 
 
-def summary_metrics(results: Mapping[str, Any]) -> dict[str, float]:
-    """Headline numbers per attack for the HParams view, plus the target's accuracy."""
-    out: dict[str, float] = {}
-    for name, entry in results["attacks"].items():
-        for key, value in entry["pooled"].items():
-            if key == "auc" or key.startswith("tpr@"):
-                out[f"hparam/{name}/{key}"] = float(value)
-    accuracies = list(results["targets"].values())
-    for key in ("train_acc", "test_acc"):
-        values = [a[key] for a in accuracies if key in a]
-        if values:
-            out[f"hparam/target_{key}"] = float(np.mean(values))
-    return out
+def exposed_records(
+    results: RunResults, target: int, *, scores: Scores, keep: np.ndarray, eval_mask: np.ndarray,
+    labels: np.ndarray, images: ImageSource, size: int = GALLERY_SIZE,
+) -> Figure | None:
+    """Gallery of the target's members that the strongest attack scores highest, with their p-values."""
+    attack = results.strongest_attack()
+    if attack is None:
+        return None
+    ids = np.flatnonzero(eval_mask)
+    score, members = scores[attack][target][eval_mask].astype(np.float64), keep[target][eval_mask]
+    order = np.argsort(-score[members], kind="stable")[:size]
+    top = ids[members][order]
+    p_values = empirical_p_values(score[members][order], score[~members])
+    return exposed_records_figure(
+        images.get(top), labels=labels[top].tolist(), scores=score[members][order].tolist(),
+        p_values=p_values.tolist(), record_ids=top.tolist(),
+        title=f"target {target}: the members {attack} flags most\np = (1 + #non-members scoring at least as high)"
+              f"\n/ (1 + {int((~members).sum())} non-members)")
+
+
+def report_figures(
+    results: RunResults, *, scores: Scores, keep: np.ndarray, eval_mask: np.ndarray, labels: np.ndarray,
+    target_logits: Mapping[int, np.ndarray], images: ImageSource | None,
+) -> dict[str, Figure]:
+    """Every figure of the run by file stem: ``roc``, ``slices``, ``target<t>_confidence`` and
+    ``target<t>_exposed`` (image data only)."""
+    curves = {n: (a.pooled.curve.fpr, a.pooled.curve.tpr, a.pooled.auc) for n, a in results.attacks.items()
+              if a.pooled.curve is not None}
+    figures: dict[str, Figure] = {}
+    if curves:
+        reliable = max(a.pooled.reliable_fpr for a in results.attacks.values())
+        title = f"{results.dataset.get('name')}: {len(results.target_ids)} target(s), {len(keep)} models"
+        figures["roc"] = roc_figure(curves, title=title, reliable_fpr=reliable)
+    evaluated = torch.from_numpy(labels[eval_mask])
+    for target in results.target_ids:
+        if target in target_logits:
+            logits = torch.from_numpy(np.asarray(target_logits[target])[eval_mask]).double()
+            figures[f"target{target}_confidence"] = confidence_figure(
+                confidence(logits, evaluated).numpy(), logit_scaled_confidence(logits, evaluated).numpy(),
+                keep[target][eval_mask], title=f"target {target}: true-class confidence")
+        if images is not None:
+            gallery = exposed_records(results, target, scores=scores, keep=keep, eval_mask=eval_mask, labels=labels,
+                                      images=images)
+            if gallery is not None:
+                figures[f"target{target}_exposed"] = gallery
+    slices = slices_figure(results)
+    if slices is not None:
+        figures["slices"] = slices
+    return figures
 
 
 def write_run_report(
     run_dir: Path,
-    results: Mapping[str, Any],
+    results: RunResults,
     *,
     scores: Scores,
     keep: np.ndarray,
     eval_mask: np.ndarray,
-    class_labels: np.ndarray,
+    labels: np.ndarray,
+    target_logits: Mapping[int, np.ndarray],
+    images: ImageSource | None = None,
 ) -> None:
-    """Write results.json, the TensorBoard run, roc.png, per-record CSVs; print the summary."""
-    curves, tb_attacks = {}, {}
-    for name, per_target in scores.items():
-        all_scores, members = pooled(per_target, keep, eval_mask)
-        fpr, tpr, _ = roc_curve(all_scores, members)
-        curves[name] = (fpr, tpr, auc_score(fpr, tpr))
-        tb_attacks[name] = {"scores": all_scores, "labels": members, "metrics": results["attacks"][name]["pooled"]}
-    title = f"{results['dataset']['name']}: {len(results['target_ids'])} target(s), {len(keep)} models"
-    save_figure(roc_figure(curves, title=title), run_dir / "roc.png")
-    config = results["config"]
+    """Write the figures (PNG and TensorBoard), per-record CSVs and results.json; print the summary.
+
+    ``labels`` are the population's classes, ``target_logits[t]`` target t's logits
+    ``[N, C]`` on the identity query, ``images`` the population's images (None for
+    non-image data: no gallery). ``results.json`` is written last, so its presence marks a
+    finished run.
+    """
+    figures = report_figures(results, scores=scores, keep=keep, eval_mask=eval_mask, labels=labels,
+                             target_logits=target_logits, images=images)
+    pixels = {stem: figure_to_array(fig) for stem, fig in figures.items()}  # each figure is drawn once
+    for stem, image in pixels.items():
+        save_png(image, run_dir / f"{stem}.png")
+    config = results.config
     write_report(
         run_dir / "tensorboard",
-        model_metrics=results["models"],
-        attacks=tb_attacks,
+        results,
+        pooled_scores={name: pooled(per_target, keep, eval_mask) for name, per_target in scores.items()},
+        images={f"{FIGURE_CATEGORY}/{stem}": image for stem, image in pixels.items()},
         hparams={k: config[k] for k in HPARAM_SECTIONS if k in config},
-        summary_metrics=summary_metrics(results),
     )
     example_ids = np.flatnonzero(eval_mask)
-    for target in results["target_ids"]:
+    for target in results.target_ids:
         write_vulnerability_csv(
             run_dir / f"records_target{target}.csv",
             example_ids=example_ids,
             labels_member=keep[target][eval_mask],
             scores_by_attack={name: per[target][eval_mask] for name, per in scores.items()},
-            class_labels=class_labels[eval_mask],
+            class_labels=labels[eval_mask],
         )
-    write_json(run_dir / "results.json", results)
-    print_summary(results, run_dir)
-
-
-def print_summary(results: Mapping[str, Any], run_dir: Path) -> None:
-    """Print the target accuracy, the attack table and the sanity check."""
-    lines = []
-    for target, acc in results["targets"].items():
-        lines.append(f"target {target}: train acc {acc.get('train_acc', float('nan')):.3f}, "
-                     f"test acc {acc.get('test_acc', float('nan')):.3f}")
-    lines.append(format_summary(summary_rows(results)))
-    failed = [n for n, e in results["attacks"].items() if "sanity" in e and not e["sanity"]["chance_in_ci"]]
-    if any("sanity" in e for e in results["attacks"].values()):
-        lines.append("sanity (untrained target, AUC should be 0.5): "
-                     + ("ok" if not failed else f"0.5 OUTSIDE THE 99% INTERVAL for {', '.join(failed)}"))
-    lines.append(f"outputs: {run_dir} (results.json, roc.png, tensorboard/)")
-    print("\n".join(lines), flush=True)
+    write_json(run_dir / "results.json", results.to_dict())
+    print(format_summary(results) + f"\noutputs: {run_dir} (results.json, tensorboard/, "
+          + ", ".join(f"{stem}.png" for stem in figures) + ")", flush=True)

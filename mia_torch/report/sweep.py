@@ -9,9 +9,13 @@ directory:
   overrides (the override keys whose value differs between jobs), the targets' train
   and test accuracy (mean over targets), the generalization gap (train - test
   accuracy), and per attack the pooled AUC and TPR at each FPR target of
-  ``results.json`` (``attacks.<name>.pooled``). Jobs without a readable
-  ``results.json`` (``stage=train`` shards, failed or unfinished jobs) are listed as
-  missing, with the reason, instead of failing the summary.
+  ``results.json`` (``attacks.<name>.pooled``); every reported field of the typed
+  results (:func:`mia_torch.report.types.reported`) adds a column (``target_<field>``,
+  the mean over targets, or ``<attack>/<field>``). The Markdown marks a TPR whose FPR is
+  below 10/N (N non-members) as unreliable. Each ``results.json`` is read into
+  :class:`~mia_torch.report.types.RunResults`; jobs without a readable one
+  (``stage=train`` shards, failed or unfinished jobs) are listed as missing, with the
+  reason, instead of failing the summary.
 - ``sweep_summary.png``: AUC and TPR at the lowest FPR against each swept parameter,
   one line per attack (per attack and combination of the other swept values when
   several keys are swept). Numbers are placed on a log axis when they are all positive
@@ -30,7 +34,7 @@ import io
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,16 +42,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_open
+from mia_torch.metrics.roc import tpr_key
 from mia_torch.report.results import read_json
+from mia_torch.report.table import tpr_mark
+from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult, fpr_of_key, reported_values
 
 __all__ = [
     "SweepJob",
     "SweepSummary",
     "SweepSummaryCallback",
+    "attack_value",
     "collect_jobs",
     "describe",
     "summary_table",
-    "sweep_figure",
     "swept_keys",
     "write_sweep_summary",
 ]
@@ -58,10 +65,6 @@ CSV_NAME = "sweep_summary.csv"
 MARKDOWN_NAME = "sweep_summary.md"
 FIGURE_NAME = "sweep_summary.png"
 
-#: Above this many lines per panel, the other swept keys are averaged out instead.
-MAX_LINES_PER_PANEL = 12
-
-_TPR_KEY = re.compile(r"^tpr@(.+)fpr$")
 _NUM = re.compile(r"(\d+)")
 
 
@@ -73,7 +76,7 @@ class SweepJob:
     path: Path
     overrides: dict[str, str] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
-    results: dict[str, Any] | None = None
+    results: RunResults | None = None
     missing_reason: str | None = None
 
 
@@ -163,10 +166,7 @@ def collect_jobs(sweep_dir: str | Path) -> list[SweepJob]:
         results_file = path / "results.json"
         if results_file.is_file():
             try:
-                results = read_json(results_file)
-                if not isinstance(results, dict) or "attacks" not in results:
-                    raise ValueError("no `attacks` entry")
-                job.results = results
+                job.results = RunResults.from_dict(read_json(results_file), path=str(results_file))
             except Exception as err:  # noqa: BLE001
                 job.missing_reason = f"unreadable results.json ({err})"
         elif job.values.get("stage", _saved_stage(path)) == "train":
@@ -187,61 +187,75 @@ def swept_keys(jobs: Sequence[SweepJob]) -> list[str]:
     return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
 
 
-def _fpr_of(key: str) -> float | None:
-    m = _TPR_KEY.match(key)
-    if not m:
+def attack_value(attack: AttackEvaluation | None, metric: str) -> float | None:
+    """``auc``, ``tpr@<f>fpr`` (pooled over targets) or a reported field of ``attack``; None when absent."""
+    if attack is None:
         return None
-    try:
-        return float(m.group(1))
-    except ValueError:
-        return None
+    if metric == "auc":
+        return attack.pooled.auc
+    fpr = fpr_of_key(metric)
+    if fpr is not None:
+        return attack.pooled.tpr.get(fpr)
+    found = reported_values(attack).get(metric)
+    return found[2] if found else None
 
 
-def _attack_metric_keys(jobs: Sequence[SweepJob]) -> tuple[list[str], list[str]]:
-    """Attack names and pooled metric keys (``auc`` then ``tpr@<f>fpr`` by decreasing FPR) over jobs."""
+def attack_metric_keys(jobs: Sequence[SweepJob]) -> tuple[list[str], list[str]]:
+    """Attack names and metric keys over jobs: ``auc``, ``tpr@<f>fpr`` by decreasing FPR, reported fields."""
     attacks: list[str] = []
-    tprs: set[str] = set()
+    fprs: set[float] = set()
+    extra: list[str] = []
     for job in jobs:
-        for name, entry in (job.results or {}).get("attacks", {}).items():
+        for name, attack in (job.results.attacks if job.results else {}).items():
             if name not in attacks:
                 attacks.append(name)
-            tprs.update(k for k in (entry.get("pooled") or {}) if _fpr_of(k) is not None)
-    return attacks, ["auc", *sorted(tprs, key=lambda k: -(_fpr_of(k) or 0.0))]
+            fprs.update(attack.pooled.tpr)
+            extra += [k for k in reported_values(attack) if k not in extra]
+    tprs = [tpr_key(f) for f in sorted(fprs, reverse=True)]
+    return attacks, ["auc", *tprs, *extra]
 
 
-def _mean_target(results: Mapping[str, Any], key: str) -> float | None:
-    values = [float(t[key]) for t in (results.get("targets") or {}).values()
-              if isinstance(t, Mapping) and isinstance(t.get(key), (int, float))]
-    return sum(values) / len(values) if values else None
+#: Target fields that get a sweep column even when no job measured them.
+_ALWAYS_SHOWN = ("train_acc", "test_acc")
+
+
+def _target_fields(jobs: Sequence[SweepJob]) -> list[str]:
+    """Reported target fields over jobs (:class:`TargetResult`'s own first): the accuracies always,
+    the others (early stopping's epoch, DP-SGD's epsilon, ...) when some job measured them."""
+    measured: list[str] = []
+    for job in jobs:
+        for target in (job.results.targets.values() if job.results else ()):
+            measured += [k for k in reported_values(target) if k not in measured]
+    own = [f.name for f in fields(TargetResult) if "label" in f.metadata]
+    return [n for n in own if n in _ALWAYS_SHOWN or n in measured] + [n for n in measured if n not in own]
 
 
 def summary_table(jobs: Sequence[SweepJob]) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     """``(columns, rows, swept keys)``: one row per job, missing jobs included with empty metrics.
 
-    Columns: ``job``, the swept keys, ``status`` (``ok`` or ``missing``),
-    ``target_train_acc``, ``target_test_acc``, ``generalization_gap``, then
-    ``<attack>/auc`` and ``<attack>/tpr@<f>fpr`` per attack (pooled over targets), and
-    ``dir`` (the job directory).
+    Columns: ``job``, the swept keys, ``status`` (``ok`` or ``missing``), ``target_<field>``
+    for each reported target field (mean over targets: ``target_train_acc``,
+    ``target_test_acc``, ...), ``generalization_gap`` (train - test accuracy), then
+    ``<attack>/<metric>`` per attack (see :func:`attack_metric_keys`), and ``dir``.
     """
     keys = swept_keys(jobs)
-    attacks, metrics = _attack_metric_keys(jobs)
-    columns = ["job", *keys, "status", "target_train_acc", "target_test_acc", "generalization_gap",
+    attacks, metrics = attack_metric_keys(jobs)
+    target_fields = _target_fields(jobs)
+    target_columns = [f"target_{name}" for name in target_fields]
+    columns = ["job", *keys, "status", *target_columns, "generalization_gap",
                *[f"{a}/{m}" for a in attacks for m in metrics], "dir"]
     rows = []
     for job in jobs:
         row: dict[str, Any] = {"job": job.name, **{k: job.overrides.get(k) for k in keys}, "dir": str(job.path)}
-        if job.results is None:
-            row["status"] = "missing"
-        else:
-            row["status"] = "ok"
-            train, test = _mean_target(job.results, "train_acc"), _mean_target(job.results, "test_acc")
-            row["target_train_acc"], row["target_test_acc"] = train, test
+        row["status"] = "missing" if job.results is None else "ok"
+        if job.results is not None:
+            for name in target_fields:
+                row[f"target_{name}"] = job.results.mean_over_targets(name)
+            train, test = row.get("target_train_acc"), row.get("target_test_acc")
             row["generalization_gap"] = train - test if train is not None and test is not None else None
-            for name, entry in job.results.get("attacks", {}).items():
+            for name, attack in job.results.attacks.items():
                 for metric in metrics:
-                    value = (entry.get("pooled") or {}).get(metric)
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        row[f"{name}/{metric}"] = float(value)
+                    row[f"{name}/{metric}"] = attack_value(attack, metric)
         rows.append(row)
     return columns, rows, keys
 
@@ -255,14 +269,16 @@ def _csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _md_cell(column: str, value: Any) -> str:
+def _md_cell(column: str, value: Any, job: SweepJob) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
         if not math.isfinite(value):
             return "nan"
         if "/tpr@" in column:
-            return f"{100 * value:.2f}%"
+            attack, metric = column.split("/", 1)
+            pooled = job.results.attacks[attack].pooled if job.results and attack in job.results.attacks else None
+            return f"{100 * value:.2f}%" + (tpr_mark(pooled, fpr_of_key(metric) or 0.0) if pooled else "")
         return f"{value:.3f}"
     return str(value).replace("|", "\\|")
 
@@ -278,113 +294,17 @@ def _markdown_text(sweep_dir: Path, columns: Sequence[str], rows: Sequence[Mappi
     if common:
         lines.append("Common overrides: " + " ".join(f"`{k}={v}`" for k, v in common.items()) + ".")
     lines += ["", "AUC and TPR@FPR are pooled over each job's targets; accuracies are the targets' mean; "
-              "gap = train - test accuracy.", ""]
+              "gap = train - test accuracy. TPR marks, for N non-members: * unreliable, the FPR is below 10/N "
+              "(fewer than 10 false positives); ** below 1/N, the TPR at zero false positives.", ""]
     lines.append("| " + " | ".join(shown) + " |")
     lines.append("| " + " | ".join("---" for _ in shown) + " |")
-    for row in rows:
-        lines.append("| " + " | ".join(_md_cell(c, row.get(c)) for c in shown) + " |")
+    for row, job in zip(rows, jobs):
+        lines.append("| " + " | ".join(_md_cell(c, row.get(c), job) for c in shown) + " |")
     missing = [job for job in jobs if job.results is None]
     if missing:
         lines += ["", "## Missing jobs", ""]
         lines += [f"- `{job.name}` ({job.path}): {job.missing_reason}" for job in missing]
     return "\n".join(lines) + "\n"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
-
-
-def _axis(values: Sequence[Any], labels: Sequence[str]) -> tuple[str, list[float], list[str]]:
-    """``(scale, x positions, tick labels)`` for swept ``values`` (shown as ``labels``).
-
-    ``scale`` is ``"log"`` for positive numbers spanning more than a decade,
-    ``"linear"`` for other numbers and ``"category"`` otherwise (ticks in order of
-    first appearance; tick labels are only returned for categories).
-    """
-    if values and all(_is_number(v) for v in values):
-        numbers = [float(v) for v in values]
-        if all(v > 0 for v in numbers) and max(numbers) / min(numbers) > 10.0:
-            return "log", numbers, []
-        return "linear", numbers, []
-    order = list(dict.fromkeys(labels))
-    return "category", [float(order.index(v)) for v in labels], order
-
-
-def sweep_figure(jobs: Sequence[SweepJob], *, title: str = "") -> Any:
-    """AUC and TPR at the lowest FPR vs each swept key, one line per attack; None without results.
-
-    One row of two panels per swept key (the job name is the x axis when nothing is
-    swept). With several swept keys, each panel has one line per attack and combination
-    of the other keys' values, or, above :data:`MAX_LINES_PER_PANEL` lines, one line
-    per attack averaging over the other keys. Returns an Agg-backed figure.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    done = [job for job in jobs if job.results is not None]
-    if not done:
-        return None
-    keys = swept_keys(jobs) or ["job"]
-    attacks, metrics = _attack_metric_keys(done)
-    tprs = [m for m in metrics if m != "auc"]
-    low_tpr = min(tprs, key=lambda m: _fpr_of(m) or 1.0) if tprs else None
-    panels = [("auc", "AUC")] + ([(low_tpr, f"TPR @ {100 * (_fpr_of(low_tpr) or 0):g}% FPR")] if low_tpr else [])
-
-    def value_of(job: SweepJob, key: str) -> tuple[Any, str]:
-        if key == "job":
-            return job.name, job.name
-        shown = job.overrides.get(key)
-        return job.values.get(key, shown), "(unset)" if shown is None else shown
-
-    fig = Figure(figsize=(5.5 * len(panels), 3.8 * len(keys)), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(keys), len(panels), squeeze=False)
-    for row_axes, key in zip(axes, keys):
-        others = [k for k in keys if k != key]
-        pairs = [value_of(job, key) for job in done]
-        scale, xs, ticks = _axis([p[0] for p in pairs], [p[1] for p in pairs])
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for i, job in enumerate(done):
-            groups.setdefault(tuple(f"{k}={job.overrides.get(k)}" for k in others), []).append(i)
-        average = len(groups) * len(attacks) > MAX_LINES_PER_PANEL
-        if average:
-            groups = {("mean over " + ", ".join(others),): list(range(len(done)))}
-        for ax, (metric, label) in zip(row_axes, panels):
-            for name in attacks:
-                for group, members in groups.items():
-                    points: dict[float, list[float]] = {}
-                    for i in members:
-                        entry = done[i].results["attacks"].get(name)
-                        value = ((entry or {}).get("pooled") or {}).get(metric)
-                        if _is_number(value):
-                            points.setdefault(xs[i], []).append(float(value))
-                    if not points:
-                        continue
-                    px = sorted(points)
-                    py = [sum(points[x]) / len(points[x]) for x in px]
-                    suffix = f" ({', '.join(group)})" if group and (len(groups) > 1 or average) else ""
-                    ax.plot(px, py, marker="o", lw=1.5, label=f"{name}{suffix}")
-            if metric == "auc":
-                ax.axhline(0.5, ls="--", color="grey", lw=1, label="chance")
-            elif _fpr_of(metric) is not None:
-                ax.axhline(_fpr_of(metric), ls="--", color="grey", lw=1, label="chance")
-            if scale == "log":
-                ax.set_xscale("log")
-            elif scale == "linear" and len(set(xs)) <= 10:
-                ax.set_xticks(sorted(set(xs)))
-            elif scale == "category":
-                long = max(len(t) for t in ticks) > 8
-                ax.set_xticks(range(len(ticks)))
-                ax.set_xlim(-0.5, len(ticks) - 0.5)
-                ax.set_xticklabels(ticks, rotation=30 if long else 0, ha="right" if long else "center")
-            ax.set_xlabel(key)
-            ax.set_ylabel(label)
-            ax.set_title(f"{label} vs {key}")
-            ax.grid(True, alpha=0.3)
-        row_axes[-1].legend(fontsize="small", loc="best")
-    if title:
-        fig.suptitle(title)
-    return fig
 
 
 def write_sweep_summary(sweep_dir: str | Path) -> SweepSummary:
@@ -401,10 +321,12 @@ def write_sweep_summary(sweep_dir: str | Path) -> SweepSummary:
         fh.write(_csv_text(columns, rows))
     with atomic_open(md_path, "w") as fh:
         fh.write(_markdown_text(sweep_dir, columns, rows, jobs, keys))
+    from mia_torch.report.plots import save_figure
+    from mia_torch.report.sweep_plot import sweep_figure
+
     figure_path = None
     fig = sweep_figure(jobs, title=f"{sweep_dir}: " + (f"swept {', '.join(keys)}" if keys else "nothing swept"))
     if fig is not None:
-        from mia_torch.report.plots import save_figure
 
         figure_path = save_figure(fig, sweep_dir / FIGURE_NAME)
     return SweepSummary(sweep_dir=sweep_dir, csv=csv_path, markdown=md_path, figure=figure_path, columns=columns,

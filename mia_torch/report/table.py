@@ -1,95 +1,129 @@
-"""Short aligned text table summarising the attacks of a run."""
+"""The printed summary of a run: targets, one table row per attack, footnotes, slices, sanity."""
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Sequence
 
-__all__ = ["format_summary"]
+from mia_torch.report.types import RELIABLE_FALSE_POSITIVES, RocMetrics, RunResults, reported_values
 
-_TPR_KEY = re.compile(r"^tpr@(.+)fpr$")
-_DEFAULT_TARGETS = (0.01, 0.001)
+__all__ = ["format_summary", "format_table", "tpr_mark", "UNRELIABLE_MARK", "UNRESOLVABLE_MARK"]
 
-
-def _interval(row: Mapping[str, Any], key: str) -> tuple[float, float] | None:
-    for container in ("intervals", "ci"):
-        ci = row.get(container)
-        if isinstance(ci, Mapping) and key in ci and ci[key] is not None:
-            low, high = ci[key]
-            return float(low), float(high)
-    value = row.get(f"{key}_ci")
-    if value is not None:
-        low, high = value
-        return float(low), float(high)
-    return None
+#: Appended to a TPR@FPR whose FPR is below 10/N (N non-members): fewer than 10 false positives.
+UNRELIABLE_MARK = "*"
+#: Appended instead when the FPR is below 1/N: the TPR at zero false positives.
+UNRESOLVABLE_MARK = "**"
 
 
-def _fmt(value: Any, ci: tuple[float, float] | None, *, percent: bool) -> str:
-    scale, unit, digits = (100.0, "%", 2) if percent else (1.0, "", 3)
+def _percent(value: float, digits: int = 2) -> str:
+    return "nan" if not math.isfinite(value) else f"{100.0 * value:.{digits}f}%"
 
-    def num(x: float) -> str:
-        if x is None or not math.isfinite(float(x)):
-            return "nan"
-        return f"{float(x) * scale:.{digits}f}{unit}"
 
-    if value is None:
+def _number(value: float, fmt: str = ".3f") -> str:
+    return "nan" if not math.isfinite(value) else format(value, fmt)
+
+
+def _auc_cell(m: RocMetrics) -> str:
+    if "auc" not in m.ci:
+        return _number(m.auc)
+    low, high = m.ci["auc"]
+    return f"{_number(m.auc)} [{_number(low)}, {_number(high)}]"
+
+
+def tpr_mark(metrics: RocMetrics, fpr: float) -> str:
+    """``**`` when ``fpr`` is below 1/N, ``*`` when below 10/N, else empty (N non-members)."""
+    if not metrics.is_resolvable(fpr):
+        return UNRESOLVABLE_MARK
+    return "" if metrics.is_reliable(fpr) else UNRELIABLE_MARK
+
+
+def _tpr_cell(m: RocMetrics, fpr: float) -> str:
+    if fpr not in m.tpr:
         return "-"
-    if isinstance(value, Mapping):  # aggregated across targets: {"mean", "std"}
-        if "mean" not in value:
-            return "-"
-        return f"{num(value['mean'])} ± {num(value.get('std', 0.0))}"
-    text = num(value)
-    if ci is not None:
-        text += f" [{num(ci[0])}, {num(ci[1])}]"
+    text = _percent(m.tpr[fpr]) + tpr_mark(m, fpr)
+    if fpr in m.tpr_exact_ci:
+        low, high = m.tpr_exact_ci[fpr]
+        text += f" [{_percent(low)[:-1]}, {_percent(high)[:-1]}]"
     return text
 
 
-def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Aligned text table: attack, AUC (with CI), TPR at each FPR target, balanced acc.
-
-    Each row is a mapping with ``attack`` (or ``name``) and the metrics of
-    :func:`~mia_torch.metrics.membership_metrics`, either at the top level or under
-    ``metrics``. Optional confidence intervals come from ``intervals`` / ``ci`` (a dict
-    ``{key: (low, high)}`` as from ``bootstrap_intervals``) or ``auc_ci``; the AUC is
-    then shown as ``0.712 [0.701, 0.723]``. A metric given as ``{"mean", "std"}`` (from
-    ``aggregate``) prints as ``mean ± std``. TPR columns are in percent, one per
-    ``tpr@<t>fpr`` key present (highest FPR first). Missing values print as ``-``.
-    """
-    targets: set[float] = set()
-    prepared = []
-    for i, row in enumerate(rows):
-        name = row.get("attack", row.get("name", f"attack {i}"))
-        metrics = row.get("metrics", row)
-        if not isinstance(metrics, Mapping):
-            raise ValueError(f"row {i}: 'metrics' must be a mapping")
-        for key in metrics:
-            m = _TPR_KEY.match(str(key))
-            if m:
-                try:
-                    targets.add(float(m.group(1)))
-                except ValueError:
-                    pass
-        prepared.append((str(name), metrics, row))
-    ordered = sorted(targets or _DEFAULT_TARGETS, reverse=True)
-
-    header = ["attack", "AUC"] + [f"TPR@{t * 100:g}%FPR" for t in ordered] + ["bal. acc"]
+def format_table(results: RunResults) -> str:
+    """Aligned table, one row per attack (pooled over targets): AUC with its bootstrap interval,
+    TPR at each FPR target with its Clopper–Pearson interval (marked when unreliable), balanced
+    accuracy, and each reported per-attack field."""
+    fprs: list[float] = []
+    for attack in results.attacks.values():
+        fprs += [f for f in attack.pooled.tpr if f not in fprs]
+    fprs.sort(reverse=True)
+    extra: dict[str, str] = {}
+    for attack in results.attacks.values():
+        extra.update({k: label for k, (label, _, _) in reported_values(attack).items()})
+    header = ["attack", "AUC [95% CI]"] + [f"TPR@{100 * f:g}%FPR [95% CI]" for f in fprs] + ["bal. acc"]
+    header += list(extra.values())
     table = [header]
-    for name, metrics, row in prepared:
-        ci = _interval(row, "auc") or (_interval(metrics, "auc") if metrics is not row else None)
-        cells = [name, _fmt(metrics.get("auc"), ci, percent=False)]
-        for t in ordered:
-            cells.append(_fmt(metrics.get(f"tpr@{t:g}fpr"), None, percent=True))
-        cells.append(_fmt(metrics.get("balanced_accuracy"), None, percent=False))
-        table.append(cells)
-
+    for name, attack in results.attacks.items():
+        values = reported_values(attack)
+        row = [name, _auc_cell(attack.pooled)] + [_tpr_cell(attack.pooled, f) for f in fprs]
+        row.append(_number(attack.pooled.balanced_accuracy))
+        row += [_number(values[k][2], values[k][1]) if k in values else "-" for k in extra]
+        table.append(row)
     widths = [max(len(r[c]) for r in table) for c in range(len(header))]
 
-    def line(cells: list[str]) -> str:
-        parts = [cells[0].ljust(widths[0])]
-        parts += [cell.rjust(w) for cell, w in zip(cells[1:], widths[1:])]
-        return "  ".join(parts).rstrip()
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
 
-    lines = [line(header), "  ".join("-" * w for w in widths)]
-    lines += [line(r) for r in table[1:]]
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in table[1:]])
+
+
+def _footnotes(results: RunResults) -> list[str]:
+    pooled = [a.pooled for a in results.attacks.values()]
+    if not pooled:
+        return []
+    n = min(m.num_nonmembers for m in pooled)
+    reference = min(pooled, key=lambda m: m.num_nonmembers)
+    lines = [f"resolvable FPR: 1/N = {_percent(reference.resolvable_fpr, 3)} with N = {n} non-members "
+             f"(pooled over {len(results.target_ids)} target(s)); intervals: AUC bootstrap, "
+             f"TPR Clopper-Pearson on the {reference.num_members} members"]
+    if any(not m.is_reliable(f) for m in pooled for f in m.tpr):
+        lines.append(f"{UNRELIABLE_MARK} unreliable: FPR below {RELIABLE_FALSE_POSITIVES}/N = "
+                     f"{_percent(reference.reliable_fpr, 3)} (fewer than {RELIABLE_FALSE_POSITIVES} false positives)")
+    if any(not m.is_resolvable(f) for m in pooled for f in m.tpr):
+        lines.append(f"{UNRESOLVABLE_MARK} below the resolvable FPR 1/N = {_percent(reference.resolvable_fpr, 3)}: "
+                     f"not measurable with N non-members; this is the TPR at zero false positives")
+    return lines
+
+
+def _slices_line(results: RunResults) -> list[str]:
+    name = results.strongest_attack()
+    attack = results.attacks.get(name) if name else None
+    if attack is None or not attack.slices:
+        return []
+    parts = []
+    exposed = attack.most_exposed_class()
+    if exposed is not None:
+        parts.append(f"most exposed class {exposed.name.removeprefix('class=')} (AUC {_number(exposed.metrics.auc)} "
+                     f"vs {_number(attack.pooled.auc)} overall, {exposed.num_members} members)")
+    for piece in attack.slices:
+        if piece.kind == "classification" and piece.metrics is not None:
+            parts.append(f"{piece.name} AUC {_number(piece.metrics.auc)}")
+    lines = [f"slices ({name}, the strongest attack): " + "; ".join(parts or ["none evaluated"])]
+    skipped = [s for s in attack.slices if s.skipped]
+    if skipped:
+        lines.append("  skipped slices: " + "; ".join(f"{s.name}: {s.skipped}" for s in skipped))
+    return lines
+
+
+def format_summary(results: RunResults) -> str:
+    """The summary printed at the end of a run (also what the README shows)."""
+    lines = []
+    for target, info in results.targets.items():
+        values = reported_values(info).values()
+        lines.append(f"target {target}: " + ", ".join(f"{label} {_number(v, fmt)}" for label, fmt, v in values))
+    lines.append(format_table(results))
+    lines += _footnotes(results)
+    lines += _slices_line(results)
+    checked = {n: a.sanity for n, a in results.attacks.items() if a.sanity is not None}
+    if checked:
+        failed = [n for n, s in checked.items() if not s.chance_in_ci]
+        lines.append("sanity (untrained target, AUC should be 0.5): "
+                     + ("ok" if not failed else f"0.5 OUTSIDE THE 99% INTERVAL for {', '.join(failed)}"))
     return "\n".join(lines)

@@ -1,27 +1,21 @@
-"""TensorBoard report of one run: model scalars, attack metrics, ROC figure, PR curves,
-score histograms and hyperparameters, all in a single run directory.
+"""TensorBoard report of one run, read from its typed results: model, target and attack
+scalars, slice metrics, figures, PR curves, score histograms and hyperparameters, all in a
+single run directory.
 """
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mia_torch.metrics.roc import (
-    auc_score,
-    average_ranks,
-    membership_metrics,
-    roc_curve,
-    validate_scores_labels,
-)
+from mia_torch.metrics.roc import average_ranks, tpr_key, validate_scores_labels
+from mia_torch.report.types import RocMetrics, RunResults, reported_values
 
-from .plots import figure_to_array, roc_figure
-
-__all__ = ["flatten_hparams", "rank_scale", "write_report"]
+__all__ = ["flatten_hparams", "rank_scale", "summary_metrics", "write_report"]
 
 HParamValue = str | float | int | bool
 
@@ -80,94 +74,98 @@ def rank_scale(scores: Any) -> np.ndarray:
     return (average_ranks(s) - 1.0) / (s.size - 1.0)
 
 
+def roc_scalars(metrics: RocMetrics) -> dict[str, float]:
+    """The scalars of one ROC: AUC, advantage, balanced accuracy, TPR at each FPR, resolvable FPR."""
+    return {"auc": metrics.auc, "advantage": metrics.advantage, "balanced_accuracy": metrics.balanced_accuracy,
+            **{tpr_key(f): v for f, v in metrics.tpr.items()}, "resolvable_fpr": metrics.resolvable_fpr}
+
+
+def summary_metrics(results: RunResults) -> dict[str, float]:
+    """Headline numbers for the HParams view: each attack's pooled AUC and TPRs, the targets' mean accuracy."""
+    out: dict[str, float] = {}
+    for name, attack in results.attacks.items():
+        out[f"hparam/{name}/auc"] = attack.pooled.auc
+        out.update({f"hparam/{name}/{tpr_key(f)}": v for f, v in attack.pooled.tpr.items()})
+    for key in ("train_acc", "test_acc"):
+        value = results.mean_over_targets(key)
+        if value is not None:
+            out[f"hparam/target_{key}"] = value
+    return out
+
+
 def write_report(
     log_dir: str | os.PathLike,
+    results: RunResults,
     *,
-    model_metrics: Sequence[Mapping[str, Any]],
-    attacks: Mapping[str, Mapping[str, Any]],
+    pooled_scores: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    images: Mapping[str, np.ndarray],
     hparams: Mapping[str, Any],
-    summary_metrics: Mapping[str, float],
 ) -> Path:
     """Write the run's TensorBoard report into one run directory ``log_dir``.
 
-    Writes, at step 0 unless noted: ``model/<i>/<key>`` for each numeric entry of each
-    ``model_metrics`` dict (lists such as ``epoch_train_loss`` as curves with step =
-    epoch, starting at 1); ``attack/<name>/<key>`` for each numeric metric of each
-    attack (``attacks[name]`` holds ``scores``, ``labels`` and ``metrics``; metrics are
-    computed if missing); the image ``roc`` (all attacks, log-log and linear); PR curves
-    ``pr/<name>`` on rank-scaled scores; histograms ``scores/<name>/member`` and
-    ``scores/<name>/nonmember``; and the hparams summaries (``hparams`` flattened with
-    :func:`flatten_hparams`, metrics = ``summary_metrics``, whose values are also written
-    as scalars unless already present) so the HParams view compares runs of a sweep.
-    Flushes and closes the writer; returns ``log_dir``.
+    Scalars (step 0 unless noted): ``model/<i>/<key>`` for each numeric entry of
+    ``results.models`` (lists such as ``epoch_train_loss`` as curves with step = epoch,
+    from 1); ``target/<t>/<field>`` for each reported field of each target;
+    ``attack/<name>/<metric>`` for each attack's pooled metrics (see :func:`roc_scalars`),
+    its reported fields and ``sanity_auc``; ``slice/<name>/<slice>/auc`` and
+    ``.../tpr@<f>fpr`` for each evaluated slice. Images: each entry of ``images`` (``uint8[H, W, 3]``) under its key.
+    PR curves ``pr/<name>`` on rank-scaled scores and histograms ``scores/<name>/member``
+    and ``.../nonmember`` from ``pooled_scores[name] = (scores, members)``. HParams:
+    ``hparams`` flattened (:func:`flatten_hparams`) with :func:`summary_metrics` as its
+    metrics. Flushes and closes the writer; returns ``log_dir``.
     """
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     log_dir = Path(log_dir)
-    prepared: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
-    for name, attack in attacks.items():
-        if "scores" not in attack or "labels" not in attack:
-            raise ValueError(f"attack {name!r} needs 'scores' and 'labels'")
-        scores, labels = validate_scores_labels(attack["scores"], attack["labels"])
-        metrics = attack.get("metrics")
-        if metrics is None:
-            metrics = membership_metrics(scores, labels)
-        prepared[str(name)] = (scores, labels, dict(metrics))
+    checked = {str(name): validate_scores_labels(*pair) for name, pair in pooled_scores.items()}
     flat_hparams = flatten_hparams(hparams)
-    metric_dict: dict[str, float] = {}
-    for key, value in summary_metrics.items():
-        v = _scalar_value(value)
-        if v is None:
-            raise ValueError(f"summary metric {key!r} must be a real number, got {value!r}")
-        metric_dict[str(key)] = v
-
+    metric_dict = summary_metrics(results)
     log_dir.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(log_dir=str(log_dir))
     written: set[str] = set()
 
-    def scalar(tag: str, value: float, step: int = 0) -> None:
-        writer.add_scalar(tag, value, global_step=step)
-        written.add(tag)
+    def scalar(tag: str, value: Any, step: int = 0) -> None:
+        v = _scalar_value(value)
+        if v is not None:
+            writer.add_scalar(tag, v, global_step=step)
+            written.add(tag)
 
     try:
-        for idx, entry in enumerate(model_metrics):
+        for idx, entry in enumerate(results.models):
             model_id = entry.get("model", idx)
             for key, value in entry.items():
-                if key == "model":
-                    continue
-                tag = f"model/{model_id}/{key}"
-                v = _scalar_value(value)
-                if v is not None:
-                    scalar(tag, v)
-                elif isinstance(value, (list, tuple, np.ndarray)):
+                if key != "model" and isinstance(value, (list, tuple, np.ndarray)):
                     for epoch, ev in enumerate(value, start=1):
-                        fv = _scalar_value(ev)
-                        if fv is not None:
-                            scalar(tag, fv, epoch)
-
-        curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-        for name, (scores, labels, metrics) in prepared.items():
-            for key, value in metrics.items():
-                v = _scalar_value(value)
-                if v is not None:
-                    scalar(f"attack/{name}/{key}", v)
-            fpr, tpr, _ = roc_curve(scores, labels)
-            auc = _scalar_value(metrics.get("auc"))
-            curves[name] = (fpr, tpr, auc if auc is not None else auc_score(fpr, tpr))
-            writer.add_pr_curve(f"pr/{name}", labels, rank_scale(scores), global_step=0)
-            writer.add_histogram(f"scores/{name}/member", scores[labels], global_step=0)
-            writer.add_histogram(f"scores/{name}/nonmember", scores[~labels], global_step=0)
-
-        if curves:
-            fig = roc_figure(curves, title=f"ROC, {len(curves)} attack(s)")
-            writer.add_image("roc", figure_to_array(fig), global_step=0, dataformats="HWC")
+                        scalar(f"model/{model_id}/{key}", ev, epoch)
+                elif key != "model":
+                    scalar(f"model/{model_id}/{key}", value)
+        for target, info in results.targets.items():
+            for key, (_, _, value) in reported_values(info).items():
+                scalar(f"target/{target}/{key}", value)
+        for name, attack in results.attacks.items():
+            for key, value in roc_scalars(attack.pooled).items():
+                scalar(f"attack/{name}/{key}", value)
+            for key, (_, _, value) in reported_values(attack).items():
+                scalar(f"attack/{name}/{key}", value)
+            if attack.sanity is not None:
+                scalar(f"attack/{name}/sanity_auc", attack.sanity.auc)
+            for piece in attack.slices:
+                if piece.metrics is not None:
+                    scalar(f"slice/{name}/{piece.name}/auc", piece.metrics.auc)
+                    for fpr, value in piece.metrics.tpr.items():
+                        scalar(f"slice/{name}/{piece.name}/{tpr_key(fpr)}", value)
+        for name, (scores, members) in checked.items():
+            writer.add_pr_curve(f"pr/{name}", members, rank_scale(scores), global_step=0)
+            writer.add_histogram(f"scores/{name}/member", scores[members], global_step=0)
+            writer.add_histogram(f"scores/{name}/nonmember", scores[~members], global_step=0)
+        for tag, image in images.items():
+            writer.add_image(tag, image, global_step=0, dataformats="HWC")
 
         exp, ssi, sei = hparams_summary(flat_hparams, metric_dict)
         file_writer = writer._get_file_writer()
-        file_writer.add_summary(exp)
-        file_writer.add_summary(ssi)
-        file_writer.add_summary(sei)
+        for summary in (exp, ssi, sei):
+            file_writer.add_summary(summary)
         for key, value in metric_dict.items():
             if key not in written and math.isfinite(value):
                 scalar(key, value)

@@ -36,7 +36,7 @@ def collect_logits(
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         views = torch.cat([apply_query(xb, q) for q in queries])
-        if device.type == "cuda":
+        if device.type == "cuda" and views.ndim == 4:  # images: NHWC
             views = views.contiguous(memory_format=torch.channels_last)
         with autocast(device):
             logits = model(views)

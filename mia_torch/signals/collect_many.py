@@ -70,7 +70,7 @@ def _collect_vmap(
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
         views = torch.cat([apply_query(xb, q) for q in queries])
-        if device.type == "cuda":
+        if device.type == "cuda" and views.ndim == 4:  # images: NHWC
             views = views.contiguous(memory_format=torch.channels_last)
         logits = batched(params, buffers, views)  # [K, Q * b, C]
         logits = logits.view(len(models), num_queries, len(xb), -1).transpose(1, 2)

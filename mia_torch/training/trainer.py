@@ -69,9 +69,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total, steps_per_epoch))
 
 
+#: On CPU, oneDNN's NHWC weight gradient of a strided 1x1 conv with fewer input channels
+#: than its channel block (8 with AVX2, 16 with AVX-512) writes past its workspace: heap
+#: corruption or wrong gradients (uxlfoundation/oneDNN#6035; e.g. ResNet-18 with width < 16).
+_CPU_NHWC_MIN_STRIDED_1X1_CHANNELS = 16
+
+
+def _cpu_nhwc_unsafe(conv: nn.modules.conv._ConvNd) -> bool:
+    return (all(k == 1 for k in conv.kernel_size) and any(s > 1 for s in conv.stride)
+            and conv.in_channels // conv.groups < _CPU_NHWC_MIN_STRIDED_1X1_CHANNELS)
+
+
 def use_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
-    """NHWC for conv nets on images: tensor cores on CUDA, and oneDNN's much faster pool/norm kernels on CPU."""
-    return x.ndim == 4 and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    """NHWC for conv nets on images: tensor cores on CUDA, and oneDNN's much faster pool/norm kernels on CPU.
+
+    Not on CPU for a model with a narrow strided 1x1 conv, whose NHWC backward oneDNN gets wrong.
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    if x.ndim != 4 or not convs:
+        return False
+    return x.device.type != "cpu" or not any(_cpu_nhwc_unsafe(c) for c in convs)
 
 
 @torch.no_grad()

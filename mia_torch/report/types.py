@@ -1,0 +1,309 @@
+"""The typed results of a run: what ``results.json`` holds, made once, read by every report.
+
+:class:`RunResults` is built by the pipeline from :func:`mia_torch.evaluation.evaluate_attacks`
+and read by the printed summary, ``results.json`` (:meth:`~Record.to_dict` /
+:meth:`~Record.from_dict`), TensorBoard, the sweep summary and ``mia-reproduce``::
+
+    RunResults
+      targets: {target id: TargetResult}            accuracy, loss (and later ECE, ε spent, ...)
+      attacks: {name: AttackEvaluation}
+        per_target: [TargetAttackMetrics]           RocMetrics + target id + calibrated threshold, fitted knobs
+        mean:       {metric: MeanStd}               mean ± std over targets
+        pooled:     RocMetrics                      all targets' examples together (+ the ROC curve)
+        sanity:     SanityCheck | None              an untrained target must score AUC 0.5
+        slices:     [SliceResult]                   per class, correctly vs incorrectly classified
+
+Adding a quantity is adding a field: a field made with :func:`reported` on
+:class:`TargetResult` or :class:`AttackEvaluation` is written to ``results.json``, printed in
+the summary, logged to TensorBoard and added as a sweep summary column with no further code.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+import numpy as np
+
+from mia_torch.metrics.roc import tpr_key
+from mia_torch.report.record import Record
+
+__all__ = [
+    "RELIABLE_FALSE_POSITIVES",
+    "AttackEvaluation",
+    "Interval",
+    "MeanStd",
+    "RocCurve",
+    "RocMetrics",
+    "RunResults",
+    "SanityCheck",
+    "SliceResult",
+    "TargetAttackMetrics",
+    "TargetResult",
+    "fpr_of_key",
+    "reported",
+    "reported_values",
+]
+
+#: A TPR at FPR f is marked unreliable when fewer than this many false positives are
+#: allowed at f, i.e. when f < RELIABLE_FALSE_POSITIVES / (number of non-members).
+RELIABLE_FALSE_POSITIVES = 10
+
+Interval = tuple[float, float]
+
+
+def reported(label: str, *, fmt: str = ".3f") -> Any:
+    """A field (default ``None``) that the summary, TensorBoard and the sweep summary show.
+
+    ``label`` is its name in the printed summary, ``fmt`` its format there (e.g. ``".2%"``).
+    Its value must be a number or ``None`` (not measured).
+    """
+    return field(default=None, metadata={"label": label, "fmt": fmt})
+
+
+def reported_values(record: Any) -> dict[str, tuple[str, str, float]]:
+    """``{field name: (label, fmt, value)}`` of the :func:`reported` fields of ``record`` that hold a number."""
+    out = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if "label" in f.metadata and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f.name] = (f.metadata["label"], f.metadata["fmt"], float(value))
+    return out
+
+
+# ------------------------------------------------------------------ one ROC
+
+
+@dataclass
+class RocCurve:
+    """One ROC curve: ``fpr``, ``tpr`` (and ``thresholds``) as from :func:`mia_torch.metrics.roc_curve`."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+
+
+@dataclass
+class RocMetrics(Record):
+    """Metrics of one ROC: one attack on one set of members and non-members.
+
+    ``tpr`` maps each FPR target to the TPR there (the best TPR with FPR <= target);
+    ``ci`` holds percentile bootstrap intervals (``auc``, ``advantage``, ``tpr@<f>fpr``;
+    empty without bootstrap) and ``tpr_exact_ci`` Clopper–Pearson intervals of each TPR,
+    both at level ``confidence``. The Clopper–Pearson interval treats the threshold as
+    fixed: it covers the members' sampling error only. In ``results.json`` the TPRs are
+    keys ``tpr@<f>fpr``; ``resolvable_fpr`` (1/N for N non-members), ``reliable_fpr``
+    (10/N), ``unreliable`` (the TPR keys whose FPR is below ``reliable_fpr``) and
+    ``unresolvable`` (those below ``resolvable_fpr``: the TPR at zero false positives) are
+    written for readers and recomputed when read.
+    """
+
+    auc: float
+    advantage: float
+    balanced_accuracy: float
+    balanced_accuracy_threshold: str
+    num_members: int
+    num_nonmembers: int
+    tpr: dict[float, float]
+    ci: dict[str, Interval] = field(default_factory=dict)
+    tpr_exact_ci: dict[float, Interval] = field(default_factory=dict)
+    confidence: float = 0.95
+    curve: RocCurve | None = field(default=None, repr=False, compare=False, metadata={"json": False})
+
+    @property
+    def resolvable_fpr(self) -> float:
+        """1/N: the smallest non-zero FPR that N non-members can measure."""
+        return 1.0 / self.num_nonmembers
+
+    @property
+    def reliable_fpr(self) -> float:
+        """``RELIABLE_FALSE_POSITIVES / N``: below it a TPR@FPR rests on fewer than that many false positives."""
+        return RELIABLE_FALSE_POSITIVES / self.num_nonmembers
+
+    def is_resolvable(self, fpr: float) -> bool:
+        """Whether ``fpr`` is at least 1/N; below it the TPR is the TPR at zero false positives."""
+        return fpr * self.num_nonmembers >= 1 - 1e-9
+
+    def is_reliable(self, fpr: float) -> bool:
+        """Whether the TPR at ``fpr`` rests on at least ``RELIABLE_FALSE_POSITIVES`` false positives."""
+        return fpr * self.num_nonmembers >= RELIABLE_FALSE_POSITIVES * (1 - 1e-9)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat, stable ``results.json`` layout (see the class docstring)."""
+        return {
+            "auc": self.auc,
+            "advantage": self.advantage,
+            "balanced_accuracy": self.balanced_accuracy,
+            "balanced_accuracy_threshold": self.balanced_accuracy_threshold,
+            **{tpr_key(f): v for f, v in self.tpr.items()},
+            "num_members": self.num_members,
+            "num_nonmembers": self.num_nonmembers,
+            "resolvable_fpr": self.resolvable_fpr,
+            "reliable_fpr": self.reliable_fpr,
+            "unreliable": [tpr_key(f) for f in self.tpr if not self.is_reliable(f)],
+            "unresolvable": [tpr_key(f) for f in self.tpr if not self.is_resolvable(f)],
+            "confidence": self.confidence,
+            "ci": {k: list(v) for k, v in self.ci.items()},
+            "clopper_pearson_ci": {tpr_key(f): list(v) for f, v in self.tpr_exact_ci.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, path: str = "") -> "RocMetrics":
+        """Read :meth:`to_dict`'s layout back (derived keys are recomputed, not read)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        tpr = {k[4:-3]: v for k, v in data.items() if fpr_of_key(k) is not None}
+        exact = {k[4:-3]: v for k, v in (data.get("clopper_pearson_ci") or {}).items() if fpr_of_key(k) is not None}
+        return super().from_dict({**data, "tpr": tpr, "tpr_exact_ci": exact}, path=path)
+
+
+def fpr_of_key(key: Any) -> float | None:
+    """The FPR of a TPR key: ``0.01`` for ``"tpr@0.01fpr"``, else None."""
+    if not (isinstance(key, str) and key.startswith("tpr@") and key.endswith("fpr")):
+        return None
+    try:
+        return float(key[4:-3])
+    except ValueError:
+        return None
+
+
+@dataclass(kw_only=True)
+class TargetAttackMetrics(RocMetrics):
+    """An attack's metrics on one target, with what it fitted on that target's references.
+
+    ``threshold`` is its calibrated decision threshold; ``fitted_params`` every knob it fitted
+    (e.g. RMIA's ``a`` and ``temperature``), never on the target itself.
+    """
+
+    target: int
+    threshold: float | None = None
+    fitted_params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"target": t, **metrics, "threshold": ..., "fitted_params": {...}}``."""
+        return {"target": self.target, **super().to_dict(), "threshold": self.threshold,
+                "fitted_params": dict(self.fitted_params)}
+
+
+@dataclass
+class MeanStd(Record):
+    """Mean and sample standard deviation of a metric over targets."""
+
+    mean: float
+    std: float
+
+
+@dataclass
+class SanityCheck(Record):
+    """The attack on untrained targets, which carry no membership information: AUC must be 0.5."""
+
+    auc: float
+    auc_ci: Interval
+    chance_in_ci: bool
+    confidence: float = 0.99
+
+
+@dataclass
+class SliceResult(Record):
+    """One slice of the pooled examples (``kind`` ``class`` or ``classification``).
+
+    ``name`` is ``class=<c>``, ``correct`` or ``misclassified`` (by the target, identity
+    query). ``metrics`` is None when the slice was ``skipped`` (the reason).
+    """
+
+    name: str
+    kind: str
+    num_members: int
+    num_nonmembers: int
+    metrics: RocMetrics | None = None
+    skipped: str | None = None
+
+
+# ------------------------------------------------------------------ per attack, per target, per run
+
+
+@dataclass
+class AttackEvaluation(Record):
+    """Everything measured about one attack. Add per-attack quantities as :func:`reported` fields."""
+
+    per_target: list[TargetAttackMetrics]
+    mean: dict[str, MeanStd]
+    pooled: RocMetrics
+    sanity: SanityCheck | None = None
+    slices: list[SliceResult] = field(default_factory=list)
+
+    def slice(self, name: str) -> SliceResult | None:
+        """The slice called ``name`` (e.g. ``class=3``), or None."""
+        return next((s for s in self.slices if s.name == name), None)
+
+    def most_exposed_class(self) -> SliceResult | None:
+        """The evaluated class slice with the highest AUC, or None when no class slice was evaluated."""
+        classes = [s for s in self.slices if s.kind == "class" and s.metrics is not None]
+        return max(classes, key=lambda s: s.metrics.auc, default=None)
+
+
+@dataclass
+class TargetResult(Record):
+    """What is known about one target model. Add per-target quantities as :func:`reported` fields."""
+
+    train_acc: float | None = reported("train acc")
+    test_acc: float | None = reported("test acc")
+    train_loss: float | None = None
+    test_loss: float | None = None
+    stopped_epoch: int | None = reported("stopped at epoch", fmt=".0f")  # train.early_stopping
+    best_epoch: int | None = None  # the epoch whose weights early stopping restored
+    dp_epsilon: float | None = reported("DP epsilon", fmt=".2f")  # defense=dpsgd: spent (null when infinite)
+    dp_epsilon_target: float | None = None
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = None
+
+
+@dataclass
+class RunResults(Record):
+    """Everything ``results.json`` holds. Keys this version does not know are kept in ``extra``."""
+
+    config: dict[str, Any]
+    versions: dict[str, Any]
+    dataset: dict[str, Any]
+    target_ids: list[int]
+    targets: dict[int, TargetResult]
+    models: list[dict[str, Any]]
+    trained_models: list[int]
+    reused_models: list[int]
+    corrupt_artifacts: list[str]
+    seconds: float
+    attacks: dict[str, AttackEvaluation]
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"json": False})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``results.json`` layout: the fields in order, then the ``extra`` keys."""
+        return {**super().to_dict(), **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, path: str = "results.json") -> "RunResults":
+        """Read a ``results.json`` dict; raises ``ValueError`` naming a missing or malformed key."""
+        out = super().from_dict(data, path=path)
+        known = {f.name for f in fields(cls)}
+        out.extra = {k: v for k, v in data.items() if k not in known}
+        return out
+
+    def strongest_attack(self) -> str | None:
+        """The attack with the highest pooled TPR at the lowest reliable FPR target (ties: AUC).
+
+        Without a reliable FPR target (too few non-members), the one with the highest pooled
+        AUC. None when the run has no attacks.
+        """
+        if not self.attacks:
+            return None
+        pooled = {name: a.pooled for name, a in self.attacks.items()}
+        reliable = [f for f in next(iter(pooled.values())).tpr if all(m.is_reliable(f) for m in pooled.values())]
+        if not reliable:
+            return max(pooled, key=lambda n: pooled[n].auc)
+        fpr = min(reliable)
+        return max(pooled, key=lambda n: (pooled[n].tpr.get(fpr, -1.0), pooled[n].auc))
+
+    def mean_over_targets(self, name: str) -> float | None:
+        """Mean of the :class:`TargetResult` field ``name`` over the targets that have it."""
+        values = [getattr(t, name, None) for t in self.targets.values()]
+        values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        return sum(values) / len(values) if values else None
