@@ -197,6 +197,6 @@ def test_every_shipped_target_is_accepted_and_foreign_modules_are_not_imported(t
 
 
 def test_reproduce_refuses_a_results_json_that_is_not_a_finished_runs(tmp_path, capsys):
-    (tmp_path / "results.json").write_text(json.dumps({"stage": "train", "trained_models": [0]}))
+    (tmp_path / "results.json").write_text(json.dumps({"stage": "train", "trained_models": [0], "config": {"seed": 0}}))
     assert _load_script().main([str(tmp_path)]) == 2
     assert "is not a finished run's results" in capsys.readouterr().err
