@@ -24,6 +24,7 @@ from mia_torch.provenance import environment_versions
 from mia_torch.report.run_report import write_run_report
 from mia_torch.settings import Settings, load_settings
 from mia_torch.signals.collect import collect_logits
+from mia_torch.signals.output import serve, serve_array
 from mia_torch.store import (
     ArtifactStore,
     array_from_bytes,
@@ -147,29 +148,33 @@ def train_stage(ctx: Context, indices: list[int]) -> list[dict[str, Any]]:
 
 
 def signals_stage(ctx: Context) -> np.ndarray:
-    """Logits ``[M, N, Q, C]`` of every model, reusing stored signals where present."""
+    """Served outputs ``[M, N, Q, C]`` of every model (see ``output``), reusing stored signals where present.
+
+    The store holds raw logits, so changing ``output`` reuses models and signals; the
+    served transform is applied after loading.
+    """
     s = ctx.settings
     rows = []
     for index in _progress(range(s.num_models), s, "signals"):
         key = signal_key(ctx, index)
         found = ctx.store.load("signals", key)
         if found is not None:
-            rows.append(array_from_bytes(found[0]))
+            rows.append(serve_array(array_from_bytes(found[0]), s.output))
             continue
         loaded = load_trained_model(ctx, index)
         model = loaded[0] if loaded is not None else train_group(ctx, [index])[0][0]
         logits = collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size, dtype=s.signals_dtype)
         array = logits.cpu().numpy()
         ctx.store.save("signals", key, array_to_bytes(array), {"model": index, "shape": list(array.shape)})
-        rows.append(array)
+        rows.append(serve_array(array, s.output))
     return np.stack(rows)
 
 
 def untrained_logits(ctx: Context, target: int) -> torch.Tensor:
-    """Logits of an untrained copy of ``target``: a model that carries no membership information."""
+    """Served output of an untrained copy of ``target``: a model that carries no membership information."""
     s = ctx.settings
     model = build_model(s, ctx.data, model_seed(s, target) + 7919).to(s.device)
-    return collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size).float()
+    return serve(collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size), s.output).float()
 
 
 @dataclass
@@ -224,10 +229,16 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
         torch.set_num_threads(settings.num_threads)
     for name, attack_cfg in settings.attacks.items():
         try:
-            hydra.utils.instantiate(attack_cfg)
+            attack = hydra.utils.instantiate(attack_cfg)
         except Exception as err:  # noqa: BLE001 - re-raised with the key that caused it
             raise ValueError(f"attack.{name} cannot be built: {err}") from err
+        if attack.needs_scores and not settings.output.serves_scores:
+            raise ValueError(
+                f"attack {name} needs the model's scores but {settings.output.describe()} serves only the "
+                "predicted label: use label-only attacks (attack=[gap,label_only]) or another output"
+            )
     data = load_dataset(**settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
+    settings.output.check_classes(data.num_classes)
     build_model(settings, data, 0)(data.x[:2])  # the architecture fits the data
     splits = make_splits(settings.num_models, len(data.y), seed=settings.seed,
                          target_ids=settings.target_ids, threat_model=settings.threat_model)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from mia_torch.data.augment import parse_queries
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.signals.collect import SIGNAL_DTYPES
+from mia_torch.signals.output import ServedOutput
 from mia_torch.training.config import TrainConfig
 from mia_torch.training.ensemble import STRATEGIES
 
@@ -47,6 +48,7 @@ class Settings:
     dataset: dict[str, Any]
     model: dict[str, Any]
     attacks: dict[str, dict[str, Any]]
+    output: ServedOutput = ServedOutput()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,4 +128,5 @@ def load_settings(cfg: DictConfig) -> Settings:
         dataset=c["dataset"],
         model=c["model"],
         attacks=c["attack"],
+        output=ServedOutput.from_config(c.get("output")),
     )

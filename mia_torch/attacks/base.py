@@ -90,10 +90,13 @@ class Attack(ABC):
     target logits. ``threshold`` is an optional decision threshold on the score scale
     (predict member when ``score >= threshold``), calibrated on reference models only;
     ``None`` when the attack has none. ``requires_references`` says whether ``fit``
-    needs at least one reference model.
+    needs at least one reference model. ``needs_scores`` says whether the attack reads
+    the served score vector (False: it works on the predicted labels alone, so it can
+    run on ``output=label``).
     """
 
     requires_references: bool = False
+    needs_scores: bool = True
     threshold: float | None = None
 
     def fit(self, ref: ReferenceSignals) -> "Attack":
