@@ -43,23 +43,25 @@ def test_changing_the_output_reuses_models_and_signals_and_saves_what_attacks_sa
 
 
 def test_label_output_run_with_label_only_attacks(tmp_path):
-    # An overfit target (30% random labels, memorised) queried under flips and shifts.
+    # An overfit target: 30% random labels, memorised. The synthetic images are random
+    # prototypes, so shifted views carry no signal; the default queries (identity, flip) do.
     results = run_experiment(tmp_path, [*TINY, "dataset.label_noise=0.3", "train.epochs=30", "num_models=8",
-                                        "target_ids=[0,1]", "output=label", "attack=[gap,label_only]", QUERIES,
+                                        "target_ids=[0,1]", "output=label", "attack=[gap,label_only]",
                                         "bootstrap=50"])
     signals = np.load(tmp_path / "run" / "signals.npy")
-    assert signals.shape[2] == len(RECOMMENDED_QUERIES)
-    # What the attacks saw is labels only: each row is one served class and one shared floor.
-    assert (np.sort(signals, axis=-1)[..., :-2] == np.sort(signals, axis=-1)[..., :1]).all()
-    gap, label_only = results["attacks"]["gap"], results["attacks"]["label_only"]
-    assert label_only["pooled"]["auc"] > 0.6
-    assert label_only["pooled"]["tpr@0.01fpr"] > gap["pooled"]["tpr@0.01fpr"] + 0.02
-    for entry in (gap, label_only):
-        assert entry["sanity"]["chance_in_ci"]
+    assert signals.shape == (8, 400, 2, 10)
+    # What the attacks saw is labels only: each row is one served class above one shared floor.
+    ordered = np.sort(signals, axis=-1)
+    assert (ordered[..., :-1] == ordered[..., :1]).all() and (ordered[..., -1] > ordered[..., 0]).all()
+    gap, label_only = results["attacks"]["gap"]["pooled"], results["attacks"]["label_only"]["pooled"]
+    assert label_only["tpr@0.01fpr"] > max(0.05, gap["tpr@0.01fpr"])
+    assert label_only["auc"] > 0.6 and gap["auc"] > 0.6
+    for name in ("gap", "label_only"):
+        assert results["attacks"][name]["sanity"]["chance_in_ci"], name
 
 
-def test_label_only_experiment_composes():
-    cfg = make_config(__import__("pathlib").Path("/nonexistent"), ["experiment=label_only"])
+def test_label_only_experiment_composes(tmp_path):
+    cfg = make_config(tmp_path, ["experiment=label_only"])
     assert cfg.output.name == "label"
     assert set(cfg.attack) == {"gap", "label_only"}
     assert list(cfg.queries) == list(RECOMMENDED_QUERIES)

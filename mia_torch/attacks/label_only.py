@@ -12,24 +12,29 @@ as well as on full logits or probabilities.
   ``k in 0..Q`` of queries whose predicted label is correct. It is calibrated per example
   on the reference models, LiRA-style.
 
-Calibration. For example n, the IN (OUT) reference models give a handful of counts. With
-few references (a typical study has 5-30 per group and example) the empirical distribution
-over Q + 1 values is mostly empty, and the counts are not binomial (the queries are
-different views, not exchangeable draws), so instead of a parametric fit (e.g.
-beta-binomial) each group's count distribution is the posterior predictive of a Dirichlet
-prior centred on that group's pooled distribution over all examples:
+Calibration. For example n, the IN (OUT) reference models give a handful of counts (a
+typical study has 5-30 per group and example). A histogram over Q + 1 values from so few
+counts is mostly empty, so, as LiRA fits a Gaussian with a per-example mean and a pooled
+variance, each group's counts are modelled by a beta-binomial distribution with a
+per-example mean and a pooled dispersion (a count of Q queries that each model gets right
+with its own probability p, p ~ Beta across models):
 
-    P(k | n) = (h_n[k] + alpha * g[k]) / (r_n + alpha)
+* mean: ``mu_n = (t_n + alpha * Q * mu) / (Q * (r_n + alpha))``, with ``t_n`` the group's
+  total correct queries on n over its ``r_n`` models, shrunk towards the group's pooled
+  mean ``mu`` (add-one smoothed) with a weight of ``alpha`` (``prior_strength``) models, so
+  it stays inside (0, 1) and every score is finite;
+* dispersion: the intra-model correlation ``rho`` from the method of moments, pooled over
+  examples: ``Var K = Q mu (1 - mu) (1 + (Q - 1) rho)``; pooled within-example variance
+  below binomial (queries of unequal difficulty) gives ``rho`` at its floor, i.e. binomial.
 
-with ``h_n[k]`` the number of the group's reference models with count k on example n,
-``r_n`` their number, ``g`` the group's pooled count distribution (add-one smoothed, so
-every probability is positive and every score finite) and ``alpha`` (``prior_strength``)
-its weight in pseudo-models. Many references make the estimate empirical; none make it
-the pooled one.
+On synthetic counts with a known per-example structure (tests/test_label_only.py) this comes
+within about 0.01 of the Bayes-optimal AUC with 8 or more references; a Dirichlet-smoothed
+per-example histogram (the nonparametric alternative) lost 0.03-0.05 there and about two
+thirds of the TPR at 1% FPR.
 
 * online: score = log P_in(k | n) - log P_out(k | n), the likelihood ratio of the target's
-  count. An example that OUT models usually get wrong but the target gets right under
-  every query scores high; one every model gets right scores about 0.
+  count. An example that OUT models often get wrong but the target gets right under every
+  query scores high; one every model gets right scores about 0.
 * offline (OUT references only): score = -log of the one-sided mid-p-value
   ``P_out(K > k | n) + P_out(K = k | n) / 2``: how surprisingly robust the target's label
   is for a model that did not train on n (the discrete counterpart of LiRA offline).
@@ -45,7 +50,9 @@ attack; ``fit`` warns. Recommended queries (flips and 1-pixel shifts)::
 """
 from __future__ import annotations
 
+import math
 import warnings
+from typing import Sequence
 
 import torch
 
@@ -100,59 +107,71 @@ class GapAttack(Attack):
         return correct_queries(logits[:, self.query], labels).to(torch.float32)
 
 
-def _pooled_prior(pooled: torch.Tensor) -> torch.Tensor:
-    """Add-one smoothed distribution ``[..., Q+1]`` from pooled count histograms ``[..., Q+1]``."""
-    return (pooled + 1.0) / (pooled.sum(-1, keepdim=True) + pooled.shape[-1])
+_RHO_MIN, _RHO_MAX = 1e-6, 1.0 - 1e-6
 
 
-def _above(x: torch.Tensor) -> torch.Tensor:
-    """``out[..., k] = sum_{j > k} x[..., j]``."""
-    return x.flip(-1).cumsum(-1).flip(-1) - x
+def _sums(counts: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Models ``r``, total count ``t`` and centred sum of squares ``ss`` per example, ``[N]`` each."""
+    r = weight.sum(0)
+    t = (weight * counts).sum(0)
+    mean = t / r.clamp(min=1.0)
+    ss = (weight * (counts - mean) ** 2).sum(0)
+    return r, t, ss
 
 
-class _Group:
-    """Count histograms of one group (IN or OUT) of reference models.
+def _leave_one_out(
+    counts: torch.Tensor, weight: torch.Tensor, r: torch.Tensor, t: torch.Tensor, ss: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sums of :func:`_sums` without model i, for every i at once: ``[R, N]`` each."""
+    r_i = r - weight
+    t_i = t - weight * counts
+    mean, mean_i = t / r.clamp(min=1.0), t_i / r_i.clamp(min=1.0)
+    # Removing x from a group with mean m (new mean m'): SS' = SS - (x - m)(x - m').
+    ss_i = torch.where(r_i > 1, (ss - weight * (counts - mean) * (counts - mean_i)).clamp(min=0.0), 0.0)
+    return r_i, t_i, ss_i
 
-    ``hist [N, Q+1]``: the group's models with each count, per example; ``size [N]``: the
-    group's models per example; ``per_model [R, Q+1]``: each model's histogram pooled over
-    examples; ``prior [Q+1]``: the group's pooled, add-one smoothed count distribution.
+
+class _BetaBinomial:
+    """Per-example beta-binomial count distributions of one group, from the sums of :func:`_sums`.
+
+    ``r``, ``t``, ``ss`` are ``[N]`` (or ``[S, N]``: S independent fits, e.g. leave-one-out
+    folds); the fitted ``a``, ``b`` have the same shape.
     """
 
-    def __init__(self, counts: torch.Tensor, mask: torch.Tensor, num_values: int) -> None:
-        weight = mask.to(torch.float64)
-        r, n = counts.shape
-        self.hist = torch.zeros(n, num_values, dtype=torch.float64, device=counts.device)
-        self.hist.scatter_add_(1, counts.T, weight.T)
-        self.size = weight.sum(0)
-        self.per_model = torch.zeros(r, num_values, dtype=torch.float64, device=counts.device)
-        self.per_model.scatter_add_(1, counts, weight)
-        self.prior = _pooled_prior(self.per_model.sum(0))
-
-    @property
-    def total(self) -> int:
-        """Number of (model, example) observations in the group."""
-        return int(self.size.sum())
-
-    def log_prob(self, k: torch.Tensor, alpha: float, *, tail: bool, own: torch.Tensor | None = None) -> torch.Tensor:
-        """log P(k | n), or of the mid-p tail ``P(K > k) + P(K = k) / 2``, for counts ``k [S, N]``.
-
-        With ``own`` (bool ``[R, N]``; then ``k`` is ``[R, N]``, the references' own counts),
-        row r leaves model r out of the statistics that score it (leave-one-out).
-        """
-        hist = self.hist.T.gather(0, k)  # [S, N]
-        above = _above(self.hist).T.gather(0, k)
-        size = self.size.expand_as(hist)
-        prior = self.prior.expand(k.shape[0], -1)
-        if own is not None:
-            w = own.to(torch.float64)
-            hist, size = hist - w, size - w  # a model's own count k sits in hist[k], never above it
-            prior = _pooled_prior(self.per_model.sum(0) - self.per_model)
-        g = prior.gather(1, k)
-        if tail:
-            numerator = above + 0.5 * hist + alpha * (_above(prior).gather(1, k) + 0.5 * g)
+    def __init__(self, r: torch.Tensor, t: torch.Tensor, ss: torch.Tensor, *, num_queries: int, alpha: float):
+        q = float(num_queries)
+        pooled = (t.sum(-1, keepdim=True) + 1.0) / (q * r.sum(-1, keepdim=True) + 2.0)
+        mean = (t + alpha * q * pooled) / (q * (r + alpha))
+        m = t / (q * r.clamp(min=1.0))
+        binomial_ss = ((r - 1.0).clamp(min=0.0) * q * m * (1.0 - m)).sum(-1, keepdim=True)
+        ratio = ss.sum(-1, keepdim=True) / binomial_ss.clamp(min=1e-12)
+        if num_queries > 1:
+            rho = torch.where(binomial_ss > 0, (ratio - 1.0) / (q - 1.0), _RHO_MIN).clamp(_RHO_MIN, _RHO_MAX)
         else:
-            numerator = hist + alpha * g
-        return torch.log(numerator) - torch.log(size + alpha)
+            rho = torch.full_like(ratio, _RHO_MIN)  # one query: Bernoulli(mean), whatever rho
+        concentration = 1.0 / rho - 1.0
+        self.num_queries = num_queries
+        self.a, self.b = mean * concentration, (1.0 - mean) * concentration
+
+    def log_pmf(self, k: torch.Tensor) -> torch.Tensor:
+        """log P(K = k) for counts ``k`` broadcastable to the fitted shape."""
+        q, a, b = float(self.num_queries), self.a, self.b
+        k = k.to(a.dtype)
+        log_choose = math.lgamma(q + 1.0) - torch.lgamma(k + 1.0) - torch.lgamma(q - k + 1.0)
+        return log_choose + _log_beta(k + a, q - k + b) - _log_beta(a, b)
+
+    def log_mid_p(self, k: torch.Tensor) -> torch.Tensor:
+        """log of the one-sided mid-p-value ``P(K > k) + P(K = k) / 2``."""
+        k = k.to(self.a.dtype)
+        total = torch.zeros(torch.broadcast_shapes(k.shape, self.a.shape), dtype=self.a.dtype, device=self.a.device)
+        for j in range(self.num_queries + 1):
+            weight = torch.where(k < j, 1.0, torch.where(k == j, 0.5, 0.0))
+            total = total + weight * self.log_pmf(torch.full_like(k, j)).exp()
+        return torch.log(total)
+
+
+def _log_beta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
 
 
 class LabelOnlyAttack(Attack):
@@ -161,8 +180,8 @@ class LabelOnlyAttack(Attack):
     Args:
         online: likelihood ratio of IN and OUT count distributions (True) or the one-sided
             OUT-only test (False).
-        prior_strength: alpha > 0, the weight in pseudo-models of the pooled count
-            distribution in each example's estimate (default 1).
+        prior_strength: alpha > 0, the weight (in reference models) of the group's pooled
+            mean in each example's mean (default 1).
         calibrate_threshold: compute the leave-one-out decision threshold in ``fit``.
     """
 
@@ -174,11 +193,11 @@ class LabelOnlyAttack(Attack):
         self.prior_strength = float(check_number("prior_strength", prior_strength, low=0.0, low_open=True))
         self.calibrate_threshold = bool(check_choice("calibrate_threshold", calibrate_threshold, (True, False)))
         self.threshold: float | None = None
-        self._groups: tuple[_Group, _Group] | None = None
+        self._fits: tuple[_BetaBinomial, _BetaBinomial] | None = None
         self._score_online = self.online
 
     def fit(self, ref: ReferenceSignals) -> "LabelOnlyAttack":
-        """Count histograms per example from the references; optionally calibrate ``threshold``."""
+        """Fit per-example IN and OUT count distributions on the references; optionally calibrate ``threshold``."""
         ref = self._check_references(ref)
         num_queries = int(ref.logits.shape[2])
         if num_queries == 1:
@@ -187,48 +206,52 @@ class LabelOnlyAttack(Attack):
                 f"query several augmentations, e.g. queries=[{','.join(RECOMMENDED_QUERIES)}]",
                 stacklevel=2,
             )
-        counts = correct_counts(ref.logits, ref.labels[None, :, None])  # [R, N]
-        groups = (_Group(counts, ref.keep, num_queries + 1), _Group(counts, ~ref.keep, num_queries + 1))
-        self._groups = groups
-        self._num_examples = ref.num_examples
-        self._num_queries = num_queries
+        counts = correct_counts(ref.logits, ref.labels[None, :, None]).double()  # [R, N]
+        self._num_examples, self._num_queries = ref.num_examples, num_queries
+        self._fits = tuple(self._fit(_sums(counts, w), num_queries) for w in (ref.keep.double(), (~ref.keep).double()))
         self._score_online = self.online
-        if self.online and groups[0].total == 0:
+        if self.online and int(ref.keep.sum()) == 0:
             warnings.warn("label_only online: no reference model trained on any example; using the offline score")
             self._score_online = False
         self.threshold = None
         if self.calibrate_threshold and ref.num_models >= 2:
-            self.threshold = balanced_accuracy_threshold(self._scores(counts, own=ref.keep), ref.keep)
+            self.threshold = balanced_accuracy_threshold(self._scores(counts, self._folds(counts, ref.keep)), ref.keep)
         return self
 
-    def _scores(self, k: torch.Tensor, own: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores ``[S, N]`` of counts ``k [S, N]`` (leave-one-out when ``own`` is the references' keep)."""
-        group_in, group_out = self._groups
-        a = self.prior_strength
+    def _fit(self, sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor], num_queries: int) -> _BetaBinomial:
+        return _BetaBinomial(*sums, num_queries=num_queries, alpha=self.prior_strength)
+
+    def _folds(self, counts: torch.Tensor, keep: torch.Tensor) -> tuple[_BetaBinomial, _BetaBinomial]:
+        """(IN, OUT) fits without each reference model in turn (closed form): parameters ``[R, N]``."""
+        num_queries = int(self._num_queries)
+        return tuple(  # type: ignore[return-value]
+            self._fit(_leave_one_out(counts, w, *_sums(counts, w)), num_queries)
+            for w in (keep.double(), (~keep).double())
+        )
+
+    def _scores(self, counts: torch.Tensor, fits: Sequence[_BetaBinomial]) -> torch.Tensor:
+        """Scores of ``counts`` under the (IN, OUT) fits, float32, shaped like the broadcast of both."""
+        fit_in, fit_out = fits
         if not self._score_online:
-            own_out = None if own is None else ~own
-            return (-group_out.log_prob(k, a, tail=True, own=own_out)).to(torch.float32)
-        log_in = group_in.log_prob(k, a, tail=False, own=own)
-        log_out = group_out.log_prob(k, a, tail=False, own=None if own is None else ~own)
-        return (log_in - log_out).to(torch.float32)
+            return (-fit_out.log_mid_p(counts)).to(torch.float32)
+        return (fit_in.log_pmf(counts) - fit_out.log_pmf(counts)).to(torch.float32)
 
     def reference_scores(self, ref: ReferenceSignals) -> torch.Tensor:
         """Leave-one-out scores float32 ``[R, N]``: each reference model scored as the target
-        against the other R - 1 (closed form, all folds at once; refits on ``ref``)."""
+        against fits on the other R - 1 (closed form, all folds at once); needs ``fit``."""
+        if self._fits is None:
+            raise RuntimeError("LabelOnlyAttack used before fit")
         if ref.num_models < 2:
             raise ValueError("reference_scores needs at least two reference models")
-        fitted = LabelOnlyAttack(self.online, self.prior_strength, calibrate_threshold=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fit already warned about these signals
-            fitted.fit(ref)
-        return fitted._scores(correct_counts(ref.logits, ref.labels[None, :, None]), own=ref.keep)
+        counts = correct_counts(ref.logits, ref.labels[None, :, None]).double()
+        return self._scores(counts, self._folds(counts, ref.keep))
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Target scores, float32 ``[N]``, higher = member."""
-        if self._groups is None:
+        if self._fits is None:
             raise RuntimeError("LabelOnlyAttack.score called before fit")
         logits, labels = check_target(logits, labels, self._num_examples)
         if logits.shape[1] != self._num_queries:
             raise ValueError(f"target has Q = {logits.shape[1]} queries but the references had Q = {self._num_queries}")
-        k = correct_counts(logits, labels[:, None]).to(self._groups[0].hist.device)
-        return self._scores(k[None])[0].to(logits.device)
+        counts = correct_counts(logits, labels[:, None]).double().to(self._fits[0].a.device)
+        return self._scores(counts, self._fits).to(logits.device)
