@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom
+from scipy.stats import betabinom, binom
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from mia_torch.attacks import GapAttack, LabelOnlyAttack, ReferenceSignals
@@ -114,6 +114,22 @@ def test_leave_one_out_scores_match_explicit_refits(online):
         explicit = LabelOnlyAttack(online=online, prior_strength=0.5, calibrate_threshold=False).fit(sub)
         torch.testing.assert_close(fast[r], explicit.score(ref.logits[r], labels))
     assert attack.threshold is not None and math.isfinite(attack.threshold)
+
+
+def test_count_model_matches_scipy_beta_binomial():
+    from mia_torch.attacks.label_only import _BetaBinomial
+
+    g = torch.Generator().manual_seed(10)
+    q, n = 8, 500
+    r = torch.randint(0, 12, (n,), generator=g).double()
+    t = (torch.rand(n, generator=g, dtype=torch.float64) * q * r).round()
+    fit = _BetaBinomial(r, t, torch.rand(n, generator=g, dtype=torch.float64) * 10 * r, num_queries=q, alpha=1.0)
+    k = torch.randint(0, q + 1, (n,), generator=g).double()
+    a, b, kk = fit.a.numpy(), fit.b.numpy(), k.numpy()
+    assert (a > 0).all() and (b > 0).all()
+    np.testing.assert_allclose(fit.log_pmf(k).numpy(), betabinom.logpmf(kk, q, a, b), rtol=1e-9, atol=1e-9)
+    mid_p = betabinom.sf(kk, q, a, b) + 0.5 * betabinom.pmf(kk, q, a, b)
+    np.testing.assert_allclose(fit.log_mid_p(k).numpy(), np.log(mid_p), rtol=1e-7, atol=1e-7)
 
 
 def test_single_query_warns_and_names_the_recommended_queries():

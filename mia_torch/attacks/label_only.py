@@ -161,14 +161,17 @@ class _BetaBinomial:
         return log_choose + _log_beta(k + a, q - k + b) - _log_beta(a, b)
 
     def log_mid_p(self, k: torch.Tensor) -> torch.Tensor:
-        """log of the one-sided mid-p-value ``P(K > k) + P(K = k) / 2``."""
-        k = k.to(self.a.dtype)
-        total = torch.zeros(torch.broadcast_shapes(k.shape, self.a.shape), dtype=self.a.dtype, device=self.a.device)
-        for j in range(self.num_queries + 1):
-            weight = torch.where(k < j, 1.0, torch.where(k == j, 0.5, 0.0))
-            total = total + weight * self.log_pmf(torch.full_like(k, j)).exp()
-        return torch.log(total)
-
+        """log of the one-sided mid-p-value ``P(K > k) + P(K = k) / 2``, summed in log space."""
+        q, a, b = self.num_queries, self.a, self.b
+        k = k.to(a.dtype)
+        log_p = _log_beta(a, q + b) - _log_beta(a, b)  # log P(K = 0)
+        total = torch.full(torch.broadcast_shapes(k.shape, a.shape), -math.inf, dtype=a.dtype, device=a.device)
+        for j in range(q + 1):
+            weight = torch.where(k < j, 0.0, torch.where(k == j, math.log(0.5), -math.inf))
+            total = torch.logaddexp(total, log_p + weight)
+            if j < q:  # P(K = j + 1) / P(K = j) = (Q - j)(j + a) / ((j + 1)(Q - j - 1 + b))
+                log_p = log_p + torch.log((q - j) * (j + a)) - torch.log((j + 1) * (q - j - 1 + b))
+        return total
 
 def _log_beta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
