@@ -29,6 +29,7 @@ from mia_torch.report.run_report import write_run_report
 from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.settings import Settings, check_attacks, check_writable, load_settings
 from mia_torch.signals.collect import collect_logits
+from mia_torch.signals.output import serve, serve_array
 from mia_torch.store import (
     ArtifactStore,
     array_from_bytes,
@@ -158,7 +159,11 @@ def _model_for_signals(ctx: Context, index: int) -> torch.nn.Module:
 
 
 def signals_stage(ctx: Context) -> np.ndarray:
-    """Logits ``[M, N, Q, C]`` of every model, reusing stored signals where present."""
+    """Served outputs ``[M, N, Q, C]`` of every model (see ``output``), reusing stored signals where present.
+
+    The store holds raw logits, so changing ``output`` reuses models and signals; the
+    served transform is applied after loading.
+    """
     s = ctx.settings
     num_examples = len(ctx.data.y)
 
@@ -189,14 +194,14 @@ def signals_stage(ctx: Context) -> np.ndarray:
             if found is None:
                 raise RuntimeError(f"signals of model {index} vanished from the store {ctx.store.root}")
             rows[index] = found[0]
-    return np.stack([rows[index] for index in range(s.num_models)])
+    return np.stack([serve_array(rows[index], s.output) for index in range(s.num_models)])
 
 
 def untrained_logits(ctx: Context, target: int) -> torch.Tensor:
-    """Logits of an untrained copy of ``target``: a model that carries no membership information."""
+    """Served output of an untrained copy of ``target``: a model that carries no membership information."""
     s = ctx.settings
     model = build_model(s, ctx.data, model_seed(s, target) + 7919).to(s.device)
-    return collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size).float()
+    return serve(collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size), s.output).float()
 
 
 @dataclass
@@ -263,6 +268,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     check_writable(settings.store_dir, key="store_dir")
     check_writable(run_dir, key="hydra.run.dir")
     data = load_dataset(**settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
+    settings.output.check_classes(data.num_classes)
     build_model(settings, data, 0)(data.x[:2])  # the architecture fits the data
     splits = make_splits(settings.num_models, len(data.y), seed=settings.seed,
                          target_ids=settings.target_ids, threat_model=settings.threat_model)
