@@ -30,6 +30,7 @@ from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.settings import Settings, check_attacks, check_writable, load_settings
 from mia_torch.signals.collect import collect_logits
 from mia_torch.signals.collect_many import collect_logits_many
+from mia_torch.signals.output import serve, serve_array
 from mia_torch.store import (
     ArtifactStore,
     array_from_bytes,
@@ -206,10 +207,12 @@ def _model_for_signals(ctx: Context, index: int) -> torch.nn.Module:
 
 
 def signals_stage(ctx: Context) -> np.ndarray:
-    """Logits ``[M, N, Q, C]`` of every model, reusing stored signals where present.
+    """Served outputs ``[M, N, Q, C]`` of every model (see ``output``), reusing stored signals where present.
 
-    Missing signals are collected ``parallel_models`` models at a time where the strategy
-    is vmap (CUDA: one batched forward for all of them), one model at a time otherwise.
+    The store holds raw logits, so changing ``output`` reuses models and signals; the
+    served transform is applied after loading. Missing logits are collected
+    ``parallel_models`` models at a time where the strategy is vmap (CUDA: one batched
+    forward for all of them), one model at a time otherwise.
     """
     s = ctx.settings
     num_examples = len(ctx.data.y)
@@ -242,14 +245,14 @@ def signals_stage(ctx: Context) -> np.ndarray:
             if found is None:
                 raise RuntimeError(f"signals of model {index} vanished from the store {ctx.store.root}")
             rows[index] = found[0]
-    return np.stack([rows[index] for index in range(s.num_models)])
+    return np.stack([serve_array(rows[index], s.output) for index in range(s.num_models)])
 
 
 def untrained_logits(ctx: Context, target: int) -> torch.Tensor:
-    """Logits of an untrained copy of ``target``: a model that carries no membership information."""
+    """Served output of an untrained copy of ``target``: a model that carries no membership information."""
     s = ctx.settings
     model = build_model(s, ctx.data, model_seed(s, target) + 7919, private=is_private(s, target)).to(s.device)
-    return collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size).float()
+    return serve(collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size), s.output).float()
 
 
 @dataclass
@@ -318,6 +321,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     check_writable(settings.store_dir, key="store_dir")
     check_writable(run_dir, key="hydra.run.dir")
     data = load_dataset(**settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
+    settings.output.check_classes(data.num_classes)
     build_model(settings, data, 0, private=settings.defense.private)(data.x[:2])  # fits the data (and DP-SGD)
     splits = make_splits(settings.num_models, len(data.y), seed=settings.seed,
                          target_ids=settings.target_ids, threat_model=settings.threat_model)

@@ -19,6 +19,7 @@ from mia_torch.data.augment import parse_queries
 from mia_torch.data.datasets import dataset_kind
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.signals.collect import SIGNAL_DTYPES
+from mia_torch.signals.output import ServedOutput
 from mia_torch.training.config import AUGMENT_ALIASES, TrainConfig
 from mia_torch.training.dp import DefenseConfig
 from mia_torch.training.stacking import STRATEGIES
@@ -60,6 +61,7 @@ class Settings:
     dataset: dict[str, Any]
     model: dict[str, Any]
     attacks: dict[str, dict[str, Any]]
+    output: ServedOutput = ServedOutput()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -148,6 +150,13 @@ def build_attack(name: str, attack_cfg: Any) -> Attack:
 def check_attacks(settings: "Settings") -> dict[str, Attack]:
     """Build every configured attack (naming ``attack.<name>`` on error) and check it suits the threat model."""
     attacks = {name: build_attack(name, cfg) for name, cfg in settings.attacks.items()}
+    if not settings.output.serves_scores:
+        for name, attack in attacks.items():
+            if attack.needs_scores:
+                raise ValueError(
+                    f"attack {name} needs the model's scores but {settings.output.describe()} serves only the "
+                    "predicted label: use label-only attacks (attack=[gap,label_only]) or another output"
+                )
     if settings.threat_model == "disjoint":
         online = [name for name, attack in attacks.items() if attack.needs_in_references]
         if online:
@@ -237,6 +246,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         dataset=c["dataset"],
         model=c["model"],
         attacks=c["attack"],
+        output=ServedOutput.from_config(c.get("output")),
     )
 
 

@@ -5,6 +5,7 @@ higher = more likely member, and is built from ``configs/attack/<name>.yaml`` by
 ``hydra.utils.instantiate``.
 """
 from mia_torch.attacks.base import Attack, ReferenceSignals, balanced_accuracy_threshold, roc_auc
+from mia_torch.attacks.label_only import GapAttack, LabelOnlyAttack
 from mia_torch.attacks.lira import LiRA
 from mia_torch.attacks.population import PopulationAttack
 from mia_torch.attacks.rmia import RMIA
@@ -19,6 +20,8 @@ __all__ = [
     "ShokriAttack",
     "LiRA",
     "RMIA",
+    "GapAttack",
+    "LabelOnlyAttack",
     "balanced_accuracy_threshold",
     "roc_auc",
 ]

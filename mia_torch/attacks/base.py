@@ -93,11 +93,14 @@ class Attack(ABC):
     optional decision threshold on the score scale (predict member when
     ``score >= threshold``), calibrated on reference models only; ``None`` when the
     attack has none. ``requires_references`` says whether ``fit`` needs at least one
-    reference model. Every knob ``fit`` chooses from data is chosen on the reference
+    reference model. ``needs_scores`` says whether the attack reads the served score
+    vector (False: it works on the predicted labels alone, so it can run on
+    ``output=label``). Every knob ``fit`` chooses from data is chosen on the reference
     models only and reported by :meth:`fitted_params`.
     """
 
     requires_references: bool = False
+    needs_scores: bool = True
     threshold: float | None = None
 
     @property
