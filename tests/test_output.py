@@ -75,8 +75,8 @@ def test_top1_of_a_confident_model_keeps_the_confidence_and_the_loss_of_correct_
     z = random_logits(300, 1, 10, scale=8.0, seed=3)
     labels = z.argmax(-1)  # every prediction correct
     served = serve(z, out(name="topk", k=1))
-    loss_served = STATISTICS["loss"](served, labels)
-    loss_true = STATISTICS["loss"](z, labels)
+    loss_served = STATISTICS["loss"].function(served, labels)
+    loss_true = STATISTICS["loss"].function(z, labels)
     assert loss_true.min() < 1e-4 < loss_true.max()  # confident and less confident predictions
     torch.testing.assert_close(loss_served, loss_true, rtol=1e-3, atol=1e-6)  # float32 statistics
 
@@ -116,8 +116,8 @@ def test_every_statistic_is_finite_and_the_prediction_kept(config):
     served = serve(z.half() if config["name"] == "round" else z, out(**config))
     assert torch.isfinite(served).all()
     labels = torch.randint(0, 10, (200, 1), generator=torch.Generator().manual_seed(0))
-    for name, fn in STATISTICS.items():
-        assert torch.isfinite(fn(served, labels)).all(), name
+    for name, statistic in STATISTICS.items():
+        assert torch.isfinite(statistic.function(served, labels)).all(), name
     if config["name"] in ("topk", "label"):  # the served top class is the model's prediction
         assert torch.equal(served[2:].argmax(-1), z[2:].argmax(-1))
 
