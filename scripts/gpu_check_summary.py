@@ -134,7 +134,7 @@ def study_summary(work: Path) -> dict[str, Any] | None:
     for name, entry in results.get("attacks", {}).items():
         pooled = entry.get("pooled", {})
         attacks[name] = {"auc": pooled.get("auc"), **{k: pooled.get(k) for k, _ in TPR_KEYS}}
-        if "sanity" in entry:
+        if entry.get("sanity"):  # null when the run had sanity_check=false
             attacks[name]["sanity_ok"] = entry["sanity"].get("chance_in_ci")
     config = results.get("config", {})
     return {

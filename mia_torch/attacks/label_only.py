@@ -100,11 +100,11 @@ class GapAttack(Attack):
         self.threshold = 1.0
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Target scores in {0, 1}, float32 ``[N]``, higher = member."""
+        """Target scores in {0, 1}, float64 ``[N]``, higher = member."""
         logits, labels = check_target(logits, labels)
         if self.query >= logits.shape[1]:
             raise ValueError(f"query={self.query} is out of range: the signals have {logits.shape[1]} queries")
-        return correct_queries(logits[:, self.query], labels).to(torch.float32)
+        return correct_queries(logits[:, self.query], labels).to(torch.float64)
 
 
 _RHO_MIN, _RHO_MAX = 1e-6, 1.0 - 1e-6
@@ -233,14 +233,14 @@ class LabelOnlyAttack(Attack):
         )
 
     def _scores(self, counts: torch.Tensor, fits: Sequence[_BetaBinomial]) -> torch.Tensor:
-        """Scores of ``counts`` under the (IN, OUT) fits, float32, shaped like the broadcast of both."""
+        """Scores of ``counts`` under the (IN, OUT) fits, float64, shaped like the broadcast of both."""
         fit_in, fit_out = fits
         if not self._score_online:
-            return (-fit_out.log_mid_p(counts)).to(torch.float32)
-        return (fit_in.log_pmf(counts) - fit_out.log_pmf(counts)).to(torch.float32)
+            return (-fit_out.log_mid_p(counts)).to(torch.float64)
+        return (fit_in.log_pmf(counts) - fit_out.log_pmf(counts)).to(torch.float64)
 
     def reference_scores(self, ref: ReferenceSignals) -> torch.Tensor:
-        """Leave-one-out scores float32 ``[R, N]``: each reference model scored as the target
+        """Leave-one-out scores float64 ``[R, N]``: each reference model scored as the target
         against fits on the other R - 1 (closed form, all folds at once); needs ``fit``."""
         if self._fits is None:
             raise RuntimeError("LabelOnlyAttack used before fit")
@@ -250,7 +250,7 @@ class LabelOnlyAttack(Attack):
         return self._scores(counts, self._folds(counts, ref.keep))
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Target scores, float32 ``[N]``, higher = member."""
+        """Target scores, float64 ``[N]``, higher = member."""
         if self._fits is None:
             raise RuntimeError("LabelOnlyAttack.score called before fit")
         logits, labels = check_target(logits, labels, self._num_examples)
