@@ -57,6 +57,9 @@ class CodeScope:
 #: transform applied before storing) on top of the model's own key, which a signal key
 #: includes. ``signals/stats.py`` is left out: it derives statistics from stored logits.
 #:
+#: Both cover ``compute.py``, the evaluation batch size and autocast policy that training
+#: and querying share.
+#:
 #: Not covered, on purpose: ``attacks/``, ``metrics/``, ``report/`` and ``evaluation.py``
 #: read stored artifacts and never change a model or its logits, so editing them reuses
 #: every model. ``pipeline.py`` is not covered either (it mostly wires attacks and the
@@ -64,10 +67,10 @@ class CodeScope:
 #: so training logic belongs in ``training/`` where it counts.
 ARTIFACT_CODE: dict[str, CodeScope] = {
     "models": CodeScope(
-        include=("training/**/*.py", "models/**/*.py", "data/**/*.py"),
+        include=("training/**/*.py", "models/**/*.py", "data/**/*.py", "compute.py"),
         exclude=("data/datasets.py", "data/tabular.py", "data/splits.py"),
     ),
-    "signals": CodeScope(include=("signals/**/*.py",), exclude=("signals/stats.py",)),
+    "signals": CodeScope(include=("signals/**/*.py", "compute.py"), exclude=("signals/stats.py",)),
 }
 
 _CHUNK = 1 << 24  # bytes hashed per task: large enough to amortise, small enough to spread over threads

@@ -18,7 +18,7 @@ from mia_torch import __version__
 from mia_torch.atomic import atomic_write_bytes
 from mia_torch.attacks.base import Attack, ReferenceSignals
 from mia_torch.data.datasets import Dataset, describe_dataset, load_dataset
-from mia_torch.data.splits import Splits, make_splits
+from mia_torch.data.splits import Splits, carve_validation, make_splits
 from mia_torch.data.validate import check_training_sets
 from mia_torch.evaluation import evaluate_attacks, save_scores
 from mia_torch.fingerprint import code_digest, dataset_digest
@@ -29,6 +29,7 @@ from mia_torch.report.run_report import write_run_report
 from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.settings import Settings, check_attacks, check_writable, load_settings
 from mia_torch.signals.collect import collect_logits
+from mia_torch.signals.collect_many import collect_logits_many
 from mia_torch.signals.output import serve, serve_array
 from mia_torch.store import (
     ArtifactStore,
@@ -38,7 +39,10 @@ from mia_torch.store import (
     state_dict_from_bytes,
     state_dict_to_bytes,
 )
-from mia_torch.training.ensemble import resolve_strategy, train_models
+from mia_torch.training.dp import make_private_compatible, train_private
+from mia_torch.training.ensemble import train_models
+from mia_torch.training.stacking import resolve_strategy
+from mia_torch.training.trainer import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +60,20 @@ class Context:
     reused: list[int] = field(default_factory=list)
 
 
-def build_model(settings: Settings, data: Dataset, seed: int) -> torch.nn.Module:
-    """Instantiate the configured architecture with a seeded initialisation."""
+def build_model(settings: Settings, data: Dataset, seed: int, *, private: bool = False) -> torch.nn.Module:
+    """Instantiate the configured architecture with a seeded initialisation.
+
+    ``private`` (a DP-SGD-trained model) makes it DP-compatible (GroupNorm for BatchNorm),
+    both to train it and to rebuild it for loading its saved weights.
+    """
     torch.manual_seed(seed)
-    return hydra.utils.instantiate(settings.model, input_shape=data.input_shape, num_classes=data.num_classes)
+    model = hydra.utils.instantiate(settings.model, input_shape=data.input_shape, num_classes=data.num_classes)
+    return make_private_compatible(model) if private else model
+
+
+def is_private(settings: Settings, index: int) -> bool:
+    """Whether model ``index`` is trained with DP-SGD (``defense=dpsgd``, ``defense.apply_to``)."""
+    return settings.defense.applies_to(index, settings.target_ids)
 
 
 def model_seed(settings: Settings, index: int) -> int:
@@ -75,15 +89,23 @@ def model_key(ctx: Context, index: int) -> str:
     code makes new keys, while moving a data file does not.
     """
     s = ctx.settings
-    return digest({
+    spec = {
         "data": dataset_digest(ctx.data),
         "model": s.model,
         "train": s.train.to_dict(),
-        "keep_row": digest({"row": np.flatnonzero(ctx.splits.keep[index]).tolist()}),
+        "defense": s.defense.key(len(ctx.data.y)) if is_private(s, index) else None,
+        "keep_row": _digest_row(ctx.splits.keep[index]),  # the records it trains on
         "seed": model_seed(s, index),
         "device": s.device.type,
         "code": code_digest("models"),
-    })
+    }
+    if ctx.splits.validation is not None:  # early stopping: the records it validates on
+        spec["validation_row"] = _digest_row(ctx.splits.validation[index])
+    return digest(spec)
+
+
+def _digest_row(row: np.ndarray) -> str:
+    return digest({"row": np.flatnonzero(row).tolist()})
 
 
 def signal_key(ctx: Context, index: int) -> str:
@@ -99,7 +121,7 @@ def load_trained_model(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[
     found = ctx.store.load("models", key, decode=state_dict_from_bytes)
     if found is None:
         return None
-    model = build_model(ctx.settings, ctx.data, model_seed(ctx.settings, index))
+    model = build_model(ctx.settings, ctx.data, model_seed(ctx.settings, index), private=is_private(ctx.settings, index))
     try:
         model.load_state_dict(found[0])
     except RuntimeError as err:
@@ -108,22 +130,48 @@ def load_trained_model(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[
     return model.to(ctx.settings.device).eval(), found[1]
 
 
+def _rows(ctx: Context, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Model ``index``'s training records (effective membership) and validation records (or None)."""
+    validation = ctx.splits.validation
+    return (torch.from_numpy(np.flatnonzero(ctx.splits.keep[index])),
+            None if validation is None else torch.from_numpy(np.flatnonzero(validation[index])))
+
+
+def _save_trained(ctx: Context, index: int, model: torch.nn.Module, result: TrainResult) -> None:
+    if not np.isfinite(result.metrics["train_loss"]):
+        raise FloatingPointError(
+            f"model {index} diverged (train loss {result.metrics['train_loss']}): lower train.lr or add warmup"
+        )
+    meta = {"model": index, **result.metrics}
+    ctx.store.save("models", model_key(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
+    ctx.trained.append(index)
+
+
 def train_group(ctx: Context, indices: list[int]) -> None:
-    """Train models ``indices`` together (``parallel_models`` at once) and save each to the store."""
-    s = ctx.settings
-    seeds = [model_seed(s, i) for i in indices]
-    models = [build_model(s, ctx.data, seed) for seed in seeds]
-    members = [torch.from_numpy(np.flatnonzero(ctx.splits.keep[i])) for i in indices]
-    results = train_models(models, ctx.data.x, ctx.data.y, members, s.train, seeds=seeds,
-                           x_test=ctx.data.x_test, y_test=ctx.data.y_test, strategy=s.parallel_strategy)
-    for index, model, result in zip(indices, models, results):
-        if not np.isfinite(result.metrics["train_loss"]):
-            raise FloatingPointError(
-                f"model {index} diverged (train loss {result.metrics['train_loss']}): lower train.lr or add warmup"
-            )
-        meta = {"model": index, **result.metrics}
-        ctx.store.save("models", model_key(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
-        ctx.trained.append(index)
+    """Train models ``indices`` and save each to the store.
+
+    DP-SGD models train one at a time (each saved when done); the others together
+    (``parallel_models`` at once).
+    """
+    s, data = ctx.settings, ctx.data
+    for index in [i for i in indices if is_private(s, i)]:
+        model = build_model(s, data, model_seed(s, index), private=True)
+        members, validation = _rows(ctx, index)
+        result = train_private(model, data.x, data.y, members, s.train, s.defense, seed=model_seed(s, index),
+                               delta=s.defense.delta_for(len(data.y)), val_idx=validation,
+                               x_test=data.x_test, y_test=data.y_test)
+        _save_trained(ctx, index, model, result)
+    plain = [i for i in indices if not is_private(s, i)]
+    if not plain:
+        return
+    seeds = [model_seed(s, i) for i in plain]
+    models = [build_model(s, data, seed) for seed in seeds]
+    rows = [_rows(ctx, i) for i in plain]
+    validation = None if ctx.splits.validation is None else [v for _, v in rows]
+    results = train_models(models, data.x, data.y, [m for m, _ in rows], s.train, seeds=seeds, val_idx=validation,
+                           x_test=data.x_test, y_test=data.y_test, strategy=s.parallel_strategy)
+    for index, model, result in zip(plain, models, results):
+        _save_trained(ctx, index, model, result)
 
 
 def _progress(items, settings: Settings, desc: str):
@@ -162,7 +210,9 @@ def signals_stage(ctx: Context) -> np.ndarray:
     """Served outputs ``[M, N, Q, C]`` of every model (see ``output``), reusing stored signals where present.
 
     The store holds raw logits, so changing ``output`` reuses models and signals; the
-    served transform is applied after loading.
+    served transform is applied after loading. Missing logits are collected
+    ``parallel_models`` models at a time where the strategy is vmap (CUDA: one batched
+    forward for all of them), one model at a time otherwise.
     """
     s = ctx.settings
     num_examples = len(ctx.data.y)
@@ -174,11 +224,10 @@ def signals_stage(ctx: Context) -> np.ndarray:
         return array
 
     def collect(indices: list[int]) -> None:
-        for index in indices:
-            model = _model_for_signals(ctx, index)
-            logits = collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size,
-                                    dtype=s.signals_dtype)
-            array = logits.cpu().numpy()
+        models = [_model_for_signals(ctx, index) for index in indices]
+        logits = collect_logits_many(models, ctx.data.x, s.queries, batch_size=s.signal_batch_size,
+                                     dtype=s.signals_dtype, strategy=s.parallel_strategy)
+        for index, array in zip(indices, logits.cpu().numpy()):
             ctx.store.save("signals", signal_key(ctx, index), array_to_bytes(array),
                            {"model": index, "shape": list(array.shape)})
 
@@ -188,7 +237,9 @@ def signals_stage(ctx: Context) -> np.ndarray:
     missing = {index: key for index, key in keys.items() if index not in rows}
     if missing:
         with _progress(None, s, "signals") as bar:
-            build_missing(ctx.store, "signals", missing, collect, decode=decode, on_built=bar.update)
+            batched = resolve_strategy(s.parallel_strategy, s.device, s.parallel_models) == "vmap"
+            build_missing(ctx.store, "signals", missing, collect, group=s.parallel_models if batched else 1,
+                          decode=decode, on_built=bar.update)
         for index, key in missing.items():
             found = ctx.store.load("signals", key, decode=decode)
             if found is None:
@@ -200,7 +251,7 @@ def signals_stage(ctx: Context) -> np.ndarray:
 def untrained_logits(ctx: Context, target: int) -> torch.Tensor:
     """Served output of an untrained copy of ``target``: a model that carries no membership information."""
     s = ctx.settings
-    model = build_model(s, ctx.data, model_seed(s, target) + 7919).to(s.device)
+    model = build_model(s, ctx.data, model_seed(s, target) + 7919, private=is_private(s, target)).to(s.device)
     return serve(collect_logits(model, ctx.data.x, s.queries, batch_size=s.signal_batch_size), s.output).float()
 
 
@@ -247,9 +298,11 @@ def output_dir() -> Path:
 
 
 def save_splits(ctx: Context) -> None:
-    """Write the keep matrix and evaluation mask into the run directory."""
+    """Write the keep matrix (effective membership), evaluation mask and validation carve-out into the run directory."""
     atomic_write_bytes(ctx.run_dir / "keep.npy", array_to_bytes(ctx.splits.keep))
     atomic_write_bytes(ctx.run_dir / "eval_mask.npy", array_to_bytes(ctx.splits.eval_mask))
+    if ctx.splits.validation is not None:
+        atomic_write_bytes(ctx.run_dir / "validation.npy", array_to_bytes(ctx.splits.validation))
 
 
 def prepare(cfg: DictConfig, run_dir: Path) -> Context:
@@ -269,9 +322,13 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     check_writable(run_dir, key="hydra.run.dir")
     data = load_dataset(**settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
     settings.output.check_classes(data.num_classes)
-    build_model(settings, data, 0)(data.x[:2])  # the architecture fits the data
+    build_model(settings, data, 0, private=settings.defense.private)(data.x[:2])  # fits the data (and DP-SGD)
     splits = make_splits(settings.num_models, len(data.y), seed=settings.seed,
                          target_ids=settings.target_ids, threat_model=settings.threat_model)
+    stopping = settings.train.early_stopping
+    if stopping.enabled:  # membership is what each model actually trains on: its half minus its validation
+        seeds = [model_seed(settings, m) for m in range(settings.num_models)]
+        splits = carve_validation(splits, fraction=stopping.validation_fraction, seeds=seeds)
     check_training_sets(splits.keep, source=describe_dataset(settings.dataset["name"], settings.dataset),
                         threat_model=settings.threat_model)
     return Context(settings=settings, run_dir=run_dir, data=data.to(settings.device), splits=splits,

@@ -20,8 +20,9 @@ from mia_torch.data.datasets import dataset_kind
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.signals.output import ServedOutput
-from mia_torch.training.config import TrainConfig
-from mia_torch.training.ensemble import STRATEGIES
+from mia_torch.training.config import AUGMENT_ALIASES, TrainConfig
+from mia_torch.training.dp import DefenseConfig
+from mia_torch.training.stacking import STRATEGIES
 
 STAGES = ("all", "train")
 #: The package that ships the Hydra configs (``configs/`` of a checkout, linked as ``mia_torch/conf``).
@@ -56,6 +57,7 @@ class Settings:
     parallel_models: int
     parallel_strategy: str
     train: TrainConfig
+    defense: DefenseConfig
     dataset: dict[str, Any]
     model: dict[str, Any]
     attacks: dict[str, dict[str, Any]]
@@ -215,6 +217,8 @@ def load_settings(cfg: DictConfig) -> Settings:
     train = TrainConfig.from_mapping(c["train"])
     if kind == "tabular":
         _check_no_image_augmentation(train, c["dataset"]["name"])
+    defense = DefenseConfig.from_mapping(c.get("defense"))  # runs saved before the group existed: none
+    defense.check_training(train)
     return Settings(
         seed=c["seed"],
         device=resolve_device(str(c["device"])),
@@ -238,6 +242,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         parallel_models=c["parallel_models"],
         parallel_strategy=c["parallel_strategy"],
         train=train,
+        defense=defense,
         dataset=c["dataset"],
         model=c["model"],
         attacks=c["attack"],
@@ -246,11 +251,12 @@ def load_settings(cfg: DictConfig) -> Settings:
 
 
 def _check_no_image_augmentation(train: TrainConfig, dataset: str) -> None:
-    """Random crops and flips are image augmentations: refuse them on tabular data."""
-    for key, off in (("crop_padding", 0), ("flip", "false")):
-        value = getattr(train, key)
+    """Random crops, flips and cutout are image augmentations: refuse them on tabular data (mixup is fine)."""
+    for key, off in (("crop_padding", 0), ("flip", "false"), ("cutout", 0)):
+        value = getattr(train.augment, key)
         if value:
+            also = f" (also spelled train.{key})" if key in AUGMENT_ALIASES else ""
             raise ValueError(
-                f"train.{key}={value!r} is an image augmentation, but dataset {dataset!r} is tabular: "
-                f"set train.{key}={off}"
+                f"train.augment.{key}={value!r}{also} is an image augmentation, but dataset {dataset!r} is "
+                f"tabular: set train.augment.{key}={off}"
             )

@@ -56,8 +56,10 @@ from mia_torch.atomic import atomic_open  # noqa: E402
 from mia_torch.data.augment import apply_query  # noqa: E402
 from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet  # noqa: E402
 from mia_torch.signals.collect import collect_logits  # noqa: E402
+from mia_torch.signals.collect_many import collect_logits_many  # noqa: E402
+from mia_torch.data.mixing import AugmentConfig  # noqa: E402
 from mia_torch.training.config import TrainConfig  # noqa: E402
-from mia_torch.training.ensemble import collect_logits_many, train_models  # noqa: E402
+from mia_torch.training.ensemble import train_models  # noqa: E402
 from mia_torch.training.trainer import _lr_lambda, evaluate, train_model  # noqa: E402
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -153,9 +155,9 @@ def naive_train(
     from torchvision.transforms import v2
 
     ops = []
-    if cfg.crop_padding > 0:
-        ops.append(v2.RandomCrop(x.shape[-2:], padding=cfg.crop_padding, padding_mode="reflect"))
-    if cfg.flip:
+    if cfg.augment.crop_padding > 0:
+        ops.append(v2.RandomCrop(x.shape[-2:], padding=cfg.augment.crop_padding, padding_mode="reflect"))
+    if cfg.augment.flip:
         ops.append(v2.RandomHorizontalFlip())
     dataset = AugmentedTensors(x, y, v2.Compose(ops) if ops else None)
     loader = torch.utils.data.DataLoader(
@@ -303,7 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     shape = tuple(x.shape[1:])
     padding = 4 if min(shape[1:]) >= 32 else (2 if min(shape[1:]) >= 16 else 1)
     cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, crop_padding=padding, flip=True, compile=args.compile
+        epochs=args.epochs, batch_size=args.batch_size, augment=AugmentConfig(crop_padding=padding, flip=True),
+        compile=args.compile,
     )
     torch.manual_seed(args.seed)
     proto = MODELS[args.model](input_shape=shape, num_classes=10, **args.model_args)

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mia_torch.training.ensemble as ensemble
+import mia_torch.training.stacking as stacking
 from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN
 from mia_torch.training import TrainConfig, train_model
 from mia_torch.training.ensemble import train_models
@@ -61,9 +62,9 @@ def test_vmap_mixed_precision_runs_convs_in_bf16_and_batchnorm_in_float32(factor
     """The dtypes CUDA's vmap path computes in (forced to bf16 here): convolutions forward and
     backward on bf16 input and weights, BatchNorm on float32 input, parameters and running stats."""
     models = make_models(factory, 2)
-    net = ensemble._StackedNet(models[0], torch.bfloat16)
+    net = stacking.StackedNet(models[0], torch.bfloat16)
     net.template.train()
-    params, buffers = ensemble._stack(models)
+    params, buffers = stacking.stack_models(models)
     x = torch.randn(2, 6, 3, 16, 16)
     with OpDtypes() as ops:
         out = torch.func.vmap(net, randomness="different")(net.cast(params), buffers, x)
@@ -86,7 +87,7 @@ def test_vmap_bf16_step_updates_each_models_batchnorm_statistics(images, factory
     batch (what a float32 train-mode forward of that model computes, up to bf16 rounding),
     BatchNorm's step counter advanced once, and frozen parameters (airbench's BatchNorm scales)
     untouched."""
-    monkeypatch.setattr(ensemble, "_compute_dtype", lambda device: torch.bfloat16)
+    monkeypatch.setattr(ensemble, "compute_dtype", lambda device: torch.bfloat16)
     x, y = images
     members = [torch.arange(0, 48), torch.arange(48, 96)]
     cfg = TrainConfig(epochs=1, batch_size=48, lr=0.05)
@@ -161,9 +162,9 @@ def test_vmapped_query_of_channels_last_views_equals_contiguous_views(images, fa
     models = make_models(factory, 3)
     for m in models:
         m.train()(images[0][:64])  # non-trivial running statistics
-    net = ensemble._StackedNet(models[0], None)
+    net = stacking.StackedNet(models[0], None)
     net.template.eval()
-    params, buffers = ensemble._stack(models)
+    params, buffers = stacking.stack_models(models)
     views = torch.cat([images[0][:20], images[0][:20].flip(-1)])
     batched = torch.func.vmap(net, in_dims=(0, 0, None))
     with torch.no_grad():

@@ -13,8 +13,10 @@ import mia_torch.training.ensemble as ensemble
 from mia_torch.data.augment import crop_flip, random_crop_flip
 from mia_torch.models import MLP, SmallCNN
 from mia_torch.signals.collect import collect_logits
+from mia_torch.signals.collect_many import collect_logits_many
 from mia_torch.training import TrainConfig, train_model
-from mia_torch.training.ensemble import collect_logits_many, train_models
+from mia_torch.training.ensemble import train_models
+from mia_torch.training.stacking import StackedNet, stack_models
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +163,10 @@ def test_batched_augmentation_matches_random_crop_flip(padding, flip):
     x = torch.randn(6, 2, 8, 8)
     cfg = TrainConfig(crop_padding=padding, flip=flip)
     want = random_crop_flip(x, padding=padding, flip=flip, generator=torch.Generator().manual_seed(3))
-    offsets, coins = ensemble._draws([torch.Generator().manual_seed(3)], [6], cfg, x.device)
-    got = crop_flip(x, padding=padding, offsets=offsets, flips=coins)
+    src = torch.arange(6).view(1, 6)
+    draws = ensemble._stacked_draws([torch.Generator().manual_seed(3)], [6], cfg.augment, src,
+                                    image_size=(8, 8), device=x.device)
+    got = crop_flip(x, padding=padding, offsets=draws.offsets, flips=draws.flips)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
@@ -255,9 +259,9 @@ def test_bf16_mixed_precision_with_batchnorm(digits, monkeypatch):
     ref = [
         train_model(m, x, y, i, cfg, seed=s, x_test=x[1300:], y_test=y[1300:]) for m, i, s in zip(fp32, members, [0, 1])
     ]
-    monkeypatch.setattr(ensemble, "_compute_dtype", lambda device: torch.bfloat16)
-    net = ensemble._StackedNet(init[0], torch.bfloat16)
-    params, buffers = ensemble._stack(init)
+    monkeypatch.setattr(ensemble, "compute_dtype", lambda device: torch.bfloat16)
+    net = StackedNet(init[0], torch.bfloat16)
+    params, buffers = stack_models(init)
     assert torch.func.vmap(net)(net.cast(params), buffers, x[:8].expand(2, 8, 1, 8, 8)).dtype == torch.bfloat16
     models = copy.deepcopy(init)
     results = train_models(models, x, y, members, cfg, seeds=[0, 1], x_test=x[1300:], y_test=y[1300:], strategy="vmap")

@@ -80,13 +80,13 @@ def test_cuda_mixed_precision_runs_convs_in_bf16_and_batchnorm_in_float32():
     bf16; the ensemble runs BatchNorm (cuDNN's or native) in float32; train_model's conv weights are channels_last."""
     from test_cuda_paths import OpDtypes
 
-    import mia_torch.training.ensemble as ensemble
+    import mia_torch.training.stacking as stacking
     from mia_torch.training import TrainConfig, train_model
 
     models = [_cifar_models()["resnet18"]().cuda() for _ in range(2)]
-    net = ensemble._StackedNet(models[0], ensemble._compute_dtype(torch.device("cuda")))
+    net = stacking.StackedNet(models[0], stacking.compute_dtype(torch.device("cuda")))
     net.template.train()
-    params, buffers = ensemble._stack(models)
+    params, buffers = stacking.stack_models(models)
     with OpDtypes() as ops:
         torch.func.vmap(net, randomness="different")(net.cast(params), buffers, torch.randn(2, 8, 3, 32, 32).cuda())
     convs = [d for n, d in ops.calls if "convolution" in n]

@@ -152,3 +152,65 @@ def test_small_cnn_learns_the_written_mnist_fixture(tmp_path):
 def test_small_cnn_learns_digits(tmp_path):
     acc = _fit_small_cnn(load_dataset("digits", root=tmp_path, seed=0), batch=64)
     assert acc > 0.7, acc
+
+
+DROPOUT_CASES = [
+    (SmallCNN, {"width": 8, "hidden": 32}, (1, 8, 8)),
+    (FastCifarCNN, {"widths": (8, 16, 16)}, (3, 16, 16)),
+    (ResNet18, {"width": 4}, (3, 16, 16)),
+    (WideResNet, {"depth": 10, "widen_factor": 1}, (3, 16, 16)),
+    (MLP, {"hidden_sizes": (32, 16)}, (1, 8, 8)),
+]
+
+
+@pytest.mark.parametrize(("cls", "opts", "shape"), DROPOUT_CASES, ids=lambda v: getattr(v, "__name__", ""))
+def test_dropout_zero_is_the_plain_model_and_dropout_changes_only_training(cls, opts, shape):
+    x = torch.randn(4, *shape)
+    built = {}
+    for p in (None, 0.0, 0.5):
+        torch.manual_seed(0)
+        built[p] = cls(input_shape=shape, num_classes=5, **opts, **({} if p is None else {"dropout": p}))
+    plain, zero, half = built[None], built[0.0], built[0.5]
+    assert plain.state_dict().keys() == zero.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), zero.state_dict().values()))
+    plain.eval(), half.eval()
+    with torch.no_grad():  # same initialisation; in eval mode dropout is the identity
+        torch.testing.assert_close(half(x), plain(x))
+    plain.train(), zero.train(), half.train()
+    torch.manual_seed(1)
+    torch.testing.assert_close(zero(x), plain(x), rtol=0, atol=0)  # no dropout layer, no randomness drawn
+    assert not any(isinstance(m, nn.Dropout) for m in zero.modules())
+    assert any(isinstance(m, nn.Dropout) and m.p == 0.5 for m in half.modules())
+    assert not torch.allclose(half(x), half(x))  # training: a fresh dropout mask per forward
+
+
+@pytest.mark.parametrize(("cls", "opts", "shape"), DROPOUT_CASES[:3], ids=lambda v: getattr(v, "__name__", ""))
+def test_conv_classifiers_drop_the_inputs_of_their_last_linear_layer(cls, opts, shape):
+    x = torch.randn(64, *shape)
+
+    def nonzero_inputs_of_last_linear(dropout: float) -> float:
+        torch.manual_seed(0)
+        model = cls(input_shape=shape, num_classes=5, dropout=dropout, **opts).train()
+        last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        seen = []
+        last.register_forward_hook(lambda module, inp, out: seen.append(inp[0]))
+        model(x)
+        return (seen[0] != 0).float().mean().item()
+
+    ratio = nonzero_inputs_of_last_linear(0.75) / nonzero_inputs_of_last_linear(0.0)
+    assert 0.17 < ratio < 0.33, ratio  # ~75% of the features dropped right before the output layer
+
+
+@pytest.mark.parametrize(("cls", "opts", "shape"), DROPOUT_CASES, ids=lambda v: getattr(v, "__name__", ""))
+def test_invalid_dropout_is_refused_by_name(cls, opts, shape):
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="dropout"):
+            cls(input_shape=shape, num_classes=5, dropout=bad, **opts)
+
+
+@pytest.mark.parametrize("name", sorted(INTENDED))
+def test_every_model_config_has_dropout_off_by_default(name):
+    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    assert cfg.dropout == 0.0
+    model = hydra.utils.instantiate(cfg, input_shape=INTENDED[name], num_classes=10, dropout=0.2)
+    assert any(isinstance(m, nn.Dropout) and m.p == 0.2 for m in model.modules())

@@ -24,7 +24,8 @@ from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet
 from mia_torch.settings import load_settings
 from mia_torch.signals.collect import collect_logits
 from mia_torch.training.config import TrainConfig
-from mia_torch.training.ensemble import collect_logits_many, train_models
+from mia_torch.signals.collect_many import collect_logits_many
+from mia_torch.training.ensemble import train_models
 
 POPULATION = """age,city,smoker,score,outcome
 30,a,1,1.5,no
@@ -242,6 +243,7 @@ def test_image_queries_on_tabular_data_are_refused(names):
         ("queries=[identity,flip]", "queries"),
         ("train.crop_padding=2", "train.crop_padding"),
         ("train.flip=true", "train.flip"),
+        ("train.augment.cutout=2", "train.augment.cutout"),
         ("model=small_cnn", "model=mlp"),
         ("model=resnet18", "model=mlp"),
     ],

@@ -5,15 +5,23 @@ side of the population and model ``2k + 1`` on the other half. So every example 
 for exactly half of the models (for an even number of models per side), and adding
 models never changes the rows of the models that already exist, which keeps trained
 models reusable when a study grows.
+
+With early stopping, each model holds out a validation split carved from its own half
+(:func:`carve_validation`). Those records are not trained on, so they are not members of
+that model: the keep matrix then holds the *effective* membership (what each model
+actually trained on), and ``Splits.validation`` the held-out records.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 
 THREAT_MODELS = ("shared", "disjoint")
+#: Stream tag of the validation carve-out's generator (keeps it apart from the keep matrix's draws).
+_VALIDATION_STREAM = 0x7A1
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,9 @@ class Splits:
 
     ``keep[m, n]`` says whether example ``n`` trains model ``m``. ``eval_mask[n]`` marks
     the examples a target is evaluated on. ``reference_ids[t]`` lists the models an
-    attack may use as references when model ``t`` is the target.
+    attack may use as references when model ``t`` is the target. ``validation[m, n]``
+    (None without early stopping) marks the examples of model ``m``'s half held out for
+    validation: not trained on, so ``keep[m, n]`` is False there.
     """
 
     keep: np.ndarray
@@ -30,6 +40,12 @@ class Splits:
     target_ids: tuple[int, ...]
     reference_ids: dict[int, tuple[int, ...]]
     threat_model: str
+    validation: np.ndarray | None = None
+
+    @property
+    def assigned(self) -> np.ndarray:
+        """The halves the models were dealt, before any validation carve-out: ``keep | validation``."""
+        return self.keep if self.validation is None else self.keep | self.validation
 
 
 def _paired_rows(models: list[int], side: np.ndarray, num_examples: int, seed: int, tag: int) -> dict[int, np.ndarray]:
@@ -105,3 +121,38 @@ def make_splits(
         refs = {t: tuple(shadows) for t in targets}
     keep = np.stack([rows[m] for m in range(num_models)])
     return Splits(keep=keep, eval_mask=eval_mask, target_ids=targets, reference_ids=refs, threat_model=threat_model)
+
+
+def validation_indices(members: np.ndarray, *, fraction: float, seed: int) -> np.ndarray:
+    """The sorted indices of ``members`` (a model's half) held out for validation.
+
+    ``round(fraction * len(members))`` of them, at least one and leaving at least one for
+    training, drawn by a generator seeded with ``seed`` (the model's seed): a
+    deterministic function of the model's half and its seed.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"train.early_stopping.validation_fraction={fraction!r} is invalid: expected in (0, 1)")
+    members = np.asarray(members)
+    if len(members) < 2:
+        raise ValueError(f"a model with {len(members)} training example(s) cannot hold out a validation split")
+    count = min(max(1, round(fraction * len(members))), len(members) - 1)
+    rng = np.random.default_rng([int(seed), _VALIDATION_STREAM])
+    return np.sort(members[rng.permutation(len(members))[:count]])
+
+
+def carve_validation(splits: Splits, *, fraction: float, seeds: Sequence[int]) -> Splits:
+    """``splits`` with a validation split carved from each model's half (model ``m`` seeded by ``seeds[m]``).
+
+    Returns new splits whose ``keep`` is the effective membership (the half minus its
+    validation records) and whose ``validation`` marks the held-out records; evaluation
+    mask and references are unchanged. Carving is per model and independent of every
+    other model, so the references' IN counts stay independent of a target's membership.
+    """
+    if splits.validation is not None:
+        raise ValueError("these splits already have a validation carve-out")
+    if len(seeds) != len(splits.keep):
+        raise ValueError(f"carve_validation got {len(seeds)} seeds for {len(splits.keep)} models")
+    validation = np.zeros_like(splits.keep)
+    for m, (row, seed) in enumerate(zip(splits.keep, seeds)):
+        validation[m, validation_indices(np.flatnonzero(row), fraction=fraction, seed=seed)] = True
+    return replace(splits, keep=splits.keep & ~validation, validation=validation)

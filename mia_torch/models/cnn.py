@@ -6,6 +6,13 @@ plus its own options, and returns logits ``[B, num_classes]``. Conv models take
 ``norm``: ``"batch"`` (default), ``"group"`` (GroupNorm with up to 32 groups; also
 ``"group<k>"`` for up to ``k`` groups), or ``"none"``. GroupNorm and ``none`` keep no
 batch statistics, which is what per-example-gradient DP-SGD (Opacus) needs.
+
+Every model takes ``dropout`` (default 0: no dropout layer at all, so outputs and state
+dicts are those of the model without the option), placed where common practice for the
+architecture puts it: before the last linear layer for the CNNs with a classifier head
+(SmallCNN after its hidden layer, as in the classic MNIST CNNs; FastCifarCNN and ResNet-18
+after global pooling), between the two convs of each block for Wide ResNets (Zagoruyko &
+Komodakis 2016), after each hidden layer for MLPs.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FastCifarCNN", "SmallCNN", "check_shape", "norm_layer"]
+__all__ = ["FastCifarCNN", "SmallCNN", "check_dropout", "check_shape", "dropout_layer", "norm_layer"]
 
 _GROUP_RE = re.compile(r"^group(\d+)?$")
 
@@ -43,6 +50,19 @@ def norm_layer(norm: str, channels: int) -> nn.Module:
     m = _GROUP_RE.match(norm)
     groups = math.gcd(int(m.group(1) or 32), channels)
     return nn.GroupNorm(groups, channels)
+
+
+def check_dropout(dropout: float) -> float:
+    """Validate a ``dropout`` option (a probability in [0, 1)) and return it as a float."""
+    if not isinstance(dropout, (int, float)) or not 0 <= float(dropout) < 1:
+        raise ValueError(f"model option `dropout` must be in [0, 1), got {dropout!r}")
+    return float(dropout)
+
+
+def dropout_layer(dropout: float) -> nn.Module:
+    """``nn.Dropout(dropout)``, or ``nn.Identity`` for 0 (no randomness, no change)."""
+    dropout = check_dropout(dropout)
+    return nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
 
 def check_shape(
@@ -80,7 +100,7 @@ class SmallCNN(nn.Module):
     """Two conv stages and a two-layer head, for MNIST-size (28x28) or 8x8 grayscale images.
 
     ``conv3x3(width)-norm-ReLU-maxpool2 -> conv3x3(2*width)-norm-ReLU-maxpool2 ->
-    adaptive avg pool to at most 4x4 -> Linear(hidden)-ReLU -> Linear(num_classes)``.
+    adaptive avg pool to at most 4x4 -> Linear(hidden)-ReLU[-Dropout] -> Linear(num_classes)``.
     Convs are zero-padded, so any image of at least 4x4 works (8x8 digits pool to 2x2).
     """
 
@@ -92,10 +112,12 @@ class SmallCNN(nn.Module):
         width: int = 32,
         hidden: int = 128,
         norm: str = "batch",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         (c, h, w), num_classes = check_shape(input_shape, num_classes)
         width, hidden = _ints((width, hidden), "width/hidden")
+        dropout = check_dropout(dropout)
         bias = check_norm(norm) == "none"
         pooled = (max(1, min(4, h // 4)), max(1, min(4, w // 4)))
         self.features = nn.Sequential(
@@ -109,12 +131,10 @@ class SmallCNN(nn.Module):
             nn.MaxPool2d(2, ceil_mode=True),
             nn.AdaptiveAvgPool2d(pooled),
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(2 * width * pooled[0] * pooled[1], hidden),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes),
-        )
+        head: list[nn.Module] = [nn.Flatten(), nn.Linear(2 * width * pooled[0] * pooled[1], hidden), nn.ReLU(inplace=True)]
+        if dropout > 0:  # only when asked: module indices (state dict keys) stay those of the plain model
+            head.append(nn.Dropout(dropout))
+        self.classifier = nn.Sequential(*head, nn.Linear(hidden, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
@@ -168,7 +188,8 @@ class FastCifarCNN(nn.Module):
     smoothing 0.2, Nesterov SGD with a large lr, lookahead EMA, flip + translate-2
     augmentation); :meth:`init_whitening` gives the stem the patch-whitening
     initialisation. A group skips its pool when that would leave a map under 2x2, so
-    smaller inputs (28x28, 8x8) work too.
+    smaller inputs (28x28, 8x8) work too. ``dropout`` (not in airbench) acts on the pooled
+    features before the linear layer.
     """
 
     def __init__(
@@ -181,6 +202,7 @@ class FastCifarCNN(nn.Module):
         scale: float = 1 / 9,
         stem_kernel: int = 2,
         bn_momentum: float = 0.4,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         (c, h, w), num_classes = check_shape(input_shape, num_classes)
@@ -203,12 +225,13 @@ class FastCifarCNN(nn.Module):
             cin = width
         self.groups = nn.Sequential(*groups)
         self.pool = nn.AdaptiveMaxPool2d(1)
+        self.dropout = dropout_layer(dropout)
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         x = nn.functional.gelu(self.stem(x))
         x = self.pool(self.groups(x)).flatten(1)
-        return self.head(x) * self.scale
+        return self.head(self.dropout(x)) * self.scale
 
     @torch.no_grad()
     def init_whitening(self, images: Tensor, *, eps: float = 5e-4, freeze: bool = True) -> None:

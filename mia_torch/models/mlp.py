@@ -7,7 +7,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from mia_torch.models.cnn import check_shape
+from mia_torch.models.cnn import check_dropout, check_shape
 
 __all__ = ["MLP"]
 
@@ -38,14 +38,13 @@ class MLP(nn.Module):
             raise ValueError(f"model option `hidden_sizes` must be positive integers, got {list(hidden_sizes)}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"model option `activation` must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        if not 0 <= float(dropout) < 1:
-            raise ValueError(f"model option `dropout` must be in [0, 1), got {dropout}")
+        dropout = check_dropout(dropout)
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = math.prod(shape)
         for size in sizes:
             layers += [nn.Linear(fan_in, size), _ACTIVATIONS[activation]()]
             if dropout > 0:
-                layers.append(nn.Dropout(float(dropout)))
+                layers.append(nn.Dropout(dropout))
             fan_in = size
         layers.append(nn.Linear(fan_in, num_classes))
         self.net = nn.Sequential(*layers)

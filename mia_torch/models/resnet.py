@@ -6,7 +6,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from mia_torch.models.cnn import check_norm, check_shape, norm_layer
+from mia_torch.models.cnn import check_norm, check_shape, dropout_layer, norm_layer
 
 __all__ = ["ResNet18"]
 
@@ -36,7 +36,8 @@ class ResNet18(nn.Module):
     A 3x3 stride-1 stem conv (no max pool), four stages of two basic blocks with widths
     ``width * (1, 2, 4, 8)`` (64..512 by default) and strides 1, 2, 2, 2, global average
     pooling and a linear layer. ``norm`` is ``"batch"``, ``"group"``/``"group<k>"`` or
-    ``"none"``. Any input size works (global pooling).
+    ``"none"``. Any input size works (global pooling). ``dropout`` acts on the pooled
+    features before the linear layer (the usual place when ResNets get dropout).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class ResNet18(nn.Module):
         num_classes: int,
         width: int = 64,
         norm: str = "batch",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         (c, _, _), num_classes = check_shape(input_shape, num_classes)
@@ -64,10 +66,11 @@ class ResNet18(nn.Module):
             cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = dropout_layer(dropout)
         self.fc = nn.Linear(cin, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
+        return self.fc(self.dropout(self.pool(self.blocks(self.stem(x))).flatten(1)))

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from mia_torch.models.cnn import check_norm, check_shape, norm_layer
+from mia_torch.models.cnn import check_dropout, check_norm, check_shape, dropout_layer, norm_layer
 
 __all__ = ["WideResNet"]
 
@@ -19,7 +19,7 @@ class _PreActBlock(nn.Module):
         self.norm2 = norm_layer(norm, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
         self.relu = nn.ReLU()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = dropout_layer(dropout)
         self.shortcut = None if stride == 1 and cin == cout else nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -53,13 +53,11 @@ class WideResNet(nn.Module):
         super().__init__()
         (c, _, _), num_classes = check_shape(input_shape, num_classes)
         check_norm(norm)
-        depth, widen_factor, dropout = int(depth), int(widen_factor), float(dropout)
+        depth, widen_factor, dropout = int(depth), int(widen_factor), check_dropout(dropout)
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"model option `depth` must be 6n + 4 with n >= 1 (e.g. 16, 22, 28), got {depth}")
         if widen_factor < 1:
             raise ValueError(f"model option `widen_factor` must be >= 1, got {widen_factor}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"model option `dropout` must be in [0, 1), got {dropout}")
         n = (depth - 4) // 6
         self.stem = nn.Conv2d(c, 16, 3, padding=1, bias=False)
         blocks = []

@@ -215,13 +215,19 @@ def attack_metric_keys(jobs: Sequence[SweepJob]) -> tuple[list[str], list[str]]:
     return attacks, ["auc", *tprs, *extra]
 
 
+#: Target fields that get a sweep column even when no job measured them.
+_ALWAYS_SHOWN = ("train_acc", "test_acc")
+
+
 def _target_fields(jobs: Sequence[SweepJob]) -> list[str]:
-    """Reported target fields over jobs (:class:`TargetResult`'s own first, even when not measured)."""
-    names = [f.name for f in fields(TargetResult) if "label" in f.metadata]
+    """Reported target fields over jobs (:class:`TargetResult`'s own first): the accuracies always,
+    the others (early stopping's epoch, DP-SGD's epsilon, ...) when some job measured them."""
+    measured: list[str] = []
     for job in jobs:
         for target in (job.results.targets.values() if job.results else ()):
-            names += [k for k in reported_values(target) if k not in names]
-    return names
+            measured += [k for k in reported_values(target) if k not in measured]
+    own = [f.name for f in fields(TargetResult) if "label" in f.metadata]
+    return [n for n in own if n in _ALWAYS_SHOWN or n in measured] + [n for n in measured if n not in own]
 
 
 def summary_table(jobs: Sequence[SweepJob]) -> tuple[list[str], list[dict[str, Any]], list[str]]:

@@ -250,6 +250,12 @@ class TargetResult(Record):
     test_acc: float | None = reported("test acc")
     train_loss: float | None = None
     test_loss: float | None = None
+    stopped_epoch: int | None = reported("stopped at epoch", fmt=".0f")  # train.early_stopping
+    best_epoch: int | None = None  # the epoch whose weights early stopping restored
+    dp_epsilon: float | None = reported("DP epsilon", fmt=".2f")  # defense=dpsgd: spent (null when infinite)
+    dp_epsilon_target: float | None = None
+    dp_delta: float | None = None
+    dp_noise_multiplier: float | None = None
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from mia_torch.compute import CPU_EVAL_BATCH, autocast
 from mia_torch.data.augment import apply_query
-from mia_torch.training.trainer import CPU_EVAL_BATCH
 
 SIGNAL_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -38,7 +38,7 @@ def collect_logits(
         views = torch.cat([apply_query(xb, q) for q in queries])
         if device.type == "cuda" and views.ndim == 4:  # images: NHWC
             views = views.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device):
             logits = model(views)
         logits = logits.view(num_queries, len(xb), -1).transpose(0, 1)
         if out is None:

@@ -1,12 +1,46 @@
-"""Validated training hyperparameters."""
+"""Validated training hyperparameters (the ``train`` config group)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, Optional
+
+from mia_torch.data.mixing import AugmentConfig
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "linear", "onecycle", "step", "constant")
+STOPPING_METRICS = ("loss", "acc")
+#: Older spellings of ``train.augment.*`` keys, still accepted: ``train.crop_padding``, ``train.flip``.
+AUGMENT_ALIASES = ("crop_padding", "flip")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """The ``train.early_stopping`` keys: stop when the validation metric stops improving.
+
+    The validation split is carved from each model's own training half
+    (:func:`mia_torch.data.splits.carve_validation`); those records are not trained on.
+    """
+
+    patience: Optional[int] = None  # epochs without improvement before stopping; null = no early stopping
+    metric: str = "loss"  # loss | acc, on the validation split
+    validation_fraction: float = 0.1  # share of each model's training half held out for validation
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.patience is None or (isinstance(self.patience, int) and self.patience >= 1), "patience",
+             "null (off) or an integer >= 1"),
+            (self.metric in STOPPING_METRICS, "metric", f"one of {STOPPING_METRICS}"),
+            (0 < self.validation_fraction < 1, "validation_fraction", "in (0, 1)"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ValueError(f"train.early_stopping.{key}={getattr(self, key)!r} is invalid: expected {expected}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether models hold out a validation split and stop early."""
+        return self.patience is not None
 
 
 @dataclass
@@ -23,12 +57,21 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
-    crop_padding: int = 0
-    flip: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     compile: bool = False
     eval_batch_size: int = 2048
+    # older spellings of augment.crop_padding / augment.flip; folded into `augment` (then None)
+    crop_padding: Optional[int] = None
+    flip: Optional[bool] = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, Mapping):
+            self.augment = AugmentConfig.from_mapping(self.augment)
+        if isinstance(self.early_stopping, Mapping):
+            self.early_stopping = EarlyStoppingConfig(**_known(self.early_stopping, EarlyStoppingConfig,
+                                                                 "train.early_stopping"))
+        self._fold_aliases()
         checks = [
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
@@ -39,22 +82,38 @@ class TrainConfig:
             (self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}"),
             (0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "in [0, epochs)"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
-            (self.crop_padding >= 0, "crop_padding", ">= 0"),
             (self.eval_batch_size >= 1, "eval_batch_size", ">= 1"),
         ]
         for ok, key, expected in checks:
             if not ok:
                 raise ValueError(f"train.{key}={getattr(self, key)!r} is invalid: expected {expected}")
 
+    def _fold_aliases(self) -> None:
+        for key in AUGMENT_ALIASES:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            current, default = getattr(self.augment, key), getattr(AugmentConfig(), key)
+            if current not in (default, value):
+                raise ValueError(f"train.{key}={value!r} and train.augment.{key}={current!r} disagree: "
+                                 f"set only train.augment.{key}")
+            setattr(self.augment, key, value)
+            setattr(self, key, None)
+        self.augment.__post_init__()
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "TrainConfig":
         """Build from a plain mapping, rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) train.{', train.'.join(unknown)}; valid keys: {sorted(known)}")
-        return cls(**dict(values))
+        return cls(**_known(values, cls, "train"))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict, e.g. for artifact keys."""
-        return asdict(self)
+        """Plain dict, e.g. for artifact keys (the folded older spellings left out)."""
+        return {k: v for k, v in asdict(self).items() if k not in AUGMENT_ALIASES}
+
+
+def _known(values: Mapping[str, Any], cls: type, prefix: str) -> dict[str, Any]:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {prefix}.{f', {prefix}.'.join(unknown)}; valid keys: {sorted(known)}")
+    return dict(values)

@@ -1,0 +1,159 @@
+"""Training augmentation (``train.augment``): crop, flip, cutout and mixup, on the device.
+
+Randomness comes from the model's own ``torch.Generator`` (on the data's device), drawn
+per batch in a fixed order, so that training one model and training several at once
+(:mod:`mia_torch.training.ensemble`) see the same augmentations:
+
+1. crop offsets and flip coins (:func:`~mia_torch.data.augment.draw_crop_flip`);
+2. cutout centres (DeVries & Taylor 2017, *Improved Regularization of Convolutional Neural
+   Networks with Cutout*): a ``cutout x cutout`` square at a uniformly random centre of
+   each image is set to 0 (the dataset mean of normalised data); the square may reach
+   past the border, as in the paper;
+3. the mixup partner permutation (Zhang et al. 2018, *mixup: Beyond Empirical Risk
+   Minimization*): each image is mixed with the batch's permuted image,
+   ``x = lam * x + (1 - lam) * x[perm]``, and the loss is
+   ``lam * CE(out, y) + (1 - lam) * CE(out, y[perm])``, with one ``lam ~ Beta(alpha,
+   alpha)`` per batch as in the paper's implementation. The ``lam`` of every step are
+   drawn up front from a NumPy generator seeded with the model's seed
+   (:func:`mixup_lambdas`): torch has no seeded Beta sampler, and this keeps the step
+   loop free of host synchronisation.
+
+Crop and flip are drawn exactly as before cutout and mixup existed, so configs without
+them train bitwise the same models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mia_torch.data.augment import crop_flip, draw_crop_flip
+
+__all__ = [
+    "AugmentConfig",
+    "AugmentDraws",
+    "augment_batch",
+    "cutout",
+    "draw_augment",
+    "mix",
+    "mixup_cross_entropy",
+    "mixup_lambdas",
+]
+
+#: Stream tag of the mixup coefficients' NumPy generator (keeps them apart from other seeded draws).
+_MIXUP_STREAM = 0x6D6978
+
+
+@dataclass
+class AugmentConfig:
+    """The ``train.augment`` keys: what training augmentation a model gets (all off by default)."""
+
+    crop_padding: int = 0  # random crop after reflect padding by this many pixels (0 = off)
+    flip: bool = False  # random horizontal flip
+    cutout: int = 0  # side of the square cut out of each image, in pixels (0 = off)
+    mixup_alpha: float = 0.0  # mixup's Beta(alpha, alpha) parameter (0 = off)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (isinstance(self.crop_padding, int) and self.crop_padding >= 0, "crop_padding", "an integer >= 0"),
+            (isinstance(self.flip, bool), "flip", "true or false"),
+            (isinstance(self.cutout, int) and self.cutout >= 0, "cutout", "an integer >= 0 (pixels; 0 = off)"),
+            (isinstance(self.mixup_alpha, (int, float)) and self.mixup_alpha >= 0, "mixup_alpha", ">= 0 (0 = off)"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ValueError(f"train.augment.{key}={getattr(self, key)!r} is invalid: expected {expected}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "AugmentConfig":
+        """Build from a plain mapping, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown key(s) train.augment.{', train.augment.'.join(unknown)}; valid: {sorted(known)}")
+        return cls(**dict(values))
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training mixes examples (mixup): each update then depends on pairs of examples."""
+        return self.mixup_alpha > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, e.g. for artifact keys."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AugmentDraws:
+    """The random draws of one batch: crop ``offsets [B, 2]``, ``flips [B]``, cutout ``centers [B, 2]``
+    and mixup ``partners [B]`` (each None when that augmentation is off)."""
+
+    offsets: Tensor | None
+    flips: Tensor | None
+    centers: Tensor | None
+    partners: Tensor | None
+
+
+def draw_augment(
+    batch: int, cfg: AugmentConfig, *, image_size: tuple[int, ...], generator: torch.Generator | None,
+    device: torch.device,
+) -> AugmentDraws:
+    """Draw one batch's augmentation from ``generator`` in the module's fixed order."""
+    offsets, flips = draw_crop_flip(batch, padding=cfg.crop_padding, flip=cfg.flip, generator=generator, device=device)
+    centers = None
+    if cfg.cutout:
+        if len(image_size) != 2:
+            raise ValueError(f"train.augment.cutout needs images [C, H, W], got examples of shape {image_size}")
+        rows = torch.randint(0, image_size[0], (batch,), device=device, generator=generator)
+        cols = torch.randint(0, image_size[1], (batch,), device=device, generator=generator)
+        centers = torch.stack((rows, cols), 1)
+    partners = torch.randperm(batch, device=device, generator=generator) if cfg.mixes else None
+    return AugmentDraws(offsets, flips, centers, partners)
+
+
+def cutout(x: Tensor, *, size: int, centers: Tensor) -> Tensor:
+    """Zero a ``size x size`` square centred at ``centers[b] = (row, col)`` in each image of ``[B, C, H, W]``."""
+    b, _, h, w = x.shape
+    top = (centers[:, :1] - size // 2).view(b, 1)
+    left = (centers[:, 1:] - size // 2).view(b, 1)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (rows >= top) & (rows < top + size)  # [B, H]
+    in_cols = (cols >= left) & (cols < left + size)  # [B, W]
+    return x.masked_fill(in_rows.view(b, 1, h, 1) & in_cols.view(b, 1, 1, w), 0)
+
+
+def augment_batch(x: Tensor, draws: AugmentDraws, cfg: AugmentConfig) -> Tensor:
+    """Crop, flip and cut out ``x`` as ``draws`` say (mixup is applied by :func:`mix`)."""
+    if draws.offsets is not None or draws.flips is not None:
+        if x.ndim != 4:
+            raise ValueError(f"train.augment crop/flip need images [B, C, H, W], got shape {tuple(x.shape)}")
+        x = crop_flip(x, padding=cfg.crop_padding, offsets=draws.offsets, flips=draws.flips)
+    if draws.centers is not None:
+        x = cutout(x, size=cfg.cutout, centers=draws.centers)
+    return x
+
+
+def mixup_lambdas(alpha: float, num_steps: int, *, seed: int, device: torch.device) -> Tensor:
+    """The mixup coefficient of each of ``num_steps`` steps, ``Beta(alpha, alpha)``, seeded by ``seed``."""
+    rng = np.random.default_rng([int(seed), _MIXUP_STREAM])
+    return torch.as_tensor(rng.beta(alpha, alpha, size=num_steps), dtype=torch.float32, device=device)
+
+
+def mix(x: Tensor, partners: Tensor, lam: Tensor) -> Tensor:
+    """``lam * x + (1 - lam) * x[partners]``; ``lam`` is a scalar or one value per example."""
+    lam = lam.view(-1, *([1] * (x.ndim - 1))) if lam.ndim else lam
+    return lam * x + (1 - lam) * x[partners]
+
+
+def mixup_cross_entropy(
+    logits: Tensor, y: Tensor, partners: Tensor, lam: Tensor, *, label_smoothing: float = 0.0
+) -> Tensor:
+    """Per-example mixup loss ``lam * CE(logits, y) + (1 - lam) * CE(logits, y[partners])``."""
+    own = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
+    other = F.cross_entropy(logits, y[partners], reduction="none", label_smoothing=label_smoothing)
+    return lam * own + (1 - lam) * other
