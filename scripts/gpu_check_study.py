@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             setattr(pipeline, name, timer.wrap(key, getattr(pipeline, name)))
         else:
             log.warning("mia_torch.pipeline has no %s: %s is not timed", name, key)
-    if hasattr(pipeline, "train_group"):
-        pipeline.train_group = _log_groups(pipeline.train_group, timer)
+    from mia_torch.stages import train as train_module
+
+    train_module.train_group = _log_groups(train_module.train_group, timer)
     results = pipeline.run(cfg, run_dir=args.run_dir)
     timer.extra |= {
         "total_s": results.get("seconds"),

@@ -169,7 +169,8 @@ def test_apply_to_target_trains_references_without_dp_and_reuses_them(tmp_path):
 
 
 def test_store_key_includes_every_defense_setting(tmp_path):
-    from mia_torch.pipeline import model_key, prepare
+    from mia_torch.pipeline import prepare
+    from mia_torch.stages.context import model_key
 
     def keys(*overrides: str) -> tuple[str, str]:
         ctx = prepare(make_config(tmp_path, [*TINY, *overrides]), tmp_path / "run")

@@ -72,7 +72,8 @@ def test_code_digest_returns_when_an_edit_is_undone_and_covers_the_installed_pac
 
 
 def test_an_edit_to_training_code_changes_model_and_signal_keys(tmp_path, package_copy, monkeypatch):
-    from mia_torch.pipeline import model_key, prepare, signal_key
+    from mia_torch.pipeline import prepare
+    from mia_torch.stages.context import model_key, signal_key
 
     ctx = prepare(make_config(tmp_path, TINY), tmp_path / "run")
     monkeypatch.setattr(fingerprint, "PACKAGE_DIR", package_copy)

@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 from helpers import TINY, make_config, run_experiment
 from mia_torch.attacks import RMIA, Attack, ReferenceSignals
 from mia_torch.attacks.rmia import _count_auc
-from mia_torch.pipeline import attack_stage, prepare
+from mia_torch.pipeline import prepare
+from mia_torch.stages.attacks import attack_stage
 from test_attacks import CONFIG_DIR, make_signals
 
 

@@ -211,10 +211,11 @@ def test_vmap_and_loop_stop_at_the_same_epochs(digits):
 
 
 def test_early_stopping_run_uses_each_models_effective_membership(tmp_path, monkeypatch):
-    import mia_torch.pipeline as pipeline
+    import mia_torch.stages.attacks as attack_stage
+    import mia_torch.stages.train as train_stage
 
     seen = {"train": [], "refs": []}
-    real_train, real_refs = pipeline.train_models, pipeline.ReferenceSignals
+    real_train, real_refs = train_stage.train_models, attack_stage.ReferenceSignals
 
     def spy_train(models, x, y, member_idx, cfg, **kw):
         seen["train"] += list(zip(member_idx, kw["val_idx"]))
@@ -224,8 +225,8 @@ def test_early_stopping_run_uses_each_models_effective_membership(tmp_path, monk
         seen["refs"].append(kw["keep"].cpu().numpy())
         return real_refs(**kw)
 
-    monkeypatch.setattr(pipeline, "train_models", spy_train)
-    monkeypatch.setattr(pipeline, "ReferenceSignals", spy_refs)
+    monkeypatch.setattr(train_stage, "train_models", spy_train)
+    monkeypatch.setattr(attack_stage, "ReferenceSignals", spy_refs)
     results = run_experiment(tmp_path, [*TINY, "train.epochs=30", "dataset.label_noise=0.3", "attack=[loss]",
                                         "train.early_stopping.patience=2",
                                         "train.early_stopping.validation_fraction=0.2", "sanity_check=false"])
@@ -244,7 +245,8 @@ def test_early_stopping_run_uses_each_models_effective_membership(tmp_path, monk
 
 
 def test_regularization_keys_enter_the_store_key(tmp_path):
-    from mia_torch.pipeline import model_key, prepare
+    from mia_torch.pipeline import prepare
+    from mia_torch.stages.context import model_key
 
     def key(*overrides: str) -> str:
         return model_key(prepare(make_config(tmp_path, [*TINY, *overrides]), tmp_path / "run"), 0)

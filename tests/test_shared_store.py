@@ -16,7 +16,9 @@ import torch
 
 from helpers import TINY, make_config, run_experiment
 from mia_torch.evaluation import load_scores
-from mia_torch.pipeline import model_key, prepare, run, train_group
+from mia_torch.pipeline import prepare, run
+from mia_torch.stages.context import model_key
+from mia_torch.stages.train import train_group
 from mia_torch.store import ArtifactStore
 from test_store import _plant, _Planted
 

@@ -112,16 +112,16 @@ def test_two_joblib_shards_then_attack_stage_equal_the_unsharded_run(tmp_path, r
 
 SLOW_TRAINING = """
 import runpy, sys, time
-import mia_torch.pipeline as pipeline
+import mia_torch.stages.train as train_stage
 
-_train_models = pipeline.train_models
+_train_models = train_stage.train_models
 
 def slow_train_models(*args, **kwargs):
     result = _train_models(*args, **kwargs)
     time.sleep(0.25)  # leaves a wide window between two stored models
     return result
 
-pipeline.train_models = slow_train_models
+train_stage.train_models = slow_train_models
 sys.argv = [sys.argv[1], *sys.argv[2:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

@@ -1,0 +1,69 @@
+"""The attack stage: fit every attack on a target's reference models and score the target."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from mia_torch.attacks.base import Attack, ReferenceSignals
+from mia_torch.settings import Settings, build_attack
+from mia_torch.stages.context import Context
+from mia_torch.stages.signals import untrained_logits
+
+__all__ = ["AttackOutputs", "attack_stage", "fit_attacks", "reference_signals", "score_attacks"]
+
+
+@dataclass
+class AttackOutputs:
+    """Scores per attack and target (``scores[name][target] = float64[N]``), every knob the attack
+    fitted on the target's references (``fitted_params[name][target]``, its threshold included),
+    and the scores of the untrained copies (sanity check)."""
+
+    scores: dict[str, dict[int, np.ndarray]]
+    fitted_params: dict[str, dict[int, dict[str, Any]]]
+    sanity: dict[str, dict[int, np.ndarray]] | None
+
+
+def fit_attacks(settings: Settings, reference: ReferenceSignals) -> dict[str, Attack]:
+    """Every configured attack, fitted on ``reference`` (never on a target)."""
+    attacks = {name: build_attack(name, cfg) for name, cfg in settings.attacks.items()}
+    for attack in attacks.values():
+        attack.fit(reference)
+    return attacks
+
+
+def score_attacks(attacks: dict[str, Attack], logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each fitted attack's float64 scores of one model's served output ``[N, Q, C]``.
+
+    float64: a confident model's scores differ beyond float32's resolution.
+    """
+    return {name: attack.score(logits, labels).double().cpu().numpy() for name, attack in attacks.items()}
+
+
+def reference_signals(ctx: Context, logits: torch.Tensor, models: Sequence[int]) -> ReferenceSignals:
+    """Reference signals of ``models`` from their served outputs ``logits [R, N, Q, C]`` (in that order)."""
+    keep = torch.from_numpy(ctx.splits.keep[list(models)]).to(logits.device)
+    return ReferenceSignals(logits=logits, keep=keep, labels=ctx.data.y.to(logits.device))
+
+
+def attack_stage(ctx: Context, logits: np.ndarray) -> AttackOutputs:
+    """Fit every attack on each target's references and score the target (and its untrained twin)."""
+    s = ctx.settings
+    all_logits = torch.from_numpy(logits).to(s.device).float()
+    labels = ctx.data.y.to(s.device)
+    out = AttackOutputs({n: {} for n in s.attacks}, {n: {} for n in s.attacks},
+                        {n: {} for n in s.attacks} if s.sanity_check else None)
+    for target in ctx.splits.target_ids:
+        refs = list(ctx.splits.reference_ids[target])
+        attacks = fit_attacks(s, reference_signals(ctx, all_logits[refs], refs))
+        for name, scores in score_attacks(attacks, all_logits[target], labels).items():
+            out.scores[name][target] = scores
+            out.fitted_params[name][target] = attacks[name].fitted_params()
+        if out.sanity is not None:
+            for name, scores in score_attacks(attacks, untrained_logits(ctx, target), labels).items():
+                out.sanity[name][target] = scores
+    return out

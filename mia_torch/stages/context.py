@@ -1,0 +1,84 @@
+"""What the stages share: settings, data, splits, store; seeds and content keys of models and signals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mia_torch.data.datasets import Dataset
+from mia_torch.data.splits import Splits
+from mia_torch.fingerprint import code_digest, dataset_digest
+from mia_torch.settings import Settings
+from mia_torch.store import ArtifactStore, digest
+from mia_torch.training.build import build_model
+
+__all__ = ["Context", "build", "digest_row", "is_private", "model_key", "model_seed", "signal_key"]
+
+
+@dataclass
+class Context:
+    """What the stages share: settings, data, splits, store, and what was (re)built."""
+
+    settings: Settings
+    run_dir: Path
+    data: Dataset
+    splits: Splits
+    store: ArtifactStore
+    trained: list[int] = field(default_factory=list)
+    reused: list[int] = field(default_factory=list)
+
+
+def model_seed(settings: Settings, index: int) -> int:
+    """Seed of model ``index``: independent of how many models the study has."""
+    return settings.seed * 1_000_003 + index
+
+
+def is_private(settings: Settings, index: int) -> bool:
+    """Whether model ``index`` is trained with DP-SGD (``defense=dpsgd``, ``defense.apply_to``)."""
+    return settings.defense.applies_to(index, settings.target_ids)
+
+
+def build(settings: Settings, data: Dataset, seed: int, *, private: bool = False) -> torch.nn.Module:
+    """The configured architecture for ``data``, seeded (see :func:`mia_torch.training.build.build_model`)."""
+    return build_model(settings.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed,
+                       private=private)
+
+
+def digest_row(row: np.ndarray) -> str:
+    """Content key of a boolean membership row (the indices it holds)."""
+    return digest({"row": np.flatnonzero(row).tolist()})
+
+
+def model_key(ctx: Context, index: int, *, keep_row: np.ndarray | None = None) -> str:
+    """Content hash of everything that determines trained model ``index``.
+
+    The data enters as the digest of its tensors as loaded and the code as the digest of
+    the training source (:mod:`mia_torch.fingerprint`), so new data or edited training
+    code makes new keys, while moving a data file does not. ``keep_row`` replaces the
+    model's training records (e.g. the target retrained without forgotten records).
+    """
+    s = ctx.settings
+    spec: dict[str, Any] = {
+        "data": dataset_digest(ctx.data),
+        "model": s.model,
+        "train": s.train.to_dict(),
+        "defense": s.defense.key(len(ctx.data.y)) if is_private(s, index) else None,
+        "keep_row": digest_row(ctx.splits.keep[index] if keep_row is None else keep_row),
+        "seed": model_seed(s, index),
+        "device": s.device.type,
+        "code": code_digest("models"),
+    }
+    if ctx.splits.validation is not None:  # early stopping: the records it validates on
+        spec["validation_row"] = digest_row(ctx.splits.validation[index])
+    return digest(spec)
+
+
+def signal_key(ctx: Context, index: int) -> str:
+    """Content hash of model ``index``'s logits under the configured queries."""
+    s = ctx.settings
+    return digest({"model": model_key(ctx, index), "queries": s.queries, "dtype": str(s.signals_dtype),
+                   "code": code_digest("signals")})

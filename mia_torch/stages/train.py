@@ -1,0 +1,111 @@
+"""The train stage: every model the run needs is in the store, trained only when missing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mia_torch.locks import build_missing
+from mia_torch.stages.context import Context, build, is_private, model_key, model_seed
+from mia_torch.store import state_dict_from_bytes, state_dict_to_bytes
+from mia_torch.training.dp import train_private
+from mia_torch.training.ensemble import train_models
+from mia_torch.training.stacking import resolve_strategy
+from mia_torch.training.trainer import TrainResult
+
+__all__ = ["load_trained_model", "stored_model", "train_group", "train_stage"]
+
+
+def load_trained_model(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[str, Any]] | None:
+    """Model ``index`` from the store (weights_only load), or None when absent or corrupt (moved aside)."""
+    key = model_key(ctx, index)
+    found = ctx.store.load("models", key, decode=state_dict_from_bytes)
+    if found is None:
+        return None
+    s = ctx.settings
+    model = build(s, ctx.data, model_seed(s, index), private=is_private(s, index))
+    try:
+        model.load_state_dict(found[0])
+    except RuntimeError as err:
+        ctx.store.quarantine("models", key, reason=f"its weights do not fit the configured model: {err}")
+        return None
+    return model.to(s.device).eval(), found[1]
+
+
+def member_rows(ctx: Context, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Model ``index``'s training records (effective membership) and validation records (or None)."""
+    validation = ctx.splits.validation
+    return (torch.from_numpy(np.flatnonzero(ctx.splits.keep[index])),
+            None if validation is None else torch.from_numpy(np.flatnonzero(validation[index])))
+
+
+def save_trained(ctx: Context, index: int, model: torch.nn.Module, result: TrainResult) -> None:
+    """Store freshly trained model ``index`` (refusing a diverged one)."""
+    if not np.isfinite(result.metrics["train_loss"]):
+        raise FloatingPointError(
+            f"model {index} diverged (train loss {result.metrics['train_loss']}): lower train.lr or add warmup"
+        )
+    meta = {"model": index, **result.metrics}
+    ctx.store.save("models", model_key(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
+    ctx.trained.append(index)
+
+
+def train_group(ctx: Context, indices: list[int]) -> None:
+    """Train models ``indices`` and save each to the store.
+
+    DP-SGD models train one at a time (each saved when done); the others together
+    (``parallel_models`` at once).
+    """
+    s, data = ctx.settings, ctx.data
+    for index in [i for i in indices if is_private(s, i)]:
+        model = build(s, data, model_seed(s, index), private=True)
+        members, validation = member_rows(ctx, index)
+        result = train_private(model, data.x, data.y, members, s.train, s.defense, seed=model_seed(s, index),
+                               delta=s.defense.delta_for(len(data.y)), val_idx=validation,
+                               x_test=data.x_test, y_test=data.y_test)
+        save_trained(ctx, index, model, result)
+    plain = [i for i in indices if not is_private(s, i)]
+    if not plain:
+        return
+    seeds = [model_seed(s, i) for i in plain]
+    models = [build(s, data, seed) for seed in seeds]
+    rows = [member_rows(ctx, i) for i in plain]
+    validation = None if ctx.splits.validation is None else [v for _, v in rows]
+    results = train_models(models, data.x, data.y, [m for m, _ in rows], s.train, seeds=seeds, val_idx=validation,
+                           x_test=data.x_test, y_test=data.y_test, strategy=s.parallel_strategy)
+    for index, model, result in zip(plain, models, results):
+        save_trained(ctx, index, model, result)
+
+
+def group_size(ctx: Context) -> int:
+    """Models built at once: ``parallel_models`` where the strategy is vmap, else one (an interruption loses one)."""
+    s = ctx.settings
+    return s.parallel_models if resolve_strategy(s.parallel_strategy, s.device, s.parallel_models) == "vmap" else 1
+
+
+def train_stage(ctx: Context, indices: list[int]) -> list[dict[str, Any]]:
+    """Make sure models ``indices`` exist in the store; train only the missing ones; their metrics.
+
+    Missing models are locked and trained in groups (:func:`group_size`); models another
+    process is training are waited for and reused (:func:`mia_torch.locks.build_missing`).
+    """
+    keys = {index: model_key(ctx, index) for index in indices}
+    with tqdm(desc="train", disable=not ctx.settings.progress, unit="model", leave=False) as bar:
+        outcome = build_missing(ctx.store, "models", keys, lambda chunk: train_group(ctx, chunk),
+                                group=group_size(ctx), decode=state_dict_from_bytes, on_built=bar.update)
+    ctx.reused.extend(outcome.reused)
+    return [outcome.meta[i] for i in indices]
+
+
+def stored_model(ctx: Context, index: int) -> torch.nn.Module:
+    """Model ``index`` loaded from the store, retrained first if it went missing or corrupt."""
+    loaded = load_trained_model(ctx, index)
+    if loaded is None:  # moved aside as corrupt since the train stage: rebuild it
+        train_stage(ctx, [index])
+        loaded = load_trained_model(ctx, index)
+    if loaded is None:
+        raise RuntimeError(f"model {index} could not be loaded from the store right after training it")
+    return loaded[0]
