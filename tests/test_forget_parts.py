@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mia_torch.forget.methods import finetune, gradient_ascent
+from mia_torch.training.unlearning import finetune, gradient_ascent
 from mia_torch.forget.report import INDISTINGUISHABLE, STILL_DISTINGUISHABLE, separation
 from mia_torch.models import MLP
 from mia_torch.training.config import TrainConfig

@@ -47,6 +47,12 @@ class RecordEvidence:
     num_out: np.ndarray
     log_lr: np.ndarray | None
 
+    def subset(self, ids: np.ndarray) -> "RecordEvidence":
+        """The evidence of records ``ids`` only."""
+        return RecordEvidence(phi=self.phi[ids], z=self.z[ids], p_gaussian=self.p_gaussian[ids],
+                              p_rank=self.p_rank[ids], num_out=self.num_out[ids],
+                              log_lr=None if self.log_lr is None else self.log_lr[ids])
+
 
 def record_evidence(
     target_logits: torch.Tensor, labels: torch.Tensor, ref: ReferenceSignals, *, online: bool, variance: str = "global"

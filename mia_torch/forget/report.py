@@ -11,14 +11,19 @@ statement about these attacks and these reference models, not a proof.
 """
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from mia_torch.atomic import atomic_open
+from mia_torch.audit.evidence import RecordEvidence
 from mia_torch.metrics import bootstrap_intervals, membership_metrics
 
-__all__ = ["INDISTINGUISHABLE", "STILL_DISTINGUISHABLE", "Separation", "separation"]
+__all__ = ["INDISTINGUISHABLE", "STILL_DISTINGUISHABLE", "Separation", "separation", "separations",
+           "write_forget_csv"]
 
 INDISTINGUISHABLE = "indistinguishable from never-seen"
 STILL_DISTINGUISHABLE = "distinguishable from never-seen"
@@ -62,3 +67,33 @@ def separations(
 ) -> dict[str, Separation]:
     """:func:`separation` for every attack's scores."""
     return {name: separation(s, forgotten, never_seen, bootstrap=bootstrap, seed=seed) for name, s in scores.items()}
+
+
+def write_forget_csv(
+    path: Path,
+    *,
+    ids: np.ndarray,
+    source_ids: np.ndarray,
+    classes: np.ndarray,
+    scores: Mapping[str, Mapping[str, np.ndarray]],
+    evidence: Mapping[str, RecordEvidence],
+    fpr: float,
+) -> Path:
+    """One row per forgotten record: each attack's score and the p-values before and after removal.
+
+    ``scores[when][attack]`` covers the whole population (indexed by ``ids``);
+    ``evidence[when]`` is already restricted to ``ids``; ``when`` is ``before`` / ``after``.
+    """
+    stages = list(scores)
+    attacks = list(next(iter(scores.values())))
+    header = ["id", "source_id", "class"] + [f"{a}_{w}" for a in attacks for w in stages]
+    header += [f"{p}_{w}" for p in ("p_gaussian", "p_rank") for w in stages] + [f"flagged_after@fpr={fpr:g}"]
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for k, record in enumerate(ids):
+            row = [int(record), int(source_ids[k]), int(classes[k])]
+            row += [repr(float(scores[w][a][record])) for a in attacks for w in stages]
+            row += [repr(float(getattr(evidence[w], p)[k])) for p in ("p_gaussian", "p_rank") for w in stages]
+            writer.writerow(row + [int(evidence["after"].p_gaussian[k] <= fpr)])
+    return path

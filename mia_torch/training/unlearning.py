@@ -1,4 +1,4 @@
-"""Ways to remove records from a trained model (machine unlearning), audited by ``experiment=forget``.
+"""Ways to remove records from a trained model (machine unlearning), checked by ``experiment=forget``.
 
 - ``retrain``: train from scratch with the same seed and recipe on the retained records (exact
   unlearning, the gold standard; built by the pipeline like any model);
