@@ -8,21 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mia_torch import __version__
 from mia_torch.atomic import atomic_write_bytes
 from mia_torch.data.datasets import describe_dataset, load_dataset
 from mia_torch.data.splits import carve_validation, make_splits
 from mia_torch.data.validate import check_training_sets
-from mia_torch.evaluation import evaluate_attacks, save_scores
-from mia_torch.provenance import environment_versions
-from mia_torch.report.pictures import ImageSource
-from mia_torch.report.run_report import write_run_report
-from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.settings import check_attacks, check_writable, load_settings
+from mia_torch.audit.preprocess import preprocess_dataset
+from mia_torch.audit.run import run_audit
+from mia_torch.forget.run import plan_forget, print_forget_summary, run_forget
 from mia_torch.stages.attacks import attack_stage
-from mia_torch.stages.context import Context, build, model_seed
+from mia_torch.stages.report import report_study
+from mia_torch.stages.context import Context, build, model_seed, stored_path
 from mia_torch.stages.signals import signals_stage
 from mia_torch.stages.train import train_stage
 from mia_torch.store import ArtifactStore, array_to_bytes
@@ -61,6 +59,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     check_writable(settings.store_dir, key="store_dir")
     check_writable(run_dir, key="hydra.run.dir")
     data = load_dataset(**settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
+    if settings.audit.enabled:  # the audited model's own input; references are trained on it too
+        data = preprocess_dataset(data, settings.audit.preprocess)
     settings.output.check_classes(data.num_classes)
     build(settings, data, 0, private=settings.defense.private)(data.x[:2])  # fits the data (and DP-SGD)
     splits = make_splits(settings.num_models, len(data.y), seed=settings.seed,
@@ -76,44 +76,35 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
 
 
 def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
-    """Run the configured experiment end to end; returns what ``results.json`` holds."""
+    """Run the configured experiment end to end; returns what ``results.json`` holds.
+
+    A study (the default) trains every model and attacks each target; ``audit.checkpoint``
+    audits a user's model instead (:mod:`mia_torch.audit`) and ``forget.method`` checks
+    that removed records left a target (:mod:`mia_torch.forget`).
+    """
     started = time.time()
     ctx = prepare(cfg, run_dir or output_dir())
     s = ctx.settings
+    if s.audit.enabled:
+        return run_audit(ctx, cfg, started)
     save_splits(ctx)
     if s.stage == "train":
         shard_models = [m for m in range(s.num_models) if m % s.num_shards == s.shard]
         train_stage(ctx, shard_models)
         log.info("shard %d/%d: trained %s, reused %s", s.shard, s.num_shards, ctx.trained, ctx.reused)
         return {"stage": "train", "trained_models": ctx.trained, "reused_models": ctx.reused}
+    forget = plan_forget(ctx) if s.forget.enabled else None  # checks its inputs before any training
     model_metrics = train_stage(ctx, list(range(s.num_models)))
     logits = signals_stage(ctx)
     atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(logits))
     atomic_write_bytes(ctx.run_dir / "labels.npy", array_to_bytes(ctx.data.y.cpu().numpy()))
     outputs = attack_stage(ctx, logits)
-    save_scores(ctx.run_dir / "scores.npz", outputs.scores)
-    labels = ctx.data.y.cpu().numpy()
-    query = s.queries.index("identity") if "identity" in s.queries else 0
-    target_logits = {t: logits[t, :, query] for t in s.target_ids}
-    attacks = evaluate_attacks(outputs.scores, keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask,
-                               fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
-                               fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
-                               predictions={t: z.argmax(-1) for t, z in target_logits.items()})
-    results = RunResults(
-        config=OmegaConf.to_container(cfg, resolve=True),
-        versions=environment_versions(__version__),
-        dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
-                 "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
-        target_ids=list(s.target_ids),
-        targets={t: TargetResult.from_dict(model_metrics[t], path=f"model {t}") for t in s.target_ids},
-        models=model_metrics,
-        trained_models=ctx.trained,
-        reused_models=ctx.reused,
-        corrupt_artifacts=[str(p) for p in ctx.store.corrupt],
-        seconds=round(time.time() - started, 2),
-        attacks=attacks,
-    )
-    write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=ctx.splits.keep,
-                     eval_mask=ctx.splits.eval_mask, labels=labels, target_logits=target_logits,
-                     images=ImageSource.of(ctx.data))
+    extra = run_forget(ctx, forget, logits) if forget is not None else None
+    results = report_study(ctx, cfg, started, model_metrics=model_metrics,
+                           target_metrics={t: {**model_metrics[t], "checkpoint": str(stored_path(ctx, t))}
+                                           for t in s.target_ids},
+                           served={t: logits[t] for t in s.target_ids}, outputs=outputs, keep=ctx.splits.keep,
+                           eval_mask=ctx.splits.eval_mask, extra=extra)
+    if forget is not None:
+        print_forget_summary(results.extra["forget"], ctx.run_dir)
     return results.to_dict()

@@ -15,9 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mia_torch.attacks.base import Attack
+from mia_torch.audit.config import AuditConfig
 from mia_torch.data.augment import parse_queries
 from mia_torch.data.datasets import dataset_kind
 from mia_torch.data.splits import THREAT_MODELS
+from mia_torch.forget.config import ForgetConfig
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.signals.output import ServedOutput
 from mia_torch.training.config import AUGMENT_ALIASES, TrainConfig
@@ -62,6 +64,8 @@ class Settings:
     model: dict[str, Any]
     attacks: dict[str, dict[str, Any]]
     output: ServedOutput = ServedOutput()
+    audit: AuditConfig = AuditConfig()
+    forget: ForgetConfig = ForgetConfig()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -219,6 +223,8 @@ def load_settings(cfg: DictConfig) -> Settings:
         _check_no_image_augmentation(train, c["dataset"]["name"])
     defense = DefenseConfig.from_mapping(c.get("defense"))  # runs saved before the group existed: none
     defense.check_training(train)
+    audit, forget = AuditConfig.from_mapping(c.get("audit")), ForgetConfig.from_mapping(c.get("forget"))
+    _check_single_target_mode(audit, forget, targets=targets, threat_model=c["threat_model"], stage=c["stage"])
     return Settings(
         seed=c["seed"],
         device=resolve_device(str(c["device"])),
@@ -247,7 +253,28 @@ def load_settings(cfg: DictConfig) -> Settings:
         model=c["model"],
         attacks=c["attack"],
         output=ServedOutput.from_config(c.get("output")),
+        audit=audit,
+        forget=forget,
     )
+
+
+def _check_single_target_mode(audit: AuditConfig, forget: ForgetConfig, *, targets: list[int], threat_model: str,
+                              stage: str) -> None:
+    """An audit and a forget check each ask about one model, against references from the shared population."""
+    if audit.enabled and forget.enabled:
+        raise ValueError("audit.checkpoint and forget.method are two different runs: set one of them")
+    mode = "audit.checkpoint" if audit.enabled else "forget.method" if forget.enabled else None
+    if mode is None:
+        return
+    if len(targets) != 1:
+        raise ValueError(f"{mode} asks about one model: target_ids={targets} must name exactly one model slot "
+                         "(its seed and its references' slots), e.g. target_ids=[0]")
+    if threat_model != "shared":
+        raise ValueError(f"{mode} needs threat_model=shared: references are trained on random halves of the "
+                         "population the records come from")
+    if stage != "all":
+        raise ValueError(f"{mode} runs every stage: stage={stage!r} is for sharding a study's training; "
+                         "train the references in shards with a plain study config first if needed")
 
 
 def _check_no_image_augmentation(train: TrainConfig, dataset: str) -> None:

@@ -168,6 +168,10 @@ class ArtifactStore:
                 shutil.rmtree(staging, ignore_errors=True)
         return folder
 
+    def payload_path(self, kind: str, key: str) -> Path:
+        """Where the payload of ``kind/key`` lies (whether or not it exists yet)."""
+        return self._dir(kind, key) / "payload"
+
     def contains(self, kind: str, key: str) -> bool:
         """Whether a complete artifact exists (not verified; :meth:`load` verifies)."""
         folder = self._dir(kind, key)

@@ -228,3 +228,11 @@ class LiRA(Attack):
                 f"target has Q = {phi.shape[-1]} queries but the references had Q = {params['mu_in'].shape[-1]}"
             )
         return _lira_score(phi, params, self._score_online)
+
+    def out_zscores(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """How far the target's phi lies above the OUT Gaussians, float64 ``[N, Q]``: ``(phi - mu_out) / std_out``."""
+        if self._params is None:
+            raise RuntimeError("LiRA.out_zscores called before fit")
+        logits, labels = check_target(logits, labels, self._num_examples)
+        phi = logit_scaled_confidence(logits, labels[:, None]).double()
+        return (phi - self._params["mu_out"].to(phi.device)) / self._params["std_out"].to(phi.device)

@@ -256,6 +256,7 @@ class TargetResult(Record):
     dp_epsilon_target: float | None = None
     dp_delta: float | None = None
     dp_noise_multiplier: float | None = None
+    checkpoint: str | None = None  # its weights (a state dict): the store's payload, or the audited file
 
 
 @dataclass

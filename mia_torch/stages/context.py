@@ -16,7 +16,7 @@ from mia_torch.settings import Settings
 from mia_torch.store import ArtifactStore, digest
 from mia_torch.training.build import build_model
 
-__all__ = ["Context", "build", "digest_row", "is_private", "model_key", "model_seed", "signal_key"]
+__all__ = ["Context", "build", "digest_row", "is_private", "model_key", "model_seed", "signal_key", "stored_path"]
 
 
 @dataclass
@@ -75,6 +75,11 @@ def model_key(ctx: Context, index: int, *, keep_row: np.ndarray | None = None) -
     if ctx.splits.validation is not None:  # early stopping: the records it validates on
         spec["validation_row"] = digest_row(ctx.splits.validation[index])
     return digest(spec)
+
+
+def stored_path(ctx: Context, index: int) -> Path:
+    """Where model ``index``'s weights (a ``torch.save``-d state dict) lie in the store, e.g. for ``audit.checkpoint``."""
+    return ctx.store.payload_path("models", model_key(ctx, index))
 
 
 def signal_key(ctx: Context, index: int) -> str:

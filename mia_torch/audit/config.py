@@ -1,0 +1,73 @@
+"""The ``audit`` keys: which model to audit, how to feed it, which records to ask about."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["AuditConfig"]
+
+_KEYS = ("checkpoint", "preprocess", "members", "candidates", "fpr", "online")
+
+
+def _check_fpr(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{key}={value!r} is invalid: expected a false-positive rate in (0, 1), e.g. 0.01")
+    return float(value)
+
+
+def _check_ids(key: str, value: Any) -> Any:
+    if isinstance(value, bool) or (value is not None and not isinstance(value, (str, int, list))):
+        raise ValueError(f"{key}={value!r} is invalid: expected record ids, a list of them, or a file of them")
+    return value
+
+
+def check_keys(section: str, values: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    """Refuse keys of ``section`` that it does not have, naming them and the valid ones."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; valid keys: "
+                         f"{', '.join(f'{section}.{k}' for k in known)}")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Validated ``audit.*`` keys; auditing is on when ``checkpoint`` is set.
+
+    ``checkpoint``: the user's model (a state dict, or a ``torch.export`` ``.pt2``);
+    ``preprocess``: how the dataset's inputs map to the model's (see
+    :mod:`mia_torch.audit.preprocess`); ``members``: the population records the model was
+    trained on, when known (ground truth: the full report); ``candidates``: the records to
+    ask about (default: every population record); ``fpr``: the false-positive rate of each
+    record's verdict; ``online``: whether reference models may train on the candidates
+    (needed by online attacks).
+    """
+
+    checkpoint: str | None = None
+    preprocess: Any = "dataset"
+    members: Any = None
+    candidates: Any = None
+    fpr: float = 0.01
+    online: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this run audits a user's model."""
+        return self.checkpoint is not None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> "AuditConfig":
+        """Validate ``audit.*`` (a missing section, as in runs saved before it existed, means off)."""
+        values = dict(values or {})
+        check_keys("audit", values, _KEYS)
+        out = cls(**values)
+        if out.checkpoint is not None and (not isinstance(out.checkpoint, str) or not out.checkpoint):
+            raise ValueError(f"audit.checkpoint={out.checkpoint!r} is invalid: expected the path of your model file")
+        _check_fpr("audit.fpr", out.fpr)
+        _check_ids("audit.members", out.members)
+        _check_ids("audit.candidates", out.candidates)
+        if not isinstance(out.online, bool):
+            raise ValueError(f"audit.online={out.online!r} is invalid: expected true or false")
+        if not out.enabled and (out.members is not None or out.candidates is not None):
+            raise ValueError("audit.members / audit.candidates need audit.checkpoint: the model to audit")
+        return cls(**{**values, "fpr": float(out.fpr)})

@@ -1,0 +1,72 @@
+"""The per-record answer of an audit: ``records.csv`` and a printed summary."""
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from mia_torch.atomic import atomic_open
+from mia_torch.audit.evidence import CAVEAT, RecordEvidence, verdicts
+
+__all__ = ["MAX_PRINTED", "describe_records", "write_records_csv"]
+
+#: Up to this many candidates, the summary prints one line per record.
+MAX_PRINTED = 10
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def write_records_csv(
+    path: Path,
+    *,
+    ids: np.ndarray,
+    source_ids: np.ndarray,
+    classes: np.ndarray,
+    evidence: RecordEvidence,
+    scores: Mapping[str, np.ndarray],
+    fpr: float,
+    members: np.ndarray | None = None,
+) -> Path:
+    """One row per candidate (arrays already restricted to the candidates); written atomically."""
+    verdict = verdicts(evidence.p_gaussian, fpr)
+    header = ["id", "source_id", "class"] + (["member"] if members is not None else [])
+    header += [f"{name}_score" for name in scores] + ["phi", "p_gaussian", "p_rank", "out_references"]
+    header += (["log_lr"] if evidence.log_lr is not None else []) + [f"verdict@fpr={fpr:g}"]
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for i in range(len(ids)):
+            row = [int(ids[i]), int(source_ids[i]), int(classes[i])]
+            row += [int(members[i])] if members is not None else []
+            row += [repr(float(s[i])) for s in scores.values()]
+            row += [repr(float(evidence.phi[i])), repr(float(evidence.p_gaussian[i])),
+                    repr(float(evidence.p_rank[i])), int(evidence.num_out[i])]
+            row += [repr(float(evidence.log_lr[i]))] if evidence.log_lr is not None else []
+            writer.writerow(row + [verdict[i]])
+    return path
+
+
+def describe_records(ids: np.ndarray, classes: np.ndarray, evidence: RecordEvidence, *, fpr: float) -> str:
+    """Lines for the printed summary: each record (few candidates) or the count flagged (many)."""
+    verdict = verdicts(evidence.p_gaussian, fpr)
+    flagged = int(np.count_nonzero(verdict == "member"))
+    lines = [f"audit at FPR {fpr:g}: {flagged} of {len(ids)} candidate record(s) flagged as member"]
+    if len(ids) <= MAX_PRINTED:
+        for i in range(len(ids)):
+            lr = f", log LR {_fmt(evidence.log_lr[i])}" if evidence.log_lr is not None else ""
+            lines.append(
+                f"  record {int(ids[i])} (class {int(classes[i])}): {verdict[i]}; p = {_fmt(evidence.p_gaussian[i])} "
+                f"(LiRA offline Gaussian), {_fmt(evidence.p_rank[i])} (rank among {int(evidence.num_out[i])} OUT "
+                f"references){lr}")
+    else:
+        lines.append(f"  with no member among them, about {fpr * len(ids):.1f} would be flagged by chance")
+    smallest = 1.0 / (1.0 + float(np.max(evidence.num_out))) if len(ids) else 1.0
+    if smallest > fpr:
+        lines.append(f"  note: with at most {int(np.max(evidence.num_out))} OUT references the rank p-value cannot "
+                     f"go below {smallest:.3g} > {fpr:g}; train more reference models (num_models) for it to count")
+    lines.append(f"  {CAVEAT}")
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""Audit a model you own (``audit.checkpoint``): was a record in its training set?
+
+Reference models copy the stated recipe (``dataset``, ``model``, ``train``) on seeded random
+halves of the population, exactly as a study's references, so they are cached in the
+store and shared with any study or audit of the same recipe: an audit of a study's own
+target with its member ids reproduces the study's scores. Each record is tested offline,
+against the references that did not train on it; online attacks, which also use the
+references that did, run when ``audit.online=true``.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from mia_torch import __version__
+from mia_torch.atomic import atomic_write_bytes
+from mia_torch.audit.checkpoint import CheckpointError, load_checkpoint_model
+from mia_torch.audit.evidence import RecordEvidence, record_evidence, verdicts
+from mia_torch.audit.ids import read_ids
+from mia_torch.audit.report import MAX_PRINTED, describe_records, write_records_csv
+from mia_torch.evaluation import save_scores
+from mia_torch.provenance import environment_versions
+from mia_torch.report.results import write_json
+from mia_torch.report.types import RunResults, TargetResult
+from mia_torch.settings import build_attack
+from mia_torch.stages.attacks import AttackOutputs, fit_attacks, reference_signals, score_attacks
+from mia_torch.stages.context import Context, build, model_seed
+from mia_torch.stages.report import report_study
+from mia_torch.stages.signals import query, signals_stage, untrained_logits
+from mia_torch.stages.train import train_stage
+from mia_torch.store import array_to_bytes
+from mia_torch.training.trainer import evaluate
+
+__all__ = ["AuditPlan", "plan_audit", "run_audit"]
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """What an audit asks and with what, checked before any training."""
+
+    target: int
+    model: nn.Module
+    checkpoint: Path
+    candidates: np.ndarray
+    members: np.ndarray | None
+    references: tuple[int, ...]
+    skipped: dict[str, str]
+
+    @property
+    def ground_truth(self) -> bool:
+        """Whether membership is known for candidates of both kinds (then the full report is written)."""
+        if self.members is None:
+            return False
+        inside = np.isin(self.candidates, self.members)
+        return bool(inside.any() and not inside.all())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_audited_model(ctx: Context, target: int) -> nn.Module:
+    """The user's model from ``audit.checkpoint``, checked on two population records."""
+    s = ctx.settings
+    model = load_checkpoint_model(s.audit.checkpoint, lambda: build(s, ctx.data, model_seed(s, target)))
+    model = model.to(s.device).eval()
+    with torch.no_grad():
+        try:
+            out = model(ctx.data.x[:2])
+        except Exception as err:  # noqa: BLE001 - any failure of the user's model, reported with the key
+            raise CheckpointError(
+                f"audit.checkpoint={s.audit.checkpoint!r} fails on the dataset's inputs {tuple(ctx.data.x[:2].shape)} "
+                f"({type(err).__name__}: {err}): check `audit.preprocess` and the dataset") from err
+    if tuple(out.shape) != (2, ctx.data.num_classes):
+        raise CheckpointError(f"audit.checkpoint={s.audit.checkpoint!r} returns {tuple(out.shape)} for 2 records; "
+                              f"the dataset has {ctx.data.num_classes} classes, so expected (2, {ctx.data.num_classes})")
+    return model
+
+
+def plan_audit(ctx: Context) -> tuple[AuditPlan, Context]:
+    """Read the ids, load and check the model, choose the attacks: everything that can fail fast.
+
+    Returns the plan and the context whose keep matrix holds the audited model's known
+    members in its row (all False when unknown), for the report.
+    """
+    s = ctx.settings
+    audit, n, target = s.audit, len(ctx.data.y), s.target_ids[0]
+    ids = {key: read_ids(value, key=f"audit.{key}", population_size=n, data_dir=s.data_dir)
+           for key, value in (("candidates", audit.candidates), ("members", audit.members)) if value is not None}
+    candidates = ids.get("candidates", np.arange(n))
+    members = ids.get("members")
+    skipped = {}
+    for name, cfg in s.attacks.items():
+        if build_attack(name, cfg).needs_in_references and not audit.online:
+            skipped[name] = ("uses references trained on each record (IN references): allow it with "
+                             "audit.online=true")
+    if len(skipped) == len(s.attacks):
+        raise ValueError(f"every configured attack ({', '.join(skipped)}) needs audit.online=true: set it, or "
+                         "choose offline attacks, e.g. attack=[lira_offline,rmia,loss]")
+    keep = ctx.splits.keep.copy()
+    keep[target] = False
+    if members is not None:
+        keep[target, members] = True
+    plan = AuditPlan(target=target, model=load_audited_model(ctx, target), checkpoint=Path(audit.checkpoint),
+                     candidates=candidates, members=members, references=ctx.splits.reference_ids[target],
+                     skipped=skipped)
+    return plan, replace(ctx, splits=replace(ctx.splits, keep=keep))
+
+
+def _audited_metrics(ctx: Context, plan: AuditPlan) -> dict[str, Any]:
+    """Test accuracy and loss of the audited model (and on its members, when known)."""
+    data = ctx.data
+    metrics: dict[str, Any] = {"model": plan.target, "checkpoint": str(plan.checkpoint)}
+    metrics["test_loss"], metrics["test_acc"] = evaluate(plan.model, data.x_test, data.y_test)
+    if plan.members is not None:
+        idx = torch.from_numpy(plan.members).to(data.x.device)
+        metrics["train_loss"], metrics["train_acc"] = evaluate(plan.model, data.x[idx], data.y[idx])
+    return metrics
+
+
+def _audit_summary(ctx: Context, plan: AuditPlan, evidence: RecordEvidence) -> dict[str, Any]:
+    """The ``audit`` entry of ``results.json``."""
+    fpr = ctx.settings.audit.fpr
+    flagged = verdicts(evidence.p_gaussian, fpr) == "member"
+    shown = plan.candidates[:MAX_PRINTED]
+    return {
+        "checkpoint": str(plan.checkpoint), "checkpoint_sha256": _sha256(plan.checkpoint),
+        "preprocess": ctx.settings.audit.preprocess, "references": list(plan.references),
+        "online": ctx.settings.audit.online, "skipped_attacks": plan.skipped, "fpr": fpr,
+        "candidates": int(len(plan.candidates)), "flagged": int(flagged.sum()), "records_csv": "records.csv",
+        "records": [{"id": int(i), "p_gaussian": float(evidence.p_gaussian[k]), "p_rank": float(evidence.p_rank[k]),
+                     "verdict": "member" if flagged[k] else "no evidence"} for k, i in enumerate(shown)],
+    }
+
+
+def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
+    """Train (or reuse) the references, score the user's model and answer per record."""
+    plan, ctx = plan_audit(ctx)
+    s, t = ctx.settings, plan.target
+    refs = list(plan.references)
+    atomic_write_bytes(ctx.run_dir / "keep.npy", array_to_bytes(ctx.splits.keep))
+    ref_metrics = train_stage(ctx, refs)
+    ref_logits = torch.from_numpy(signals_stage(ctx, refs)).to(s.device).float()
+    reference = reference_signals(ctx, ref_logits, refs)
+    labels = ctx.data.y.to(s.device)
+    served = query(ctx, plan.model)
+    atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(ref_logits.cpu().numpy()))
+    atomic_write_bytes(ctx.run_dir / "target_signals.npy", array_to_bytes(served.cpu().numpy()))
+    attacks = fit_attacks(replace(s, attacks={n: c for n, c in s.attacks.items() if n not in plan.skipped}), reference)
+    outputs = AttackOutputs(
+        scores={n: {t: v} for n, v in score_attacks(attacks, served, labels).items()},
+        fitted_params={n: {t: a.fitted_params()} for n, a in attacks.items()},
+        sanity=({n: {t: v} for n, v in score_attacks(attacks, untrained_logits(ctx, t), labels).items()}
+                if s.sanity_check else None),
+    )
+    evidence = record_evidence(served, labels, reference, online=s.audit.online).subset(plan.candidates)
+    classes = ctx.data.y.cpu().numpy()[plan.candidates]
+    write_records_csv(ctx.run_dir / "records.csv", ids=plan.candidates,
+                      source_ids=ctx.data.indices.numpy()[plan.candidates], classes=classes, evidence=evidence,
+                      scores={n: v[t][plan.candidates] for n, v in outputs.scores.items()}, fpr=s.audit.fpr,
+                      members=None if plan.members is None else np.isin(plan.candidates, plan.members))
+    target_metrics = _audited_metrics(ctx, plan)
+    extra = {"audit": _audit_summary(ctx, plan, evidence)}
+    models = [*ref_metrics, target_metrics]
+    if plan.ground_truth:
+        mask = np.zeros(len(ctx.data.y), dtype=bool)
+        mask[plan.candidates] = True
+        results = report_study(ctx, cfg, started, model_metrics=models, target_metrics={t: target_metrics},
+                               served={t: served.cpu().numpy()}, outputs=outputs, keep=ctx.splits.keep,
+                               eval_mask=mask, extra=extra)
+    else:
+        save_scores(ctx.run_dir / "scores.npz", outputs.scores)
+        results = RunResults(
+            config=OmegaConf.to_container(cfg, resolve=True), versions=environment_versions(__version__),
+            dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
+                     "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
+            target_ids=[t], targets={t: TargetResult.from_dict(target_metrics, path="audited model")},
+            models=models, trained_models=ctx.trained, reused_models=ctx.reused,
+            corrupt_artifacts=[str(p) for p in ctx.store.corrupt], seconds=round(time.time() - started, 2),
+            attacks={}, extra=extra)
+        write_json(ctx.run_dir / "results.json", results.to_dict())
+        print(f"audited model {plan.checkpoint}: test acc {target_metrics['test_acc']:.3f}", flush=True)
+    if plan.skipped:
+        print(f"skipped (offline audit): {', '.join(plan.skipped)}: allow online attacks with audit.online=true")
+    print(describe_records(plan.candidates, classes, evidence, fpr=s.audit.fpr), flush=True)
+    print(f"records: {ctx.run_dir / 'records.csv'}", flush=True)
+    return results.to_dict()

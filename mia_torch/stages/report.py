@@ -1,0 +1,68 @@
+"""Stage 5: evaluate the attacks' scores against membership and write the run's report."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from mia_torch import __version__
+from mia_torch.evaluation import evaluate_attacks, save_scores
+from mia_torch.provenance import environment_versions
+from mia_torch.report.pictures import ImageSource
+from mia_torch.report.run_report import write_run_report
+from mia_torch.report.types import RunResults, TargetResult
+from mia_torch.stages.attacks import AttackOutputs
+from mia_torch.stages.context import Context
+
+__all__ = ["report_study"]
+
+
+def report_study(
+    ctx: Context,
+    cfg: DictConfig,
+    started: float,
+    *,
+    model_metrics: list[dict[str, Any]],
+    target_metrics: dict[int, dict[str, Any]],
+    served: dict[int, np.ndarray],
+    outputs: AttackOutputs,
+    keep: np.ndarray,
+    eval_mask: np.ndarray,
+    extra: dict[str, Any] | None = None,
+) -> RunResults:
+    """Evaluate the attacks' scores against membership ``keep`` and write the run's report.
+
+    ``served`` holds each target's served output ``[N, Q, C]``; ``target_metrics`` its
+    accuracies (and whatever else its training recorded). Writes ``scores.npz``,
+    ``results.json``, the figures, TensorBoard and the per-record CSVs; prints the summary.
+    """
+    s = ctx.settings
+    save_scores(ctx.run_dir / "scores.npz", outputs.scores)
+    labels = ctx.data.y.cpu().numpy()
+    query = s.queries.index("identity") if "identity" in s.queries else 0
+    target_logits = {t: np.asarray(served[t])[:, query] for t in s.target_ids}
+    attacks = evaluate_attacks(outputs.scores, keep=keep, eval_mask=eval_mask,
+                               fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
+                               fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
+                               predictions={t: z.argmax(-1) for t, z in target_logits.items()})
+    results = RunResults(
+        config=OmegaConf.to_container(cfg, resolve=True),
+        versions=environment_versions(__version__),
+        dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
+                 "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
+        target_ids=list(s.target_ids),
+        targets={t: TargetResult.from_dict(target_metrics[t], path=f"model {t}") for t in s.target_ids},
+        models=model_metrics,
+        trained_models=ctx.trained,
+        reused_models=ctx.reused,
+        corrupt_artifacts=[str(p) for p in ctx.store.corrupt],
+        seconds=round(time.time() - started, 2),
+        attacks=attacks,
+        extra=dict(extra or {}),
+    )
+    write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=keep, eval_mask=eval_mask, labels=labels,
+                     target_logits=target_logits, images=ImageSource.of(ctx.data))
+    return results

@@ -1,0 +1,96 @@
+"""The right-to-be-forgotten check end to end."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import TINY, run_experiment
+
+# A target that memorises: 30% random labels can only be learned by heart.
+LEAKY = [*TINY, "dataset.num_examples=800", "train.epochs=30", "dataset.label_noise=0.3",
+         "attack=[loss,lira_offline]", "sanity_check=false", "bootstrap=200"]
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("forget")
+    return root, run_experiment(root, [*LEAKY, "forget.method=retrain", "forget.count=100"])
+
+
+def test_retraining_without_the_records_makes_them_look_never_seen(retrained):
+    root, results = retrained
+    entry = results["forget"]
+    assert entry["forgotten"] == 100 and entry["never_seen"] == 400 and entry["retained"] == 300
+    keep = np.load(root / "run" / "keep.npy")
+    assert keep[0, entry["forgotten_ids"]].all()  # only members of the target can be forgotten
+    attacks = entry["attacks"].values()
+    assert max(a["before"]["auc_ci"][0] for a in attacks) > 0.55  # memorised: clearly flagged before removal
+    for attack in attacks:
+        low, high = attack["after"]["auc_ci"]
+        assert low <= 0.5 <= high and attack["after"]["verdict"] == "indistinguishable from never-seen"
+    assert entry["after_model"]["trained"]
+    assert entry["utility"]["before"]["forgotten_acc"] > 0.9 > entry["utility"]["after"]["forgotten_acc"]
+    rows = list(csv.DictReader((root / "run" / "forget.csv").open()))
+    assert [int(r["id"]) for r in rows] == entry["forgotten_ids"]
+    assert {"loss_before", "loss_after", "p_gaussian_before", "p_gaussian_after"} <= set(rows[0])
+    before = np.array([float(r["p_gaussian_before"]) for r in rows])
+    after = np.array([float(r["p_gaussian_after"]) for r in rows])
+    assert np.median(before) < np.median(after)
+
+
+def test_the_retrained_model_is_a_stored_artifact(retrained, tmp_path):
+    root, _ = retrained
+    again = run_experiment(root, [*LEAKY, "forget.method=retrain", "forget.count=100"], name="again")
+    assert again["trained_models"] == [] and not again["forget"]["after_model"]["trained"]
+    assert again["forget"]["attacks"] == retrained[1]["forget"]["attacks"]
+
+
+def test_finetune_and_user_checkpoint_are_reported(retrained, tmp_path):
+    root, results = retrained
+    tuned = run_experiment(root, [*LEAKY, "forget.method=finetune", "forget.count=100", "forget.epochs=2"],
+                           name="finetune")
+    assert set(tuned["forget"]["attacks"]["loss"]["after"]) == {"auc", "auc_ci", "verdict"}
+    # method=checkpoint: the user's "after" model; here the target itself, so nothing was forgotten
+    checkpoint = results["targets"]["0"]["checkpoint"]
+    same = run_experiment(root, [*LEAKY, "forget.method=checkpoint", "forget.count=100",
+                                 f"forget.checkpoint={checkpoint}"], name="same")
+    loss = same["forget"]["attacks"]["loss"]
+    assert loss["after"]["auc"] == pytest.approx(loss["before"]["auc"])
+    assert same["forget"]["verdict"] == "still distinguishable from never-seen"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("forget.ids=[1,2,3]", "forget.ids"),  # not all members of target 0
+    ("forget.count=500", "forget.count"),
+    ("forget.method=erase", "forget.method"),
+    ("forget.method=checkpoint", "forget.checkpoint"),
+])
+def test_bad_forget_input_is_refused_before_training(tmp_path, override, key):
+    overrides = [*TINY, "attack=[loss]", "forget.method=retrain", override]
+    if override == "forget.ids=[1,2,3]":
+        from mia_torch.data.splits import make_splits
+
+        keep = make_splits(4, 400, seed=0).keep  # TINY's population
+        outside = np.flatnonzero(~keep[0])[:3].tolist()
+        overrides[-1] = f"forget.ids={outside}"
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        run_experiment(tmp_path, overrides)
+    assert not (tmp_path / "store" / "models").exists()
+
+
+@pytest.mark.slow
+def test_forget_check_on_the_bundled_digits():
+    """The README's measurement: an overfit digits target, 100 records removed by retraining."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run_experiment(Path(tmp), ["experiment=forget", "progress=false"])
+    attacks = results["forget"]["attacks"]
+    best = max(attacks, key=lambda a: attacks[a]["before"]["auc"])
+    assert attacks[best]["before"]["auc_ci"][0] > 0.52
+    assert all(e["after"]["auc_ci"][0] <= 0.5 <= e["after"]["auc_ci"][1] for e in attacks.values())
+    torch.manual_seed(0)
