@@ -3,12 +3,13 @@
 A config read from a run directory (``mia-reproduce <run_dir>``) is untrusted input:
 ``hydra.utils.instantiate`` calls whatever ``_target_`` names, e.g. ``pathlib.Path.touch``
 or ``os.system``. :func:`check_targets` walks the whole config and accepts a
-``_target_`` only when it names a class defined in a ``mia_torch`` module, reached
-through ``mia_torch`` modules alone (so ``mia_torch.atomic.os.system`` is refused), or
-when the user allowed that exact string explicitly. Nothing outside ``mia_torch`` is
-imported to decide, and functions are refused even inside ``mia_torch`` (a config only
-ever builds models and attacks, which are classes; a function such as
-``mia_torch.atomic.atomic_write_bytes`` would write any file it is given).
+``_target_`` only when it names a model, attack or Hydra callback class defined in a
+``mia_torch`` module, reached through ``mia_torch`` modules alone (so
+``mia_torch.atomic.os.system`` is refused), or when the user allowed that exact string
+explicitly. Nothing outside ``mia_torch`` is imported to decide. Functions and other
+classes are refused even inside ``mia_torch``: a config only ever builds models, attacks
+and callbacks, while a function such as ``mia_torch.atomic.atomic_write_bytes`` would
+write any file it is given and ``mia_torch.store.ArtifactStore`` creates a folder.
 """
 
 from __future__ import annotations
@@ -19,10 +20,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
+from hydra.experimental.callback import Callback
+from torch import nn
+
+from mia_torch.attacks.base import Attack
+
 __all__ = ["PACKAGE", "UnsafeConfigError", "check_targets", "find_targets", "is_package_class"]
 
 #: The package whose classes a config may build without being allowed explicitly.
 PACKAGE = "mia_torch"
+#: What a config builds: models, attacks and Hydra callbacks (the sweep summaries).
+BUILDABLE = (nn.Module, Attack, Callback)
 
 
 class UnsafeConfigError(ValueError):
@@ -48,7 +56,8 @@ def _in_package(module: ModuleType) -> bool:
 
 
 def is_package_class(target: str) -> bool:
-    """Whether dotted ``target`` resolves, through mia_torch modules only, to a class defined in mia_torch."""
+    """Whether dotted ``target`` resolves, through mia_torch modules only, to a model, attack or callback
+    class (:data:`BUILDABLE`) defined in mia_torch."""
     parts = target.split(".")
     if parts[0] != PACKAGE or not all(part.isidentifier() for part in parts):
         return False
@@ -64,7 +73,8 @@ def is_package_class(target: str) -> bool:
         except ImportError:
             return False
     module = getattr(obj, "__module__", None) or ""
-    return inspect.isclass(obj) and (module == PACKAGE or module.startswith(PACKAGE + "."))
+    return (inspect.isclass(obj) and issubclass(obj, BUILDABLE)
+            and (module == PACKAGE or module.startswith(PACKAGE + ".")))
 
 
 def check_targets(config: Any, *, allowed: Iterable[str] = (), source: str = "the config",
@@ -82,8 +92,8 @@ def check_targets(config: Any, *, allowed: Iterable[str] = (), source: str = "th
     if refused:
         listed = "; ".join(f"{path}: {value!r}" for path, value in refused)
         raise UnsafeConfigError(
-            f"{source} names code outside {PACKAGE} ({listed}). Only classes defined in {PACKAGE} are built "
-            f"from a config read from a run directory, since building a _target_ calls it. If you trust this "
+            f"{source} names code other than {PACKAGE}'s models, attacks and callbacks ({listed}). Only those "
+            f"are built from a config read from a run directory, since building a _target_ calls it. If you trust this "
             f"directory and the code it names, allow each one explicitly: "
             + " ".join(f"{flag} {value}" for _, value in refused if isinstance(value, str))
         )

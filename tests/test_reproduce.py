@@ -189,7 +189,8 @@ def test_every_shipped_target_is_accepted_and_foreign_modules_are_not_imported(t
     # Deciding never imports a module outside mia_torch (importing one can run code).
     (tmp_path / "planted.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\nclass Net: pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    for target in ("planted.Net", "mia_torch.nope.Net", "mia_torch", "mia_torch.pipeline.np.ndarray", 42):
+    for target in ("planted.Net", "mia_torch.nope.Net", "mia_torch", "mia_torch.pipeline.np.ndarray", 42,
+                   "mia_torch.store.ArtifactStore"):  # a mia_torch class, but no model, attack or callback
         with pytest.raises(UnsafeConfigError, match=r"model\._target_"):
             check_targets({"model": {"_target_": target}})
     assert not (tmp_path / "imported").exists()
