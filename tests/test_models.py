@@ -214,3 +214,30 @@ def test_every_model_config_has_dropout_off_by_default(name):
     assert cfg.dropout == 0.0
     model = hydra.utils.instantiate(cfg, input_shape=INTENDED[name], num_classes=10, dropout=0.2)
     assert any(isinstance(m, nn.Dropout) and m.p == 0.2 for m in model.modules())
+
+
+class _ClassesOnly(torch.nn.Module):
+    """A user's network whose constructor knows nothing of input shapes."""
+
+    def __init__(self, num_classes: int, width: int = 8) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(width), torch.nn.ReLU(),
+                                       torch.nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_build_model_passes_only_the_data_arguments_a_class_takes():
+    from mia_torch.training.build import build_model
+
+    model = build_model({"_target_": f"{__name__}._ClassesOnly", "width": 4}, input_shape=(1, 8, 8), num_classes=3,
+                        seed=0)
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+    resnet = build_model({"_target_": "torchvision.models.resnet18"}, input_shape=(3, 32, 32), num_classes=5, seed=0)
+    assert resnet.fc.out_features == 5
+    first, again = (build_model({"_target_": "mia_torch.models.MLP"}, input_shape=(1, 4, 4), num_classes=2, seed=3)
+                    for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match=r"model\._target_=torch\.zeros builds a Tensor"):
+        build_model({"_target_": "torch.zeros", "size": [1]}, input_shape=(1, 4, 4), num_classes=2, seed=0)

@@ -1,6 +1,7 @@
 """Build a model from its config with a seeded initialisation."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,7 +11,25 @@ from torch import nn
 
 from mia_torch.training.dp import make_private_compatible
 
-__all__ = ["build_model"]
+__all__ = ["build_model", "data_arguments"]
+
+
+def data_arguments(target: Any, *, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
+    """The data's ``input_shape`` and ``num_classes`` for those of them that ``target`` accepts.
+
+    The zoo's models take both; a class of your own (``model._target_=my_pkg.MyNet``) gets
+    the ones its signature names. A builder that only forwards ``**kwargs`` (as
+    torchvision's ``resnet18``) gets ``num_classes``, the one argument such builders share.
+    """
+    offered = {"input_shape": tuple(input_shape), "num_classes": num_classes}
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # no introspectable signature: offer both
+        return offered
+    named = {name: value for name, value in offered.items() if name in parameters}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        named.setdefault("num_classes", num_classes)
+    return named
 
 
 def build_model(
@@ -18,9 +37,17 @@ def build_model(
 ) -> nn.Module:
     """Instantiate the ``model`` config (its ``_target_``) for the data's shape, seeded by ``seed``.
 
-    ``private`` (a DP-SGD-trained model) makes it DP-compatible (GroupNorm for BatchNorm),
-    both to train it and to rebuild it for loading its saved weights.
+    ``input_shape`` and ``num_classes`` are passed when the class takes them (see
+    :func:`data_arguments`); values set in the config win. ``private`` (a DP-SGD-trained
+    model) makes it DP-compatible (GroupNorm for BatchNorm), both to train it and to
+    rebuild it for loading its saved weights.
     """
+    target = hydra.utils.get_object(str(model_cfg["_target_"]))
+    extra = {k: v for k, v in data_arguments(target, input_shape=input_shape, num_classes=num_classes).items()
+             if k not in model_cfg}
     torch.manual_seed(seed)
-    model = hydra.utils.instantiate(model_cfg, input_shape=tuple(input_shape), num_classes=num_classes)
+    model = hydra.utils.instantiate(model_cfg, **extra)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model._target_={model_cfg['_target_']} builds a {type(model).__name__}, not a "
+                         "torch.nn.Module")
     return make_private_compatible(model) if private else model
