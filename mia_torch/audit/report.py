@@ -50,8 +50,11 @@ def write_records_csv(
     return path
 
 
-def describe_records(ids: np.ndarray, classes: np.ndarray, evidence: RecordEvidence, *, fpr: float) -> str:
-    """Lines for the printed summary: each record (few candidates) or the count flagged (many)."""
+def describe_records(
+    ids: np.ndarray, classes: np.ndarray, evidence: RecordEvidence, *, fpr: float,
+    scores: Mapping[str, np.ndarray] | None = None,
+) -> str:
+    """Lines for the printed summary: each record with its attack scores (few candidates), or the count flagged."""
     verdict = verdicts(evidence.p_gaussian, fpr)
     flagged = int(np.count_nonzero(verdict == "member"))
     lines = [f"audit at FPR {fpr:g}: {flagged} of {len(ids)} candidate record(s) flagged as member"]
@@ -62,6 +65,8 @@ def describe_records(ids: np.ndarray, classes: np.ndarray, evidence: RecordEvide
                 f"  record {int(ids[i])} (class {int(classes[i])}): {verdict[i]}; p = {_fmt(evidence.p_gaussian[i])} "
                 f"(LiRA offline Gaussian), {_fmt(evidence.p_rank[i])} (rank among {int(evidence.num_out[i])} OUT "
                 f"references){lr}")
+            if scores:
+                lines.append("    scores: " + ", ".join(f"{name} {_fmt(float(v[i]))}" for name, v in scores.items()))
     else:
         lines.append(f"  with no member among them, about {fpr * len(ids):.1f} would be flagged by chance")
     smallest = 1.0 / (1.0 + float(np.max(evidence.num_out))) if len(ids) else 1.0

@@ -194,6 +194,7 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
         print(f"audited model {plan.checkpoint}: test acc {target_metrics['test_acc']:.3f}", flush=True)
     if plan.skipped:
         print(f"skipped (offline audit): {', '.join(plan.skipped)}: allow online attacks with audit.online=true")
-    print(describe_records(plan.candidates, classes, evidence, fpr=s.audit.fpr), flush=True)
+    print(describe_records(plan.candidates, classes, evidence, fpr=s.audit.fpr,
+                           scores={n: v[t][plan.candidates] for n, v in outputs.scores.items()}), flush=True)
     print(f"records: {ctx.run_dir / 'records.csv'}", flush=True)
     return results.to_dict()
