@@ -15,7 +15,7 @@ from mia_torch.atomic import atomic_write_bytes
 from mia_torch.data.datasets import describe_dataset, load_dataset
 from mia_torch.data.splits import carve_validation, make_splits
 from mia_torch.data.validate import check_training_sets
-from mia_torch.evaluation import evaluate_attacks, save_scores
+from mia_torch.evaluation import evaluate_attacks, overconfidence, save_scores
 from mia_torch.provenance import environment_versions
 from mia_torch.report.pictures import ImageSource
 from mia_torch.report.run_report import write_run_report
@@ -98,14 +98,20 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     attacks = evaluate_attacks(outputs.scores, keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask,
                                fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
                                fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
-                               predictions={t: z.argmax(-1) for t, z in target_logits.items()})
+                               predictions={t: z.argmax(-1) for t, z in target_logits.items()},
+                               delta=s.defense.delta_for(len(labels)))
+    evaluated = ctx.splits.eval_mask
+    targets = {}
+    for t in s.target_ids:  # over-confidence of the served output, on the evaluated members and non-members
+        calibration = overconfidence(target_logits[t][evaluated], labels[evaluated], ctx.splits.keep[t][evaluated])
+        targets[t] = TargetResult.from_dict({**model_metrics[t], **calibration}, path=f"model {t}")
     results = RunResults(
         config=OmegaConf.to_container(cfg, resolve=True),
         versions=environment_versions(__version__),
         dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
                  "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
         target_ids=list(s.target_ids),
-        targets={t: TargetResult.from_dict(model_metrics[t], path=f"model {t}") for t in s.target_ids},
+        targets=targets,
         models=model_metrics,
         trained_models=ctx.trained,
         reused_models=ctx.reused,
