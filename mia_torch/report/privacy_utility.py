@@ -27,6 +27,7 @@ import csv
 import io
 import logging
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -131,13 +132,6 @@ def _kind(config: dict[str, Any], setting: str) -> tuple[str, str, str]:
     return ("none" if setting == "none" else "regularization"), defense, output_text
 
 
-def _std(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def _point(job: SweepJob, setting: str, fpr: float) -> StudyPoint | str:
     """The study point of a finished job, or why it has none."""
     results = job.results
@@ -154,7 +148,7 @@ def _point(job: SweepJob, setting: str, fpr: float) -> StudyPoint | str:
     return StudyPoint(
         setting=setting, job=job.name, path=job.path, kind=kind, defense=defense, output=output,
         train_acc=results.mean_over_targets("train_acc"), test_acc=sum(accuracies) / len(accuracies),
-        test_acc_std=_std(accuracies), attack=attack, tpr=pooled.tpr[fpr],
+        test_acc_std=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0, attack=attack, tpr=pooled.tpr[fpr],
         tpr_ci=pooled.tpr_exact_ci.get(fpr, (math.nan, math.nan)), auc=pooled.auc, auc_ci=pooled.ci.get("auc"),
         epsilon=results.mean_over_targets("dp_epsilon") if kind == "dp" else None,
         empirical_epsilon=max(bounds) if bounds else None, ece=results.mean_over_targets("ece"),
@@ -241,8 +235,8 @@ def _markdown_text(study_dir: Path, points: Sequence[StudyPoint], missing: Seque
              "ECE on the targets' non-members; confidence gap = mean true-class probability on members minus "
              "non-members.",
              "",
-             f"| setting | test acc | train acc | strongest attack | TPR@{at} [95% CI] | AUC [95% CI] | vs no defense | "
-             "accountant ε | empirical ε | ECE | conf. gap |",
+             f"| setting | test acc | train acc | strongest attack | TPR@{at} [95% CI] | AUC [95% CI] | "
+             "vs no defense | accountant ε | empirical ε | ECE | conf. gap |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in points:
         gap = "—" if p.confidence_gap is None else f"{100 * p.confidence_gap:.1f}%"

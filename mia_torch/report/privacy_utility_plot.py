@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from mia_torch.report.plots import new_figure
@@ -18,9 +20,9 @@ __all__ = ["KIND_COLORS", "privacy_utility_figure"]
 #: Marker colour of each kind of setting.
 KIND_COLORS = {"none": "black", "regularization": "tab:blue", "dp": "tab:red", "output": "tab:green"}
 _KIND_LABELS = {"none": "no defense", "regularization": "regularization", "dp": "DP-SGD", "output": "output defense"}
-#: Where a point's label may go, in points from the point: (dx, dy, horizontal alignment), tried in order.
-_LABEL_SPOTS = ((7, 3, "left"), (7, -13, "left"), (-7, 3, "right"), (-7, -13, "right"), (0, 9, "center"),
-                (0, -22, "center"), (12, 14, "left"), (-12, 14, "right"), (12, -26, "left"), (-12, -26, "right"))
+#: Where a point's label may go, in points from the point, tried in order: nearest first, right before left.
+_LABEL_SPOTS = tuple((round(r * math.cos(a)), round(r * math.sin(a)))
+                     for r in (9, 22, 38, 56) for a in (math.radians(d) for d in (20, -20, 160, -160, 60, -60, 120, -120)))
 _BAD_QUADRANT = "#f4cccc"
 
 
@@ -30,21 +32,34 @@ def _label(point: StudyPoint) -> str:
     return point.setting
 
 
+def _gap(box: Bbox, point: Any) -> float:
+    """Distance in pixels from ``point`` (display coordinates) to the nearest edge of ``box`` (0 inside)."""
+    return math.hypot(max(box.x0 - point[0], 0.0, point[0] - box.x1), max(box.y0 - point[1], 0.0, point[1] - box.y1))
+
+
 def _place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float], points: Sequence[StudyPoint]) -> None:
-    """Label each point at the first spot of ``_LABEL_SPOTS`` that overlaps no marker and no other label."""
+    """Label each point at the first spot of ``_LABEL_SPOTS`` inside the panel that overlaps no marker and no
+    other label and is nearer its own point than any other, joined to its point by a thin line."""
     renderer = ax.figure.canvas.get_renderer()
-    to_display = ax.transData.transform
-    taken = [Bbox.from_bounds(*(to_display((x, y)) - 6), 12, 12) for x, y in zip(xs, ys)]
-    for x, y, point in zip(xs, ys, points):
+    inside = ax.get_window_extent(renderer)
+    centres = ax.transData.transform(list(zip(xs, ys)))
+    taken = [Bbox.from_bounds(x - 6, y - 6, 12, 12) for x, y in centres]
+    for i, (x, y, point) in enumerate(zip(xs, ys, points)):
         color = KIND_COLORS.get(point.kind, "grey")
-        for dx, dy, ha in _LABEL_SPOTS:
-            text = ax.annotate(_label(point), (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha,
-                               va="bottom", fontsize=8.5, color=color,
-                               bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75})
-            box = text.get_window_extent(renderer)
-            if not any(box.overlaps(other) for other in taken):
+        for dx, dy in _LABEL_SPOTS:
+            text = ax.annotate(_label(point), (x, y), xytext=(dx, dy), textcoords="offset points",
+                               ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top", fontsize=8.5,
+                               color=color, bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
+                                                  "alpha": 0.8},
+                               arrowprops={"arrowstyle": "-", "color": color, "lw": 0.8, "shrinkA": 0, "shrinkB": 4})
+            text.update_positions(renderer)
+            box = Text.get_window_extent(text, renderer)  # the words only, not the line to the point
+            own = _gap(box, centres[i])
+            if (inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+                    and not any(box.overlaps(other) for other in taken)
+                    and all(own < _gap(box, c) for j, c in enumerate(centres) if j != i)):
                 break
-            if (dx, dy, ha) != _LABEL_SPOTS[-1]:
+            if (dx, dy) != _LABEL_SPOTS[-1]:
                 text.remove()
         taken.append(box)
 
@@ -57,7 +72,7 @@ def _panel(ax: Any, points: Sequence[StudyPoint], ys: list[float], errors: Seque
         low, high = error if error is not None else (y, y)
         ax.errorbar(x, y, yerr=[[max(0.0, y - low)], [max(0.0, high - y)]], xerr=p.test_acc_std or None, fmt="none",
                     ecolor=color, alpha=0.45, capsize=3, lw=1)
-        ax.plot(x, y, "o", ms=8, color=color, zorder=3)
+        ax.plot(x, y, "o", ms=8, color=color, zorder=4 if p.kind == "none" else 3)  # the reference on top
     ax.axhline(chance, ls="--", color="grey", lw=1)
     low = min(x - p.test_acc_std for x, p in zip(xs, points))
     high = max(x + p.test_acc_std for x, p in zip(xs, points))
@@ -77,7 +92,6 @@ def _panel(ax: Any, points: Sequence[StudyPoint], ys: list[float], errors: Seque
     ax.set_xlabel("target test accuracy (mean ± std over targets)")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    _place_labels(ax, xs, ys, points)
 
 
 def privacy_utility_figure(points: Sequence[StudyPoint], *, fpr: float, title: str = "") -> Figure:
@@ -105,4 +119,8 @@ def privacy_utility_figure(points: Sequence[StudyPoint], *, fpr: float, title: s
                     Patch(color=_BAD_QUADRANT, label="less accurate and no more private")]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9, frameon=False)
     fig.suptitle(title or f"Privacy vs utility: one point per setting, its strongest attack at {at}")
+    fig.draw_without_rendering()  # the layout is final: labels are placed where they will be drawn
+    fig.set_layout_engine("none")
+    _place_labels(left, [p.test_acc for p in points], [100 * p.tpr for p in points], points)
+    _place_labels(right, [p.test_acc for p in points], [p.auc for p in points], points)
     return fig

@@ -155,10 +155,14 @@ def _privacy_lines(results: RunResults) -> list[str]:
     spent = [t.dp_epsilon for t in results.targets.values() if t.dp_epsilon is not None]
     accountant = (f"accountant's ε {format_number(max(spent), '.2f')} (DP-SGD, largest over targets)" if spent
                   else "no accountant's ε (not trained with DP-SGD)")
-    line = (f"privacy at δ = {bound.delta:.3g}: {accountant}; empirical ε ≥ {format_number(bound.epsilon, '.2f')} "
-            f"({name}: TPR {_percent(bound.tpr)} at FPR {_percent(bound.fpr)}; {bound.confidence:.0%} lower bound "
-            f"from the pooled ROC, Clopper-Pearson with a Bonferroni correction over {bound.num_thresholds} thresholds)")
-    lines = [line]
+    how = (f"{bound.confidence:.0%} lower bound from each attack's pooled ROC, Clopper-Pearson with a Bonferroni "
+           "correction over its thresholds")
+    if bound.epsilon > 0:
+        found = (f"empirical ε ≥ {format_number(bound.epsilon, '.2f')} ({name}: TPR {_percent(bound.tpr)} at FPR "
+                 f"{_percent(bound.fpr)}; {how})")
+    else:
+        found = f"empirical ε ≥ 0: no attack bounds ε above 0 ({how})"
+    lines = [f"privacy at δ = {bound.delta:.3g}: {accountant}; {found}"]
     if spent and bound.epsilon > max(spent):
         lines.append("  THE EMPIRICAL LOWER BOUND EXCEEDS THE ACCOUNTANT'S ε: the training is not as private as "
                      "accounted (or the pooled examples are far from independent)")
