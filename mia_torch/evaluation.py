@@ -2,23 +2,36 @@
 
 Per attack (:class:`~mia_torch.report.types.AttackEvaluation`): metrics per target, their
 mean ± std over targets, the pooled ROC of all targets' examples (with its curve), the
-sanity check on untrained targets and the slices (per class; correctly vs incorrectly
-classified by the target). Every ROC gets bootstrap intervals (``bootstrap`` resamples)
-and Clopper–Pearson intervals for its TPRs.
+sanity check on untrained targets, the slices (per class; correctly vs incorrectly
+classified by the target) and the empirical lower bound on ε from the pooled ROC. Every
+ROC gets bootstrap intervals (``bootstrap`` resamples) and Clopper–Pearson intervals for
+its TPRs. Per target (:func:`overconfidence`): ECE and member vs non-member confidence.
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from mia_torch.atomic import atomic_write_bytes
-from mia_torch.metrics import aggregate, bootstrap_intervals, clopper_pearson, membership_metrics, roc_curve, tpr_key
+from mia_torch.metrics import (
+    aggregate,
+    bootstrap_intervals,
+    clopper_pearson,
+    confidence_gap,
+    empirical_epsilon,
+    expected_calibration_error,
+    membership_metrics,
+    roc_curve,
+    tpr_key,
+)
 from mia_torch.report.types import (
     AttackEvaluation,
+    EpsilonBound,
     MeanStd,
     RocCurve,
     RocMetrics,
@@ -127,6 +140,7 @@ def evaluate_attacks(
     sanity: Scores | None = None,
     labels: np.ndarray | None = None,
     predictions: Mapping[int, np.ndarray] | None = None,
+    delta: float | None = None,
 ) -> dict[str, AttackEvaluation]:
     """Evaluate every attack: per target, mean ± std over targets, pooled (with its ROC curve).
 
@@ -135,6 +149,8 @@ def evaluate_attacks(
     should be 0.5 within its 99% interval. With the class ``labels`` (``int[N]``) the pooled
     examples are also evaluated per class, and with each target's ``predictions``
     (``int[N]``, its predicted class) on correctly vs incorrectly classified examples.
+    With ``delta`` each attack gets the lower bound on ε its pooled ROC implies at that δ
+    (:func:`epsilon_bound`).
     """
     classes = correct = None
     targets = sorted(next(iter(scores.values()), {}))
@@ -160,6 +176,9 @@ def evaluate_attacks(
                            keep_curve=True),
             slices=evaluate_slices(all_scores, all_members, masks, fpr_targets=fpr_targets),
         )
+        if delta is not None:
+            entry.epsilon_bound = epsilon_bound(all_scores, all_members, delta=delta)
+            entry.empirical_epsilon = entry.epsilon_bound.epsilon
         if sanity is not None:
             blank_scores, blank_members = pooled(sanity[name], keep, eval_mask)
             check = measure(blank_scores, blank_members, fpr_targets=fpr_targets, bootstrap=max(bootstrap, 200),
@@ -168,6 +187,39 @@ def evaluate_attacks(
             entry.sanity = SanityCheck(auc=check.auc, auc_ci=(low, high), chance_in_ci=bool(low <= 0.5 <= high),
                                        confidence=SANITY_CONFIDENCE)
         out[name] = entry
+    return out
+
+
+def epsilon_bound(scores: np.ndarray, members: np.ndarray, *, delta: float) -> EpsilonBound:
+    """The 95% lower bound on ε implied by one ROC at ``delta`` (Clopper–Pearson, Bonferroni over its thresholds).
+
+    See :func:`mia_torch.metrics.empirical_epsilon`. Pooled over the examples of a few
+    models, which are not independent trials, it is the usual heuristic audit, not a proof.
+    """
+    return EpsilonBound(**asdict(empirical_epsilon(scores, members, delta=delta)))
+
+
+def overconfidence(logits: Any, labels: np.ndarray, members: np.ndarray) -> dict[str, float]:
+    """A target's over-confidence, as :class:`~mia_torch.report.types.TargetResult` fields.
+
+    ``logits [N, C]`` is the target's served output on one query (the identity view),
+    ``labels`` the true classes and ``members`` its membership, over the evaluated
+    examples. ``ece``: expected calibration error on the non-members (records the target
+    never trained on: its held-out half of the population); ``ece_members`` on the
+    members; ``member_confidence`` and ``nonmember_confidence``: mean probability of the
+    true class on each, and ``confidence_gap`` their difference. A side without examples
+    is left out.
+    """
+    members = np.asarray(members, dtype=bool)
+    logits = np.asarray(logits, dtype=np.float64)
+    out = {}
+    for key, side in (("ece", ~members), ("ece_members", members)):
+        if side.any():
+            out[key] = expected_calibration_error(logits[side], labels[side])
+    if members.any() and not members.all():
+        gap = confidence_gap(logits, labels, members)
+        out |= {"member_confidence": gap.member_mean, "nonmember_confidence": gap.nonmember_mean,
+                "confidence_gap": gap.gap}
     return out
 
 

@@ -150,8 +150,8 @@ def test_a_malformed_results_json_names_the_key():
 
 
 @dataclass
-class _TargetWithEce(TargetResult):
-    ece: float | None = reported("ECE", fmt=".3f")
+class _TargetWithBrier(TargetResult):
+    brier: float | None = reported("Brier", fmt=".3f")
 
 
 @dataclass
@@ -160,7 +160,7 @@ class _AttackWithEpsilon(AttackEvaluation):
 
 
 def test_a_reported_field_reaches_json_summary_tensorboard_and_sweep_without_other_code(tmp_path):
-    """What another quantity (ECE per target, ε per attack) needs: a field, nothing else."""
+    """What another quantity (a Brier score per target, an ε per attack) needs: a field, nothing else."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from mia_torch.report.sweep import SweepJob, summary_table
@@ -168,23 +168,23 @@ def test_a_reported_field_reaches_json_summary_tensorboard_and_sweep_without_oth
     from mia_torch.report.tensorboard import write_report
 
     results, _, _, _ = make_results(targets=(0,))
-    results.targets = {0: _TargetWithEce(**vars(results.targets[0]), ece=0.042)}
+    results.targets = {0: _TargetWithBrier(**vars(results.targets[0]), brier=0.042)}
     results.attacks = {n: _AttackWithEpsilon(**vars(a), epsilon_lower_bound=1.25 if n == "lira" else None)
                        for n, a in results.attacks.items()}
-    assert results.to_dict()["targets"]["0"]["ece"] == 0.042
+    assert results.to_dict()["targets"]["0"]["brier"] == 0.042
     assert results.to_dict()["attacks"]["lira"]["epsilon_lower_bound"] == 1.25
-    assert reported_values(results.targets[0])["ece"] == ("ECE", ".3f", 0.042)
+    assert reported_values(results.targets[0])["brier"] == ("Brier", ".3f", 0.042)
     text = format_summary(results)
-    assert "target 0: train acc 0.950, test acc 0.800, ECE 0.042" in text
-    header, _, *rows = text.splitlines()[1:]
+    assert "target 0: train acc 0.950, test acc 0.800, Brier 0.042" in text
+    header, _, *rows = text.splitlines()[2:]
     assert header.rstrip().endswith("eps lower bound")
     assert next(r for r in rows if r.startswith("lira")).rstrip().endswith("1.25")
     assert next(r for r in rows if r.startswith("loss")).rstrip().endswith("-")
     write_report(tmp_path, results, pooled_scores={}, images={}, hparams={})
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     events.Reload()
-    assert events.Scalars("target/0/ece")[0].value == pytest.approx(0.042)
+    assert events.Scalars("target/0/brier")[0].value == pytest.approx(0.042)
     assert events.Scalars("attack/lira/epsilon_lower_bound")[0].value == pytest.approx(1.25)
     columns, rows, _ = summary_table([SweepJob(name="0", path=tmp_path, results=results)])
-    assert "target_ece" in columns and "lira/epsilon_lower_bound" in columns
-    assert rows[0]["target_ece"] == 0.042 and rows[0]["lira/epsilon_lower_bound"] == 1.25
+    assert "target_brier" in columns and "lira/epsilon_lower_bound" in columns
+    assert rows[0]["target_brier"] == 0.042 and rows[0]["lira/epsilon_lower_bound"] == 1.25

@@ -281,8 +281,9 @@ def test_summary_marks_tprs_below_ten_over_n_and_gives_both_intervals():
     results, _, _, _ = make_results(num_examples=1500, targets=(0,))
     text = table.format_summary(results)
     lines = text.splitlines()
-    assert lines[0] == "target 0: train acc 0.950, test acc 0.800"
-    header, rule = lines[1], lines[2]
+    assert lines[0] == "defense: none; output: logits"
+    assert lines[1] == "target 0: train acc 0.950, test acc 0.800"
+    header, rule = lines[2], lines[3]
     assert header.split()[:2] == ["attack", "AUC"] and "TPR@1%FPR" in header and "TPR@0.1%FPR" in header
     assert len(header) <= len(rule) + 1
     lira = results.attacks["lira"].pooled

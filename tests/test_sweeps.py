@@ -216,9 +216,12 @@ def test_weight_decay_sweep_writes_summary_table_plot_and_hparams(tmp_path):
     with (sweep / "sweep_summary.csv").open() as fh:
         reader = csv.DictReader(fh)
         rows, columns = list(reader), reader.fieldnames
-    assert columns == ["job", "train.weight_decay", "status", "target_train_acc", "target_test_acc",
+    calibration = ["target_ece", "target_ece_members", "target_member_confidence", "target_nonmember_confidence",
+                   "target_confidence_gap"]
+    assert columns == ["job", "train.weight_decay", "status", "target_train_acc", "target_test_acc", *calibration,
                        "generalization_gap", "loss/auc", "loss/tpr@0.01fpr", "loss/tpr@0.001fpr",
-                       "lira_online/auc", "lira_online/tpr@0.01fpr", "lira_online/tpr@0.001fpr", "dir"]
+                       "loss/empirical_epsilon", "lira_online/auc", "lira_online/tpr@0.01fpr",
+                       "lira_online/tpr@0.001fpr", "lira_online/empirical_epsilon", "dir"]
     assert [(r["job"], r["train.weight_decay"], r["status"]) for r in rows] == [("0", "0", "ok"), ("1", "0.01", "ok")]
     for row in rows:
         results = json.loads((sweep / row["job"] / "results.json").read_text())

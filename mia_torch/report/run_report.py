@@ -24,7 +24,7 @@ from mia_torch.signals.stats import confidence, logit_scaled_confidence
 log = logging.getLogger(__name__)
 
 #: Keys of the resolved config logged as TensorBoard hparams (compared across a sweep).
-HPARAM_SECTIONS = ("dataset", "model", "train", "num_models", "threat_model", "queries", "seed")
+HPARAM_SECTIONS = ("dataset", "model", "train", "defense", "output", "num_models", "threat_model", "queries", "seed")
 #: Records shown in the gallery of the most exposed training records of each target.
 GALLERY_SIZE = 16
 

@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics.roc import tpr_key
 from mia_torch.report.results import read_json
-from mia_torch.report.table import tpr_mark
+from mia_torch.report.table import format_number, tpr_mark
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult, fpr_of_key, reported_values
 
 __all__ = [
@@ -274,7 +274,7 @@ def _md_cell(column: str, value: Any, job: SweepJob) -> str:
         return "—"
     if isinstance(value, float):
         if not math.isfinite(value):
-            return "nan"
+            return format_number(value)  # nan, or ∞ (e.g. DP-SGD's epsilon without noise)
         if "/tpr@" in column:
             attack, metric = column.split("/", 1)
             pooled = job.results.attacks[attack].pooled if job.results and attack in job.results.attacks else None

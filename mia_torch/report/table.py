@@ -1,12 +1,14 @@
-"""The printed summary of a run: targets, one table row per attack, footnotes, slices, sanity."""
+"""The printed summary of a run: setting, targets, one table row per attack, footnotes, slices,
+privacy (accountant's and empirical ε), sanity."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from mia_torch.report.types import RELIABLE_FALSE_POSITIVES, RocMetrics, RunResults, reported_values
 
-__all__ = ["format_summary", "format_table", "tpr_mark", "UNRELIABLE_MARK", "UNRESOLVABLE_MARK"]
+__all__ = ["describe_setting", "format_number", "format_summary", "format_table", "tpr_mark", "UNRELIABLE_MARK",
+           "UNRESOLVABLE_MARK"]
 
 #: Appended to a TPR@FPR whose FPR is below 10/N (N non-members): fewer than 10 false positives.
 UNRELIABLE_MARK = "*"
@@ -18,15 +20,20 @@ def _percent(value: float, digits: int = 2) -> str:
     return "nan" if not math.isfinite(value) else f"{100.0 * value:.{digits}f}%"
 
 
-def _number(value: float, fmt: str = ".3f") -> str:
-    return "nan" if not math.isfinite(value) else format(value, fmt)
+def format_number(value: float, fmt: str = ".3f") -> str:
+    """``value`` in format ``fmt``; ``∞`` / ``-∞`` for infinities (e.g. DP-SGD without noise), ``nan`` for NaN."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return format(value, fmt)
 
 
 def _auc_cell(m: RocMetrics) -> str:
     if "auc" not in m.ci:
-        return _number(m.auc)
+        return format_number(m.auc)
     low, high = m.ci["auc"]
-    return f"{_number(m.auc)} [{_number(low)}, {_number(high)}]"
+    return f"{format_number(m.auc)} [{format_number(low)}, {format_number(high)}]"
 
 
 def tpr_mark(metrics: RocMetrics, fpr: float) -> str:
@@ -63,8 +70,8 @@ def format_table(results: RunResults) -> str:
     for name, attack in results.attacks.items():
         values = reported_values(attack)
         row = [name, _auc_cell(attack.pooled)] + [_tpr_cell(attack.pooled, f) for f in fprs]
-        row.append(_number(attack.pooled.balanced_accuracy))
-        row += [_number(values[k][2], values[k][1]) if k in values else "-" for k in extra]
+        row.append(format_number(attack.pooled.balanced_accuracy))
+        row += [format_number(values[k][2], values[k][1]) if k in values else "-" for k in extra]
         table.append(row)
     widths = [max(len(r[c]) for r in table) for c in range(len(header))]
 
@@ -100,11 +107,12 @@ def _slices_line(results: RunResults) -> list[str]:
     parts = []
     exposed = attack.most_exposed_class()
     if exposed is not None:
-        parts.append(f"most exposed class {exposed.name.removeprefix('class=')} (AUC {_number(exposed.metrics.auc)} "
-                     f"vs {_number(attack.pooled.auc)} overall, {exposed.num_members} members)")
+        parts.append(f"most exposed class {exposed.name.removeprefix('class=')} "
+                     f"(AUC {format_number(exposed.metrics.auc)} vs {format_number(attack.pooled.auc)} overall, "
+                     f"{exposed.num_members} members)")
     for piece in attack.slices:
         if piece.kind == "classification" and piece.metrics is not None:
-            parts.append(f"{piece.name} AUC {_number(piece.metrics.auc)}")
+            parts.append(f"{piece.name} AUC {format_number(piece.metrics.auc)}")
     lines = [f"slices ({name}, the strongest attack): " + "; ".join(parts or ["none evaluated"])]
     skipped = [s for s in attack.slices if s.skipped]
     if skipped:
@@ -112,15 +120,66 @@ def _slices_line(results: RunResults) -> list[str]:
     return lines
 
 
+def _epsilon_text(value: Any) -> str:
+    """A configured ε: a number, or ``∞`` (``.inf``, written as null in ``results.json``)."""
+    return "∞" if value is None else format_number(float(value), "g")
+
+
+def describe_setting(config: Mapping[str, Any], *, delta: float | None = None) -> str:
+    """The defense and the served output of a run's resolved ``config``, in one line.
+
+    E.g. ``defense: dpsgd (epsilon 1, delta 0.000667, max_grad_norm 0.5, applied to all
+    models); output: topk (k 1)``. ``delta`` is the δ in effect when the config leaves it
+    to the population size.
+    """
+    defense = dict(config.get("defense") or {"name": "none"})
+    text = f"defense: {defense.get('name', 'none')}"
+    if defense.get("name") == "dpsgd":
+        used = defense.get("delta") if defense.get("delta") is not None else delta
+        text += (f" (epsilon {_epsilon_text(defense.get('epsilon'))}, delta "
+                 + ("1/population" if used is None else f"{used:.3g}")
+                 + f", max_grad_norm {defense.get('max_grad_norm')}, applied to "
+                 + ("the targets only" if defense.get("apply_to") == "target" else "all models") + ")")
+    output = dict(config.get("output") or {"name": "logits"})
+    params = ", ".join(f"{k} {v}" for k, v in output.items() if k != "name")
+    return text + f"; output: {output.get('name', 'logits')}" + (f" ({params})" if params else "")
+
+
+def _privacy_lines(results: RunResults) -> list[str]:
+    """The accountant's ε (DP-SGD targets) beside the largest empirical lower bound over attacks."""
+    bounds = {n: a.epsilon_bound for n, a in results.attacks.items() if a.epsilon_bound is not None}
+    if not bounds:
+        return []
+    name = max(bounds, key=lambda n: bounds[n].epsilon)
+    bound = bounds[name]
+    spent = [t.dp_epsilon for t in results.targets.values() if t.dp_epsilon is not None]
+    accountant = (f"accountant's ε {format_number(max(spent), '.2f')} (DP-SGD, largest over targets)" if spent
+                  else "no accountant's ε (not trained with DP-SGD)")
+    how = (f"{bound.confidence:.0%} lower bound from each attack's pooled ROC, Clopper-Pearson with a Bonferroni "
+           "correction over its thresholds")
+    if bound.epsilon > 0:
+        found = (f"empirical ε ≥ {format_number(bound.epsilon, '.2f')} ({name}: TPR {_percent(bound.tpr)} at FPR "
+                 f"{_percent(bound.fpr)}; {how})")
+    else:
+        found = f"empirical ε ≥ 0: no attack bounds ε above 0 ({how})"
+    lines = [f"privacy at δ = {bound.delta:.3g}: {accountant}; {found}"]
+    if spent and bound.epsilon > max(spent):
+        lines.append("  THE EMPIRICAL LOWER BOUND EXCEEDS THE ACCOUNTANT'S ε: the training is not as private as "
+                     "accounted (or the pooled examples are far from independent)")
+    return lines
+
+
 def format_summary(results: RunResults) -> str:
     """The summary printed at the end of a run (also what the README shows)."""
-    lines = []
+    spent_delta = next((t.dp_delta for t in results.targets.values() if t.dp_delta is not None), None)
+    lines = [describe_setting(results.config, delta=spent_delta)]
     for target, info in results.targets.items():
         values = reported_values(info).values()
-        lines.append(f"target {target}: " + ", ".join(f"{label} {_number(v, fmt)}" for label, fmt, v in values))
+        lines.append(f"target {target}: " + ", ".join(f"{label} {format_number(v, fmt)}" for label, fmt, v in values))
     lines.append(format_table(results))
     lines += _footnotes(results)
     lines += _slices_line(results)
+    lines += _privacy_lines(results)
     checked = {n: a.sanity for n, a in results.attacks.items() if a.sanity is not None}
     if checked:
         failed = [n for n, s in checked.items() if not s.chance_in_ci]

@@ -81,12 +81,15 @@ def roc_scalars(metrics: RocMetrics) -> dict[str, float]:
 
 
 def summary_metrics(results: RunResults) -> dict[str, float]:
-    """Headline numbers for the HParams view: each attack's pooled AUC and TPRs, the targets' mean accuracy."""
+    """Headline numbers for the HParams view: each attack's pooled AUC, TPRs and reported fields (e.g. its
+    empirical ε), and the mean over targets of each reported target field (accuracy, ECE, ε spent, ...)."""
     out: dict[str, float] = {}
     for name, attack in results.attacks.items():
         out[f"hparam/{name}/auc"] = attack.pooled.auc
         out.update({f"hparam/{name}/{tpr_key(f)}": v for f, v in attack.pooled.tpr.items()})
-    for key in ("train_acc", "test_acc"):
+        out.update({f"hparam/{name}/{key}": v for key, (_, _, v) in reported_values(attack).items()})
+    keys = dict.fromkeys(key for target in results.targets.values() for key in reported_values(target))
+    for key in keys:
         value = results.mean_over_targets(key)
         if value is not None:
             out[f"hparam/target_{key}"] = value

@@ -5,11 +5,13 @@ and read by the printed summary, ``results.json`` (:meth:`~Record.to_dict` /
 :meth:`~Record.from_dict`), TensorBoard, the sweep summary and ``mia-reproduce``::
 
     RunResults
-      targets: {target id: TargetResult}            accuracy, loss (and later ECE, ε spent, ...)
+      targets: {target id: TargetResult}            accuracy, loss, over-confidence (ECE, member vs
+                                                    non-member confidence), DP-SGD's ε spent
       attacks: {name: AttackEvaluation}
         per_target: [TargetAttackMetrics]           RocMetrics + target id + calibrated threshold, fitted knobs
         mean:       {metric: MeanStd}               mean ± std over targets
         pooled:     RocMetrics                      all targets' examples together (+ the ROC curve)
+        empirical_epsilon, epsilon_bound            lower bound on ε from the pooled ROC (EpsilonBound)
         sanity:     SanityCheck | None              an untrained target must score AUC 0.5
         slices:     [SliceResult]                   per class, correctly vs incorrectly classified
 
@@ -31,6 +33,7 @@ from mia_torch.report.record import Record
 __all__ = [
     "RELIABLE_FALSE_POSITIVES",
     "AttackEvaluation",
+    "EpsilonBound",
     "Interval",
     "MeanStd",
     "RocCurve",
@@ -219,18 +222,48 @@ class SliceResult(Record):
     skipped: str | None = None
 
 
+@dataclass
+class EpsilonBound(Record):
+    """Where an attack's empirical lower bound on ε is attained (see :func:`mia_torch.metrics.empirical_epsilon`).
+
+    The bound holds with probability ``confidence`` at ``delta``: at the score
+    ``threshold`` the attack reaches ``tpr`` and ``fpr``, whose Clopper–Pearson intervals
+    (Bonferroni-corrected over ``num_thresholds`` thresholds when ``correction`` is
+    ``bonferroni``) are ``tpr_interval`` and ``fpr_interval``.
+    """
+
+    epsilon: float
+    delta: float
+    confidence: float
+    threshold: float
+    tpr: float
+    fpr: float
+    tpr_interval: Interval
+    fpr_interval: Interval
+    num_thresholds: int
+    correction: str
+
+
 # ------------------------------------------------------------------ per attack, per target, per run
 
 
 @dataclass
 class AttackEvaluation(Record):
-    """Everything measured about one attack. Add per-attack quantities as :func:`reported` fields."""
+    """Everything measured about one attack. Add per-attack quantities as :func:`reported` fields.
+
+    ``empirical_epsilon`` is the lower bound on the DP ε implied by the attack's pooled ROC
+    at the run's δ (``defense.delta``, else 1 / population), ``epsilon_bound`` where it is
+    attained; no training algorithm that is (ε, δ)-DP with a smaller ε lets the attack do this
+    well (with 95% confidence, treating the pooled examples as independent trials).
+    """
 
     per_target: list[TargetAttackMetrics]
     mean: dict[str, MeanStd]
     pooled: RocMetrics
     sanity: SanityCheck | None = None
     slices: list[SliceResult] = field(default_factory=list)
+    empirical_epsilon: float | None = reported("emp. ε", fmt=".2f")
+    epsilon_bound: EpsilonBound | None = None
 
     def slice(self, name: str) -> SliceResult | None:
         """The slice called ``name`` (e.g. ``class=3``), or None."""
@@ -244,7 +277,18 @@ class AttackEvaluation(Record):
 
 @dataclass
 class TargetResult(Record):
-    """What is known about one target model. Add per-target quantities as :func:`reported` fields."""
+    """What is known about one target model. Add per-target quantities as :func:`reported` fields.
+
+    Over-confidence is measured on the target's served output (what its API returns, after
+    any ``output`` defense) on the identity query, over the evaluated population:
+    ``ece`` on its non-members (the held-out half of the population, which it never
+    trained on) and ``ece_members`` on its members (15 equal-width bins over the max
+    probability); ``member_confidence`` and ``nonmember_confidence`` are the mean
+    probability of the true class on each, ``confidence_gap`` their difference.
+    ``dp_epsilon`` is the ε DP-SGD's accountant says the target spent at ``dp_delta``
+    (infinite without noise: ``null`` in ``results.json`` beside a zero
+    ``dp_noise_multiplier``, and read back as infinite).
+    """
 
     train_acc: float | None = reported("train acc")
     test_acc: float | None = reported("test acc")
@@ -252,11 +296,25 @@ class TargetResult(Record):
     test_loss: float | None = None
     stopped_epoch: int | None = reported("stopped at epoch", fmt=".0f")  # train.early_stopping
     best_epoch: int | None = None  # the epoch whose weights early stopping restored
-    dp_epsilon: float | None = reported("DP epsilon", fmt=".2f")  # defense=dpsgd: spent (null when infinite)
+    dp_epsilon: float | None = reported("DP epsilon", fmt=".2f")  # defense=dpsgd: spent
     dp_epsilon_target: float | None = None
     dp_delta: float | None = None
     dp_noise_multiplier: float | None = None
+    ece: float | None = reported("ECE (non-members)")
+    ece_members: float | None = reported("ECE (members)")
+    member_confidence: float | None = reported("confidence members", fmt=".1%")
+    nonmember_confidence: float | None = reported("non-members", fmt=".1%")
+    confidence_gap: float | None = reported("gap", fmt=".1%")
     checkpoint: str | None = None  # its weights (a state dict): the store's payload, or the audited file
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, path: str = "") -> "TargetResult":
+        """As :meth:`Record.from_dict`; an ε written as ``null`` beside a zero noise multiplier is infinite."""
+        out = super().from_dict(data, path=path)
+        if out.dp_noise_multiplier == 0.0:
+            out.dp_epsilon = math.inf if out.dp_epsilon is None else out.dp_epsilon
+            out.dp_epsilon_target = math.inf if out.dp_epsilon_target is None else out.dp_epsilon_target
+        return out
 
 
 @dataclass
@@ -304,7 +362,7 @@ class RunResults(Record):
         return max(pooled, key=lambda n: (pooled[n].tpr.get(fpr, -1.0), pooled[n].auc))
 
     def mean_over_targets(self, name: str) -> float | None:
-        """Mean of the :class:`TargetResult` field ``name`` over the targets that have it."""
+        """Mean of the :class:`TargetResult` field ``name`` over the targets that have it (infinite if one is)."""
         values = [getattr(t, name, None) for t in self.targets.values()]
-        values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+        values = [float(v) for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
         return sum(values) / len(values) if values else None

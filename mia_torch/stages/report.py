@@ -9,7 +9,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mia_torch import __version__
-from mia_torch.evaluation import evaluate_attacks, save_scores
+from mia_torch.evaluation import evaluate_attacks, overconfidence, save_scores
 from mia_torch.provenance import environment_versions
 from mia_torch.report.pictures import ImageSource
 from mia_torch.report.run_report import write_run_report
@@ -47,14 +47,19 @@ def report_study(
     attacks = evaluate_attacks(outputs.scores, keep=keep, eval_mask=eval_mask,
                                fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
                                fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
-                               predictions={t: z.argmax(-1) for t, z in target_logits.items()})
+                               predictions={t: z.argmax(-1) for t, z in target_logits.items()},
+                               delta=s.defense.delta_for(len(labels)))
+    targets = {}
+    for t in s.target_ids:  # over-confidence of the served output, on the evaluated members and non-members
+        calibration = overconfidence(target_logits[t][eval_mask], labels[eval_mask], keep[t][eval_mask])
+        targets[t] = TargetResult.from_dict({**target_metrics[t], **calibration}, path=f"model {t}")
     results = RunResults(
         config=OmegaConf.to_container(cfg, resolve=True),
         versions=environment_versions(__version__),
         dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
                  "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
         target_ids=list(s.target_ids),
-        targets={t: TargetResult.from_dict(target_metrics[t], path=f"model {t}") for t in s.target_ids},
+        targets=targets,
         models=model_metrics,
         trained_models=ctx.trained,
         reused_models=ctx.reused,

@@ -1,0 +1,315 @@
+"""The privacy-utility study: what each defense costs in accuracy and what it buys in privacy.
+
+A study is a Hydra multirun whose jobs differ by their defense setting, e.g. the sweep over
+the ``setting`` group of ``experiment=privacy_utility`` (configs/setting/: one file per
+defense on top of a shared base recipe). :func:`write_privacy_utility` reads every job's
+``results.json`` (through :func:`mia_torch.report.sweep.collect_jobs`) and writes, into the
+sweep directory:
+
+- ``privacy_utility.csv`` and ``privacy_utility.md``: one row per setting: the targets'
+  test and train accuracy (mean over targets), the strongest attack of that setting (the
+  highest pooled TPR at ``fpr``, 1% by default; ties by AUC), its TPR there with the
+  Clopper–Pearson 95% interval, its AUC with the bootstrap 95% interval, the accountant's
+  ε (DP-SGD, mean over targets), the largest empirical lower bound on ε over the attacks,
+  the targets' ECE and member vs non-member confidence gap, and the change in accuracy and
+  TPR against the undefended setting (``none``);
+- ``privacy_utility.png``: test accuracy against the strongest attack's TPR at ``fpr`` and
+  against its AUC (:func:`mia_torch.report.privacy_utility_plot.privacy_utility_figure`).
+
+A setting is named by its ``setting=`` override, or by the job's swept overrides.
+:class:`PrivacyUtilityCallback` writes the files when the multirun ends;
+``scripts/privacy_utility.py <sweep_dir>`` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mia_torch.atomic import atomic_open
+from mia_torch.metrics.roc import tpr_key
+from mia_torch.report.sweep import SweepJob, collect_jobs, swept_keys
+from mia_torch.report.table import format_number
+from mia_torch.report.types import Interval, RunResults
+
+__all__ = [
+    "PrivacyUtilityCallback",
+    "PrivacyUtilityStudy",
+    "StudyPoint",
+    "costs_more_than_it_buys",
+    "describe_study",
+    "reference_point",
+    "study_points",
+    "strongest_at",
+    "write_privacy_utility",
+]
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "privacy_utility.csv"
+MARKDOWN_NAME = "privacy_utility.md"
+FIGURE_NAME = "privacy_utility.png"
+#: The FPR at which the study compares attacks (the y axis of its figure).
+STUDY_FPR = 0.01
+
+
+@dataclass
+class StudyPoint:
+    """One setting of the study: its utility (target accuracy) and its leakage (strongest attack).
+
+    ``kind`` is ``none``, ``dp`` (DP-SGD), ``output`` (an output defense) or
+    ``regularization`` (any other training change). ``epsilon`` is the accountant's ε
+    (mean over targets; infinite without noise; None without DP-SGD) and
+    ``empirical_epsilon`` the largest lower bound on ε over the attacks.
+    """
+
+    setting: str
+    job: str
+    path: Path
+    kind: str
+    defense: str
+    output: str
+    train_acc: float | None
+    test_acc: float
+    test_acc_std: float
+    attack: str
+    tpr: float
+    tpr_ci: Interval
+    auc: float
+    auc_ci: Interval | None
+    epsilon: float | None
+    empirical_epsilon: float | None
+    ece: float | None
+    confidence_gap: float | None
+
+
+@dataclass
+class PrivacyUtilityStudy:
+    """What :func:`write_privacy_utility` wrote and found."""
+
+    sweep_dir: Path
+    fpr: float
+    points: list[StudyPoint]
+    missing: list[tuple[str, str]]
+    csv: Path
+    markdown: Path
+    figure: Path | None
+
+
+def strongest_at(results: RunResults, fpr: float) -> str | None:
+    """The attack with the highest pooled TPR at ``fpr`` (ties: AUC); None when no attack measured it."""
+    measured = {name: a.pooled for name, a in results.attacks.items() if fpr in a.pooled.tpr}
+    if not measured:
+        return None
+    return max(measured, key=lambda n: (measured[n].tpr[fpr], measured[n].auc))
+
+
+def _setting_name(job: SweepJob, swept: Sequence[str]) -> str:
+    if "setting" in job.overrides:
+        return job.overrides["setting"]
+    return ", ".join(f"{k}={job.overrides[k]}" for k in swept if k in job.overrides) or job.name
+
+
+def _kind(config: dict[str, Any], setting: str) -> tuple[str, str, str]:
+    """``(kind, defense, output)`` of a job's resolved config."""
+    defense = (config.get("defense") or {}).get("name", "none")
+    output = dict(config.get("output") or {"name": "logits"})
+    served = output.pop("name", "logits")
+    output_text = served + "".join(f" {k}={v}" for k, v in output.items())
+    if defense == "dpsgd":
+        return "dp", defense, output_text
+    if served != "logits":
+        return "output", defense, output_text
+    return ("none" if setting == "none" else "regularization"), defense, output_text
+
+
+def _point(job: SweepJob, setting: str, fpr: float) -> StudyPoint | str:
+    """The study point of a finished job, or why it has none."""
+    results = job.results
+    assert results is not None
+    attack = strongest_at(results, fpr)
+    accuracies = [t.test_acc for t in results.targets.values() if t.test_acc is not None]
+    if attack is None:
+        return f"no attack measured {tpr_key(fpr)} (add {fpr} to fpr_targets)"
+    if not accuracies:
+        return "no target test accuracy in results.json"
+    pooled = results.attacks[attack].pooled
+    bounds = [a.empirical_epsilon for a in results.attacks.values() if a.empirical_epsilon is not None]
+    kind, defense, output = _kind(results.config, setting)
+    return StudyPoint(
+        setting=setting, job=job.name, path=job.path, kind=kind, defense=defense, output=output,
+        train_acc=results.mean_over_targets("train_acc"), test_acc=sum(accuracies) / len(accuracies),
+        test_acc_std=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0, attack=attack, tpr=pooled.tpr[fpr],
+        tpr_ci=pooled.tpr_exact_ci.get(fpr, (math.nan, math.nan)), auc=pooled.auc, auc_ci=pooled.ci.get("auc"),
+        epsilon=results.mean_over_targets("dp_epsilon") if kind == "dp" else None,
+        empirical_epsilon=max(bounds) if bounds else None, ece=results.mean_over_targets("ece"),
+        confidence_gap=results.mean_over_targets("confidence_gap"),
+    )
+
+
+def study_points(jobs: Sequence[SweepJob], *, fpr: float = STUDY_FPR) -> tuple[list[StudyPoint], list[tuple[str, str]]]:
+    """``(points, missing)``: one point per finished job, and ``(setting, reason)`` for the others."""
+    swept = swept_keys(jobs)
+    points, missing = [], []
+    for job in jobs:
+        setting = _setting_name(job, swept)
+        point = _point(job, setting, fpr) if job.results is not None else job.missing_reason or "no results"
+        if isinstance(point, str):
+            missing.append((setting, point))
+        else:
+            points.append(point)
+    return points, missing
+
+
+def reference_point(points: Sequence[StudyPoint]) -> StudyPoint | None:
+    """The undefended setting (kind ``none``) the others are compared with, or None."""
+    return next((p for p in points if p.kind == "none"), None)
+
+
+def costs_more_than_it_buys(point: StudyPoint, reference: StudyPoint | None) -> bool:
+    """Whether ``point`` is less accurate than the undefended ``reference`` and its strongest attack does at
+    least as well there: accuracy paid, no privacy bought."""
+    return reference is not None and point is not reference and point.test_acc < reference.test_acc \
+        and point.tpr >= reference.tpr
+
+
+CSV_COLUMNS = ["setting", "kind", "defense", "output", "train_acc", "test_acc", "test_acc_std", "attack",
+               "tpr", "tpr_low", "tpr_high", "auc", "auc_low", "auc_high", "dp_epsilon", "empirical_epsilon",
+               "ece", "confidence_gap", "costs_more_than_it_buys", "job", "dir"]
+
+
+def _csv_row(p: StudyPoint, reference: StudyPoint | None) -> dict[str, Any]:
+    auc_low, auc_high = p.auc_ci if p.auc_ci is not None else (None, None)
+    return {"setting": p.setting, "kind": p.kind, "defense": p.defense, "output": p.output,
+            "train_acc": p.train_acc, "test_acc": p.test_acc, "test_acc_std": p.test_acc_std, "attack": p.attack,
+            "tpr": p.tpr, "tpr_low": p.tpr_ci[0], "tpr_high": p.tpr_ci[1], "auc": p.auc, "auc_low": auc_low,
+            "auc_high": auc_high, "dp_epsilon": p.epsilon, "empirical_epsilon": p.empirical_epsilon, "ece": p.ece,
+            "confidence_gap": p.confidence_gap, "costs_more_than_it_buys": costs_more_than_it_buys(p, reference),
+            "job": p.job, "dir": str(p.path)}
+
+
+def _csv_text(points: Sequence[StudyPoint]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for p in points:
+        writer.writerow({k: "" if v is None else v for k, v in _csv_row(p, reference_point(points)).items()})
+    return buf.getvalue()
+
+
+def _cell(value: float | None, fmt: str = ".3f") -> str:
+    return "—" if value is None else format_number(value, fmt)
+
+
+def _interval(value: float, ci: Interval | None, fmt: str) -> str:
+    text = format_number(value, fmt)
+    return text if ci is None else f"{text} [{format_number(ci[0], fmt)}, {format_number(ci[1], fmt)}]"
+
+
+def _versus(p: StudyPoint, reference: StudyPoint | None) -> str:
+    """Accuracy and TPR change against the undefended setting, flagged when accuracy is paid for nothing."""
+    if reference is None or p is reference:
+        return "—"
+    text = f"{p.test_acc - reference.test_acc:+.3f} acc, {100 * (p.tpr - reference.tpr):+.2f} pts TPR"
+    return text + (": accuracy paid, no privacy bought" if costs_more_than_it_buys(p, reference) else "")
+
+
+def _markdown_text(study_dir: Path, points: Sequence[StudyPoint], missing: Sequence[tuple[str, str]],
+                   fpr: float) -> str:
+    at = f"{100 * fpr:g}% FPR"
+    reference = reference_point(points)
+    lines = [f"# Privacy-utility study: `{study_dir}`", "",
+             f"{len(points)} setting(s). Per setting: the targets' mean test accuracy (± std over targets), and the "
+             f"strongest attack (highest pooled TPR at {at}) with its TPR there (95% Clopper-Pearson interval) and "
+             "its AUC (95% bootstrap interval); the change in accuracy and TPR against no defense. ε: the DP-SGD "
+             "accountant's (spent, mean over targets) and the largest empirical 95% lower bound over the attacks. "
+             "ECE on the targets' non-members; confidence gap = mean true-class probability on members minus "
+             "non-members.",
+             "",
+             f"| setting | test acc | train acc | strongest attack | TPR@{at} [95% CI] | AUC [95% CI] | "
+             "vs no defense | accountant ε | empirical ε | ECE | conf. gap |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p in points:
+        gap = "—" if p.confidence_gap is None else f"{100 * p.confidence_gap:.1f}%"
+        lines.append(
+            f"| {p.setting} | {p.test_acc:.3f} ± {p.test_acc_std:.3f} | {_cell(p.train_acc)} | {p.attack} | "
+            f"{_interval(100 * p.tpr, (100 * p.tpr_ci[0], 100 * p.tpr_ci[1]), '.2f')}% | "
+            f"{_interval(p.auc, p.auc_ci, '.3f')} | {_versus(p, reference)} | {_cell(p.epsilon, '.2f')} | "
+            f"{_cell(p.empirical_epsilon, '.2f')} | {_cell(p.ece)} | {gap} |")
+    if missing:
+        lines += ["", "## Settings without a point", ""] + [f"- `{name}`: {reason}" for name, reason in missing]
+    return "\n".join(lines) + "\n"
+
+
+def write_privacy_utility(sweep_dir: str | Path, *, fpr: float = STUDY_FPR) -> PrivacyUtilityStudy:
+    """Write ``privacy_utility.{csv,md,png}`` into ``sweep_dir`` (see the module docstring).
+
+    The PNG is skipped (``figure=None``) when no setting has a point. Files are written
+    atomically. Raises like :func:`~mia_torch.report.sweep.collect_jobs` when there is no
+    sweep, and ``ValueError`` when ``fpr`` is not in (0, 1).
+    """
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr={fpr!r} must lie in (0, 1)")
+    sweep_dir = Path(sweep_dir)
+    points, missing = study_points(collect_jobs(sweep_dir), fpr=fpr)
+    csv_path, md_path = sweep_dir / CSV_NAME, sweep_dir / MARKDOWN_NAME
+    with atomic_open(csv_path, "w", newline="") as fh:
+        fh.write(_csv_text(points))
+    with atomic_open(md_path, "w") as fh:
+        fh.write(_markdown_text(sweep_dir, points, missing, fpr))
+    figure_path = None
+    if points:
+        from mia_torch.report.plots import save_figure
+        from mia_torch.report.privacy_utility_plot import privacy_utility_figure
+
+        figure_path = save_figure(privacy_utility_figure(points, fpr=fpr), sweep_dir / FIGURE_NAME)
+    return PrivacyUtilityStudy(sweep_dir=sweep_dir, fpr=fpr, points=points, missing=missing, csv=csv_path,
+                               markdown=md_path, figure=figure_path)
+
+
+def describe_study(study: PrivacyUtilityStudy) -> str:
+    """A few lines: each setting's accuracy and leakage, and where the files are."""
+    lines = [f"privacy-utility study of {len(study.points)} setting(s) (TPR at {100 * study.fpr:g}% FPR of the "
+             "strongest attack):"]
+    reference = reference_point(study.points)
+    for p in study.points:
+        lines.append(f"  {p.setting:<24} test acc {p.test_acc:.3f}  {p.attack:<14} TPR {100 * p.tpr:5.2f}%  "
+                     f"AUC {p.auc:.3f}" + ("  (accuracy paid, no privacy bought)"
+                                           if costs_more_than_it_buys(p, reference) else ""))
+    lines += [f"  missing {name}: {reason}" for name, reason in study.missing]
+    lines += [f"  {path}" for path in (study.csv, study.markdown, study.figure) if path is not None]
+    return "\n".join(lines)
+
+
+class PrivacyUtilityCallback(Callback):
+    """Hydra callback: write the privacy-utility study into ``hydra.sweep.dir`` when a multirun ends.
+
+    Registered by ``experiment=privacy_utility`` (``hydra.callbacks.privacy_utility``);
+    ``fpr`` is the FPR of the comparison (default 1%). Single runs are untouched. A
+    failure is reported but does not fail the finished sweep; rerun it with
+    ``scripts/privacy_utility.py <sweep_dir>``.
+    """
+
+    def __init__(self, fpr: float = STUDY_FPR) -> None:
+        self.fpr = float(fpr)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write the study of the sweep that just finished and print its points."""
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            study = write_privacy_utility(sweep_dir, fpr=self.fpr)
+        except Exception as err:  # noqa: BLE001 - the jobs are done; do not turn them into a failure
+            log.exception("privacy-utility study of %s failed", sweep_dir)
+            print(f"privacy-utility study of {sweep_dir} failed: {err}; retry with "
+                  f"`python scripts/privacy_utility.py {sweep_dir}`", flush=True)
+            return
+        print(describe_study(study), flush=True)
