@@ -111,15 +111,18 @@ def test_two_joblib_shards_then_attack_stage_equal_the_unsharded_run(tmp_path, r
 
 
 SLOW_TRAINING = """
-import runpy, sys, time
+import os, runpy, sys, time
+from pathlib import Path
 import mia_torch.stages.train as train_stage
 
 _train_models = train_stage.train_models
+started = Path(os.environ["MIA_TEST_STARTED"])
 
 def slow_train_models(*args, **kwargs):
-    result = _train_models(*args, **kwargs)
-    time.sleep(0.25)  # leaves a wide window between two stored models
-    return result
+    # runs with the models' locks held (and written): count the call, then leave a wide window
+    started.write_text(str(int(started.read_text()) + 1 if started.exists() else 1))
+    time.sleep(0.25)
+    return _train_models(*args, **kwargs)
 
 train_stage.train_models = slow_train_models
 sys.argv = [sys.argv[1], *sys.argv[2:]]
@@ -130,20 +133,26 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_run_killed_after_k_models_resumes_with_only_the_missing_ones(tmp_path, reference):
     """SIGKILL a real run once 2 models are stored; the rerun trains exactly the others.
 
-    The killed process is the normal entry point, training one model at a time, slowed by
-    a sleep after each model is trained (before it is saved), so the kill lands while a model is in
+    The killed process is the normal entry point, training one model at a time; each
+    model's training starts (its lock taken) with a count and a sleep, and the kill comes
+    once a model beyond the 2 stored ones has started, so it lands while a model is in
     training, whatever the machine's load.
     """
-    store = tmp_path / "store"
+    store, started = tmp_path / "store", tmp_path / "started"
     driver = tmp_path / "slow_run.py"
     driver.write_text(SLOW_TRAINING)
     log = (tmp_path / "killed.log").open("w")
     proc = subprocess.Popen([sys.executable, str(driver), str(RUN), *OVERRIDES, "parallel_models=1", f"store_dir={store}",
-                             f"hydra.run.dir={tmp_path / 'killed'}"], cwd=tmp_path, env=_env(), stdout=log,
-                            stderr=subprocess.STDOUT)
+                             f"hydra.run.dir={tmp_path / 'killed'}"], cwd=tmp_path,
+                            env=_env() | {"MIA_TEST_STARTED": str(started)}, stdout=log, stderr=subprocess.STDOUT)
+
+    def training_past_two_stored() -> bool:
+        stored = len(_stored_models(store))
+        return stored >= 2 and started.exists() and int(started.read_text() or 0) > stored
+
     deadline = time.monotonic() + 180
     try:
-        while len(_stored_models(store)) < 2:
+        while not training_past_two_stored():
             assert proc.poll() is None, "the run ended before it could be interrupted"
             assert time.monotonic() < deadline, "no model was stored in time"
             time.sleep(0.01)
