@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mia_torch.data.datasets import Dataset, DatasetNotFoundError, normalize, register_dataset
+from mia_torch.data.datasets import Dataset, DatasetLoader, DatasetNotFoundError, normalize, register_dataset
 
 __all__: list[str] = []  # the loaders are reached through the registry
 
@@ -33,6 +33,8 @@ class _TorchvisionSource:
     num_classes: int
 
 
+# MNIST and Fashion-MNIST: 60k train, 10k test, 1x28x28; CIFAR-10/100: 50k train, 10k test, 3x32x32
+# (CIFAR-100 with its 100 fine labels).
 _MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -133,25 +135,17 @@ def _torchvision_tensors(ds: Any, src: _TorchvisionSource) -> tuple[torch.Tensor
     return x, y
 
 
-@register_dataset("mnist")
-def _mnist(*, root: Path | None, download: bool, seed: int) -> Dataset:
-    """MNIST (60k train = population, 10k test), 1x28x28."""
-    return _load_torchvision("mnist", root, download)
+def _loader(key: str) -> DatasetLoader:
+    """The registered loader of torchvision set ``key``: it takes no options of its own."""
+
+    def load(*, root: Path | None, download: bool, seed: int) -> Dataset:
+        return _load_torchvision(key, root, download)
+
+    src = _SOURCES[key]
+    load.__doc__ = f"{src.display} through torchvision: the train split is the population, the test split is held out."
+    load.__qualname__ = load.__name__ = f"load_{key}"
+    return load
 
 
-@register_dataset("fashion_mnist")
-def _fashion_mnist(*, root: Path | None, download: bool, seed: int) -> Dataset:
-    """Fashion-MNIST (60k train = population, 10k test), 1x28x28."""
-    return _load_torchvision("fashion_mnist", root, download)
-
-
-@register_dataset("cifar10")
-def _cifar10(*, root: Path | None, download: bool, seed: int) -> Dataset:
-    """CIFAR-10 (50k train = population, 10k test), 3x32x32."""
-    return _load_torchvision("cifar10", root, download)
-
-
-@register_dataset("cifar100")
-def _cifar100(*, root: Path | None, download: bool, seed: int) -> Dataset:
-    """CIFAR-100 (50k train = population, 10k test, fine labels), 3x32x32."""
-    return _load_torchvision("cifar100", root, download)
+for _key in _SOURCES:
+    register_dataset(_key)(_loader(_key))
