@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -301,7 +302,7 @@ def test_summary_of_a_grid_sweep_lists_failed_jobs_and_draws_each_key(tmp_path):
     assert _axis([1, 5], ["1", "5"])[0] == "linear"  # less than a decade
 
 
-def test_callback_and_script_write_the_summary(tmp_path):
+def test_callback_and_script_write_the_summary(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     _fake_job(sweep, "0", ["train.epochs=1"], auc=0.55)
     _fake_job(sweep, "1", ["train.epochs=2"], auc=0.65)
@@ -309,15 +310,22 @@ def test_callback_and_script_write_the_summary(tmp_path):
     assert [r["train.epochs"] for r in csv.DictReader((sweep / "sweep_summary.csv").open())] == ["1", "2"]
     (sweep / "sweep_summary.csv").unlink()
 
-    script = REPO / "scripts" / "summarize_sweep.py"
-    proc = subprocess.run([sys.executable, str(script), str(sweep)], capture_output=True, text=True, env=_env(),
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert (sweep / "sweep_summary.csv").is_file() and str(sweep / "sweep_summary.png") in proc.stdout
+    script = _load_script("summarize_sweep")  # its main(argv) is what the script exits with
+    assert script.main([str(sweep)]) == 0
+    assert (sweep / "sweep_summary.csv").is_file() and str(sweep / "sweep_summary.png") in capsys.readouterr().out
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no Hydra jobs"):
         collect_jobs(empty)
+    assert script.main([str(empty)]) == 2 and "no Hydra jobs" in capsys.readouterr().err
+
+
+def _load_script(name: str):
+    """``scripts/<name>.py`` imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # ------------------------------------------------------------ named experiments
