@@ -101,7 +101,8 @@ def build_missing(
         for item in pending:
             if item not in announced:
                 owner = leases[item].owner
-                holder = f"pid {owner.pid} on {owner.hostname}" if owner is not None else "another process"
+                holder = (f"pid {owner.pid} on {owner.hostname}" if owner is not None else
+                          f"another process (or none: an empty lock is removed after {store.lease_s:g} s)")
                 log.info("%s %r is being built by %s: waiting for it", kind, item, holder)
                 announced.add(item)
             _remove_if_left_empty(Path(leases[item].lock_file), empty_since, after_s=store.lease_s)
