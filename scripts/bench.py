@@ -24,7 +24,7 @@ forward + backward for training rows, forward for signal rows) times img/s; a tr
 row's time also covers its final train/test evaluation, so its TFLOP/s is a slight
 underestimate. A ``train_models``/``collect_logits_many`` row that fell back from vmap
 to one model at a time is flagged (``fell_back`` in the JSON, ``*`` in the table).
-Synthetic data is generated here (class prototypes plus noise, so the models do learn
+Synthetic data is generated (class prototypes plus noise, so the models do learn
 something), or ``--dataset digits`` uses scikit-learn's bundled 8x8 digits;
 ``--model-args`` passes model options (e.g. narrower widths for a quick run).
 
