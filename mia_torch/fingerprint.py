@@ -49,9 +49,10 @@ class CodeScope:
 #: training, optimizers, schedules, defenses), the architectures (``models/``) and the
 #: training augmentation (``data/``). Whole sub-packages are covered, so a new module
 #: there counts without being listed. Modules of ``data/`` whose product the key already
-#: holds are left out: the loaders ``datasets.py`` and ``tabular.py`` (the key holds the
-#: digest of the loaded tensors) and ``splits.py`` (the key holds the keep row). A new
-#: loader module belongs on that list; a new augmentation module must not be.
+#: holds are left out: the registry ``datasets.py`` and the loaders ``torchvision_sets.py``,
+#: ``builtin.py``, ``npz.py`` and ``tabular.py`` (the key holds the digest of the loaded
+#: tensors) and ``splits.py`` (the key holds the keep row). A new loader module belongs on
+#: that list; a new augmentation module must not be.
 #:
 #: ``signals``: the query code (``signals/``: logit collection and any served-output
 #: transform applied before storing) on top of the model's own key, which a signal key
@@ -68,7 +69,10 @@ class CodeScope:
 ARTIFACT_CODE: dict[str, CodeScope] = {
     "models": CodeScope(
         include=("training/**/*.py", "models/**/*.py", "data/**/*.py", "compute.py"),
-        exclude=("data/datasets.py", "data/tabular.py", "data/splits.py"),
+        exclude=(
+            "data/datasets.py", "data/torchvision_sets.py", "data/builtin.py", "data/npz.py", "data/tabular.py",
+            "data/splits.py",
+        ),
     ),
     "signals": CodeScope(include=("signals/**/*.py", "compute.py"), exclude=("signals/stats.py",)),
 }

@@ -7,7 +7,10 @@ disk) and holding the owner's pid, host and process start time. The lock is a le
 (:class:`filelock.SoftFileLease`): its holder refreshes it from a background thread, and
 another process takes it over only when it has seen it unrefreshed for
 ``ArtifactStore.lease_s`` seconds (measured on its own clock, so clock skew between
-hosts does not matter) or, on the same host, as soon as the owner process is gone.
+hosts does not matter) or, on the same host, as soon as the owner process is gone. A
+lock file left empty (its creator killed between creating it and writing its record,
+which filelock takes for a live holder of an old filelock version and never breaks) is
+removed once it has stayed empty for ``lease_s`` seconds.
 
 :func:`build_missing` works in groups (models train ``parallel_models`` at a time): it
 locks up to ``group`` missing artifacts that no one else holds, builds them, releases the
@@ -19,10 +22,13 @@ but stalled holder can never corrupt the store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from filelock import Timeout
@@ -75,6 +81,7 @@ def build_missing(
     outcome.reused.extend(item for item in keys if item in outcome.meta)
     leases = {item: store.lease(kind, keys[item]) for item in pending}
     announced: set[Item] = set()
+    empty_since: dict[Path, tuple[tuple[int, int], float]] = {}
     while pending:
         claimed = _claim(pending, leases, group=group, pick_up=pick_up, outcome=outcome)
         pending = [item for item in pending if item not in outcome.meta and item not in claimed]
@@ -94,9 +101,11 @@ def build_missing(
         for item in pending:
             if item not in announced:
                 owner = leases[item].owner
-                holder = f"pid {owner.pid} on {owner.hostname}" if owner is not None else "another process"
+                holder = (f"pid {owner.pid} on {owner.hostname}" if owner is not None else
+                          f"another process (or none: an empty lock is removed after {store.lease_s:g} s)")
                 log.info("%s %r is being built by %s: waiting for it", kind, item, holder)
                 announced.add(item)
+            _remove_if_left_empty(Path(leases[item].lock_file), empty_since, after_s=store.lease_s)
         time.sleep(store.poll_s)
         pending = [item for item in pending if not (store.contains(kind, keys[item]) and _reuse(item, pick_up, outcome))]
     return outcome
@@ -131,3 +140,44 @@ def _claim(
             continue
         claimed.append(item)
     return claimed
+
+
+def _remove_if_left_empty(path: Path, empty_since: dict[Path, tuple[tuple[int, int], float]], *,
+                          after_s: float) -> None:
+    """Remove the lock file ``path`` once this process has seen it empty and unchanged for ``after_s`` seconds.
+
+    A live holder writes its record right after creating the file and refreshes it, so a
+    file that stays empty for a whole lease belongs to a process killed in between.
+    ``empty_since`` remembers when each empty file was first seen. Should another process
+    recreate the lock in the instant between the check and the removal, its file is put
+    back; at worst an artifact is built twice, which the store's first-come publication
+    tolerates.
+    """
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        empty_since.pop(path, None)
+        return
+    identity, now = (stat.st_ino, stat.st_mtime_ns), time.monotonic()
+    if stat.st_size:
+        empty_since.pop(path, None)
+        return
+    if path not in empty_since or empty_since[path][0] != identity:
+        empty_since[path] = (identity, now)
+        return
+    if now - empty_since[path][1] < after_s:
+        return
+    aside = path.with_name(f"{path.name}.empty.{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    moved = aside.stat()
+    if (moved.st_ino, moved.st_mtime_ns, moved.st_size) != (*identity, 0):  # not the file we saw: put it back
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
+    else:
+        log.warning("removed the lock %s, left empty for %.0f s by a process killed while taking it", path,
+                    now - empty_since[path][1])
+    aside.unlink()
+    empty_since.pop(path, None)

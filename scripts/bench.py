@@ -24,9 +24,12 @@ forward + backward for training rows, forward for signal rows) times img/s; a tr
 row's time also covers its final train/test evaluation, so its TFLOP/s is a slight
 underestimate. A ``train_models``/``collect_logits_many`` row that fell back from vmap
 to one model at a time is flagged (``fell_back`` in the JSON, ``*`` in the table).
-Synthetic data is generated here (class prototypes plus noise, so the models do learn
+Synthetic data is generated (class prototypes plus noise, so the models do learn
 something), or ``--dataset digits`` uses scikit-learn's bundled 8x8 digits;
 ``--model-args`` passes model options (e.g. narrower widths for a quick run).
+
+The naive loops are in ``bench_naive.py``; data, models, FLOPs and machine details in
+``bench_workload.py``.
 
 Example: ``.venv/bin/python scripts/bench.py --out bench.json`` (about 1-2 min on a
 2-core CPU); on a GPU: ``--dataset synthetic-cifar --model resnet18 --num-train 20000``.
@@ -40,81 +43,28 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import sys
-import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from bench_naive import naive_signals, naive_train, timed  # noqa: E402
+from bench_workload import DATASETS, MODELS, count_flops, machine, make_data  # noqa: E402
 
 from mia_torch.atomic import atomic_open  # noqa: E402
-from mia_torch.data.augment import apply_query  # noqa: E402
-from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet  # noqa: E402
+from mia_torch.data.mixing import AugmentConfig  # noqa: E402
 from mia_torch.signals.collect import collect_logits  # noqa: E402
 from mia_torch.signals.collect_many import collect_logits_many  # noqa: E402
-from mia_torch.data.mixing import AugmentConfig  # noqa: E402
 from mia_torch.training.config import TrainConfig  # noqa: E402
 from mia_torch.training.ensemble import train_models  # noqa: E402
-from mia_torch.training.trainer import _lr_lambda, evaluate, train_model  # noqa: E402
+from mia_torch.training.trainer import evaluate, train_model  # noqa: E402
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": SmallCNN,
-    "cifar_cnn": FastCifarCNN,
-    "resnet18": ResNet18,
-    "wrn28_2": lambda **kw: WideResNet(depth=28, widen_factor=2, **kw),
-    "mlp": MLP,
-}
-DATASETS = {"synthetic-cifar": (3, 32, 32), "synthetic-mnist": (1, 28, 28), "digits": (1, 8, 8)}
-
-
-def make_data(name: str, num_train: int, num_test: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """``x, y, x_test, y_test`` (CPU float32, normalised), 10 classes: prototypes plus noise."""
-    if name == "digits":
-        from mia_torch.data.datasets import load_dataset
-
-        data = load_dataset("digits", root=None, seed=seed)
-        x, y = data.x[:num_train], data.y[:num_train]
-        return x, y, data.x_test[:num_test], data.y_test[:num_test]
-    shape = DATASETS[name]
-    g = torch.Generator().manual_seed(seed)
-    # smooth, mirror-symmetric class prototypes: crops and flips keep the class
-    coarse = torch.randn((10, shape[0], max(2, shape[1] // 4), max(2, shape[2] // 4)), generator=g)
-    prototypes = F.interpolate(coarse, size=shape[1:], mode="bilinear", align_corners=False)
-    prototypes = (prototypes + prototypes.flip(-1)) / 2
-    n = num_train + num_test
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = prototypes[y] + 3.0 * torch.randn((n, *shape), generator=g)
-    x = (x - x.mean()) / x.std()
-    return x[:num_train], y[:num_train], x[num_train:], y[num_train:]
-
-
-def count_flops(model: nn.Module, shape: tuple[int, ...], *, batch: int = 2) -> dict[str, float] | None:
-    """FLOPs per image of one forward pass and of one forward + backward pass, or ``None``.
-
-    Counted on a float32 CPU copy of ``model`` in training mode with
-    :class:`torch.utils.flop_counter.FlopCounterMode` (matrix multiplies and convolutions,
-    the ops that dominate; elementwise ops are not counted). ``None`` when counting fails
-    or finds no FLOPs.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    probe = copy.deepcopy(model).float().cpu().train()
-    x = torch.randn((batch, *shape))
-    try:
-        with FlopCounterMode(display=False) as forward, torch.no_grad():
-            probe(x)
-        with FlopCounterMode(display=False) as training:
-            probe(x).float().sum().backward()
-    except Exception:  # noqa: BLE001 - an uncountable model just has no TFLOP/s column
-        return None
-    if forward.get_total_flops() <= 0:
-        return None
-    return {"forward": forward.get_total_flops() / batch, "train": training.get_total_flops() / batch}
+#: A timed job: returns ``(seconds, (models, test accuracy or None))``.
+Job = Callable[[], tuple[float, tuple[int, float | None]]]
 
 
 class _FallbackWatch(logging.Handler):
@@ -129,130 +79,8 @@ class _FallbackWatch(logging.Handler):
             self.count += 1
 
 
-class AugmentedTensors(torch.utils.data.Dataset):
-    """The usual research-code dataset: per-item tensor transforms on the host."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform=None) -> None:
-        self.x, self.y, self.transform = x, y, transform
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int):
-        img = self.x[i]
-        return (self.transform(img) if self.transform is not None else img), self.y[i]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def naive_train(
-    model: nn.Module, x, y, x_test, y_test, cfg: TrainConfig, *, device, num_workers: int, seed: int
-) -> float:
-    """The reference loop, then train and test accuracy; returns its wall time in seconds."""
-    from torchvision.transforms import v2
-
-    ops = []
-    if cfg.augment.crop_padding > 0:
-        ops.append(v2.RandomCrop(x.shape[-2:], padding=cfg.augment.crop_padding, padding_mode="reflect"))
-    if cfg.augment.flip:
-        ops.append(v2.RandomHorizontalFlip())
-    dataset = AugmentedTensors(x, y, v2.Compose(ops) if ops else None)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed),
-    )
-    model.to(device).train()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
-    )
-    steps = len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, cfg.epochs * steps, steps))
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(cfg.epochs):
-        running = 0.0
-        for xb, yb in loader:
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            running += loss.item()  # the per-step host sync of typical logging code
-    # final train and test accuracy, as train_model reports them
-    model.eval()
-    with torch.no_grad():
-        for xs, ys in ((x, y), (x_test, y_test)):
-            correct = 0
-            for xb, yb in torch.utils.data.DataLoader(AugmentedTensors(xs, ys), batch_size=256):
-                correct += (model(xb.to(device)).argmax(1) == yb.to(device)).sum().item()
-    sync(device)
-    return time.perf_counter() - start
-
-
-@torch.no_grad()
-def naive_signals(model: nn.Module, x, queries, *, device, num_workers: int) -> float:
-    """Reference signal collection: DataLoader, fp32, batch 256, one query at a time."""
-    loader = torch.utils.data.DataLoader(
-        AugmentedTensors(x, torch.zeros(len(x), dtype=torch.long)),
-        batch_size=256,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    model.to(device).eval()
-    sync(device)
-    start = time.perf_counter()
-    per_query = []
-    for q in queries:
-        chunks = []
-        for xb, _ in loader:
-            chunks.append(model(apply_query(xb.to(device), q)).cpu())
-        per_query.append(torch.cat(chunks))
-    torch.stack(per_query, 1)
-    sync(device)
-    return time.perf_counter() - start
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - start, out
-
-
-def machine(device: torch.device) -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, object] = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    if hasattr(os, "getloadavg"):
-        info["load_avg_1min_at_start"] = round(os.getloadavg()[0], 2)
-    return info
-
-
-def main(argv: list[str] | None = None) -> dict[str, object]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see ``--help``), with the device-dependent defaults filled in."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="small_cnn")
     p.add_argument(
@@ -282,20 +110,85 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = p.parse_args(argv)
     if not isinstance(args.model_args, dict):
         p.error("--model-args must be a JSON object, e.g. '{\"width\": 8}'")
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = args.device == "cuda"
+    if args.num_workers is None:
+        args.num_workers = 8 if cuda else 2
+    if args.strategies is None:
+        args.strategies = "loop,vmap" if cuda else "auto"
+    return args
+
+
+def measure(jobs: Sequence[tuple[str, Job]], *, kind: str, repeats: int, images_per_model: int,
+            flops: dict[str, float] | None, fallbacks: _FallbackWatch) -> list[dict[str, object]]:
+    """Each job's fastest of ``repeats`` runs as a table row (img/s, TFLOP/s, fell back to a loop).
+
+    Repeats go round-robin over the rows, so a burst of load from elsewhere hits one repeat
+    of several rows rather than every repeat of one row.
+    """
+    timings: dict[str, list[tuple[float, tuple[int, float | None]]]] = {name: [] for name, _ in jobs}
+    fell_back = {name: False for name, _ in jobs}
+    for _ in range(repeats):
+        for name, run in jobs:
+            before = fallbacks.count
+            timings[name].append(run())
+            fell_back[name] |= fallbacks.count > before
+    per_image = None if flops is None else flops["train" if kind == "train" else "forward"]
+    rows = []
+    for name, _ in jobs:
+        seconds, (models, acc) = min(timings[name], key=lambda r: r[0])
+        images = models * images_per_model
+        row = {"name": name, "seconds": seconds, "models": models, "img_per_s": images / seconds,
+               "tflops": None if per_image is None else per_image * images / seconds / 1e12,
+               "fell_back": fell_back[name]}
+        if kind == "train":
+            row |= {"models_per_min": 60.0 * models / seconds, "test_acc": acc}
+        rows.append(row)
+    base = rows[0]["img_per_s"] if rows and rows[0]["name"].startswith("naive") else None
+    for row in rows:
+        row["vs_naive"] = row["img_per_s"] / base if base else None
+    return rows
+
+
+def print_tables(train_rows: list[dict[str, object]], signal_rows: list[dict[str, object]]) -> None:
+    """The side-by-side tables; ``*`` marks a row that fell back from vmap."""
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    def name_of(r):
+        return r["name"] + (" *" if r["fell_back"] else "")
+
+    def ratio(r):
+        return fmt(r["vs_naive"], ">7.2f") + "x" if r["vs_naive"] else "       -"
+
+    print(
+        f"\n{'training':<32} {'seconds':>8} {'img/s':>9} {'models/min':>10} {'vs naive':>8} {'TFLOP/s':>8} "
+        f"{'test acc':>8}"
+    )
+    for r in train_rows:
+        print(
+            f"{name_of(r):<32} {r['seconds']:>8.2f} {r['img_per_s']:>9.0f} {r['models_per_min']:>10.2f} "
+            f"{ratio(r):>8} {fmt(r['tflops'], '>8.2f')} {fmt(r['test_acc'], '>8.3f')}"
+        )
+    print(f"\n{'signals':<32} {'seconds':>8} {'img/s':>9} {'vs naive':>8} {'TFLOP/s':>8}")
+    for r in signal_rows:
+        print(f"{name_of(r):<32} {r['seconds']:>8.2f} {r['img_per_s']:>9.0f} {ratio(r):>8} {fmt(r['tflops'], '>8.2f')}")
+    if any(r["fell_back"] for r in train_rows + signal_rows):
+        print("* fell back from vmap to one model at a time (see the warning above)")
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    """Run the benchmark, print the tables, write ``--out``; returns the JSON report."""
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     fallbacks = _FallbackWatch()
     logging.getLogger("mia_torch").addHandler(fallbacks)
-
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    num_workers = args.num_workers if args.num_workers is not None else (8 if device.type == "cuda" else 2)
-    args.num_workers = num_workers
-    if args.strategies is None:
-        args.strategies = "loop,vmap" if device.type == "cuda" else "auto"
+    num_workers = args.num_workers
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     queries = [q.strip() for q in args.queries.split(",") if q.strip()]
     info = machine(device)
@@ -330,13 +223,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     collect_logits(warm, xd[:few], queries, batch_size=few)
 
     member = torch.arange(n, device=device)
+    trained: dict[str, list[nn.Module]] = {}
 
-    def naive_run() -> tuple[float, object]:
+    def naive_run() -> tuple[float, tuple[int, float | None]]:
         m = copy.deepcopy(proto)
         seconds = naive_train(m, x, y, x_test, y_test, cfg, device=device, num_workers=num_workers, seed=args.seed)
         return seconds, (1, evaluate(m, xtd, ytd)[1])
 
-    def project_run() -> tuple[float, object]:
+    def project_run() -> tuple[float, tuple[int, float | None]]:
         m = copy.deepcopy(proto)
         seconds, result = timed(
             lambda: train_model(m, xd, yd, member, cfg, seed=args.seed, x_test=xtd, y_test=ytd), device
@@ -344,21 +238,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         trained["train_model"] = [m]
         return seconds, (1, result.metrics["test_acc"])
 
-    def ensemble_run(strategy: str) -> Callable[[], tuple[float, object]]:
-        def run() -> tuple[float, object]:
+    def ensemble_run(strategy: str) -> Job:
+        def run() -> tuple[float, tuple[int, float | None]]:
             models = [copy.deepcopy(m) for m in fresh]
             seconds, results = timed(
-                lambda: train_models(
-                    models,
-                    xd,
-                    yd,
-                    [member] * len(models),
-                    cfg,
-                    seeds=list(range(len(models))),
-                    x_test=xtd,
-                    y_test=ytd,
-                    strategy=strategy,
-                ),
+                lambda: train_models(models, xd, yd, [member] * len(models), cfg, seeds=list(range(len(models))),
+                                     x_test=xtd, y_test=ytd, strategy=strategy),
                 device,
             )
             trained["ensemble"] = models
@@ -366,8 +251,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
         return run
 
-    def signals_run(name: str) -> Callable[[], tuple[float, object]]:
-        def run() -> tuple[float, object]:
+    def signals_run(name: str) -> Job:
+        def run() -> tuple[float, tuple[int, float | None]]:
             model = trained["train_model"][0]
             if name == "naive":
                 return naive_signals(model, x, queries, device=device, num_workers=num_workers), (1, None)
@@ -381,7 +266,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
         return run
 
-    trained: dict[str, list[nn.Module]] = {}
     train_jobs = ([("naive (DataLoader)", naive_run)] if not args.skip_naive else []) + [("train_model", project_run)]
     train_jobs += [(f"train_models[{s}] x{args.num_models}", ensemble_run(s)) for s in strategies]
     signal_jobs = ([("naive (DataLoader)", signals_run("naive"))] if not args.skip_naive else []) + [
@@ -389,60 +273,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ]
     signal_jobs += [(f"collect_logits_many[{s}] x{args.num_models}", signals_run(s)) for s in strategies]
 
-    # repeats go round-robin over the rows, so a burst of load from elsewhere hits one
-    # repeat of several rows rather than every repeat of one row; each row keeps its fastest
-    def rows_of(jobs, kind: str) -> list[dict[str, object]]:
-        timings: dict[str, list[tuple[float, object]]] = {name: [] for name, _ in jobs}
-        fell_back: dict[str, bool] = {name: False for name, _ in jobs}
-        for _ in range(args.repeats):
-            for name, run in jobs:
-                before = fallbacks.count
-                timings[name].append(run())
-                fell_back[name] |= fallbacks.count > before
-        per_image = None if flops is None else flops["train" if kind == "train" else "forward"]
-        rows = []
-        for name, _ in jobs:
-            seconds, (models, acc) = min(timings[name], key=lambda r: r[0])
-            images = models * n * (args.epochs if kind == "train" else len(queries))
-            row = {"name": name, "seconds": seconds, "models": models, "img_per_s": images / seconds,
-                   "tflops": None if per_image is None else per_image * images / seconds / 1e12,
-                   "fell_back": fell_back[name]}
-            if kind == "train":
-                row |= {"models_per_min": 60.0 * models / seconds, "test_acc": acc}
-            rows.append(row)
-        return rows
-
-    train_rows, signal_rows = rows_of(train_jobs, "train"), rows_of(signal_jobs, "signals")
-
-    for rows in (train_rows, signal_rows):
-        base = rows[0]["img_per_s"] if rows and rows[0]["name"].startswith("naive") else None
-        for row in rows:
-            row["vs_naive"] = row["img_per_s"] / base if base else None
-
-    def fmt(v, spec):
-        return "-" if v is None else format(v, spec)
-
-    def name_of(r):
-        return r["name"] + (" *" if r["fell_back"] else "")
-
-    print(
-        f"\n{'training':<32} {'seconds':>8} {'img/s':>9} {'models/min':>10} {'vs naive':>8} {'TFLOP/s':>8} "
-        f"{'test acc':>8}"
-    )
-    for r in train_rows:
-        print(
-            f"{name_of(r):<32} {r['seconds']:>8.2f} {r['img_per_s']:>9.0f} {r['models_per_min']:>10.2f} "
-            f"{fmt(r['vs_naive'], '>7.2f') + 'x' if r['vs_naive'] else '       -':>8} {fmt(r['tflops'], '>8.2f')} "
-            f"{fmt(r['test_acc'], '>8.3f')}"
-        )
-    print(f"\n{'signals':<32} {'seconds':>8} {'img/s':>9} {'vs naive':>8} {'TFLOP/s':>8}")
-    for r in signal_rows:
-        print(
-            f"{name_of(r):<32} {r['seconds']:>8.2f} {r['img_per_s']:>9.0f} "
-            f"{fmt(r['vs_naive'], '>7.2f') + 'x' if r['vs_naive'] else '       -':>8} {fmt(r['tflops'], '>8.2f')}"
-        )
-    if any(r["fell_back"] for r in train_rows + signal_rows):
-        print("* fell back from vmap to one model at a time (see the warning above)")
+    common = {"repeats": args.repeats, "flops": flops, "fallbacks": fallbacks}
+    train_rows = measure(train_jobs, kind="train", images_per_model=n * args.epochs, **common)
+    signal_rows = measure(signal_jobs, kind="signals", images_per_model=n * len(queries), **common)
+    print_tables(train_rows, signal_rows)
     if hasattr(os, "getloadavg"):
         info["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
         start_load, end_load = info["load_avg_1min_at_start"], info["load_avg_1min_at_end"]

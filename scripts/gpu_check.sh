@@ -217,7 +217,7 @@ if wanted study; then
         STUDY=(experiment=cifar10_fast dataset=npz "dataset.path=$DATA" "store_dir=$WORK/store" "device=$DEVICE"
             progress=false)
         if ((SMOKE)); then
-            STUDY+=("model.widths=[8,16,16]" num_models=4 "target_ids=[0,1]" train.epochs=1 train.warmup_epochs=0
+            STUDY+=("model.widths=[8,16,16]" num_models=4 "target_ids=[0]" train.epochs=1 train.warmup_epochs=0
                 train.batch_size=64 bootstrap=0 sanity_check=false num_threads=1)
         fi
         read -r -a EXTRA <<<"${GPU_CHECK_STUDY_ARGS:-}"
@@ -232,7 +232,7 @@ for model in cifar_cnn resnet18; do
     wanted "bench_$model" || continue
     if ((SMOKE)); then
         [[ $model == cifar_cnn ]] && model_args='{"widths": [8, 16, 16]}' || model_args='{"width": 4}'
-        BENCH=(--model-args "$model_args" --num-train 128 --num-test 64 --epochs 1 --batch-size 64 --num-models 2
+        BENCH=(--model-args "$model_args" --num-train 64 --num-test 32 --epochs 1 --batch-size 32 --num-models 2
             --repeats 1 --num-workers 0 --threads 1)
     elif [[ $model == cifar_cnn ]]; then
         BENCH=(--num-train 10000 --num-test 2000 --epochs 2 --batch-size 512 --num-models 8 --repeats 2)

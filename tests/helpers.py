@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -38,3 +39,18 @@ def run_experiment(tmp_path: Path, overrides: Sequence[str] = (), name: str = "r
     from mia_torch.pipeline import run
 
     return run(make_config(tmp_path, overrides), run_dir=tmp_path / name)
+
+
+def digits_tensors(*, shuffle_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits as ``[N, 1, 8, 8]`` float images (normalised over all pixels) and labels;
+    shuffled by a seeded permutation when ``shuffle_seed`` is given."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1)
+    x = (x - x.mean()) / x.std()
+    y = torch.tensor(data.target, dtype=torch.long)
+    if shuffle_seed is None:
+        return x, y
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(shuffle_seed))
+    return x[perm], y[perm]

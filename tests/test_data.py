@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +166,14 @@ def test_unknown_dataset_name_lists_registered_names(tmp_path):
         load_dataset("imagenet", root=tmp_path)
     for name in ("mnist", "fashion_mnist", "cifar10", "cifar100", "digits", "synthetic"):
         assert name in str(info.value)
+
+
+def test_importing_the_registry_alone_registers_every_loader_and_config():
+    """Every dataset with a config is loadable after ``import mia_torch.data.datasets`` alone (a fresh process)."""
+    code = "import mia_torch.data.datasets as d, mia_torch.data as p; print(sorted(d.DATASETS), p.DATASETS is d.DATASETS)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    configured = sorted(path.stem for path in (CONFIGS / "dataset").glob("*.yaml"))
+    assert out.split("\n")[0] == f"{configured} True"
 
 
 def test_unknown_option_is_rejected(tmp_path):

