@@ -11,16 +11,16 @@ import torch
 from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_write_bytes
+from mia_torch.audit.preprocess import preprocess_dataset
+from mia_torch.audit.run import run_audit
 from mia_torch.data.datasets import describe_dataset, load_dataset
 from mia_torch.data.splits import carve_validation, make_splits
 from mia_torch.data.validate import check_training_sets
-from mia_torch.settings import check_attacks, check_writable, load_settings
-from mia_torch.audit.preprocess import preprocess_dataset
-from mia_torch.audit.run import run_audit
 from mia_torch.forget.run import plan_forget, print_forget_summary, run_forget
+from mia_torch.settings import check_attacks, check_writable, load_settings
 from mia_torch.stages.attacks import attack_stage
-from mia_torch.stages.report import report_study
 from mia_torch.stages.context import Context, build, model_seed, stored_path
+from mia_torch.stages.report import report_study
 from mia_torch.stages.signals import signals_stage
 from mia_torch.stages.train import train_stage
 from mia_torch.store import ArtifactStore, array_to_bytes
