@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from mia_torch.attacks import RMIA, LiRA, PopulationAttack, ShokriAttack, ThresholdAttack
+from mia_torch.attacks import RMIA, GapAttack, LabelOnlyAttack, LiRA, PopulationAttack, ShokriAttack, ThresholdAttack
 from mia_torch.attacks.base import ReferenceSignals
 from mia_torch.settings import resolve_device
 
@@ -44,10 +44,12 @@ def main() -> None:
         "lira_online": LiRA(online=True),
         "lira_online_per_example": LiRA(online=True, variance="per_example"),
         "lira_offline": LiRA(online=False),
-        "rmia": RMIA(online=False, a=0.3),
-        "rmia_calibrated_a": RMIA(online=False),
+        "rmia_fixed_a_T": RMIA(online=False, a=0.3, temperature=2.0),
+        "rmia": RMIA(online=False),  # a and the temperature chosen on the references (the default)
         "rmia_online": RMIA(online=True),
         "shokri": ShokriAttack(),
+        "gap": GapAttack(),
+        "label_only": LabelOnlyAttack(),
     }
     timings = {}
     print(f"{args.models} models x {args.examples} examples x {args.queries} queries on {device}")
