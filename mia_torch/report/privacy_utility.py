@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import math
 import statistics
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics.roc import tpr_key
-from mia_torch.report.sweep import SweepJob, collect_jobs, swept_keys
+from mia_torch.report.sweep import SweepJob, collect_jobs, report_after_sweep, swept_keys
 from mia_torch.report.table import format_number
 from mia_torch.report.types import Interval, RunResults
 
@@ -53,7 +52,6 @@ __all__ = [
     "write_privacy_utility",
 ]
 
-log = logging.getLogger(__name__)
 
 CSV_NAME = "privacy_utility.csv"
 MARKDOWN_NAME = "privacy_utility.md"
@@ -304,12 +302,5 @@ class PrivacyUtilityCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write the study of the sweep that just finished and print its points."""
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        try:
-            study = write_privacy_utility(sweep_dir, fpr=self.fpr)
-        except Exception as err:  # noqa: BLE001 - the jobs are done; do not turn them into a failure
-            log.exception("privacy-utility study of %s failed", sweep_dir)
-            print(f"privacy-utility study of {sweep_dir} failed: {err}; retry with "
-                  f"`python scripts/privacy_utility.py {sweep_dir}`", flush=True)
-            return
-        print(describe_study(study), flush=True)
+        report_after_sweep(config, "privacy-utility study", "scripts/privacy_utility.py",
+                           lambda sweep_dir: describe_study(write_privacy_utility(sweep_dir, fpr=self.fpr)))

@@ -36,7 +36,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -54,6 +54,7 @@ __all__ = [
     "attack_value",
     "collect_jobs",
     "describe",
+    "report_after_sweep",
     "summary_table",
     "swept_keys",
     "write_sweep_summary",
@@ -358,12 +359,21 @@ class SweepSummaryCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarise the sweep that just finished and print where the files are."""
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        try:
-            summary = write_sweep_summary(sweep_dir)
-        except Exception as err:  # noqa: BLE001 - the jobs are done; do not turn them into a failure
-            log.exception("sweep summary of %s failed", sweep_dir)
-            print(f"sweep summary of {sweep_dir} failed: {err}; retry with "
-                  f"`python scripts/summarize_sweep.py {sweep_dir}`", flush=True)
-            return
-        print(describe(summary), flush=True)
+        report_after_sweep(config, "sweep summary", "scripts/summarize_sweep.py",
+                           lambda sweep_dir: describe(write_sweep_summary(sweep_dir)))
+
+
+def report_after_sweep(config: DictConfig, what: str, script: str, write: Callable[[Path], str]) -> None:
+    """Run ``write(sweep_dir)`` when a multirun ends and print what it returns.
+
+    The jobs are done by then, so a failure is logged and printed with the ``script`` that
+    retries it, never raised (it would turn a finished sweep into a failed one).
+    """
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    try:
+        text = write(sweep_dir)
+    except Exception as err:  # noqa: BLE001 - the jobs are done; do not turn them into a failure
+        log.exception("%s of %s failed", what, sweep_dir)
+        print(f"{what} of {sweep_dir} failed: {err}; retry with `python {script} {sweep_dir}`", flush=True)
+        return
+    print(text, flush=True)
