@@ -5,9 +5,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AuditConfig"]
+from mia_torch.config_checks import known_keys
 
-_KEYS = ("checkpoint", "preprocess", "members", "candidates", "fpr", "online")
+__all__ = ["AuditConfig"]
 
 
 def _check_fpr(key: str, value: Any) -> float:
@@ -20,14 +20,6 @@ def _check_ids(key: str, value: Any) -> Any:
     if isinstance(value, bool) or (value is not None and not isinstance(value, (str, int, list))):
         raise ValueError(f"{key}={value!r} is invalid: expected record ids, a list of them, or a file of them")
     return value
-
-
-def check_keys(section: str, values: Mapping[str, Any], known: tuple[str, ...]) -> None:
-    """Refuse keys of ``section`` that it does not have, naming them and the valid ones."""
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; valid keys: "
-                         f"{', '.join(f'{section}.{k}' for k in known)}")
 
 
 @dataclass(frozen=True)
@@ -58,8 +50,7 @@ class AuditConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "AuditConfig":
         """Validate ``audit.*`` (a missing section, as in runs saved before it existed, means off)."""
-        values = dict(values or {})
-        check_keys("audit", values, _KEYS)
+        values = known_keys(values or {}, cls, "audit")
         out = cls(**values)
         if out.checkpoint is not None and (not isinstance(out.checkpoint, str) or not out.checkpoint):
             raise ValueError(f"audit.checkpoint={out.checkpoint!r} is invalid: expected the path of your model file")

@@ -24,7 +24,7 @@ them train bitwise the same models.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mia_torch.config_checks import known_keys
 from mia_torch.data.augment import crop_flip, draw_crop_flip
 
 __all__ = [
@@ -72,11 +73,7 @@ class AugmentConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "AugmentConfig":
         """Build from a plain mapping, rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) train.augment.{', train.augment.'.join(unknown)}; valid: {sorted(known)}")
-        return cls(**dict(values))
+        return cls(**known_keys(values, cls, "train.augment"))
 
     @property
     def mixes(self) -> bool:

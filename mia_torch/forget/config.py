@@ -5,12 +5,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mia_torch.audit.config import _check_fpr, _check_ids, check_keys
+from mia_torch.audit.config import _check_fpr, _check_ids
+from mia_torch.config_checks import known_keys
 from mia_torch.training.unlearning import FORGET_METHODS
 
 __all__ = ["ForgetConfig"]
-
-_KEYS = ("method", "ids", "count", "epochs", "lr", "ascent_epochs", "ascent_lr", "checkpoint", "fpr")
 
 
 def _positive(key: str, value: Any, *, integer: bool, optional: bool = False) -> None:
@@ -52,9 +51,7 @@ class ForgetConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "ForgetConfig":
         """Validate ``forget.*`` (a missing section means off)."""
-        values = dict(values or {})
-        check_keys("forget", values, _KEYS)
-        out = cls(**values)
+        out = cls(**known_keys(values or {}, cls, "forget"))
         if out.method is not None and out.method not in FORGET_METHODS:
             raise ValueError(f"forget.method={out.method!r} is invalid: expected one of {FORGET_METHODS}")
         _check_ids("forget.ids", out.ids)

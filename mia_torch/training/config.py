@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional
 
+from mia_torch.config_checks import known_keys
 from mia_torch.data.mixing import AugmentConfig
 
 OPTIMIZERS = ("sgd", "adam")
@@ -69,8 +70,8 @@ class TrainConfig:
         if isinstance(self.augment, Mapping):
             self.augment = AugmentConfig.from_mapping(self.augment)
         if isinstance(self.early_stopping, Mapping):
-            self.early_stopping = EarlyStoppingConfig(**_known(self.early_stopping, EarlyStoppingConfig,
-                                                                 "train.early_stopping"))
+            self.early_stopping = EarlyStoppingConfig(**known_keys(self.early_stopping, EarlyStoppingConfig,
+                                                                     "train.early_stopping"))
         self._fold_aliases()
         checks = [
             (self.epochs >= 1, "epochs", "an integer >= 1"),
@@ -104,16 +105,9 @@ class TrainConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "TrainConfig":
         """Build from a plain mapping, rejecting unknown keys by name."""
-        return cls(**_known(values, cls, "train"))
+        return cls(**known_keys(values, cls, "train"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, e.g. for artifact keys (the folded older spellings left out)."""
         return {k: v for k, v in asdict(self).items() if k not in AUGMENT_ALIASES}
 
-
-def _known(values: Mapping[str, Any], cls: type, prefix: str) -> dict[str, Any]:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {prefix}.{f', {prefix}.'.join(unknown)}; valid keys: {sorted(known)}")
-    return dict(values)

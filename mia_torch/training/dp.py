@@ -42,13 +42,14 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mia_torch.config_checks import known_keys
 from mia_torch.data.mixing import augment_batch, draw_augment
 from mia_torch.training.config import TrainConfig
 from mia_torch.training.trainer import (
@@ -93,10 +94,7 @@ class DefenseConfig:
         name = values.get("name", "none")
         if name not in DEFENSES:
             raise ValueError(f"defense.name={name!r} is invalid: expected one of {DEFENSES} (defense=<option>)")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) defense.{', defense.'.join(unknown)}; valid keys: {sorted(known)}")
+        known_keys(values, cls, "defense")
         if name == "none":
             extra = sorted(set(values) - {"name"})
             if extra:
