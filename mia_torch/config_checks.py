@@ -6,11 +6,11 @@ included) can use it without an import cycle.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from typing import Any
 
-__all__ = ["known_keys"]
+__all__ = ["check_values", "known_keys"]
 
 
 def known_keys(values: Mapping[str, Any], cls: type, prefix: str) -> dict[str, Any]:
@@ -21,3 +21,9 @@ def known_keys(values: Mapping[str, Any], cls: type, prefix: str) -> dict[str, A
         raise ValueError(f"unknown key(s) {', '.join(f'{prefix}.{k}' for k in unknown)}; valid keys: {sorted(known)}")
     return dict(values)
 
+
+def check_values(config: Any, prefix: str, checks: Iterable[tuple[bool, str, str]]) -> None:
+    """Raise on the first ``(ok, key, expected)`` that is not ok, naming ``{prefix}.{key}`` and its value."""
+    for ok, key, expected in checks:
+        if not ok:
+            raise ValueError(f"{prefix}.{key}={getattr(config, key)!r} is invalid: expected {expected}")

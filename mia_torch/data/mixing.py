@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mia_torch.config_checks import known_keys
+from mia_torch.config_checks import check_values, known_keys
 from mia_torch.data.augment import crop_flip, draw_crop_flip
 
 __all__ = [
@@ -60,15 +60,12 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # mixup's Beta(alpha, alpha) parameter (0 = off)
 
     def __post_init__(self) -> None:
-        checks = [
+        check_values(self, "train.augment", [
             (isinstance(self.crop_padding, int) and self.crop_padding >= 0, "crop_padding", "an integer >= 0"),
             (isinstance(self.flip, bool), "flip", "true or false"),
             (isinstance(self.cutout, int) and self.cutout >= 0, "cutout", "an integer >= 0 (pixels; 0 = off)"),
             (isinstance(self.mixup_alpha, (int, float)) and self.mixup_alpha >= 0, "mixup_alpha", ">= 0 (0 = off)"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise ValueError(f"train.augment.{key}={getattr(self, key)!r} is invalid: expected {expected}")
+        ])
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "AugmentConfig":

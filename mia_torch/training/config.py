@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional
 
-from mia_torch.config_checks import known_keys
+from mia_torch.config_checks import check_values, known_keys
 from mia_torch.data.mixing import AugmentConfig
 
 OPTIMIZERS = ("sgd", "adam")
@@ -28,15 +28,12 @@ class EarlyStoppingConfig:
     validation_fraction: float = 0.1  # share of each model's training half held out for validation
 
     def __post_init__(self) -> None:
-        checks = [
+        check_values(self, "train.early_stopping", [
             (self.patience is None or (isinstance(self.patience, int) and self.patience >= 1), "patience",
              "null (off) or an integer >= 1"),
             (self.metric in STOPPING_METRICS, "metric", f"one of {STOPPING_METRICS}"),
             (0 < self.validation_fraction < 1, "validation_fraction", "in (0, 1)"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise ValueError(f"train.early_stopping.{key}={getattr(self, key)!r} is invalid: expected {expected}")
+        ])
 
     @property
     def enabled(self) -> bool:
@@ -73,7 +70,7 @@ class TrainConfig:
             self.early_stopping = EarlyStoppingConfig(**known_keys(self.early_stopping, EarlyStoppingConfig,
                                                                      "train.early_stopping"))
         self._fold_aliases()
-        checks = [
+        check_values(self, "train", [
             (self.epochs >= 1, "epochs", "an integer >= 1"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
             (self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}"),
@@ -84,10 +81,7 @@ class TrainConfig:
             (0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "in [0, epochs)"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
             (self.eval_batch_size >= 1, "eval_batch_size", ">= 1"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise ValueError(f"train.{key}={getattr(self, key)!r} is invalid: expected {expected}")
+        ])
 
     def _fold_aliases(self) -> None:
         for key in AUGMENT_ALIASES:

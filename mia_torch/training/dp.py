@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mia_torch.config_checks import known_keys
+from mia_torch.config_checks import check_values, known_keys
 from mia_torch.data.mixing import augment_batch, draw_augment
 from mia_torch.training.config import TrainConfig
 from mia_torch.training.trainer import (
@@ -109,7 +109,7 @@ class DefenseConfig:
         def number(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
-        checks = [
+        check_values(self, "defense", [
             (number(self.epsilon) and self.epsilon > 0, "epsilon", "a number > 0 (inf = clipping without noise)"),
             (self.delta is None or (number(self.delta) and 0 < self.delta < 1), "delta",
              "null (1 / population) or a number in (0, 1)"),
@@ -117,10 +117,7 @@ class DefenseConfig:
             (isinstance(self.poisson_sampling, bool), "poisson_sampling", "true or false"),
             (self.accountant in ACCOUNTANTS, "accountant", f"one of {ACCOUNTANTS}"),
             (self.apply_to in APPLY_TO, "apply_to", f"one of {APPLY_TO}"),
-        ]
-        for ok, key, expected in checks:
-            if not ok:
-                raise ValueError(f"defense.{key}={getattr(self, key)!r} is invalid: expected {expected}")
+        ])
 
     @property
     def private(self) -> bool:
