@@ -93,12 +93,7 @@ def draw_crop_flip(
 def crop_flip(
     x: Tensor, *, padding: int, offsets: Tensor | None, flips: Tensor | None, padding_mode: str = "reflect"
 ) -> Tensor:
-    """Apply given crop ``offsets`` (after padding) and ``flips`` to ``[B, C, H, W]`` images.
-
-    With neither (both ``None``) ``x`` is returned as it is, whatever its shape.
-    """
-    if offsets is None and flips is None:
-        return x
+    """Apply given crop ``offsets`` (after padding) and ``flips`` to ``[B, C, H, W]`` images."""
     b, c, h, w = x.shape
     out = x
     if offsets is not None:

@@ -24,7 +24,7 @@ them train bitwise the same models.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -76,10 +76,6 @@ class AugmentConfig:
     def mixes(self) -> bool:
         """Whether training mixes examples (mixup): each update then depends on pairs of examples."""
         return self.mixup_alpha > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict, e.g. for artifact keys."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)
