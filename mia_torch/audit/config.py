@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mia_torch.config_checks import known_keys
@@ -50,8 +50,7 @@ class AuditConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> "AuditConfig":
         """Validate ``audit.*`` (a missing section, as in runs saved before it existed, means off)."""
-        values = known_keys(values or {}, cls, "audit")
-        out = cls(**values)
+        out = cls(**known_keys(values or {}, cls, "audit"))
         if out.checkpoint is not None and (not isinstance(out.checkpoint, str) or not out.checkpoint):
             raise ValueError(f"audit.checkpoint={out.checkpoint!r} is invalid: expected the path of your model file")
         _check_fpr("audit.fpr", out.fpr)
@@ -61,4 +60,4 @@ class AuditConfig:
             raise ValueError(f"audit.online={out.online!r} is invalid: expected true or false")
         if not out.enabled and (out.members is not None or out.candidates is not None):
             raise ValueError("audit.members / audit.candidates need audit.checkpoint: the model to audit")
-        return cls(**{**values, "fpr": float(out.fpr)})
+        return replace(out, fpr=float(out.fpr))
