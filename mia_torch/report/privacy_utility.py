@@ -23,8 +23,6 @@ A setting is named by its ``setting=`` override, or by the job's swept overrides
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics.roc import tpr_key
-from mia_torch.report.sweep import SweepJob, collect_jobs, report_after_sweep, swept_keys
+from mia_torch.report.sweep import SweepJob, collect_jobs, csv_text, report_after_sweep, swept_keys
 from mia_torch.report.table import format_number
 from mia_torch.report.types import Interval, RunResults
 
@@ -195,15 +193,6 @@ def _csv_row(p: StudyPoint, reference: StudyPoint | None) -> dict[str, Any]:
             "job": p.job, "dir": str(p.path)}
 
 
-def _csv_text(points: Sequence[StudyPoint]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for p in points:
-        writer.writerow({k: "" if v is None else v for k, v in _csv_row(p, reference_point(points)).items()})
-    return buf.getvalue()
-
-
 def _cell(value: float | None, fmt: str = ".3f") -> str:
     return "—" if value is None else format_number(value, fmt)
 
@@ -260,8 +249,9 @@ def write_privacy_utility(sweep_dir: str | Path, *, fpr: float = STUDY_FPR) -> P
     sweep_dir = Path(sweep_dir)
     points, missing = study_points(collect_jobs(sweep_dir), fpr=fpr)
     csv_path, md_path = sweep_dir / CSV_NAME, sweep_dir / MARKDOWN_NAME
+    reference = reference_point(points)
     with atomic_open(csv_path, "w", newline="") as fh:
-        fh.write(_csv_text(points))
+        fh.write(csv_text(CSV_COLUMNS, [_csv_row(p, reference) for p in points]))
     with atomic_open(md_path, "w") as fh:
         fh.write(_markdown_text(sweep_dir, points, missing, fpr))
     figure_path = None

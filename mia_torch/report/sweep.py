@@ -53,6 +53,7 @@ __all__ = [
     "SweepSummaryCallback",
     "attack_value",
     "collect_jobs",
+    "csv_text",
     "describe",
     "report_after_sweep",
     "summary_table",
@@ -261,7 +262,8 @@ def summary_table(jobs: Sequence[SweepJob]) -> tuple[list[str], list[dict[str, A
     return columns, rows, keys
 
 
-def _csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+def csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV of ``rows`` under a header of ``columns`` (a missing or None value is written as empty)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
@@ -319,7 +321,7 @@ def write_sweep_summary(sweep_dir: str | Path) -> SweepSummary:
     columns, rows, keys = summary_table(jobs)
     csv_path, md_path = sweep_dir / CSV_NAME, sweep_dir / MARKDOWN_NAME
     with atomic_open(csv_path, "w", newline="") as fh:
-        fh.write(_csv_text(columns, rows))
+        fh.write(csv_text(columns, rows))
     with atomic_open(md_path, "w") as fh:
         fh.write(_markdown_text(sweep_dir, columns, rows, jobs, keys))
     from mia_torch.report.plots import save_figure
