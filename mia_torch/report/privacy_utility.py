@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics.roc import tpr_key
 from mia_torch.report.sweep import SweepJob, collect_jobs, csv_text, report_after_sweep, swept_keys
-from mia_torch.report.table import format_number
+from mia_torch.report.table import format_interval, format_number
 from mia_torch.report.types import Interval, RunResults
 
 __all__ = [
@@ -197,11 +197,6 @@ def _cell(value: float | None, fmt: str = ".3f") -> str:
     return "—" if value is None else format_number(value, fmt)
 
 
-def _interval(value: float, ci: Interval | None, fmt: str) -> str:
-    text = format_number(value, fmt)
-    return text if ci is None else f"{text} [{format_number(ci[0], fmt)}, {format_number(ci[1], fmt)}]"
-
-
 def _versus(p: StudyPoint, reference: StudyPoint | None) -> str:
     """Accuracy and TPR change against the undefended setting, flagged when accuracy is paid for nothing."""
     if reference is None or p is reference:
@@ -229,8 +224,8 @@ def _markdown_text(study_dir: Path, points: Sequence[StudyPoint], missing: Seque
         gap = "—" if p.confidence_gap is None else f"{100 * p.confidence_gap:.1f}%"
         lines.append(
             f"| {p.setting} | {p.test_acc:.3f} ± {p.test_acc_std:.3f} | {_cell(p.train_acc)} | {p.attack} | "
-            f"{_interval(100 * p.tpr, (100 * p.tpr_ci[0], 100 * p.tpr_ci[1]), '.2f')}% | "
-            f"{_interval(p.auc, p.auc_ci, '.3f')} | {_versus(p, reference)} | {_cell(p.epsilon, '.2f')} | "
+            f"{format_interval(100 * p.tpr, (100 * p.tpr_ci[0], 100 * p.tpr_ci[1]), '.2f')}% | "
+            f"{format_interval(p.auc, p.auc_ci)} | {_versus(p, reference)} | {_cell(p.epsilon, '.2f')} | "
             f"{_cell(p.empirical_epsilon, '.2f')} | {_cell(p.ece)} | {gap} |")
     if missing:
         lines += ["", "## Settings without a point", ""] + [f"- `{name}`: {reason}" for name, reason in missing]

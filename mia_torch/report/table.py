@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from mia_torch.report.types import RELIABLE_FALSE_POSITIVES, RocMetrics, RunResults, reported_values
+from mia_torch.report.types import RELIABLE_FALSE_POSITIVES, Interval, RocMetrics, RunResults, reported_values
 
-__all__ = ["describe_setting", "format_number", "format_summary", "format_table", "tpr_mark", "UNRELIABLE_MARK",
-           "UNRESOLVABLE_MARK"]
+__all__ = ["describe_setting", "format_interval", "format_number", "format_summary", "format_table", "tpr_mark",
+           "UNRELIABLE_MARK", "UNRESOLVABLE_MARK"]
 
 #: Appended to a TPR@FPR whose FPR is below 10/N (N non-members): fewer than 10 false positives.
 UNRELIABLE_MARK = "*"
@@ -29,11 +29,10 @@ def format_number(value: float, fmt: str = ".3f") -> str:
     return format(value, fmt)
 
 
-def _auc_cell(m: RocMetrics) -> str:
-    if "auc" not in m.ci:
-        return format_number(m.auc)
-    low, high = m.ci["auc"]
-    return f"{format_number(m.auc)} [{format_number(low)}, {format_number(high)}]"
+def format_interval(value: float, ci: Interval | None, fmt: str = ".3f") -> str:
+    """``value [low, high]`` in format ``fmt`` (as :func:`format_number`); ``value`` alone without ``ci``."""
+    text = format_number(value, fmt)
+    return text if ci is None else f"{text} [{format_number(ci[0], fmt)}, {format_number(ci[1], fmt)}]"
 
 
 def tpr_mark(metrics: RocMetrics, fpr: float) -> str:
@@ -69,8 +68,9 @@ def format_table(results: RunResults) -> str:
     table = [header]
     for name, attack in results.attacks.items():
         values = reported_values(attack)
-        row = [name, _auc_cell(attack.pooled)] + [_tpr_cell(attack.pooled, f) for f in fprs]
-        row.append(format_number(attack.pooled.balanced_accuracy))
+        pooled = attack.pooled
+        row = [name, format_interval(pooled.auc, pooled.ci.get("auc"))] + [_tpr_cell(pooled, f) for f in fprs]
+        row.append(format_number(pooled.balanced_accuracy))
         row += [format_number(values[k][2], values[k][1]) if k in values else "-" for k in extra]
         table.append(row)
     widths = [max(len(r[c]) for r in table) for c in range(len(header))]
