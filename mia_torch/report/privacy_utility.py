@@ -36,7 +36,7 @@ from mia_torch.atomic import atomic_open
 from mia_torch.metrics.roc import tpr_key
 from mia_torch.report.sweep import SweepJob, collect_jobs, csv_text, report_after_sweep, swept_keys
 from mia_torch.report.table import format_interval, format_number
-from mia_torch.report.types import Interval, RunResults
+from mia_torch.report.types import Interval
 
 __all__ = [
     "PrivacyUtilityCallback",
@@ -46,7 +46,6 @@ __all__ = [
     "describe_study",
     "reference_point",
     "study_points",
-    "strongest_at",
     "write_privacy_utility",
 ]
 
@@ -101,14 +100,6 @@ class PrivacyUtilityStudy:
     figure: Path | None
 
 
-def strongest_at(results: RunResults, fpr: float) -> str | None:
-    """The attack with the highest pooled TPR at ``fpr`` (ties: AUC); None when no attack measured it."""
-    measured = {name: a.pooled for name, a in results.attacks.items() if fpr in a.pooled.tpr}
-    if not measured:
-        return None
-    return max(measured, key=lambda n: (measured[n].tpr[fpr], measured[n].auc))
-
-
 def _setting_name(job: SweepJob, swept: Sequence[str]) -> str:
     if "setting" in job.overrides:
         return job.overrides["setting"]
@@ -132,7 +123,7 @@ def _point(job: SweepJob, setting: str, fpr: float) -> StudyPoint | str:
     """The study point of a finished job, or why it has none."""
     results = job.results
     assert results is not None
-    attack = strongest_at(results, fpr)
+    attack = results.strongest_at(fpr)
     accuracies = [t.test_acc for t in results.targets.values() if t.test_acc is not None]
     if attack is None:
         return f"no attack measured {tpr_key(fpr)} (add {fpr} to fpr_targets)"
