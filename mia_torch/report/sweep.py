@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics.roc import tpr_key
 from mia_torch.report.results import read_json
-from mia_torch.report.table import format_number, tpr_mark
+from mia_torch.report.table import format_number, format_percent, tpr_mark
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult, fpr_of_key, reported_values
 
 __all__ = [
@@ -276,13 +276,11 @@ def _md_cell(column: str, value: Any, job: SweepJob) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return format_number(value)  # nan, or ∞ (e.g. DP-SGD's epsilon without noise)
-        if "/tpr@" in column:
+        if "/tpr@" in column and math.isfinite(value):
             attack, metric = column.split("/", 1)
             pooled = job.results.attacks[attack].pooled if job.results and attack in job.results.attacks else None
-            return f"{100 * value:.2f}%" + (tpr_mark(pooled, fpr_of_key(metric) or 0.0) if pooled else "")
-        return f"{value:.3f}"
+            return format_percent(value) + (tpr_mark(pooled, fpr_of_key(metric) or 0.0) if pooled else "")
+        return format_number(value)  # nan and ∞ (e.g. DP-SGD's epsilon without noise) as such
     return str(value).replace("|", "\\|")
 
 
