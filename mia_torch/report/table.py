@@ -86,11 +86,10 @@ def _footnotes(results: RunResults) -> list[str]:
     pooled = [a.pooled for a in results.attacks.values()]
     if not pooled:
         return []
-    n = min(m.num_nonmembers for m in pooled)
     reference = min(pooled, key=lambda m: m.num_nonmembers)
-    lines = [f"resolvable FPR: 1/N = {format_percent(reference.resolvable_fpr, 3)} with N = {n} non-members "
-             f"(pooled over {len(results.target_ids)} target(s)); intervals: AUC bootstrap, "
-             f"TPR Clopper-Pearson on the {reference.num_members} members"]
+    lines = [f"resolvable FPR: 1/N = {format_percent(reference.resolvable_fpr, 3)} with N = "
+             f"{reference.num_nonmembers} non-members (pooled over {len(results.target_ids)} target(s)); "
+             f"intervals: AUC bootstrap, TPR Clopper-Pearson on the {reference.num_members} members"]
     if any(not m.is_reliable(f) for m in pooled for f in m.tpr):
         lines.append(f"{UNRELIABLE_MARK} unreliable: FPR below {RELIABLE_FALSE_POSITIVES}/N = "
                      f"{format_percent(reference.reliable_fpr, 3)} "
