@@ -48,7 +48,6 @@ def roc_figure(
     curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
     *,
     title: str = "",
-    label_fpr: float = 1e-3,
     reliable_fpr: float | None = None,
 ) -> Figure:
     """Overlay the ROC curves of several attacks on two panels: log-log and linear.
@@ -59,7 +58,7 @@ def roc_figure(
     bottom edge. Both panels carry the chance diagonal. With ``reliable_fpr`` (10/N) the
     log-log panel shades the FPRs below it, where fewer than 10 false positives are
     allowed. Legend entries (below the panels) read ``name (AUC=0.xxx, TPR@0.1%=y.y%)``,
-    at ``label_fpr``. The panels are stacked (log-log on top) in a :data:`FIGURE_WIDTH`
+    the TPR at FPR 0.1%. The panels are stacked (log-log on top) in a :data:`FIGURE_WIDTH`
     wide figure, legible where TensorBoard shows it.
     """
     prepared = []
@@ -74,8 +73,8 @@ def roc_figure(
         pos = fpr[fpr > 0]
         if pos.size:
             min_pos = min(min_pos, float(pos.min()))
-        low_tpr = tpr_at_fpr(fpr, tpr, label_fpr)
-        label = f"{name} (AUC={auc:.3f}, TPR@{100 * label_fpr:g}%={100.0 * low_tpr:.1f}%)"
+        low_tpr = tpr_at_fpr(fpr, tpr, 1e-3)
+        label = f"{name} (AUC={auc:.3f}, TPR@0.1%={100.0 * low_tpr:.1f}%)"
         prepared.append((fpr, tpr, label))
     lower = max(MIN_LOG_FPR, min_pos) if min_pos < 1.0 else MIN_LOG_FPR
 

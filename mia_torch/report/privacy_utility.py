@@ -23,8 +23,6 @@ A setting is named by its ``setting=`` override, or by the job's swept overrides
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from dataclasses import dataclass
@@ -36,9 +34,9 @@ from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics.roc import tpr_key
-from mia_torch.report.sweep import SweepJob, collect_jobs, report_after_sweep, swept_keys
-from mia_torch.report.table import format_number
-from mia_torch.report.types import Interval, RunResults
+from mia_torch.report.sweep import SweepJob, collect_jobs, csv_text, report_after_sweep, swept_keys
+from mia_torch.report.table import format_interval, format_number
+from mia_torch.report.types import Interval
 
 __all__ = [
     "PrivacyUtilityCallback",
@@ -48,7 +46,6 @@ __all__ = [
     "describe_study",
     "reference_point",
     "study_points",
-    "strongest_at",
     "write_privacy_utility",
 ]
 
@@ -103,14 +100,6 @@ class PrivacyUtilityStudy:
     figure: Path | None
 
 
-def strongest_at(results: RunResults, fpr: float) -> str | None:
-    """The attack with the highest pooled TPR at ``fpr`` (ties: AUC); None when no attack measured it."""
-    measured = {name: a.pooled for name, a in results.attacks.items() if fpr in a.pooled.tpr}
-    if not measured:
-        return None
-    return max(measured, key=lambda n: (measured[n].tpr[fpr], measured[n].auc))
-
-
 def _setting_name(job: SweepJob, swept: Sequence[str]) -> str:
     if "setting" in job.overrides:
         return job.overrides["setting"]
@@ -134,7 +123,7 @@ def _point(job: SweepJob, setting: str, fpr: float) -> StudyPoint | str:
     """The study point of a finished job, or why it has none."""
     results = job.results
     assert results is not None
-    attack = strongest_at(results, fpr)
+    attack = results.strongest_at(fpr)
     accuracies = [t.test_acc for t in results.targets.values() if t.test_acc is not None]
     if attack is None:
         return f"no attack measured {tpr_key(fpr)} (add {fpr} to fpr_targets)"
@@ -195,22 +184,8 @@ def _csv_row(p: StudyPoint, reference: StudyPoint | None) -> dict[str, Any]:
             "job": p.job, "dir": str(p.path)}
 
 
-def _csv_text(points: Sequence[StudyPoint]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for p in points:
-        writer.writerow({k: "" if v is None else v for k, v in _csv_row(p, reference_point(points)).items()})
-    return buf.getvalue()
-
-
 def _cell(value: float | None, fmt: str = ".3f") -> str:
     return "—" if value is None else format_number(value, fmt)
-
-
-def _interval(value: float, ci: Interval | None, fmt: str) -> str:
-    text = format_number(value, fmt)
-    return text if ci is None else f"{text} [{format_number(ci[0], fmt)}, {format_number(ci[1], fmt)}]"
 
 
 def _versus(p: StudyPoint, reference: StudyPoint | None) -> str:
@@ -240,8 +215,8 @@ def _markdown_text(study_dir: Path, points: Sequence[StudyPoint], missing: Seque
         gap = "—" if p.confidence_gap is None else f"{100 * p.confidence_gap:.1f}%"
         lines.append(
             f"| {p.setting} | {p.test_acc:.3f} ± {p.test_acc_std:.3f} | {_cell(p.train_acc)} | {p.attack} | "
-            f"{_interval(100 * p.tpr, (100 * p.tpr_ci[0], 100 * p.tpr_ci[1]), '.2f')}% | "
-            f"{_interval(p.auc, p.auc_ci, '.3f')} | {_versus(p, reference)} | {_cell(p.epsilon, '.2f')} | "
+            f"{format_interval(100 * p.tpr, (100 * p.tpr_ci[0], 100 * p.tpr_ci[1]), '.2f')}% | "
+            f"{format_interval(p.auc, p.auc_ci)} | {_versus(p, reference)} | {_cell(p.epsilon, '.2f')} | "
             f"{_cell(p.empirical_epsilon, '.2f')} | {_cell(p.ece)} | {gap} |")
     if missing:
         lines += ["", "## Settings without a point", ""] + [f"- `{name}`: {reason}" for name, reason in missing]
@@ -260,8 +235,9 @@ def write_privacy_utility(sweep_dir: str | Path, *, fpr: float = STUDY_FPR) -> P
     sweep_dir = Path(sweep_dir)
     points, missing = study_points(collect_jobs(sweep_dir), fpr=fpr)
     csv_path, md_path = sweep_dir / CSV_NAME, sweep_dir / MARKDOWN_NAME
+    reference = reference_point(points)
     with atomic_open(csv_path, "w", newline="") as fh:
-        fh.write(_csv_text(points))
+        fh.write(csv_text(CSV_COLUMNS, [_csv_row(p, reference) for p in points]))
     with atomic_open(md_path, "w") as fh:
         fh.write(_markdown_text(sweep_dir, points, missing, fpr))
     figure_path = None

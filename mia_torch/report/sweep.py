@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics.roc import tpr_key
 from mia_torch.report.results import read_json
-from mia_torch.report.table import format_number, tpr_mark
+from mia_torch.report.table import format_number, format_percent, tpr_mark
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult, fpr_of_key, reported_values
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "SweepSummaryCallback",
     "attack_value",
     "collect_jobs",
+    "csv_text",
     "describe",
     "report_after_sweep",
     "summary_table",
@@ -261,7 +262,8 @@ def summary_table(jobs: Sequence[SweepJob]) -> tuple[list[str], list[dict[str, A
     return columns, rows, keys
 
 
-def _csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+def csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV of ``rows`` under a header of ``columns`` (a missing or None value is written as empty)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
@@ -274,13 +276,11 @@ def _md_cell(column: str, value: Any, job: SweepJob) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return format_number(value)  # nan, or ∞ (e.g. DP-SGD's epsilon without noise)
-        if "/tpr@" in column:
+        if "/tpr@" in column and math.isfinite(value):
             attack, metric = column.split("/", 1)
             pooled = job.results.attacks[attack].pooled if job.results and attack in job.results.attacks else None
-            return f"{100 * value:.2f}%" + (tpr_mark(pooled, fpr_of_key(metric) or 0.0) if pooled else "")
-        return f"{value:.3f}"
+            return format_percent(value) + (tpr_mark(pooled, fpr_of_key(metric) or 0.0) if pooled else "")
+        return format_number(value)  # nan and ∞ (e.g. DP-SGD's epsilon without noise) as such
     return str(value).replace("|", "\\|")
 
 
@@ -319,7 +319,7 @@ def write_sweep_summary(sweep_dir: str | Path) -> SweepSummary:
     columns, rows, keys = summary_table(jobs)
     csv_path, md_path = sweep_dir / CSV_NAME, sweep_dir / MARKDOWN_NAME
     with atomic_open(csv_path, "w", newline="") as fh:
-        fh.write(_csv_text(columns, rows))
+        fh.write(csv_text(columns, rows))
     with atomic_open(md_path, "w") as fh:
         fh.write(_markdown_text(sweep_dir, columns, rows, jobs, keys))
     from mia_torch.report.plots import save_figure

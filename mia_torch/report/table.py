@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from mia_torch.report.types import RELIABLE_FALSE_POSITIVES, RocMetrics, RunResults, reported_values
+from mia_torch.report.types import RELIABLE_FALSE_POSITIVES, Interval, RocMetrics, RunResults, reported_values
 
-__all__ = ["describe_setting", "format_number", "format_summary", "format_table", "tpr_mark", "UNRELIABLE_MARK",
-           "UNRESOLVABLE_MARK"]
+__all__ = ["describe_setting", "format_interval", "format_number", "format_percent", "format_summary", "format_table",
+           "tpr_mark", "UNRELIABLE_MARK", "UNRESOLVABLE_MARK"]
 
 #: Appended to a TPR@FPR whose FPR is below 10/N (N non-members): fewer than 10 false positives.
 UNRELIABLE_MARK = "*"
@@ -16,7 +16,8 @@ UNRELIABLE_MARK = "*"
 UNRESOLVABLE_MARK = "**"
 
 
-def _percent(value: float, digits: int = 2) -> str:
+def format_percent(value: float, digits: int = 2) -> str:
+    """``value`` as a percentage with ``digits`` decimals (0.1234 -> ``12.34%``); ``nan`` when not finite."""
     return "nan" if not math.isfinite(value) else f"{100.0 * value:.{digits}f}%"
 
 
@@ -29,11 +30,10 @@ def format_number(value: float, fmt: str = ".3f") -> str:
     return format(value, fmt)
 
 
-def _auc_cell(m: RocMetrics) -> str:
-    if "auc" not in m.ci:
-        return format_number(m.auc)
-    low, high = m.ci["auc"]
-    return f"{format_number(m.auc)} [{format_number(low)}, {format_number(high)}]"
+def format_interval(value: float, ci: Interval | None, fmt: str = ".3f") -> str:
+    """``value [low, high]`` in format ``fmt`` (as :func:`format_number`); ``value`` alone without ``ci``."""
+    text = format_number(value, fmt)
+    return text if ci is None else f"{text} [{format_number(ci[0], fmt)}, {format_number(ci[1], fmt)}]"
 
 
 def tpr_mark(metrics: RocMetrics, fpr: float) -> str:
@@ -46,10 +46,10 @@ def tpr_mark(metrics: RocMetrics, fpr: float) -> str:
 def _tpr_cell(m: RocMetrics, fpr: float) -> str:
     if fpr not in m.tpr:
         return "-"
-    text = _percent(m.tpr[fpr]) + tpr_mark(m, fpr)
+    text = format_percent(m.tpr[fpr]) + tpr_mark(m, fpr)
     if fpr in m.tpr_exact_ci:
         low, high = m.tpr_exact_ci[fpr]
-        text += f" [{_percent(low)[:-1]}, {_percent(high)[:-1]}]"
+        text += f" [{format_percent(low)[:-1]}, {format_percent(high)[:-1]}]"
     return text
 
 
@@ -69,8 +69,9 @@ def format_table(results: RunResults) -> str:
     table = [header]
     for name, attack in results.attacks.items():
         values = reported_values(attack)
-        row = [name, _auc_cell(attack.pooled)] + [_tpr_cell(attack.pooled, f) for f in fprs]
-        row.append(format_number(attack.pooled.balanced_accuracy))
+        pooled = attack.pooled
+        row = [name, format_interval(pooled.auc, pooled.ci.get("auc"))] + [_tpr_cell(pooled, f) for f in fprs]
+        row.append(format_number(pooled.balanced_accuracy))
         row += [format_number(values[k][2], values[k][1]) if k in values else "-" for k in extra]
         table.append(row)
     widths = [max(len(r[c]) for r in table) for c in range(len(header))]
@@ -85,17 +86,18 @@ def _footnotes(results: RunResults) -> list[str]:
     pooled = [a.pooled for a in results.attacks.values()]
     if not pooled:
         return []
-    n = min(m.num_nonmembers for m in pooled)
     reference = min(pooled, key=lambda m: m.num_nonmembers)
-    lines = [f"resolvable FPR: 1/N = {_percent(reference.resolvable_fpr, 3)} with N = {n} non-members "
-             f"(pooled over {len(results.target_ids)} target(s)); intervals: AUC bootstrap, "
-             f"TPR Clopper-Pearson on the {reference.num_members} members"]
+    lines = [f"resolvable FPR: 1/N = {format_percent(reference.resolvable_fpr, 3)} with N = "
+             f"{reference.num_nonmembers} non-members (pooled over {len(results.target_ids)} target(s)); "
+             f"intervals: AUC bootstrap, TPR Clopper-Pearson on the {reference.num_members} members"]
     if any(not m.is_reliable(f) for m in pooled for f in m.tpr):
         lines.append(f"{UNRELIABLE_MARK} unreliable: FPR below {RELIABLE_FALSE_POSITIVES}/N = "
-                     f"{_percent(reference.reliable_fpr, 3)} (fewer than {RELIABLE_FALSE_POSITIVES} false positives)")
+                     f"{format_percent(reference.reliable_fpr, 3)} "
+                     f"(fewer than {RELIABLE_FALSE_POSITIVES} false positives)")
     if any(not m.is_resolvable(f) for m in pooled for f in m.tpr):
-        lines.append(f"{UNRESOLVABLE_MARK} below the resolvable FPR 1/N = {_percent(reference.resolvable_fpr, 3)}: "
-                     f"not measurable with N non-members; this is the TPR at zero false positives")
+        lines.append(f"{UNRESOLVABLE_MARK} below the resolvable FPR 1/N = "
+                     f"{format_percent(reference.resolvable_fpr, 3)}: not measurable with N non-members; "
+                     "this is the TPR at zero false positives")
     return lines
 
 
@@ -158,8 +160,8 @@ def _privacy_lines(results: RunResults) -> list[str]:
     how = (f"{bound.confidence:.0%} lower bound from each attack's pooled ROC, Clopper-Pearson with a Bonferroni "
            "correction over its thresholds")
     if bound.epsilon > 0:
-        found = (f"empirical ε ≥ {format_number(bound.epsilon, '.2f')} ({name}: TPR {_percent(bound.tpr)} at FPR "
-                 f"{_percent(bound.fpr)}; {how})")
+        found = (f"empirical ε ≥ {format_number(bound.epsilon, '.2f')} ({name}: TPR {format_percent(bound.tpr)} "
+                 f"at FPR {format_percent(bound.fpr)}; {how})")
     else:
         found = f"empirical ε ≥ 0: no attack bounds ε above 0 ({how})"
     lines = [f"privacy at δ = {bound.delta:.3g}: {accountant}; {found}"]

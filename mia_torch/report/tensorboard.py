@@ -126,13 +126,11 @@ def write_report(
     metric_dict = summary_metrics(results)
     log_dir.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(log_dir=str(log_dir))
-    written: set[str] = set()
 
     def scalar(tag: str, value: Any, step: int = 0) -> None:
         v = _scalar_value(value)
         if v is not None:
             writer.add_scalar(tag, v, global_step=step)
-            written.add(tag)
 
     try:
         for idx, entry in enumerate(results.models):
@@ -170,7 +168,7 @@ def write_report(
         for summary in (exp, ssi, sei):
             file_writer.add_summary(summary)
         for key, value in metric_dict.items():
-            if key not in written and math.isfinite(value):
+            if math.isfinite(value):
                 scalar(key, value)
         writer.flush()
     finally:

@@ -358,8 +358,14 @@ class RunResults(Record):
         reliable = [f for f in next(iter(pooled.values())).tpr if all(m.is_reliable(f) for m in pooled.values())]
         if not reliable:
             return max(pooled, key=lambda n: pooled[n].auc)
-        fpr = min(reliable)
-        return max(pooled, key=lambda n: (pooled[n].tpr.get(fpr, -1.0), pooled[n].auc))
+        return self.strongest_at(min(reliable))
+
+    def strongest_at(self, fpr: float) -> str | None:
+        """The attack with the highest pooled TPR at ``fpr`` (ties: AUC); None when no attack measured it."""
+        measured = {name: a.pooled for name, a in self.attacks.items() if fpr in a.pooled.tpr}
+        if not measured:
+            return None
+        return max(measured, key=lambda n: (measured[n].tpr[fpr], measured[n].auc))
 
     def mean_over_targets(self, name: str) -> float | None:
         """Mean of the :class:`TargetResult` field ``name`` over the targets that have it (infinite if one is)."""
