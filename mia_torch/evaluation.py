@@ -68,7 +68,8 @@ def measure(
     measured there; without it, at the best threshold). ``keep_curve`` keeps the ROC curve
     in memory (``RocMetrics.curve``) for figures.
     """
-    raw = membership_metrics(scores, members, fpr_targets=fpr_targets, threshold=threshold)
+    roc = roc_curve(scores, members)
+    raw = membership_metrics(scores, members, fpr_targets=fpr_targets, threshold=threshold, roc=roc)
     n_members = raw["num_members"]
     tpr = {float(f): raw[tpr_key(f)] for f in fpr_targets}
     low, high = clopper_pearson([round(t * n_members) for t in tpr.values()], n_members, confidence=confidence)
@@ -81,7 +82,7 @@ def measure(
         balanced_accuracy_threshold=raw["balanced_accuracy_threshold"], num_members=n_members,
         num_nonmembers=raw["num_nonmembers"], tpr=tpr, ci=ci, confidence=confidence,
         tpr_exact_ci={f: (float(lo), float(hi)) for f, lo, hi in zip(tpr, np.atleast_1d(low), np.atleast_1d(high))},
-        curve=RocCurve(*roc_curve(scores, members)) if keep_curve else None,
+        curve=RocCurve(*roc) if keep_curve else None,
     )
 
 
@@ -177,7 +178,7 @@ def evaluate_attacks(
             slices=evaluate_slices(all_scores, all_members, masks, fpr_targets=fpr_targets),
         )
         if delta is not None:
-            entry.epsilon_bound = epsilon_bound(all_scores, all_members, delta=delta)
+            entry.epsilon_bound = epsilon_bound(all_scores, all_members, delta=delta, curve=entry.pooled.curve)
             entry.empirical_epsilon = entry.epsilon_bound.epsilon
         if sanity is not None:
             blank_scores, blank_members = pooled(sanity[name], keep, eval_mask)
@@ -190,13 +191,17 @@ def evaluate_attacks(
     return out
 
 
-def epsilon_bound(scores: np.ndarray, members: np.ndarray, *, delta: float) -> EpsilonBound:
+def epsilon_bound(
+    scores: np.ndarray, members: np.ndarray, *, delta: float, curve: RocCurve | None = None
+) -> EpsilonBound:
     """The 95% lower bound on ε implied by one ROC at ``delta`` (Clopper–Pearson, Bonferroni over its thresholds).
 
-    See :func:`mia_torch.metrics.empirical_epsilon`. Pooled over the examples of a few
+    ``curve`` is that ROC when the caller already has it. See
+    :func:`mia_torch.metrics.empirical_epsilon`. Pooled over the examples of a few
     models, which are not independent trials, it is the usual heuristic audit, not a proof.
     """
-    return EpsilonBound(**asdict(empirical_epsilon(scores, members, delta=delta)))
+    roc = None if curve is None else (curve.fpr, curve.tpr, curve.thresholds)
+    return EpsilonBound(**asdict(empirical_epsilon(scores, members, delta=delta, roc=roc)))
 
 
 def overconfidence(logits: Any, labels: np.ndarray, members: np.ndarray) -> dict[str, float]:

@@ -52,6 +52,10 @@ __all__ = ["LiRA"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOO_CHUNK_ELEMENTS = 1 << 24
+_NO_OUT_WARNING = (
+    "LiRA offline: every reference model trained on every example; OUT Gaussians are "
+    "extrapolated from IN ones and the scores carry little information"
+)
 
 
 def _sufficient(phi: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -181,10 +185,7 @@ class LiRA(Attack):
             warnings.warn("LiRA online: no reference model trained on any example; using the offline score")
             self._score_online = False
         if not self._score_online and n_out == 0:
-            warnings.warn(
-                "LiRA offline: every reference model trained on every example; OUT Gaussians are "
-                "extrapolated from IN ones and the scores carry little information"
-            )
+            warnings.warn(_NO_OUT_WARNING)
         per_example = self.variance == "per_example"
         self._params = _gaussians(*stats_in, *stats_out, per_example=per_example, min_std=self.min_std)
         self._num_examples = ref.num_examples

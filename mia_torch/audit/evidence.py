@@ -20,6 +20,7 @@ is not proof that the record was not used.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 from scipy.stats import norm
 
 from mia_torch.attacks.base import ReferenceSignals
-from mia_torch.attacks.lira import LiRA
+from mia_torch.attacks.lira import _NO_OUT_WARNING, LiRA
 from mia_torch.signals.stats import logit_scaled_confidence
 
 __all__ = ["CAVEAT", "RecordEvidence", "record_evidence", "verdicts"]
@@ -62,17 +63,17 @@ def record_evidence(
     ``online`` adds LiRA's IN-vs-OUT likelihood ratio (it needs references trained on the
     records); ``variance`` is LiRA's (``global`` or ``per_example``).
     """
-    offline = LiRA(online=False, variance=variance, calibrate_threshold=False).fit(ref)
-    z = offline.out_zscores(target_logits, labels).mean(-1)
+    # The fitted Gaussians do not depend on ``online``: one fit gives the OUT z-scores and the score.
+    lira = LiRA(online=online, variance=variance, calibrate_threshold=False).fit(ref)
+    if online and bool(ref.keep.all()):
+        warnings.warn(_NO_OUT_WARNING)  # the offline test behind z has no OUT reference either
+    z = lira.out_zscores(target_logits, labels).mean(-1)
     phi_target = logit_scaled_confidence(target_logits.double(), labels[:, None]).mean(-1)
     phi_refs = ref.statistic(logit_scaled_confidence).double().mean(-1)  # [R, N]
     out = ~ref.keep
     at_least = ((phi_refs >= phi_target) & out).sum(0)
     num_out = out.sum(0)
-    log_lr = None
-    if online:
-        lira = LiRA(online=True, variance=variance, calibrate_threshold=False).fit(ref)
-        log_lr = lira.score(target_logits, labels).double().cpu().numpy()
+    log_lr = lira.score(target_logits, labels).double().cpu().numpy() if online else None
     z_np = z.cpu().numpy()
     return RecordEvidence(
         phi=phi_target.cpu().numpy(),

@@ -43,6 +43,7 @@ def empirical_epsilon(
     delta: float,
     confidence: float = 0.95,
     correction: str = "bonferroni",
+    roc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> EpsilonLowerBound:
     """Lower bound on epsilon from membership scores, as in DP auditing.
 
@@ -68,7 +69,8 @@ def empirical_epsilon(
     share that model, the bound is the usual heuristic audit, not a proof.
 
     ``scores`` float ``[N]`` (higher = member), ``labels`` bool ``[N]`` with members and
-    non-members, ``0 <= delta < 1``. Vectorised over the ROC points.
+    non-members, ``0 <= delta < 1``; ``roc`` is ``roc_curve(scores, labels)`` when the
+    caller already has it. Vectorised over the ROC points.
     """
     s, y = validate_scores_labels(scores, labels)
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 <= delta < 1.0:
@@ -77,7 +79,7 @@ def empirical_epsilon(
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {list(CORRECTIONS)}, got {correction!r}")
-    fpr, tpr, thresholds = roc_curve(s, y)
+    fpr, tpr, thresholds = roc_curve(s, y) if roc is None else roc
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     # Interior points: (0, 0) and (1, 1) can never give a positive bound.
     points = np.arange(1, fpr.size - 1) if fpr.size > 2 else np.array([fpr.size - 1])

@@ -152,6 +152,7 @@ def membership_metrics(
     *,
     fpr_targets: Sequence[float] = (0.01, 0.001),
     threshold: float | None = None,
+    roc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Headline metrics of one attack on one target model.
 
@@ -160,11 +161,12 @@ def membership_metrics(
     threshold, member when ``score >= threshold``; ``balanced_accuracy_threshold`` =
     ``"calibrated"``) or else at the best threshold, ``0.5 + advantage / 2``
     (``"best"``); ``tpr@<t>fpr`` for each target (see :func:`tpr_at_fpr`);
-    ``num_members`` and ``num_nonmembers``. Raises ``ValueError`` on invalid input.
+    ``num_members`` and ``num_nonmembers``. ``roc`` is ``roc_curve(scores, labels)``
+    when the caller already has it. Raises ``ValueError`` on invalid input.
     """
     s, y = validate_scores_labels(scores, labels)
     targets = _check_fpr_targets(fpr_targets)
-    fpr, tpr, _ = roc_curve(s, y)
+    fpr, tpr, _ = roc_curve(s, y) if roc is None else roc
     advantage = float(np.max(tpr - fpr))
     out: dict[str, Any] = {"auc": auc_score(fpr, tpr), "advantage": advantage}
     if threshold is not None:

@@ -116,23 +116,37 @@ def _phi(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -torch.logsumexp(others, dim=-1)
 
 
-def _log_softmax(z: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
+def _log_softmax_parts(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``log p [M, C]``, the arg-max class ``top [M, 1]`` and ``log_rest [M, 1]`` =
+    ``log sum_{k != top} exp(z_k - z_top)``, from which both log-softmax forms follow."""
     # log p_j = (z_j - z_top) - log1p(sum_{k != top} exp(z_k - z_top)): for the arg-max
     # class this is -log1p(tiny) = -tiny, where z_top - logsumexp(z) rounds to 0.
     top = z.argmax(dim=-1, keepdim=True)
     shifted = z - z.gather(-1, top)
     log_rest = torch.logsumexp(shifted.scatter(-1, top, float("-inf")), dim=-1, keepdim=True)
-    return shifted - _softplus(log_rest)
+    return shifted - _softplus(log_rest), top, log_rest
+
+
+def _log_softmax_and_log1m(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log p, log(1 - p))`` for every class, from one pass over the logits."""
+    logp, top, log_rest = _log_softmax_parts(z)
+    # Only the arg-max class can have p > 1/2; for it log(1 - p) = log(rest / (1 + rest))
+    # with rest = sum_{k != top} exp(z_k - z_top); for the others log1p(-p) is accurate.
+    log1mp = torch.log1p(-logp.exp()).scatter(-1, top, log_rest - _softplus(log_rest))
+    return logp, log1mp
+
+
+def _log_softmax(z: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
+    return _log_softmax_parts(z)[0]
 
 
 def _log1m_softmax(z: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
-    # Only the arg-max class can have p > 1/2; for it log(1 - p) = log(rest / (1 + rest))
-    # with rest = sum_{k != top} exp(z_k - z_top); for the others log1p(-p) is accurate.
-    top = z.argmax(dim=-1, keepdim=True)
-    shifted = z - z.gather(-1, top)
-    log_rest = torch.logsumexp(shifted.scatter(-1, top, float("-inf")), dim=-1, keepdim=True)
-    out = torch.log1p(-(shifted - _softplus(log_rest)).exp())
-    return out.scatter(-1, top, log_rest - _softplus(log_rest))
+    return _log_softmax_and_log1m(z)[1]
+
+
+def _probability_logits(z: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
+    logp, log1mp = _log_softmax_and_log1m(z)
+    return logp - log1mp
 
 
 def _cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -150,8 +164,7 @@ def _entropy(z: torch.Tensor, _: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def _modified_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logp = _log_softmax(z)
-    log1mp = _log1m_softmax(z)
+    logp, log1mp = _log_softmax_and_log1m(z)
     onehot = torch.zeros_like(z, dtype=torch.bool).scatter(-1, y[:, None], True)
     true_term = -(log1mp.exp() * logp)  # -(1 - p_y) log p_y
     other_term = -(logp.exp() * log1mp)  # -p_i log(1 - p_i)
@@ -236,7 +249,7 @@ def probability_logits(logits: torch.Tensor) -> torch.Tensor:
     probabilities round to 0 or 1; for the true class it equals ``phi``.
     """
     _check(logits, None, min_classes=2)
-    return _apply(lambda z, _: _log_softmax(z) - _log1m_softmax(z), logits, None, per_class=True)
+    return _apply(_probability_logits, logits, None, per_class=True)
 
 
 def logit_mean_probability(logit_p: torch.Tensor, dim: int = -1) -> torch.Tensor:
