@@ -27,7 +27,7 @@ from mia_torch.locks import build_missing
 from mia_torch.stages.attacks import fit_attacks, reference_signals, score_attacks
 from mia_torch.stages.context import Context, build, digest_row, is_private, model_key, model_seed
 from mia_torch.stages.signals import query
-from mia_torch.stages.train import stored_model, train_stage
+from mia_torch.stages.train import model_with_weights, stored_model, train_stage
 from mia_torch.store import digest, state_dict_from_bytes, state_dict_to_bytes
 from mia_torch.training.trainer import evaluate
 from mia_torch.training.unlearning import finetune, gradient_ascent
@@ -95,7 +95,6 @@ def _unlearned(ctx: Context, plan: ForgetPlan, before: nn.Module) -> tuple[nn.Mo
                   "epochs": f.epochs, "lr": lr, "ascent_epochs": f.ascent_epochs, "ascent_lr": ascent_lr,
                   "code": code_digest("models")})
     retained = torch.from_numpy(np.flatnonzero(_retained(ctx, plan)))
-    trained: list[bool] = []
 
     def unlearn(_: list[int]) -> None:
         model = copy.deepcopy(before)
@@ -106,15 +105,14 @@ def _unlearned(ctx: Context, plan: ForgetPlan, before: nn.Module) -> tuple[nn.Mo
         result = finetune(model, data.x, data.y, retained, s.train, epochs=f.epochs, lr=lr, seed=seed,
                           x_test=data.x_test, y_test=data.y_test)
         ctx.store.save("models", key, state_dict_to_bytes(model.state_dict()), {"model": t, **result.metrics})
-        trained.append(True)
 
-    outcome = build_missing(ctx.store, "models", {t: key}, unlearn, group=1, decode=state_dict_from_bytes)
-    found = ctx.store.load("models", key, decode=state_dict_from_bytes)
-    if found is None:
-        raise RuntimeError(f"the {f.method} model of target {t} vanished from the store {ctx.store.root}")
-    model = build(s, data, model_seed(s, t), private=is_private(s, t))
-    model.load_state_dict(found[0])
-    return model.to(s.device).eval(), {**outcome.meta[t], "trained": bool(trained)}
+    outcome = build_missing(ctx.store, "models", {t: key}, unlearn, group=1, decode=state_dict_from_bytes,
+                            keep_values=True)
+    model = model_with_weights(ctx, t, outcome.values[t], key=key)
+    if model is None:
+        raise RuntimeError(f"the {f.method} model of target {t} in the store {ctx.store.root} does not fit the "
+                           "configured model: it was moved aside")
+    return model, {**outcome.meta[t], "trained": bool(outcome.built)}
 
 
 def _accuracy(model: nn.Module, ctx: Context, ids: np.ndarray) -> float:
