@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mia_torch.audit.checkpoint import load_checkpoint_model
-from mia_torch.audit.evidence import record_evidence
+from mia_torch.audit.evidence import record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
 from mia_torch.data.validate import MIN_TRAIN_EXAMPLES
 from mia_torch.fingerprint import code_digest
@@ -149,14 +149,15 @@ def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray) -> dict[str, 
     attacks = fit_attacks(s, reference)
     served = {"before": all_logits[t], "after": query(ctx, after)}
     scores = {when: score_attacks(attacks, out, labels) for when, out in served.items()}
-    evidence = {when: record_evidence(out, labels, reference, online=True) for when, out in served.items()}
+    evidence = {when: record_evidence(out, labels, reference, online=False).subset(plan.forgotten)
+                for when, out in served.items()}
     compare = {when: separations(scores[when], plan.forgotten, plan.never_seen, bootstrap=s.bootstrap, seed=s.seed)
                for when in served}
-    still = plan.forgotten[evidence["after"].p_gaussian[plan.forgotten] <= f.fpr]
+    flagged = verdicts(evidence["after"].p_gaussian, f.fpr) == "member"
     write_forget_csv(ctx.run_dir / "forget.csv", ids=plan.forgotten,
                      source_ids=ctx.data.indices.numpy()[plan.forgotten],
-                     classes=ctx.data.y.cpu().numpy()[plan.forgotten], scores=scores,
-                     evidence={when: ev.subset(plan.forgotten) for when, ev in evidence.items()}, fpr=f.fpr)
+                     classes=ctx.data.y.cpu().numpy()[plan.forgotten], scores=scores, evidence=evidence,
+                     flagged=flagged, fpr=f.fpr)
     attacks_entry = {name: {when: {"auc": compare[when][name].auc, "auc_ci": list(compare[when][name].auc_ci),
                                    "verdict": compare[when][name].verdict} for when in served}
                      for name in attacks}
@@ -166,7 +167,7 @@ def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray) -> dict[str, 
         "never_seen": int(len(plan.never_seen)), "retained": int(_retained(ctx, plan).sum()),
         "forgotten_ids": plan.forgotten.tolist(), "fpr": f.fpr, "attacks": attacks_entry,
         "verdict": INDISTINGUISHABLE if indistinguishable else "still distinguishable from never-seen",
-        "still_flagged": still.tolist(),
+        "still_flagged": plan.forgotten[flagged].tolist(),
         "utility": {"before": _utility(ctx, plan, before), "after": _utility(ctx, plan, after)},
         "after_model": after_meta, "records_csv": "forget.csv",
     }}
