@@ -31,10 +31,10 @@ from mia_torch.provenance import environment_versions
 from mia_torch.report.results import write_json
 from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.settings import build_attack
-from mia_torch.stages.attacks import AttackOutputs, fit_attacks, reference_signals, score_attacks
+from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, model_seed
 from mia_torch.stages.report import report_study
-from mia_torch.stages.signals import query, signals_stage, untrained_logits
+from mia_torch.stages.signals import query, signals_stage
 from mia_torch.stages.train import train_stage
 from mia_torch.store import array_to_bytes
 from mia_torch.training.trainer import evaluate
@@ -159,12 +159,8 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
     atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(ref_logits.cpu().numpy()))
     atomic_write_bytes(ctx.run_dir / "target_signals.npy", array_to_bytes(served.cpu().numpy()))
     attacks = fit_attacks(replace(s, attacks={n: c for n, c in s.attacks.items() if n not in plan.skipped}), reference)
-    outputs = AttackOutputs(
-        scores={n: {t: v} for n, v in score_attacks(attacks, served, labels).items()},
-        fitted_params={n: {t: a.fitted_params()} for n, a in attacks.items()},
-        sanity=({n: {t: v} for n, v in score_attacks(attacks, untrained_logits(ctx, t), labels).items()}
-                if s.sanity_check else None),
-    )
+    outputs = AttackOutputs.empty(attacks, sanity=s.sanity_check)
+    attack_target(ctx, attacks, served, t, outputs)
     evidence = record_evidence(served, labels, reference, online=s.audit.online).subset(plan.candidates)
     classes = ctx.data.y.cpu().numpy()[plan.candidates]
     write_records_csv(ctx.run_dir / "records.csv", ids=plan.candidates,

@@ -3,9 +3,9 @@ whether the model still treats them as members.
 
 The target is trained with the records like any study's target; the records are then removed
 by ``forget.method`` (:mod:`mia_torch.training.unlearning`, or a user's model); every
-attack, fitted on the same reference models, scores the target before and after. The
-forgotten records are compared with records the target never saw (its non-members) by the
-AUC of forgotten vs never-seen (:mod:`mia_torch.forget.report`).
+attack, fitted on the target's reference models by the attack stage, scores the target before
+and after. The forgotten records are compared with records the target never saw (its
+non-members) by the AUC of forgotten vs never-seen (:mod:`mia_torch.forget.report`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from mia_torch.data.validate import MIN_TRAIN_EXAMPLES
 from mia_torch.fingerprint import code_digest
 from mia_torch.forget.report import INDISTINGUISHABLE, separations, write_forget_csv
 from mia_torch.locks import build_missing
-from mia_torch.stages.attacks import fit_attacks, reference_signals, score_attacks
+from mia_torch.stages.attacks import AttackOutputs, reference_signals, score_attacks
 from mia_torch.stages.context import Context, build, digest_row, is_private, model_key, model_seed
 from mia_torch.stages.signals import query
 from mia_torch.stages.train import model_with_weights, stored_model, train_stage
@@ -127,11 +127,12 @@ def _utility(ctx: Context, plan: ForgetPlan, model: nn.Module) -> dict[str, floa
             "forgotten_acc": _accuracy(model, ctx, plan.forgotten)}
 
 
-def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray) -> dict[str, Any]:
+def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray, outputs: AttackOutputs) -> dict[str, Any]:
     """Remove the records, score before and after, compare with never-seen records; the ``forget`` entry.
 
     ``logits`` are the served outputs ``[M, N, Q, C]`` of the study's models (the target
-    before removal among them). Writes ``forget.csv``.
+    before removal among them); ``outputs`` the attack stage's, with the target's fitted
+    attacks kept (its scores are the "before" ones). Writes ``forget.csv``.
     """
     s, t = ctx.settings, plan.target
     f = s.forget
@@ -146,9 +147,10 @@ def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray) -> dict[str, 
     refs = list(ctx.splits.reference_ids[t])
     reference = reference_signals(ctx, all_logits[refs], refs)
     labels = ctx.data.y.to(s.device)
-    attacks = fit_attacks(s, reference)
+    attacks = outputs.fitted[t]
     served = {"before": all_logits[t], "after": query(ctx, after)}
-    scores = {when: score_attacks(attacks, out, labels) for when, out in served.items()}
+    scores = {"before": {name: outputs.scores[name][t] for name in attacks},
+              "after": score_attacks(attacks, served["after"], labels)}
     evidence = {when: record_evidence(out, labels, reference, online=False).subset(plan.forgotten)
                 for when, out in served.items()}
     compare = {when: separations(scores[when], plan.forgotten, plan.never_seen, bootstrap=s.bootstrap, seed=s.seed)
