@@ -44,11 +44,13 @@ __all__ = ["BuildOutcome", "build_missing"]
 
 @dataclass
 class BuildOutcome(Generic[Item]):
-    """``meta`` of every item; which ones this process ``built`` and which it found ``reused``."""
+    """``meta`` of every item; which ones this process ``built`` and which it found ``reused``; with
+    ``keep_values``, every item's decoded payload in ``values``."""
 
     meta: dict[Item, dict[str, Any]] = field(default_factory=dict)
     built: list[Item] = field(default_factory=list)
     reused: list[Item] = field(default_factory=list)
+    values: dict[Item, Any] = field(default_factory=dict)
 
 
 def build_missing(
@@ -60,6 +62,7 @@ def build_missing(
     group: int = 1,
     decode: Callable[[bytes], object] | None = None,
     on_built: Callable[[int], object] | None = None,
+    keep_values: bool = False,
 ) -> BuildOutcome[Item]:
     """Make sure artifact ``kind/keys[item]`` exists for every item; build only what is missing.
 
@@ -67,7 +70,9 @@ def build_missing(
     ``store``; it runs only while this process holds their locks. Artifacts are verified
     with ``decode`` (see :meth:`ArtifactStore.load`); corrupt ones are moved aside and
     rebuilt. Items another process is building are waited for and then reused.
-    ``on_built(n)`` is called after each group (e.g. to advance a progress bar).
+    ``on_built(n)`` is called after each group (e.g. to advance a progress bar). With
+    ``keep_values``, the payloads decoded by these checks are kept in ``values``, so the
+    caller need not load them again (off by default: models are not held in memory).
     """
     outcome: BuildOutcome[Item] = BuildOutcome()
 
@@ -75,6 +80,8 @@ def build_missing(
         found = store.load(kind, keys[item], decode=decode)
         if found is not None:
             outcome.meta[item] = found[1]
+            if keep_values:
+                outcome.values[item] = found[0]
         return found is not None
 
     pending = [item for item in keys if not pick_up(item)]

@@ -98,8 +98,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     logits = signals_stage(ctx)
     atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(logits))
     atomic_write_bytes(ctx.run_dir / "labels.npy", array_to_bytes(ctx.data.y.cpu().numpy()))
-    outputs = attack_stage(ctx, logits)
-    extra = run_forget(ctx, forget, logits) if forget is not None else None
+    outputs = attack_stage(ctx, logits, keep_fitted=() if forget is None else (forget.target,))
+    extra = run_forget(ctx, forget, logits, outputs) if forget is not None else None
     results = report_study(ctx, cfg, started, model_metrics=model_metrics,
                            target_metrics={t: {**model_metrics[t], "checkpoint": str(stored_path(ctx, t))}
                                            for t in s.target_ids},

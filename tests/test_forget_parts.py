@@ -52,3 +52,11 @@ def test_gradient_ascent_raises_the_forgotten_loss_and_finetune_repairs_the_rest
     finetune(model, x, y, retain, cfg, epochs=10, lr=0.02, seed=2)
     assert loss(retain) < damaged_retain
     assert loss(retain) < before_retain + 0.5
+
+
+def test_finetune_does_not_early_stop_under_a_study_recipe_with_early_stopping():
+    x, y = _data()
+    model = MLP(input_shape=(1, 4, 4), num_classes=3, hidden_sizes=(8,))
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.1, early_stopping={"patience": 1})
+    result = finetune(model, x, y, torch.arange(20, 200), cfg, epochs=3, lr=0.02, seed=2)
+    assert len(result.metrics["epoch_train_loss"]) == 3 and "stopped_epoch" not in result.metrics

@@ -148,3 +148,12 @@ def test_a_lock_left_empty_by_a_process_killed_while_taking_it_is_removed_after_
     assert outcome[0].built == ["held"] and calls == [["held"]]
     assert time.monotonic() - started >= lease_s
     assert not list(lock.parent.glob("held.lock*"))  # released, nothing left aside
+
+
+def test_decoded_payloads_are_kept_only_when_asked(tmp_path):
+    store = ArtifactStore(tmp_path)
+    store.save("models", "b", b"old", {"by": "before"})
+    keys = {"a": "a", "b": "b"}
+    kept = build_missing(store, "models", keys, _builder(store, []), decode=bytes.decode, keep_values=True)
+    assert kept.values == {"a": "ours-a", "b": "old"}
+    assert build_missing(store, "models", keys, _builder(store, []), decode=bytes.decode).values == {}

@@ -10,31 +10,28 @@ references that did, run when ``audit.online=true``.
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from mia_torch import __version__
 from mia_torch.atomic import atomic_write_bytes
 from mia_torch.audit.checkpoint import CheckpointError, load_checkpoint_model
 from mia_torch.audit.evidence import RecordEvidence, record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
 from mia_torch.audit.report import MAX_PRINTED, describe_records, write_records_csv
 from mia_torch.evaluation import save_scores
-from mia_torch.provenance import environment_versions
 from mia_torch.report.results import write_json
-from mia_torch.report.types import RunResults, TargetResult
+from mia_torch.report.types import TargetResult
 from mia_torch.settings import build_attack
-from mia_torch.stages.attacks import AttackOutputs, fit_attacks, reference_signals, score_attacks
+from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, model_seed
-from mia_torch.stages.report import report_study
-from mia_torch.stages.signals import query, signals_stage, untrained_logits
+from mia_torch.stages.report import report_study, run_results
+from mia_torch.stages.signals import query, signals_stage
 from mia_torch.stages.train import train_stage
 from mia_torch.store import array_to_bytes
 from mia_torch.training.trainer import evaluate
@@ -152,24 +149,21 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
     refs = list(plan.references)
     atomic_write_bytes(ctx.run_dir / "keep.npy", array_to_bytes(ctx.splits.keep))
     ref_metrics = train_stage(ctx, refs)
-    ref_logits = torch.from_numpy(signals_stage(ctx, refs)).to(s.device).float()
-    reference = reference_signals(ctx, ref_logits, refs)
+    ref_signals = signals_stage(ctx, refs)
+    reference = reference_signals(ctx, torch.from_numpy(ref_signals).to(s.device).float(), refs)
     labels = ctx.data.y.to(s.device)
     served = query(ctx, plan.model)
-    atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(ref_logits.cpu().numpy()))
+    atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(ref_signals.astype(np.float32, copy=False)))
     atomic_write_bytes(ctx.run_dir / "target_signals.npy", array_to_bytes(served.cpu().numpy()))
     attacks = fit_attacks(replace(s, attacks={n: c for n, c in s.attacks.items() if n not in plan.skipped}), reference)
-    outputs = AttackOutputs(
-        scores={n: {t: v} for n, v in score_attacks(attacks, served, labels).items()},
-        fitted_params={n: {t: a.fitted_params()} for n, a in attacks.items()},
-        sanity=({n: {t: v} for n, v in score_attacks(attacks, untrained_logits(ctx, t), labels).items()}
-                if s.sanity_check else None),
-    )
+    outputs = AttackOutputs.empty(attacks, sanity=s.sanity_check)
+    attack_target(ctx, attacks, served, t, outputs)
     evidence = record_evidence(served, labels, reference, online=s.audit.online).subset(plan.candidates)
     classes = ctx.data.y.cpu().numpy()[plan.candidates]
+    candidate_scores = {n: v[t][plan.candidates] for n, v in outputs.scores.items()}
     write_records_csv(ctx.run_dir / "records.csv", ids=plan.candidates,
                       source_ids=ctx.data.indices.numpy()[plan.candidates], classes=classes, evidence=evidence,
-                      scores={n: v[t][plan.candidates] for n, v in outputs.scores.items()}, fpr=s.audit.fpr,
+                      scores=candidate_scores, fpr=s.audit.fpr,
                       members=None if plan.members is None else np.isin(plan.candidates, plan.members))
     target_metrics = _audited_metrics(ctx, plan)
     extra = {"audit": _audit_summary(ctx, plan, evidence)}
@@ -182,19 +176,12 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
                                eval_mask=mask, extra=extra)
     else:
         save_scores(ctx.run_dir / "scores.npz", outputs.scores)
-        results = RunResults(
-            config=OmegaConf.to_container(cfg, resolve=True), versions=environment_versions(__version__),
-            dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
-                     "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
-            target_ids=[t], targets={t: TargetResult.from_dict(target_metrics, path="audited model")},
-            models=models, trained_models=ctx.trained, reused_models=ctx.reused,
-            corrupt_artifacts=[str(p) for p in ctx.store.corrupt], seconds=round(time.time() - started, 2),
-            attacks={}, extra=extra)
+        targets = {t: TargetResult.from_dict(target_metrics, path="audited model")}
+        results = run_results(ctx, cfg, started, targets=targets, models=models, attacks={}, extra=extra)
         write_json(ctx.run_dir / "results.json", results.to_dict())
         print(f"audited model {plan.checkpoint}: test acc {target_metrics['test_acc']:.3f}", flush=True)
     if plan.skipped:
         print(f"skipped (offline audit): {', '.join(plan.skipped)}: allow online attacks with audit.online=true")
-    print(describe_records(plan.candidates, classes, evidence, fpr=s.audit.fpr,
-                           scores={n: v[t][plan.candidates] for n, v in outputs.scores.items()}), flush=True)
+    print(describe_records(plan.candidates, classes, evidence, fpr=s.audit.fpr, scores=candidate_scores), flush=True)
     print(f"records: {ctx.run_dir / 'records.csv'}", flush=True)
     return results.to_dict()

@@ -77,12 +77,14 @@ def write_forget_csv(
     classes: np.ndarray,
     scores: Mapping[str, Mapping[str, np.ndarray]],
     evidence: Mapping[str, RecordEvidence],
+    flagged: np.ndarray,
     fpr: float,
 ) -> Path:
     """One row per forgotten record: each attack's score and the p-values before and after removal.
 
     ``scores[when][attack]`` covers the whole population (indexed by ``ids``);
-    ``evidence[when]`` is already restricted to ``ids``; ``when`` is ``before`` / ``after``.
+    ``evidence[when]`` is already restricted to ``ids``; ``when`` is ``before`` / ``after``;
+    ``flagged`` says which records are still flagged after removal at ``fpr``.
     """
     stages = list(scores)
     attacks = list(next(iter(scores.values())))
@@ -95,5 +97,5 @@ def write_forget_csv(
             row = [int(record), int(source_ids[k]), int(classes[k])]
             row += [repr(float(scores[w][a][record])) for a in attacks for w in stages]
             row += [repr(float(getattr(evidence[w], p)[k])) for p in ("p_gaussian", "p_rank") for w in stages]
-            writer.writerow(row + [int(evidence["after"].p_gaussian[k] <= fpr)])
+            writer.writerow(row + [int(flagged[k])])
     return path

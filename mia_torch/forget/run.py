@@ -3,9 +3,9 @@ whether the model still treats them as members.
 
 The target is trained with the records like any study's target; the records are then removed
 by ``forget.method`` (:mod:`mia_torch.training.unlearning`, or a user's model); every
-attack, fitted on the same reference models, scores the target before and after. The
-forgotten records are compared with records the target never saw (its non-members) by the
-AUC of forgotten vs never-seen (:mod:`mia_torch.forget.report`).
+attack, fitted on the target's reference models by the attack stage, scores the target before
+and after. The forgotten records are compared with records the target never saw (its
+non-members) by the AUC of forgotten vs never-seen (:mod:`mia_torch.forget.report`).
 """
 from __future__ import annotations
 
@@ -18,16 +18,16 @@ import torch
 from torch import nn
 
 from mia_torch.audit.checkpoint import load_checkpoint_model
-from mia_torch.audit.evidence import record_evidence
+from mia_torch.audit.evidence import record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
 from mia_torch.data.validate import MIN_TRAIN_EXAMPLES
 from mia_torch.fingerprint import code_digest
 from mia_torch.forget.report import INDISTINGUISHABLE, separations, write_forget_csv
 from mia_torch.locks import build_missing
-from mia_torch.stages.attacks import fit_attacks, reference_signals, score_attacks
+from mia_torch.stages.attacks import AttackOutputs, reference_signals, score_attacks
 from mia_torch.stages.context import Context, build, digest_row, is_private, model_key, model_seed
 from mia_torch.stages.signals import query
-from mia_torch.stages.train import stored_model, train_stage
+from mia_torch.stages.train import model_with_weights, stored_model, train_stage
 from mia_torch.store import digest, state_dict_from_bytes, state_dict_to_bytes
 from mia_torch.training.trainer import evaluate
 from mia_torch.training.unlearning import finetune, gradient_ascent
@@ -95,7 +95,6 @@ def _unlearned(ctx: Context, plan: ForgetPlan, before: nn.Module) -> tuple[nn.Mo
                   "epochs": f.epochs, "lr": lr, "ascent_epochs": f.ascent_epochs, "ascent_lr": ascent_lr,
                   "code": code_digest("models")})
     retained = torch.from_numpy(np.flatnonzero(_retained(ctx, plan)))
-    trained: list[bool] = []
 
     def unlearn(_: list[int]) -> None:
         model = copy.deepcopy(before)
@@ -106,15 +105,14 @@ def _unlearned(ctx: Context, plan: ForgetPlan, before: nn.Module) -> tuple[nn.Mo
         result = finetune(model, data.x, data.y, retained, s.train, epochs=f.epochs, lr=lr, seed=seed,
                           x_test=data.x_test, y_test=data.y_test)
         ctx.store.save("models", key, state_dict_to_bytes(model.state_dict()), {"model": t, **result.metrics})
-        trained.append(True)
 
-    outcome = build_missing(ctx.store, "models", {t: key}, unlearn, group=1, decode=state_dict_from_bytes)
-    found = ctx.store.load("models", key, decode=state_dict_from_bytes)
-    if found is None:
-        raise RuntimeError(f"the {f.method} model of target {t} vanished from the store {ctx.store.root}")
-    model = build(s, data, model_seed(s, t), private=is_private(s, t))
-    model.load_state_dict(found[0])
-    return model.to(s.device).eval(), {**outcome.meta[t], "trained": bool(trained)}
+    outcome = build_missing(ctx.store, "models", {t: key}, unlearn, group=1, decode=state_dict_from_bytes,
+                            keep_values=True)
+    model = model_with_weights(ctx, t, outcome.values[t], key=key)
+    if model is None:
+        raise RuntimeError(f"the {f.method} model of target {t} in the store {ctx.store.root} does not fit the "
+                           "configured model: it was moved aside")
+    return model, {**outcome.meta[t], "trained": bool(outcome.built)}
 
 
 def _accuracy(model: nn.Module, ctx: Context, ids: np.ndarray) -> float:
@@ -129,11 +127,12 @@ def _utility(ctx: Context, plan: ForgetPlan, model: nn.Module) -> dict[str, floa
             "forgotten_acc": _accuracy(model, ctx, plan.forgotten)}
 
 
-def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray) -> dict[str, Any]:
+def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray, outputs: AttackOutputs) -> dict[str, Any]:
     """Remove the records, score before and after, compare with never-seen records; the ``forget`` entry.
 
     ``logits`` are the served outputs ``[M, N, Q, C]`` of the study's models (the target
-    before removal among them). Writes ``forget.csv``.
+    before removal among them); ``outputs`` the attack stage's, with the target's fitted
+    attacks kept (its scores are the "before" ones). Writes ``forget.csv``.
     """
     s, t = ctx.settings, plan.target
     f = s.forget
@@ -148,17 +147,19 @@ def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray) -> dict[str, 
     refs = list(ctx.splits.reference_ids[t])
     reference = reference_signals(ctx, all_logits[refs], refs)
     labels = ctx.data.y.to(s.device)
-    attacks = fit_attacks(s, reference)
+    attacks = outputs.fitted[t]
     served = {"before": all_logits[t], "after": query(ctx, after)}
-    scores = {when: score_attacks(attacks, out, labels) for when, out in served.items()}
-    evidence = {when: record_evidence(out, labels, reference, online=True) for when, out in served.items()}
+    scores = {"before": {name: outputs.scores[name][t] for name in attacks},
+              "after": score_attacks(attacks, served["after"], labels)}
+    evidence = {when: record_evidence(out, labels, reference, online=False).subset(plan.forgotten)
+                for when, out in served.items()}
     compare = {when: separations(scores[when], plan.forgotten, plan.never_seen, bootstrap=s.bootstrap, seed=s.seed)
                for when in served}
-    still = plan.forgotten[evidence["after"].p_gaussian[plan.forgotten] <= f.fpr]
+    flagged = verdicts(evidence["after"].p_gaussian, f.fpr) == "member"
     write_forget_csv(ctx.run_dir / "forget.csv", ids=plan.forgotten,
                      source_ids=ctx.data.indices.numpy()[plan.forgotten],
-                     classes=ctx.data.y.cpu().numpy()[plan.forgotten], scores=scores,
-                     evidence={when: ev.subset(plan.forgotten) for when, ev in evidence.items()}, fpr=f.fpr)
+                     classes=ctx.data.y.cpu().numpy()[plan.forgotten], scores=scores, evidence=evidence,
+                     flagged=flagged, fpr=f.fpr)
     attacks_entry = {name: {when: {"auc": compare[when][name].auc, "auc_ci": list(compare[when][name].auc_ci),
                                    "verdict": compare[when][name].verdict} for when in served}
                      for name in attacks}
@@ -168,7 +169,7 @@ def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray) -> dict[str, 
         "never_seen": int(len(plan.never_seen)), "retained": int(_retained(ctx, plan).sum()),
         "forgotten_ids": plan.forgotten.tolist(), "fpr": f.fpr, "attacks": attacks_entry,
         "verdict": INDISTINGUISHABLE if indistinguishable else "still distinguishable from never-seen",
-        "still_flagged": still.tolist(),
+        "still_flagged": plan.forgotten[flagged].tolist(),
         "utility": {"before": _utility(ctx, plan, before), "after": _utility(ctx, plan, after)},
         "after_model": after_meta, "records_csv": "forget.csv",
     }}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,18 +14,26 @@ from mia_torch.settings import Settings, build_attack
 from mia_torch.stages.context import Context
 from mia_torch.stages.signals import untrained_logits
 
-__all__ = ["AttackOutputs", "attack_stage", "fit_attacks", "reference_signals", "score_attacks"]
+__all__ = ["AttackOutputs", "attack_stage", "attack_target", "fit_attacks", "reference_signals", "score_attacks"]
 
 
 @dataclass
 class AttackOutputs:
     """Scores per attack and target (``scores[name][target] = float64[N]``), every knob the attack
     fitted on the target's references (``fitted_params[name][target]``, its threshold included),
-    and the scores of the untrained copies (sanity check)."""
+    the scores of the untrained copies (sanity check), and the fitted attacks of the targets
+    asked for (``fitted[target][name]``, to score another model in the target's place)."""
 
     scores: dict[str, dict[int, np.ndarray]]
     fitted_params: dict[str, dict[int, dict[str, Any]]]
     sanity: dict[str, dict[int, np.ndarray]] | None
+    fitted: dict[int, dict[str, Attack]] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, names: Iterable[str], *, sanity: bool) -> AttackOutputs:
+        """No scores yet for attacks ``names``; ``sanity``: whether the untrained copies are scored too."""
+        names = list(names)
+        return cls({n: {} for n in names}, {n: {} for n in names}, {n: {} for n in names} if sanity else None)
 
 
 def fit_attacks(settings: Settings, reference: ReferenceSignals) -> dict[str, Attack]:
@@ -50,20 +58,31 @@ def reference_signals(ctx: Context, logits: torch.Tensor, models: Sequence[int])
     return ReferenceSignals(logits=logits, keep=keep, labels=ctx.data.y.to(logits.device))
 
 
-def attack_stage(ctx: Context, logits: np.ndarray) -> AttackOutputs:
-    """Fit every attack on each target's references and score the target (and its untrained twin)."""
+def attack_target(ctx: Context, attacks: dict[str, Attack], served: torch.Tensor, target: int,
+                  out: AttackOutputs) -> None:
+    """Score ``target``'s served output ``[N, Q, C]`` with the fitted ``attacks`` into ``out``: the scores, each
+    attack's fitted knobs and, when ``out`` keeps sanity scores, the scores of the target's untrained twin."""
+    labels = ctx.data.y.to(ctx.settings.device)
+    for name, scores in score_attacks(attacks, served, labels).items():
+        out.scores[name][target] = scores
+        out.fitted_params[name][target] = attacks[name].fitted_params()
+    if out.sanity is not None:
+        for name, scores in score_attacks(attacks, untrained_logits(ctx, target), labels).items():
+            out.sanity[name][target] = scores
+
+
+def attack_stage(ctx: Context, logits: np.ndarray, *, keep_fitted: Collection[int] = ()) -> AttackOutputs:
+    """Fit every attack on each target's references and score the target (and its untrained twin).
+
+    The fitted attacks of targets ``keep_fitted`` are kept in :attr:`AttackOutputs.fitted`.
+    """
     s = ctx.settings
     all_logits = torch.from_numpy(logits).to(s.device).float()
-    labels = ctx.data.y.to(s.device)
-    out = AttackOutputs({n: {} for n in s.attacks}, {n: {} for n in s.attacks},
-                        {n: {} for n in s.attacks} if s.sanity_check else None)
+    out = AttackOutputs.empty(s.attacks, sanity=s.sanity_check)
     for target in ctx.splits.target_ids:
         refs = list(ctx.splits.reference_ids[target])
         attacks = fit_attacks(s, reference_signals(ctx, all_logits[refs], refs))
-        for name, scores in score_attacks(attacks, all_logits[target], labels).items():
-            out.scores[name][target] = scores
-            out.fitted_params[name][target] = attacks[name].fitted_params()
-        if out.sanity is not None:
-            for name, scores in score_attacks(attacks, untrained_logits(ctx, target), labels).items():
-                out.sanity[name][target] = scores
+        attack_target(ctx, attacks, all_logits[target], target, out)
+        if target in keep_fitted:
+            out.fitted[target] = attacks
     return out

@@ -53,13 +53,12 @@ def digest_row(row: np.ndarray) -> str:
     return digest({"row": np.flatnonzero(row).tolist()})
 
 
-def model_key(ctx: Context, index: int, *, keep_row: np.ndarray | None = None) -> str:
+def model_key(ctx: Context, index: int) -> str:
     """Content hash of everything that determines trained model ``index``.
 
     The data enters as the digest of its tensors as loaded and the code as the digest of
     the training source (:mod:`mia_torch.fingerprint`), so new data or edited training
-    code makes new keys, while moving a data file does not. ``keep_row`` replaces the
-    model's training records (e.g. the target retrained without forgotten records).
+    code makes new keys, while moving a data file does not.
     """
     s = ctx.settings
     spec: dict[str, Any] = {
@@ -67,7 +66,7 @@ def model_key(ctx: Context, index: int, *, keep_row: np.ndarray | None = None) -
         "model": s.model,
         "train": s.train.to_dict(),
         "defense": s.defense.key(len(ctx.data.y)) if is_private(s, index) else None,
-        "keep_row": digest_row(ctx.splits.keep[index] if keep_row is None else keep_row),
+        "keep_row": digest_row(ctx.splits.keep[index]),
         "seed": model_seed(s, index),
         "device": s.device.type,
         "code": code_digest("models"),

@@ -13,11 +13,41 @@ from mia_torch.evaluation import evaluate_attacks, overconfidence, save_scores
 from mia_torch.provenance import environment_versions
 from mia_torch.report.pictures import ImageSource
 from mia_torch.report.run_report import write_run_report
-from mia_torch.report.types import RunResults, TargetResult
+from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult
 from mia_torch.stages.attacks import AttackOutputs
 from mia_torch.stages.context import Context
 
-__all__ = ["report_study"]
+__all__ = ["report_study", "run_results"]
+
+
+def run_results(
+    ctx: Context,
+    cfg: DictConfig,
+    started: float,
+    *,
+    targets: dict[int, TargetResult],
+    models: list[dict[str, Any]],
+    attacks: dict[str, AttackEvaluation],
+    extra: dict[str, Any] | None = None,
+) -> RunResults:
+    """The run's :class:`RunResults`: ``targets``, ``models`` and ``attacks`` with the config, versions,
+    dataset, the models trained and reused, the corrupt artifacts and the seconds since ``started``."""
+    s = ctx.settings
+    return RunResults(
+        config=OmegaConf.to_container(cfg, resolve=True),
+        versions=environment_versions(__version__),
+        dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
+                 "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
+        target_ids=list(targets),
+        targets=targets,
+        models=models,
+        trained_models=ctx.trained,
+        reused_models=ctx.reused,
+        corrupt_artifacts=[str(p) for p in ctx.store.corrupt],
+        seconds=round(time.time() - started, 2),
+        attacks=attacks,
+        extra=dict(extra or {}),
+    )
 
 
 def report_study(
@@ -53,21 +83,7 @@ def report_study(
     for t in s.target_ids:  # over-confidence of the served output, on the evaluated members and non-members
         calibration = overconfidence(target_logits[t][eval_mask], labels[eval_mask], keep[t][eval_mask])
         targets[t] = TargetResult.from_dict({**target_metrics[t], **calibration}, path=f"model {t}")
-    results = RunResults(
-        config=OmegaConf.to_container(cfg, resolve=True),
-        versions=environment_versions(__version__),
-        dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
-                 "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
-        target_ids=list(s.target_ids),
-        targets=targets,
-        models=model_metrics,
-        trained_models=ctx.trained,
-        reused_models=ctx.reused,
-        corrupt_artifacts=[str(p) for p in ctx.store.corrupt],
-        seconds=round(time.time() - started, 2),
-        attacks=attacks,
-        extra=dict(extra or {}),
-    )
+    results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, extra=extra)
     write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=keep, eval_mask=eval_mask, labels=labels,
                      target_logits=target_logits, images=ImageSource.of(ctx.data))
     return results

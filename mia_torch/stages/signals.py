@@ -46,18 +46,9 @@ def signals_stage(ctx: Context, indices: Sequence[int] | None = None) -> np.ndar
                            {"model": index, "shape": list(array.shape)})
 
     keys = {index: signal_key(ctx, index) for index in indices}
-    rows = {index: found[0] for index, key in keys.items()
-            if (found := ctx.store.load("signals", key, decode=decode)) is not None}
-    missing = {index: key for index, key in keys.items() if index not in rows}
-    if missing:
-        with tqdm(desc="signals", disable=not s.progress, unit="model", leave=False) as bar:
-            build_missing(ctx.store, "signals", missing, collect, group=group_size(ctx), decode=decode,
-                          on_built=bar.update)
-        for index, key in missing.items():
-            found = ctx.store.load("signals", key, decode=decode)
-            if found is None:
-                raise RuntimeError(f"signals of model {index} vanished from the store {ctx.store.root}")
-            rows[index] = found[0]
+    with tqdm(desc="signals", disable=not s.progress, unit="model", leave=False) as bar:
+        rows = build_missing(ctx.store, "signals", keys, collect, group=group_size(ctx), decode=decode,
+                             on_built=bar.update, keep_values=True).values
     return np.stack([serve_array(rows[index], s.output) for index in indices])
 
 

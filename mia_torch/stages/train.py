@@ -16,7 +16,7 @@ from mia_torch.training.ensemble import train_models
 from mia_torch.training.stacking import resolve_strategy
 from mia_torch.training.trainer import TrainResult
 
-__all__ = ["load_trained_model", "stored_model", "train_group", "train_stage"]
+__all__ = ["load_trained_model", "model_with_weights", "stored_model", "train_group", "train_stage"]
 
 
 def load_trained_model(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[str, Any]] | None:
@@ -25,14 +25,22 @@ def load_trained_model(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[
     found = ctx.store.load("models", key, decode=state_dict_from_bytes)
     if found is None:
         return None
+    model = model_with_weights(ctx, index, found[0], key=key)
+    return None if model is None else (model, found[1])
+
+
+def model_with_weights(ctx: Context, index: int, weights: dict[str, torch.Tensor], *,
+                       key: str) -> torch.nn.Module | None:
+    """Model ``index``'s architecture holding ``weights`` (stored as ``models/key``), on the device in eval mode;
+    None when they do not fit the configured model (the artifact is then moved aside)."""
     s = ctx.settings
     model = build(s, ctx.data, model_seed(s, index), private=is_private(s, index))
     try:
-        model.load_state_dict(found[0])
+        model.load_state_dict(weights)
     except RuntimeError as err:
         ctx.store.quarantine("models", key, reason=f"its weights do not fit the configured model: {err}")
         return None
-    return model.to(s.device).eval(), found[1]
+    return model.to(s.device).eval()
 
 
 def member_rows(ctx: Context, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -35,8 +35,12 @@ def finetune(
     x_test: torch.Tensor | None = None,
     y_test: torch.Tensor | None = None,
 ) -> TrainResult:
-    """Continue training ``model`` in place on ``x[retain_idx]`` for ``epochs`` with the recipe ``cfg`` at ``lr``."""
-    recipe = replace(cfg, epochs=epochs, lr=lr, warmup_epochs=0.0)
+    """Continue training ``model`` in place on ``x[retain_idx]`` for ``epochs`` with the recipe ``cfg`` at ``lr``.
+
+    It runs all ``epochs``: ``cfg``'s early stopping is turned off (there is no validation split here).
+    """
+    recipe = replace(cfg, epochs=epochs, lr=lr, warmup_epochs=0.0,
+                     early_stopping=replace(cfg.early_stopping, patience=None))
     return train_model(model, x, y, retain_idx, recipe, seed=seed, x_test=x_test, y_test=y_test)
 
 
