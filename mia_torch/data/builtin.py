@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mia_torch.data.datasets import Dataset, channel_stats, normalize, register_dataset
+from mia_torch.data.datasets import Dataset, channel_stats, normalize, register_dataset, split_rows
 
 __all__: list[str] = []  # the loaders are reached through the registry
 
@@ -31,8 +31,7 @@ def _digits(*, root: Path | None, download: bool, seed: int, num_test: int = 297
     total = len(images)
     if isinstance(num_test, bool) or not isinstance(num_test, (int, np.integer)) or not 1 <= num_test < total:
         raise ValueError(f"`dataset.num_test` for digits must be an integer in [1, {total - 1}], got {num_test!r}")
-    order = torch.from_numpy(np.random.default_rng([int(seed), 0]).permutation(total))
-    test_idx, pop_idx = order[:num_test].sort().values, order[num_test:].sort().values
+    pop_idx, test_idx = (torch.from_numpy(rows) for rows in split_rows(total, num_test, seed=seed))
     mean, std = channel_stats(images[pop_idx])
     images = normalize(images, mean, std)
     return Dataset(

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from mia_torch.data.datasets import Dataset, DatasetNotFoundError, data_file, register_dataset
+from mia_torch.data.datasets import Dataset, DatasetNotFoundError, data_file, register_dataset, split_rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["MISSING_CATEGORY", "MISSING_POLICIES", "read_csv", "split_rows", "tabular_dataset"]
+__all__ = ["MISSING_CATEGORY", "MISSING_POLICIES", "read_csv", "tabular_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +137,6 @@ def read_csv(file: Path, *, key: str) -> "pd.DataFrame":
         raise ValueError(f"{file} (`{key}`) has a header row but no records")
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
-
-
-def split_rows(total: int, num_test: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of ``total`` rows: sorted population rows and ``num_test`` sorted test rows."""
-    order = np.random.default_rng([int(seed), 0]).permutation(total)
-    return np.sort(order[num_test:]), np.sort(order[:num_test])
 
 
 @register_dataset("csv", kind="tabular")
