@@ -11,8 +11,9 @@ import hydra
 from omegaconf import DictConfig
 
 from mia_torch.configs import register_configs
+from mia_torch.settings import CONFIG_PACKAGE
 
-CONFIG_PATH = "pkg://mia_torch.conf"
+CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
 
 register_configs()
 

@@ -51,8 +51,9 @@ def find_targets(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield from find_targets(value, f"{prefix}[{index}]")
 
 
-def _in_package(module: ModuleType) -> bool:
-    return module.__name__ == PACKAGE or module.__name__.startswith(PACKAGE + ".")
+def _in_package(module_name: str) -> bool:
+    """Whether ``module_name`` is mia_torch or one of its submodules."""
+    return module_name == PACKAGE or module_name.startswith(PACKAGE + ".")
 
 
 def is_package_class(target: str) -> bool:
@@ -63,7 +64,7 @@ def is_package_class(target: str) -> bool:
         return False
     obj: Any = importlib.import_module(PACKAGE)
     for part in parts[1:]:
-        if not (isinstance(obj, ModuleType) and _in_package(obj)):
+        if not (isinstance(obj, ModuleType) and _in_package(obj.__name__)):
             return False  # only mia_torch modules may be walked through
         if hasattr(obj, part):
             obj = getattr(obj, part)
@@ -72,9 +73,8 @@ def is_package_class(target: str) -> bool:
             obj = importlib.import_module(f"{obj.__name__}.{part}")
         except ImportError:
             return False
-    module = getattr(obj, "__module__", None) or ""
     return (inspect.isclass(obj) and issubclass(obj, BUILDABLE)
-            and (module == PACKAGE or module.startswith(PACKAGE + ".")))
+            and _in_package(getattr(obj, "__module__", None) or ""))
 
 
 def check_targets(config: Any, *, allowed: Iterable[str] = (), source: str = "the config",

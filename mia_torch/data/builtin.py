@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mia_torch.data.datasets import Dataset, channel_stats, normalize, register_dataset
+from mia_torch.data.datasets import (
+    Dataset,
+    channel_stats,
+    is_int_in,
+    normalize,
+    register_dataset,
+    split_rows,
+)
 
 __all__: list[str] = []  # the loaders are reached through the registry
 
@@ -29,10 +36,9 @@ def _digits(*, root: Path | None, download: bool, seed: int, num_test: int = 297
     images = torch.as_tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)
     total = len(images)
-    if isinstance(num_test, bool) or not isinstance(num_test, (int, np.integer)) or not 1 <= num_test < total:
+    if not is_int_in(num_test, 1, total - 1):
         raise ValueError(f"`dataset.num_test` for digits must be an integer in [1, {total - 1}], got {num_test!r}")
-    order = torch.from_numpy(np.random.default_rng([int(seed), 0]).permutation(total))
-    test_idx, pop_idx = order[:num_test].sort().values, order[num_test:].sort().values
+    pop_idx, test_idx = (torch.from_numpy(rows) for rows in split_rows(total, num_test, seed=seed))
     mean, std = channel_stats(images[pop_idx])
     images = normalize(images, mean, std)
     return Dataset(
@@ -74,7 +80,7 @@ def _synthetic(
         ("num_examples", num_examples, 1), ("num_test", num_test, 1), ("num_classes", num_classes, 2),
         ("channels", channels, 1), ("image_size", image_size, 1),
     ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        if not is_int_in(value, low):
             raise ValueError(f"`dataset.{key}` for synthetic must be an integer >= {low}, got {value!r}")
     if not noise >= 0:
         raise ValueError(f"`dataset.noise` must be >= 0, got {noise!r}")

@@ -39,9 +39,11 @@ __all__ = [
     "dataset_kind",
     "data_file",
     "describe_dataset",
+    "is_int_in",
     "load_dataset",
     "normalize",
     "register_dataset",
+    "split_rows",
 ]
 
 
@@ -258,12 +260,29 @@ def _check_options(name: str, loader: DatasetLoader, options: dict[str, Any]) ->
         )
 
 
+def is_int_in(value: Any, low: int, high: int | None = None) -> bool:
+    """Whether ``value`` is an integer (Python or NumPy, not a bool) in ``[low, high]`` (no upper bound if None)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        return False
+    return bool(low <= value and (high is None or value <= high))
+
+
+def split_rows(total: int, num_test: int, *, seed: int, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of ``total`` rows: sorted population rows and ``num_test`` sorted test rows.
+
+    The test rows are the first ``num_test`` of ``default_rng([seed, stream]).permutation(total)``.
+    Loaders split with stream 0; the ``population_size`` and ``test_size`` subsets of
+    :func:`load_dataset` are the test rows of streams 1 and 2.
+    """
+    order = np.random.default_rng([int(seed), stream]).permutation(total)
+    return np.sort(order[num_test:]), np.sort(order[:num_test])
+
+
 def _subset(total: int, size: int, *, seed: int, stream: int, key: str, name: str) -> torch.Tensor:
     """Sorted indices of a seeded random subset of ``size`` out of ``total``."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+    if not is_int_in(size, 1):
         raise ValueError(f"`dataset.{key}` must be a positive integer or null, got {size!r}")
     if size > total:
         raise ValueError(f"`dataset.{key}`={size} but dataset {name!r} has only {total} examples there")
-    rng = np.random.default_rng([int(seed), stream])
-    keep = np.sort(rng.permutation(total)[:size])
+    _, keep = split_rows(total, size, seed=seed, stream=stream)
     return torch.from_numpy(keep)

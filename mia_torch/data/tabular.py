@@ -31,12 +31,19 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from mia_torch.data.datasets import Dataset, DatasetNotFoundError, data_file, register_dataset
+from mia_torch.data.datasets import (
+    Dataset,
+    DatasetNotFoundError,
+    data_file,
+    is_int_in,
+    register_dataset,
+    split_rows,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["MISSING_CATEGORY", "MISSING_POLICIES", "read_csv", "split_rows", "tabular_dataset"]
+__all__ = ["MISSING_CATEGORY", "MISSING_POLICIES", "read_csv", "tabular_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +146,6 @@ def read_csv(file: Path, *, key: str) -> "pd.DataFrame":
     return frame
 
 
-def split_rows(total: int, num_test: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of ``total`` rows: sorted population rows and ``num_test`` sorted test rows."""
-    order = np.random.default_rng([int(seed), 0]).permutation(total)
-    return np.sort(order[num_test:]), np.sort(order[:num_test])
-
-
 @register_dataset("csv", kind="tabular")
 def _csv(
     *,
@@ -212,7 +213,7 @@ def _breast_cancer(*, root: Path | None, download: bool, seed: int, num_test: in
     bunch = load_breast_cancer(as_frame=True)
     frame = bunch.data.assign(diagnosis=bunch.target_names[bunch.target.to_numpy()])
     total = len(frame)
-    if isinstance(num_test, bool) or not isinstance(num_test, (int, np.integer)) or not 1 <= num_test <= total - 2:
+    if not is_int_in(num_test, 1, total - 2):
         raise ValueError(
             f"`dataset.num_test` for breast_cancer must be an integer in [1, {total - 2}], got {num_test!r}"
         )

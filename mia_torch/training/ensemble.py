@@ -148,6 +148,16 @@ def _stacked_draws(
     )
 
 
+def _stopped(stopper: EarlyStopping | None) -> bool:
+    """Whether early stopping has ended this model's training (never without early stopping)."""
+    return stopper is not None and stopper.stopped
+
+
+def _until_stop(curve: list[float], stopper: EarlyStopping | None) -> list[float]:
+    """A model's per-epoch ``curve`` up to the epoch it stopped at (the stack trains on after it)."""
+    return curve if stopper is None else curve[:stopper.epochs]
+
+
 def _train_vmap(
     models: Sequence[nn.Module],
     x: Tensor,
@@ -202,8 +212,6 @@ def _train_vmap(
     counts_dev = torch.tensor(counts, device=device, dtype=torch.float32)
     example_shape = tuple(x.shape[1:])
     epoch_loss, epoch_acc = [], []
-    running = [True] * k_models
-    epochs_run = [0] * k_models
     probing = True
     for epoch in range(cfg.epochs):
         orders = torch.zeros((k_models, n_max), dtype=torch.long, device=device)
@@ -253,18 +261,18 @@ def _train_vmap(
             correct += (hits * weight[:, j]).sum(1) if padded else hits.sum(1)
         epoch_loss.append(loss_sum / counts_dev)
         epoch_acc.append(correct / counts_dev)
-        epochs_run = [e + 1 if r else e for e, r in zip(epochs_run, running)]
-        if any(s is not None for s in stoppers):
+        if cfg.early_stopping.enabled:
             write_back(models, params, buffers)
-            running = [r and not end_of_epoch(s, m, x, y, v, cfg)
-                       for r, s, m, v in zip(running, stoppers, models, val_idx)]
-            if not any(running):
+            for stopper, model, val in zip(stoppers, models, val_idx):
+                if not _stopped(stopper):
+                    end_of_epoch(stopper, model, x, y, val, cfg)
+            if all(_stopped(s) for s in stoppers):
                 break
     write_back(models, params, buffers)
     losses = torch.stack(epoch_loss, 1).tolist()  # one host sync for all models
     accs = torch.stack(epoch_acc, 1).tolist()
-    return ([row[:e] for row, e in zip(losses, epochs_run)], [row[:e] for row, e in zip(accs, epochs_run)],
-            stoppers)
+    return ([_until_stop(row, s) for row, s in zip(losses, stoppers)],
+            [_until_stop(row, s) for row, s in zip(accs, stoppers)], stoppers)
 
 
 def train_models(
