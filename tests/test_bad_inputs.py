@@ -162,6 +162,8 @@ CASES = [
     Case("a training label that makes 1000 classes", [], ["{tmp}/bad.npz", "y_train", "1000 classes"], base=NPZ,
          setup=_npz(_with("y_train", 0, 999))),
     Case("empty population", [], ["{tmp}/bad.npz", "y_train", "empty"], base=NPZ, setup=_npz(n=0)),
+    Case("empty float test split", [], ["{tmp}/bad.npz", "test split is empty"], base=NPZ,
+         setup=_npz(lambda a: a.update(x_test=np.zeros((0, 8, 8), np.float32), y_test=np.zeros(0, np.int64)))),
     Case("tiny population for the models", ["num_models=4"], ["{tmp}/bad.npz", "population of 10 examples",
                                                               f"at least {MIN_TRAIN_EXAMPLES}"],
          base=NPZ, setup=_npz(n=10)),

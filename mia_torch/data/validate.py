@@ -67,7 +67,7 @@ def check_image_array(array: np.ndarray, *, source: str, key: str) -> None:
         raise DataValidationError(f"{source}: `{key}` has shape {array.shape}; images must be [N, H, W], "
                                   f"[N, H, W, C] or [N, C, H, W]")
     if array.dtype.kind == "f":
-        bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+        bad = ~np.isfinite(array).all(axis=tuple(range(1, array.ndim)))  # per image; an empty array passes
         if bad.any():
             raise DataValidationError(f"{source}: `{key}` holds NaN or Inf values in {_first(bad)}; "
                                       f"fix or drop those images")
