@@ -10,8 +10,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from mia_torch.configs import register_configs
-from mia_torch.settings import CONFIG_PACKAGE
+from mia_torch.settings.schemas import register_configs
+from mia_torch.settings.load import CONFIG_PACKAGE
 
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
 

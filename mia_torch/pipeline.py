@@ -17,7 +17,7 @@ from mia_torch.data.datasets import describe_dataset, load_dataset
 from mia_torch.data.splits import carve_validation, make_splits
 from mia_torch.data.validate import check_training_sets
 from mia_torch.forget.run import plan_forget, print_forget_summary, run_forget
-from mia_torch.settings import check_attacks, check_writable, load_settings
+from mia_torch.settings.load import check_attacks, check_writable, load_settings
 from mia_torch.stages.attacks import attack_stage
 from mia_torch.stages.context import Context, build, model_seed, stored_path
 from mia_torch.stages.report import report_study

@@ -1,6 +1,6 @@
 """Rerun a finished run from its saved config and check that it reproduces.
 
-Usage (``scripts/reproduce.py`` is the same command):
+Usage:
     mia-reproduce <run_dir> [--out DIR] [--store-dir DIR] [--atol X] [--exact] [--allow-target T ...]
 
 The config comes from ``<run_dir>/.hydra/config.yaml`` (what Hydra saved; without it,
@@ -32,7 +32,7 @@ check and a final ``MATCH`` or ``MISMATCH``; writes the same as JSON to
 cannot be reproduced (missing files, invalid config, a failing rerun).
 
 A run directory is untrusted input: before anything is built, every ``_target_`` of
-its config must name a class defined in mia_torch (:mod:`mia_torch.config_safety`);
+its config must name a class defined in mia_torch (:mod:`mia_torch.settings.trusted`);
 others are refused (exit status 2) unless allowed one by one with
 ``--allow-target <dotted.path>``, e.g. ``--allow-target my_pkg.models.MyNet`` for a
 run that used your own model.
@@ -58,7 +58,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from mia_torch.config_safety import UnsafeConfigError, check_targets
+from mia_torch.settings.trusted import UnsafeConfigError, check_targets
 from mia_torch.report.types import RunResults
 from mia_torch.run_compare import compare_arrays, compare_metrics, flatten, version_warnings
 
@@ -138,7 +138,7 @@ def _device_is_cuda(config: Mapping[str, Any], versions: Mapping[str, Any] | Non
 def read_results(path: Path, raw: Any = None) -> RunResults:
     """A finished run's ``results.json`` (or its already-read JSON ``raw``) as :class:`RunResults`;
     ``ReproduceError`` when it is not one."""
-    from mia_torch.report.results import read_json
+    from mia_torch.report.json_file import read_json
 
     try:
         return RunResults.from_dict(read_json(path) if raw is None else raw, path=str(path))
@@ -157,7 +157,7 @@ def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: 
     ``allow_targets`` are ``_target_`` strings outside mia_torch that the config may build.
     The config is checked for unsafe ``_target_``s before anything else is read or built.
     """
-    from mia_torch.report.results import read_json, write_json
+    from mia_torch.report.json_file import read_json, write_json
 
     results_file = run_dir / "results.json"
     if not results_file.is_file():
@@ -187,7 +187,7 @@ def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: 
                                    else "empty: every model is retrained"), flush=True)
 
     from mia_torch.pipeline import run
-    from mia_torch.settings import resolve_device
+    from mia_torch.settings.load import resolve_device
 
     cfg: DictConfig = OmegaConf.create(config)
     try:
@@ -257,3 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 def cli() -> None:
     """``mia-reproduce``: exit with :func:`main`'s status."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -56,7 +56,7 @@ from bench_naive import naive_signals, naive_train, timed  # noqa: E402
 from bench_workload import DATASETS, MODELS, count_flops, machine, make_data  # noqa: E402
 
 from mia_torch.atomic import atomic_open  # noqa: E402
-from mia_torch.data.mixing import AugmentConfig  # noqa: E402
+from mia_torch.data.augment import AugmentConfig  # noqa: E402
 from mia_torch.signals.collect import collect_logits  # noqa: E402
 from mia_torch.signals.collect_many import collect_logits_many  # noqa: E402
 from mia_torch.training.config import TrainConfig  # noqa: E402

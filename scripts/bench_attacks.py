@@ -15,7 +15,7 @@ import torch
 
 from mia_torch.attacks import RMIA, GapAttack, LabelOnlyAttack, LiRA, PopulationAttack, ShokriAttack, ThresholdAttack
 from mia_torch.attacks.base import ReferenceSignals
-from mia_torch.settings import resolve_device
+from mia_torch.settings.load import resolve_device
 
 
 def _sync(device: torch.device) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mia_torch.data.augment import apply_query
+from mia_torch.data.queries import apply_query
 from mia_torch.training.config import TrainConfig
 from mia_torch.training.trainer import make_scheduler
 

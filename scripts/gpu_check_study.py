@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
 
     from mia_torch import pipeline
-    from mia_torch.configs import register_configs
+    from mia_torch.settings.schemas import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):

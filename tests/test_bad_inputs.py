@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from helpers import CONFIG_DIR, REPO, TINY, make_config, run_experiment
 from mia_torch.data import DATASETS, Dataset, load_dataset
 from mia_torch.data.validate import MIN_TRAIN_EXAMPLES, DataValidationError, read_npz
-from mia_torch.settings import check_attacks, load_settings
+from mia_torch.settings.load import check_attacks, load_settings
 
 #: TINY without its dataset, for cases that choose another one.
 NO_DATA = [o for o in TINY if not o.startswith("dataset")]
@@ -220,9 +220,9 @@ def test_bad_input_stops_before_training_naming_the_key_or_file(tmp_path, case, 
     ("dataset=mnist", ["nowhere", "download=true"]),
 ])
 def test_the_command_line_reports_bad_input_without_training(tmp_path, override, expected):
-    """Through ``experiments/run.py``: Hydra's `+key` path reaches our check; a missing dataset names the folder."""
+    """Through ``mia-run`` (``python -m mia_torch.cli``): Hydra's `+key` path reaches our check; a missing dataset names the folder."""
     proc = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "run.py"), *NO_DATA, override, f"data_dir={tmp_path / 'nowhere'}",
+        [sys.executable, "-m", "mia_torch.cli", *NO_DATA, override, f"data_dir={tmp_path / 'nowhere'}",
          f"store_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

@@ -13,7 +13,7 @@ from scipy.stats import binomtest, norm
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from mia_torch.evaluation import MIN_SLICE_SIZE, empirical_p_values, evaluate_attacks, measure
-from mia_torch.report.results import read_json, write_json
+from mia_torch.report.json_file import read_json, write_json
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult, reported, reported_values
 from results_fixtures import make_results, synthetic_scores
 

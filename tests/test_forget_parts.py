@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mia_torch.training.unlearning import finetune, gradient_ascent
-from mia_torch.forget.report import INDISTINGUISHABLE, STILL_DISTINGUISHABLE, separation
+from mia_torch.forget.verdict import INDISTINGUISHABLE, STILL_DISTINGUISHABLE, separation
 from mia_torch.models import MLP
 from mia_torch.training.config import TrainConfig
 from mia_torch.training.trainer import train_model

@@ -33,7 +33,7 @@ def test_confidence_figure_separates_members_and_nonmembers():
 
 
 def test_gallery_shows_the_targets_top_members_with_p_values():
-    from mia_torch.report.run_report import exposed_records
+    from mia_torch.report.write_run import exposed_records
 
     results, scores, keep, labels = make_results(targets=(0,))
     images = ImageSource(torch.rand(keep.shape[1], 1, 6, 6), (0.0,), (1.0,))

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from helpers import CONFIG_DIR, REPO, make_config
 from results_fixtures import make_results
 from mia_torch.report.privacy_utility import PrivacyUtilityCallback, write_privacy_utility
-from mia_torch.report.results import write_json
+from mia_torch.report.json_file import write_json
 
 SETTINGS = sorted(p.stem for p in (CONFIG_DIR / "setting").glob("*.yaml"))
 STUDIES = ["privacy_utility", "privacy_utility_cifar10"]
@@ -180,7 +180,7 @@ CHANGES = {
 
 @pytest.mark.parametrize("study", STUDIES)
 def test_the_study_sweeps_every_setting_and_each_changes_only_its_own_keys(tmp_path, study):
-    from mia_torch.settings import check_attacks, load_settings
+    from mia_torch.settings.load import check_attacks, load_settings
 
     assert set(SETTINGS) == set(CHANGES)
     hydra_cfg = OmegaConf.load(CONFIG_DIR / "experiment" / f"{study}.yaml").hydra
@@ -208,7 +208,7 @@ def test_a_tiny_study_runs_end_to_end_as_a_multirun(tmp_path):
     """Three settings of the study on tiny synthetic data: the callback writes the study; the label-only point
     reuses the undefended models from the shared store. About 20 s (every job writes its full report)."""
     sweep = tmp_path / "sweep"
-    args = [sys.executable, str(REPO / "experiments" / "run.py"), "-m", "experiment=privacy_utility",
+    args = [sys.executable, "-m", "mia_torch.cli", "-m", "experiment=privacy_utility",
             "dataset=synthetic", "dataset.num_examples=400", "dataset.num_test=100", "num_models=4",
             "target_ids=[0,2]", "train.epochs=3", "bootstrap=20", "progress=false", "sanity_check=false",
             "hydra.sweeper.params.setting='none,weight_decay_5e-2,label_only'", f"store_dir={tmp_path / 'store'}",

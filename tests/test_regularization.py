@@ -13,7 +13,7 @@ from torch import nn
 
 from helpers import TINY, digits_tensors, make_config, run_experiment
 from mia_torch.data.augment import random_crop_flip
-from mia_torch.data.mixing import (
+from mia_torch.data.augment import (
     AugmentConfig,
     augment_batch,
     cutout,

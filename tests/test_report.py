@@ -9,7 +9,7 @@ import torch
 
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics import membership_metrics, roc_curve
-from mia_torch.report import plots, records, results, table, tensorboard
+from mia_torch.report import json_file, plots, table, tensorboard, vulnerability
 from mia_torch.report.pictures import ImageSource
 from results_fixtures import make_results
 
@@ -106,7 +106,7 @@ def tb_report(tmp_path_factory):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from mia_torch.evaluation import pooled
-    from mia_torch.report.run_report import write_run_report
+    from mia_torch.report.write_run import write_run_report
 
     run_dir = tmp_path_factory.mktemp("report")
     results, scores, keep, labels = make_results(targets=(0, 1))
@@ -241,8 +241,8 @@ def test_json_round_trip_numpy_and_torch(tmp_path):
         "nan": float("nan"),
         "path": tmp_path,
     }
-    results.write_json(path, obj)
-    back = results.read_json(path)
+    json_file.write_json(path, obj)
+    back = json_file.read_json(path)
     assert back == {
         "auc": 0.75,
         "n": 7,
@@ -262,14 +262,14 @@ def test_json_round_trip_numpy_and_torch(tmp_path):
 
 def test_json_failed_write_keeps_old_file_and_no_temp(tmp_path):
     path = tmp_path / "results.json"
-    results.write_json(path, {"a": 1})
+    json_file.write_json(path, {"a": 1})
     with pytest.raises(TypeError):
-        results.write_json(path, {"a": object()})
+        json_file.write_json(path, {"a": object()})
     with pytest.raises(RuntimeError):
         with atomic_open(path, "w") as f:
             f.write("partial")
             raise RuntimeError("interrupted")
-    assert results.read_json(path) == {"a": 1}
+    assert json_file.read_json(path) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
@@ -340,7 +340,7 @@ def test_vulnerability_csv(tmp_path):
     scores = {"loss": rng.normal(size=n), "lira": rng.normal(size=n)}
     scores["lira"][:5] = 0.0  # ties
     path = tmp_path / "records" / "vulnerability.csv"
-    records.write_vulnerability_csv(
+    vulnerability.write_vulnerability_csv(
         path, example_ids=ids, labels_member=member, scores_by_attack=scores, class_labels=classes
     )
     with open(path, newline="") as f:
@@ -361,7 +361,7 @@ def test_vulnerability_csv(tmp_path):
 
 def test_vulnerability_csv_rejects_length_mismatch(tmp_path):
     with pytest.raises(ValueError):
-        records.write_vulnerability_csv(
+        vulnerability.write_vulnerability_csv(
             tmp_path / "v.csv",
             example_ids=np.arange(3),
             labels_member=np.array([True, False]),

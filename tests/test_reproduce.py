@@ -1,4 +1,4 @@
-"""mia_torch.reproduce (scripts/reproduce.py, mia-reproduce): a finished CPU run retrains bitwise-identically; tampering is caught; a crafted run directory runs no code."""
+"""mia_torch.reproduce (mia-reproduce): a finished CPU run retrains bitwise-identically; tampering is caught; a crafted run directory runs no code."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from results_fixtures import make_results
 from mia_torch.evaluation import load_scores, save_scores
 
 
-SCRIPT = REPO / "scripts" / "reproduce.py"
+SCRIPT = ["-m", "mia_torch.reproduce"]  # mia-reproduce
 OVERRIDES = [*TINY, "attack=[loss,lira_online]", "sanity_check=false"]
 
 
@@ -38,7 +38,7 @@ def _load_script():
 def finished_run(tmp_path_factory):
     """A tiny run made by the Hydra entry point (so it has .hydra/config.yaml)."""
     root = tmp_path_factory.mktemp("original")
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "run.py"), *OVERRIDES,
+    proc = subprocess.run([sys.executable, "-m", "mia_torch.cli", *OVERRIDES,
                            f"store_dir={root / 'store'}", f"hydra.run.dir={root / 'run'}"],
                           cwd=root, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -47,7 +47,7 @@ def finished_run(tmp_path_factory):
 
 
 def test_reproduce_matches_a_finished_run_then_catches_tampered_scores(finished_run, tmp_path, capsys):
-    """``main(argv)`` is what ``scripts/reproduce.py`` exits with (in-process: no second torch start-up)."""
+    """``main(argv)`` is what ``mia-reproduce`` exits with (in-process: no second torch start-up)."""
     reproduce = _load_script()
     run_dir = finished_run / "run"
     code = reproduce.main([str(run_dir), "--out", str(tmp_path / "again")])
@@ -162,7 +162,7 @@ def test_a_crafted_run_directory_runs_no_code(finished_run, tmp_path, capsys, ke
 def test_the_script_exits_2_on_a_crafted_run_directory(finished_run, tmp_path):
     marker = tmp_path / "marker"
     run_dir = _crafted_run(tmp_path, finished_run, key="attack.loss", target="pathlib.Path.touch", args=[str(marker)])
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(run_dir)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, *SCRIPT, str(run_dir)], capture_output=True, text=True,
                           env=_env(), timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "attack.loss._target_" in proc.stderr and not marker.exists()
@@ -179,7 +179,7 @@ def test_allow_target_lets_a_trusted_target_be_built(finished_run, tmp_path, cap
 
 
 def test_every_shipped_target_is_accepted_and_foreign_modules_are_not_imported(tmp_path, monkeypatch):
-    from mia_torch.config_safety import UnsafeConfigError, check_targets, find_targets
+    from mia_torch.settings.trusted import UnsafeConfigError, check_targets, find_targets
 
     shipped = {value for path in (REPO / "configs").rglob("*.yaml")
                for _, value in find_targets(yaml.safe_load(path.read_text()) or {})}

@@ -1,7 +1,7 @@
 """Sharded training with the joblib launcher, resume after a kill, corrupt store artifacts,
 sweep summaries (callback and script), and the named experiments' configs.
 
-Hydra runs are real subprocesses of ``experiments/run.py`` on the tiny synthetic setup;
+Hydra runs are real subprocesses of ``python -m mia_torch.cli`` (``mia-run``) on the tiny synthetic setup;
 every comparison of scores is exact (CPU, one thread everywhere).
 """
 
@@ -27,14 +27,14 @@ from omegaconf import OmegaConf
 from helpers import CONFIG_DIR, REPO, TINY, make_config, run_experiment
 from results_fixtures import make_results
 from mia_torch.evaluation import load_scores
-from mia_torch.report.results import read_json, write_json
+from mia_torch.report.json_file import read_json, write_json
 from mia_torch.report.sweep import SweepSummaryCallback, collect_jobs, write_sweep_summary
 from mia_torch.report.sweep_plot import _axis
 from mia_torch.report.types import TargetResult
 from mia_torch.store import ArtifactStore
 
 
-RUN = REPO / "experiments" / "run.py"
+RUN = ["-m", "mia_torch.cli"]  # mia-run
 OVERRIDES = [*TINY, "attack=[loss,lira_online]", "sanity_check=false"]
 NUM_MODELS = 4  # TINY's num_models
 
@@ -45,7 +45,7 @@ def _env() -> dict[str, str]:
 
 
 def _hydra(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(RUN), *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, *RUN, *args], cwd=cwd, env=_env(), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
     return proc
@@ -97,8 +97,8 @@ def test_two_joblib_shards_then_attack_stage_equal_the_unsharded_run(tmp_path, r
                    f"store_dir={store}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert "Joblib.Parallel(" in proc.stdout + proc.stderr  # both shards went through the joblib launcher
     # Each shard trained exactly its own models (m % 2 == shard) into the shared store.
-    assert "shard 0/2: trained [0, 2], reused []" in (sweep / "0" / "run.log").read_text()
-    assert "shard 1/2: trained [1, 3], reused []" in (sweep / "1" / "run.log").read_text()
+    assert "shard 0/2: trained [0, 2], reused []" in (sweep / "0" / "mia-run.log").read_text()
+    assert "shard 1/2: trained [1, 3], reused []" in (sweep / "1" / "mia-run.log").read_text()
     assert sorted(_stored_models(store)) == list(range(NUM_MODELS))
     # The sweep summary lists train-only shards as missing instead of failing.
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
@@ -126,8 +126,8 @@ def slow_train_models(*args, **kwargs):
     return _train_models(*args, **kwargs)
 
 train_stage.train_models = slow_train_models
-sys.argv = [sys.argv[1], *sys.argv[2:]]
-runpy.run_path(sys.argv[0], run_name="__main__")
+sys.argv = ["mia-run", *sys.argv[1:]]
+runpy.run_module("mia_torch.cli", run_name="__main__")
 """
 
 
@@ -143,7 +143,7 @@ def test_run_killed_after_k_models_resumes_with_only_the_missing_ones(tmp_path, 
     driver = tmp_path / "slow_run.py"
     driver.write_text(SLOW_TRAINING)
     log = (tmp_path / "killed.log").open("w")
-    proc = subprocess.Popen([sys.executable, str(driver), str(RUN), *OVERRIDES, "parallel_models=1", f"store_dir={store}",
+    proc = subprocess.Popen([sys.executable, str(driver), *OVERRIDES, "parallel_models=1", f"store_dir={store}",
                              f"hydra.run.dir={tmp_path / 'killed'}"], cwd=tmp_path,
                             env=_env() | {"MIA_TEST_STARTED": str(started)}, stdout=log, stderr=subprocess.STDOUT)
 
@@ -343,7 +343,7 @@ def test_the_named_experiments_exist():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_validates(tmp_path, name):
-    from mia_torch.settings import load_settings
+    from mia_torch.settings.load import load_settings
 
     first = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()[0]
     assert first == "# @package _global_"
@@ -379,7 +379,7 @@ def test_experiment_composes_and_validates(tmp_path, name):
 def test_launcher_configs_extend_the_plugins_schemas(launcher, target, values):
     from hydra import compose, initialize_config_dir
 
-    from mia_torch.configs import register_configs
+    from mia_torch.settings.schemas import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -21,7 +21,7 @@ from mia_torch.data import (
     register_dataset,
 )
 from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet
-from mia_torch.settings import load_settings
+from mia_torch.settings.load import load_settings
 from mia_torch.signals.collect import collect_logits
 from mia_torch.training.config import TrainConfig
 from mia_torch.signals.collect_many import collect_logits_many

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mia_torch.config_checks import known_keys
+from mia_torch.settings.checks import known_keys
 
 __all__ = ["AuditConfig"]
 

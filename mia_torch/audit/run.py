@@ -23,11 +23,11 @@ from mia_torch.atomic import atomic_write_bytes
 from mia_torch.audit.checkpoint import CheckpointError, load_checkpoint_model
 from mia_torch.audit.evidence import RecordEvidence, record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
-from mia_torch.audit.report import MAX_PRINTED, describe_records, write_records_csv
+from mia_torch.audit.summary import MAX_PRINTED, describe_records, write_records_csv
 from mia_torch.evaluation import save_scores
-from mia_torch.report.results import write_json
+from mia_torch.report.json_file import write_json
 from mia_torch.report.types import TargetResult
-from mia_torch.settings import build_attack
+from mia_torch.settings.load import build_attack
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, model_seed
 from mia_torch.stages.report import report_study, run_results

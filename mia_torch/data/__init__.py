@@ -5,14 +5,14 @@ Importing this package (or any module in it) registers every built-in dataset lo
 
 # The loader modules register their datasets when imported.
 from mia_torch.data import builtin, npz, tabular, torchvision_sets  # noqa: F401
-from mia_torch.data.augment import (
+from mia_torch.data.queries import (
     DEFAULT_QUERIES,
     QUERY_NAMES,
     apply_queries,
     apply_query,
     parse_queries,
-    random_crop_flip,
 )
+from mia_torch.data.augment import random_crop_flip
 from mia_torch.data.datasets import (
     DATASET_KINDS,
     DATASETS,

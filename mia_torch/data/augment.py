@@ -1,57 +1,53 @@
-"""Batched augmentation on the tensor's own device, and deterministic query views.
+"""Training augmentation (``train.augment``): crop, flip, cutout and mixup, on the device.
 
-Training augmentation (:func:`random_crop_flip`) draws all its randomness from one
-``torch.Generator`` and runs as a handful of batched tensor ops, so it stays on the GPU
-with no host synchronisation. Query views (:func:`apply_query`) are the fixed
-transformations under which trained models are queried for membership signals.
+Randomness comes from the model's own ``torch.Generator`` (on the data's device), drawn
+per batch in a fixed order, so that training one model and training several at once
+(:mod:`mia_torch.training.ensemble`) see the same augmentations:
 
-Query grammar (:data:`QUERY_NAMES`):
+1. crop offsets and flip coins (:func:`draw_crop_flip`): a random crop after padding and a
+   horizontal flip, in a handful of batched tensor ops;
+2. cutout centres (DeVries & Taylor 2017, *Improved Regularization of Convolutional Neural
+   Networks with Cutout*): a ``cutout x cutout`` square at a uniformly random centre of
+   each image is set to 0 (the dataset mean of normalised data); the square may reach
+   past the border, as in the paper;
+3. the mixup partner permutation (Zhang et al. 2018, *mixup: Beyond Empirical Risk
+   Minimization*): each image is mixed with the batch's permuted image,
+   ``x = lam * x + (1 - lam) * x[perm]``, and the loss is
+   ``lam * CE(out, y) + (1 - lam) * CE(out, y[perm])``, with one ``lam ~ Beta(alpha,
+   alpha)`` per batch as in the paper's implementation. The ``lam`` of every step are
+   drawn up front from a NumPy generator seeded with the model's seed
+   (:func:`mixup_lambdas`): torch has no seeded Beta sampler, and this keeps the step
+   loop free of host synchronisation.
 
-- ``identity``: the image itself;
-- ``flip``: horizontal mirror (last axis reversed);
-- ``shift_<dx>_<dy>``: integer translation with zero fill, ``dx`` to the right and ``dy``
-  down (negative values move left / up): ``out[..., i, j] = x[..., i - dy, j - dx]``,
-  e.g. ``shift_1_0``, ``shift_-1_0``, ``shift_0_-2``;
-- ``flip_shift_<dx>_<dy>``: the flip first, then the shift.
-
-The values are in the space the images are stored in (normalised), so zero fill is the
-dataset mean, as a model sees padding.
-
-Every view but ``identity`` is an image view. Tabular records are queried as they are
-(``identity``): a view of a record must be the same for every model, and a perturbation
-that is not part of how the models were trained adds little signal on such data.
-:data:`DEFAULT_QUERIES` gives the views used when the config leaves ``queries`` unset.
+Crop and flip are drawn exactly as before cutout and mixup existed, so configs without
+them train bitwise the same models.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mia_torch.settings.checks import check_values, known_keys
+
 __all__ = [
-    "DEFAULT_QUERIES",
-    "QUERY_NAMES",
-    "apply_queries",
-    "apply_query",
+    "AugmentConfig",
+    "AugmentDraws",
+    "augment_batch",
     "crop_flip",
+    "cutout",
+    "draw_augment",
     "draw_crop_flip",
-    "parse_queries",
+    "mix",
+    "mixup_cross_entropy",
+    "mixup_lambdas",
     "random_crop_flip",
 ]
-
-#: The forms a query name can take; ``<dx>``/``<dy>`` are integers (pixels, may be negative).
-QUERY_NAMES: tuple[str, ...] = ("identity", "flip", "shift_<dx>_<dy>", "flip_shift_<dx>_<dy>")
-
-#: The query views of a dataset kind (``Dataset.kind``) when ``queries`` is null: images are
-#: queried as themselves and mirrored (the two queries of LiRA), tabular records as themselves.
-DEFAULT_QUERIES: dict[str, tuple[str, ...]] = {"image": ("identity", "flip"), "tabular": ("identity",)}
-
-_QUERY_RE = re.compile(r"^(?:(identity)|(flip)|(flip_)?shift_(-?\d+)_(-?\d+))$")
-
 
 def random_crop_flip(
     x: Tensor,
@@ -112,81 +108,104 @@ def crop_flip(
     return out
 
 
-def _parse(name: str) -> tuple[bool, int, int]:
-    """``(flip, dx, dy)`` of a query name; raises ``ValueError`` for anything else."""
-    m = _QUERY_RE.match(name.strip()) if isinstance(name, str) else None
-    if m is None:
-        raise ValueError(
-            f"invalid query {name!r} in config key `queries`; valid forms: {', '.join(QUERY_NAMES)} "
-            f"with integer pixel shifts, e.g. identity, flip, shift_1_0, shift_-1_0, flip_shift_0_1"
-        )
-    if m.group(1):
-        return False, 0, 0
-    if m.group(2):
-        return True, 0, 0
-    return bool(m.group(3)), int(m.group(4)), int(m.group(5))
+#: Stream tag of the mixup coefficients' NumPy generator (keeps them apart from other seeded draws).
+_MIXUP_STREAM = 0x6D6978
 
 
-def _canonical(flip: bool, dx: int, dy: int) -> str:
-    if dx == 0 and dy == 0:
-        return "flip" if flip else "identity"
-    return f"{'flip_' if flip else ''}shift_{dx}_{dy}"
+@dataclass
+class AugmentConfig:
+    """The ``train.augment`` keys: what training augmentation a model gets (all off by default)."""
+
+    crop_padding: int = 0  # random crop after reflect padding by this many pixels (0 = off)
+    flip: bool = False  # random horizontal flip
+    cutout: int = 0  # side of the square cut out of each image, in pixels (0 = off)
+    mixup_alpha: float = 0.0  # mixup's Beta(alpha, alpha) parameter (0 = off)
+
+    def __post_init__(self) -> None:
+        check_values(self, "train.augment", [
+            (isinstance(self.crop_padding, int) and self.crop_padding >= 0, "crop_padding", "an integer >= 0"),
+            (isinstance(self.flip, bool), "flip", "true or false"),
+            (isinstance(self.cutout, int) and self.cutout >= 0, "cutout", "an integer >= 0 (pixels; 0 = off)"),
+            (isinstance(self.mixup_alpha, (int, float)) and self.mixup_alpha >= 0, "mixup_alpha", ">= 0 (0 = off)"),
+        ])
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "AugmentConfig":
+        """Build from a plain mapping, rejecting unknown keys by name."""
+        return cls(**known_keys(values, cls, "train.augment"))
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training mixes examples (mixup): each update then depends on pairs of examples."""
+        return self.mixup_alpha > 0
 
 
-def parse_queries(names: Sequence[str] | None, *, kind: str = "image") -> list[str]:
-    """Validate query names (config key ``queries``) for data of ``kind``; return them canonically spelled.
+@dataclass(frozen=True)
+class AugmentDraws:
+    """The random draws of one batch: crop ``offsets [B, 2]``, ``flips [B]``, cutout ``centers [B, 2]``
+    and mixup ``partners [B]`` (each None when that augmentation is off)."""
 
-    ``names=None`` gives the default views of ``kind`` (:data:`DEFAULT_QUERIES`). Raises
-    ``ValueError`` for an empty list, a name outside :data:`QUERY_NAMES`, two names for the
-    same view (``shift_0_0`` is ``identity``, ``flip_shift_0_0`` is ``flip``, ``shift_01_0``
-    is ``shift_1_0``), or an image view on ``"tabular"`` data. Order is kept: it is the
-    query axis of the signals.
-    """
-    if kind not in DEFAULT_QUERIES:
-        raise ValueError(f"unknown data kind {kind!r}; expected one of {sorted(DEFAULT_QUERIES)}")
-    if names is None:
-        return list(DEFAULT_QUERIES[kind])
-    if isinstance(names, str):
-        raise ValueError(f"config key `queries` must be a list of query names, got the string {names!r}")
-    out: list[str] = []
-    for name in names:
-        canon = _canonical(*_parse(name))
-        if canon in out:
-            raise ValueError(f"config key `queries` lists the view {canon!r} twice ({name!r})")
-        out.append(canon)
-    if not out:
-        raise ValueError(f"config key `queries` is empty; give at least one of: {', '.join(QUERY_NAMES)}")
-    image_views = [q for q in out if q not in DEFAULT_QUERIES["tabular"]]
-    if kind == "tabular" and image_views:
-        raise ValueError(
-            f"config key `queries` asks for image view(s) {', '.join(image_views)}, but the dataset is tabular: "
-            f"use queries=[identity], or leave `queries` unset (null) for the dataset's default"
-        )
-    return out
+    offsets: Tensor | None
+    flips: Tensor | None
+    centers: Tensor | None
+    partners: Tensor | None
 
 
-def _shift(x: Tensor, dx: int, dy: int) -> Tensor:
-    """Translate the last two axes by ``dx`` (right) and ``dy`` (down), zero fill."""
-    if dx == 0 and dy == 0:
-        return x
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
-    top, left = max(-dy, 0), max(-dx, 0)
-    return padded[..., top : top + h, left : left + w]
+def draw_augment(
+    batch: int, cfg: AugmentConfig, *, image_size: tuple[int, ...], generator: torch.Generator | None,
+    device: torch.device,
+) -> AugmentDraws:
+    """Draw one batch's augmentation from ``generator`` in the module's fixed order."""
+    offsets, flips = draw_crop_flip(batch, padding=cfg.crop_padding, flip=cfg.flip, generator=generator, device=device)
+    centers = None
+    if cfg.cutout:
+        if len(image_size) != 2:
+            raise ValueError(f"train.augment.cutout needs images [C, H, W], got examples of shape {image_size}")
+        rows = torch.randint(0, image_size[0], (batch,), device=device, generator=generator)
+        cols = torch.randint(0, image_size[1], (batch,), device=device, generator=generator)
+        centers = torch.stack((rows, cols), 1)
+    partners = torch.randperm(batch, device=device, generator=generator) if cfg.mixes else None
+    return AugmentDraws(offsets, flips, centers, partners)
 
 
-def apply_query(x: Tensor, name: str) -> Tensor:
-    """The deterministic view ``name`` (see :data:`QUERY_NAMES`) of images ``[..., H, W]``.
+def cutout(x: Tensor, *, size: int, centers: Tensor) -> Tensor:
+    """Zero a ``size x size`` square centred at ``centers[b] = (row, col)`` in each image of ``[B, C, H, W]``."""
+    b, _, h, w = x.shape
+    top = (centers[:, :1] - size // 2).view(b, 1)
+    left = (centers[:, 1:] - size // 2).view(b, 1)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (rows >= top) & (rows < top + size)  # [B, H]
+    in_cols = (cols >= left) & (cols < left + size)  # [B, W]
+    return x.masked_fill(in_rows.view(b, 1, h, 1) & in_cols.view(b, 1, 1, w), 0)
 
-    ``identity`` returns ``x`` itself; other views return new tensors of the same shape,
-    dtype and device. Shifts fill with zeros (the mean of normalised data); a shift of
-    at least the image size gives all zeros.
-    """
-    flip, dx, dy = _parse(name)
-    out = x.flip(-1) if flip else x
-    return _shift(out, dx, dy)
+
+def augment_batch(x: Tensor, draws: AugmentDraws, cfg: AugmentConfig) -> Tensor:
+    """Crop, flip and cut out ``x`` as ``draws`` say (mixup is applied by :func:`mix`)."""
+    if draws.offsets is not None or draws.flips is not None:
+        if x.ndim != 4:
+            raise ValueError(f"train.augment crop/flip need images [B, C, H, W], got shape {tuple(x.shape)}")
+        x = crop_flip(x, padding=cfg.crop_padding, offsets=draws.offsets, flips=draws.flips)
+    if draws.centers is not None:
+        x = cutout(x, size=cfg.cutout, centers=draws.centers)
+    return x
 
 
-def apply_queries(x: Tensor, names: Sequence[str]) -> Tensor:
-    """All views of ``x`` stacked on a new leading axis: ``[len(names), *x.shape]``."""
-    return torch.stack([apply_query(x, n) for n in names])
+def mixup_lambdas(alpha: float, num_steps: int, *, seed: int, device: torch.device) -> Tensor:
+    """The mixup coefficient of each of ``num_steps`` steps, ``Beta(alpha, alpha)``, seeded by ``seed``."""
+    rng = np.random.default_rng([int(seed), _MIXUP_STREAM])
+    return torch.as_tensor(rng.beta(alpha, alpha, size=num_steps), dtype=torch.float32, device=device)
+
+
+def mix(x: Tensor, partners: Tensor, lam: Tensor) -> Tensor:
+    """``lam * x + (1 - lam) * x[partners]``; ``lam`` is a scalar or one value per example."""
+    lam = lam.view(-1, *([1] * (x.ndim - 1))) if lam.ndim else lam
+    return lam * x + (1 - lam) * x[partners]
+
+
+def mixup_cross_entropy(
+    logits: Tensor, y: Tensor, partners: Tensor, lam: Tensor, *, label_smoothing: float = 0.0
+) -> Tensor:
+    """Per-example mixup loss ``lam * CE(logits, y) + (1 - lam) * CE(logits, y[partners])``."""
+    own = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
+    other = F.cross_entropy(logits, y[partners], reduction="none", label_smoothing=label_smoothing)
+    return lam * own + (1 - lam) * other

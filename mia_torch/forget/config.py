@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mia_torch.audit.config import _check_fpr, _check_ids
-from mia_torch.config_checks import known_keys
+from mia_torch.settings.checks import known_keys
 from mia_torch.training.unlearning import FORGET_METHODS
 
 __all__ = ["ForgetConfig"]

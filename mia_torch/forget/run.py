@@ -5,7 +5,7 @@ The target is trained with the records like any study's target; the records are 
 by ``forget.method`` (:mod:`mia_torch.training.unlearning`, or a user's model); every
 attack, fitted on the target's reference models by the attack stage, scores the target before
 and after. The forgotten records are compared with records the target never saw (its
-non-members) by the AUC of forgotten vs never-seen (:mod:`mia_torch.forget.report`).
+non-members) by the AUC of forgotten vs never-seen (:mod:`mia_torch.forget.verdict`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from mia_torch.audit.evidence import record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
 from mia_torch.data.validate import MIN_TRAIN_EXAMPLES
 from mia_torch.fingerprint import code_digest
-from mia_torch.forget.report import INDISTINGUISHABLE, separations, write_forget_csv
+from mia_torch.forget.verdict import INDISTINGUISHABLE, separations, write_forget_csv
 from mia_torch.locks import build_missing
 from mia_torch.stages.attacks import AttackOutputs, reference_signals, score_attacks
 from mia_torch.stages.context import Context, build, digest_row, is_private, model_key, model_seed

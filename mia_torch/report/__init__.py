@@ -7,7 +7,7 @@ or writing JSON does not pull in matplotlib or TensorBoard.
 import importlib
 from typing import Any
 
-__all__ = ["pictures", "plots", "records", "results", "table", "tensorboard", "types"]
+__all__ = ["json_file", "pictures", "plots", "table", "tensorboard", "types", "vulnerability"]
 
 
 def __getattr__(name: str) -> Any:

@@ -43,7 +43,7 @@ from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics.roc import tpr_key
-from mia_torch.report.results import read_json
+from mia_torch.report.json_file import read_json
 from mia_torch.report.table import format_number, format_percent, tpr_mark
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult, fpr_of_key, reported_values
 

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mia_torch.metrics.roc import tpr_key
-from mia_torch.report.record import Record
+from mia_torch.report.json_record import Record
 
 __all__ = [
     "RELIABLE_FALSE_POSITIVES",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mia_torch.compute import CPU_EVAL_BATCH, autocast
-from mia_torch.data.augment import apply_query
+from mia_torch.data.queries import apply_query
 
 SIGNAL_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from mia_torch.data.augment import apply_query
+from mia_torch.data.queries import apply_query
 from mia_torch.signals.collect import collect_logits
 from mia_torch.training.stacking import StackedNet, VmapUnsupported, compute_dtype, resolve_strategy, stack_models
 

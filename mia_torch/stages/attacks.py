@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mia_torch.attacks.base import Attack, ReferenceSignals
-from mia_torch.settings import Settings, build_attack
+from mia_torch.settings.load import Settings, build_attack
 from mia_torch.stages.context import Context
 from mia_torch.stages.signals import untrained_logits
 

@@ -12,7 +12,7 @@ import torch
 from mia_torch.data.datasets import Dataset
 from mia_torch.data.splits import Splits
 from mia_torch.fingerprint import code_digest, dataset_digest
-from mia_torch.settings import Settings
+from mia_torch.settings.load import Settings
 from mia_torch.store import ArtifactStore, digest
 from mia_torch.training.build import build_model
 

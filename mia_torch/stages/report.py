@@ -12,7 +12,7 @@ from mia_torch import __version__
 from mia_torch.evaluation import evaluate_attacks, overconfidence, save_scores
 from mia_torch.provenance import environment_versions
 from mia_torch.report.pictures import ImageSource
-from mia_torch.report.run_report import write_run_report
+from mia_torch.report.write_run import write_run_report
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult
 from mia_torch.stages.attacks import AttackOutputs
 from mia_torch.stages.context import Context

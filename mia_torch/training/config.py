@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Optional
 
-from mia_torch.config_checks import check_values, known_keys
-from mia_torch.data.mixing import AugmentConfig
+from mia_torch.settings.checks import check_values, known_keys
+from mia_torch.data.augment import AugmentConfig
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "linear", "onecycle", "step", "constant")

@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mia_torch.config_checks import check_values, known_keys
-from mia_torch.data.mixing import augment_batch, draw_augment
+from mia_torch.settings.checks import check_values, known_keys
+from mia_torch.data.augment import augment_batch, draw_augment
 from mia_torch.training.config import TrainConfig
 from mia_torch.training.trainer import (
     TrainResult,

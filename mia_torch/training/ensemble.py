@@ -27,7 +27,7 @@ or when the members' counts differ too much for equal-shaped batches (see below)
 Both strategies draw the same random numbers from each model's generator in the same
 order as :func:`train_model` (the permutation at each epoch start, then each batch's
 crop offsets, flip coins, cutout centres and mixup partners; mixup coefficients come from
-the model's seeded NumPy stream, :func:`~mia_torch.data.mixing.mixup_lambdas`), so each
+the model's seeded NumPy stream, :func:`~mia_torch.data.augment.mixup_lambdas`), so each
 model sees exactly the batches and augmentations that :func:`train_model` would give it
 and the two strategies agree up to floating-point rounding (dropout, where a model has
 it, draws from the global generator in both, so it differs between them).
@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mia_torch.data.mixing import (
+from mia_torch.data.augment import (
     AugmentConfig,
     AugmentDraws,
     augment_batch,

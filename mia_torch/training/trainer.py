@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mia_torch.compute import CPU_EVAL_BATCH, autocast
-from mia_torch.data.mixing import augment_batch, draw_augment, mix, mixup_cross_entropy, mixup_lambdas
+from mia_torch.data.augment import augment_batch, draw_augment, mix, mixup_cross_entropy, mixup_lambdas
 from mia_torch.training.config import TrainConfig
 from mia_torch.training.early_stopping import EarlyStopping
 
@@ -183,7 +183,7 @@ def train_model(
 ) -> TrainResult:
     """Train ``model`` in place on ``x[member_idx]`` and return its train/test metrics.
 
-    Data order and augmentation (``train.augment``, see :mod:`mia_torch.data.mixing`) come
+    Data order and augmentation (``train.augment``, see :mod:`mia_torch.data.augment`) come
     from a generator seeded with ``seed``; batches are near-equal splits of each epoch's
     permutation, so no batch is tiny. With ``train.early_stopping``, ``x[val_idx]`` (never
     trained on) is evaluated after every epoch, training stops after ``patience`` epochs

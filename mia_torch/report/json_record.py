@@ -80,7 +80,7 @@ class Record:
     """
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (see :func:`mia_torch.report.results.write_json`)."""
+        """Plain JSON-ready dict (see :func:`mia_torch.report.json_file.write_json`)."""
         return {f.name: _dump(getattr(self, f.name)) for f in fields(self) if f.metadata.get("json", True)}
 
     @classmethod

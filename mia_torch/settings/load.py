@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mia_torch.attacks.base import Attack
 from mia_torch.audit.config import AuditConfig
-from mia_torch.data.augment import parse_queries
+from mia_torch.data.queries import parse_queries
 from mia_torch.data.datasets import dataset_kind
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.forget.config import ForgetConfig

@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from mia_torch.evaluation import Scores, empirical_p_values, pooled
 from mia_torch.report.pictures import ImageSource, confidence_figure, exposed_records_figure, slices_figure
 from mia_torch.report.plots import figure_to_array, roc_figure, save_png
-from mia_torch.report.records import write_vulnerability_csv
-from mia_torch.report.results import write_json
+from mia_torch.report.vulnerability import write_vulnerability_csv
+from mia_torch.report.json_file import write_json
 from mia_torch.report.table import format_summary
 from mia_torch.report.tensorboard import write_report
 from mia_torch.report.types import RunResults

@@ -1,6 +1,6 @@
 """Checks shared by the config dataclasses: unknown keys and invalid values, named by their full key.
 
-Dependency-free, so that any config module (``train.augment`` in :mod:`mia_torch.data.mixing`
+Dependency-free, so that any config module (``train.augment`` in :mod:`mia_torch.data.augment`
 included) can use it without an import cycle.
 """
 

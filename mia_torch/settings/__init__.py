@@ -1,0 +1,6 @@
+"""The experiment config, checked: :mod:`~.load` validates a composed config into :class:`~.load.Settings`,
+:mod:`~.checks` holds the shared key and value checks, :mod:`~.trusted` decides which ``_target_`` a config
+read from a run directory may build, and :mod:`~.schemas` registers the typed config groups with Hydra.
+
+Submodules are imported on use: :mod:`~.checks` must stay importable from the lowest layers.
+"""
