@@ -10,14 +10,14 @@ its TPRs. Per target (:func:`overconfidence`): ECE and member vs non-member conf
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mia_torch.atomic import atomic_write_bytes
+from mia_torch.atomic import atomic_open
 from mia_torch.metrics import (
     aggregate,
     bootstrap_intervals,
@@ -93,18 +93,20 @@ def pooled(scores: Mapping[int, np.ndarray], keep: np.ndarray, eval_mask: np.nda
             np.concatenate([keep[t][eval_mask] for t in targets]))
 
 
-def slice_masks(classes: np.ndarray, correct: np.ndarray | None) -> list[tuple[str, str, np.ndarray]]:
-    """``(name, kind, mask)`` of every slice: ``class=<c>`` per class, then ``correct`` and ``misclassified``."""
-    out = [(f"class={c}", "class", classes == c) for c in np.unique(classes).tolist()]
+def slice_masks(classes: np.ndarray, correct: np.ndarray | None) -> Iterator[tuple[str, str, np.ndarray]]:
+    """``(name, kind, mask)`` of every slice: ``class=<c>`` per class, then ``correct`` and ``misclassified``;
+    each mask is made when it is reached (one pooled-size mask in memory at a time)."""
+    for c in np.unique(classes).tolist():
+        yield f"class={c}", "class", classes == c
     if correct is not None:
-        out += [("correct", "classification", correct), ("misclassified", "classification", ~correct)]
-    return out
+        yield "correct", "classification", correct
+        yield "misclassified", "classification", ~correct
 
 
 def evaluate_slices(
     scores: np.ndarray,
     members: np.ndarray,
-    masks: Sequence[tuple[str, str, np.ndarray]],
+    masks: Iterable[tuple[str, str, np.ndarray]],
     *,
     fpr_targets: Sequence[float],
 ) -> list[SliceResult]:
@@ -159,7 +161,6 @@ def evaluate_attacks(
         classes = np.concatenate([labels[eval_mask] for _ in targets])
         if predictions is not None:
             correct = np.concatenate([predictions[t][eval_mask] == labels[eval_mask] for t in targets])
-    masks = slice_masks(classes, correct) if classes is not None else []
     out: dict[str, AttackEvaluation] = {}
     for name, per_target in scores.items():
         rows = []
@@ -175,7 +176,8 @@ def evaluate_attacks(
             mean=_mean_over_targets(rows),
             pooled=measure(all_scores, all_members, fpr_targets=fpr_targets, bootstrap=bootstrap, seed=seed,
                            keep_curve=True),
-            slices=evaluate_slices(all_scores, all_members, masks, fpr_targets=fpr_targets),
+            slices=evaluate_slices(all_scores, all_members, slice_masks(classes, correct) if classes is not None
+                                   else (), fpr_targets=fpr_targets),
         )
         if delta is not None:
             entry.epsilon_bound = epsilon_bound(all_scores, all_members, delta=delta, curve=entry.pooled.curve)
@@ -229,10 +231,9 @@ def overconfidence(logits: Any, labels: np.ndarray, members: np.ndarray) -> dict
 
 
 def save_scores(path: Path, scores: Scores) -> None:
-    """Atomically save scores as ``<attack>/target_<t>`` arrays in one ``.npz``."""
-    buf = io.BytesIO()
-    np.savez(buf, **{f"{name}/target_{t}": s for name, per in scores.items() for t, s in per.items()})
-    atomic_write_bytes(path, buf.getvalue())
+    """Atomically save scores as ``<attack>/target_<t>`` arrays in one ``.npz`` (written as it is made)."""
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, **{f"{name}/target_{t}": s for name, per in scores.items() for t, s in per.items()})
 
 
 def load_scores(path: Path) -> dict[str, dict[int, np.ndarray]]:

@@ -79,14 +79,20 @@ def _load_array(path: Path) -> np.ndarray:
 def compare_arrays(original: Path, new: Path, *, exact: bool) -> list[Check]:
     """Keep matrix, mask, labels (always exact); signals and scores (exact or reported)."""
     from mia_torch.evaluation import load_scores
+    from mia_torch.signals.manifest import has_run_signals, load_run_signals
 
     checks: list[Check] = []
     for name in (*HOST_ARRAYS, "signals.npy"):
         a_path, b_path = original / name, new / name
-        if not a_path.is_file() and not b_path.is_file():
+        # signals: the served outputs, from signals.npy or from the store that signals.json names
+        a_has, b_has = (has_run_signals(a_path.parent), has_run_signals(b_path.parent)) if name == "signals.npy" \
+            else (a_path.is_file(), b_path.is_file())
+        if not a_has and not b_has:
             checks.append(Check(name, "skipped", "in neither run"))
-        elif not a_path.is_file() or not b_path.is_file():
-            checks.append(Check(name, "mismatch", f"missing in the {'original' if not a_path.is_file() else 'rerun'}"))
+        elif not a_has or not b_has:
+            checks.append(Check(name, "mismatch", f"missing in the {'original' if not a_has else 'rerun'}"))
+        elif name == "signals.npy":
+            checks += _compare_arrays(name, load_run_signals(original), load_run_signals(new), exact=exact)
         else:
             checks += _compare_arrays(name, _load_array(a_path), _load_array(b_path),
                                       exact=exact or name in HOST_ARRAYS)

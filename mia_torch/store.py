@@ -103,6 +103,17 @@ def state_dict_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def _file_digest(path: Path, *, block: int = 1 << 22) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in blocks."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
 class ArtifactStore:
     """A directory of immutable, checksummed artifacts keyed by content hashes.
 
@@ -214,6 +225,42 @@ class ArtifactStore:
             self.quarantine(kind, key, reason=f"payload does not decode ({type(err).__name__}: {err})", seen=seen)
             return None
         return value, meta
+
+    def open_array(self, kind: str, key: str, *, check: Callable[[np.ndarray], None] | None = None) -> np.ndarray | None:
+        """Array artifact ``kind/key`` memory-mapped read-only after verifying its checksum, or None if absent
+        or corrupt (moved aside, as :meth:`load` does).
+
+        The payload is hashed in a streaming pass, so a large array is never read into memory
+        at once; ``check(array)`` may raise to reject an array (e.g. of the wrong shape).
+        Artifacts are immutable once published, so the mapped file is the verified one.
+        """
+        folder = self._dir(kind, key)
+        try:
+            seen = os.stat(folder)
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads((folder / "meta.json").read_text())
+            size, sha = _file_digest(folder / "payload")
+        except FileNotFoundError as err:
+            self.quarantine(kind, key, reason=f"incomplete artifact: no {Path(err.filename).name}", seen=seen)
+            return None
+        except (OSError, ValueError) as err:
+            self.quarantine(kind, key, reason=f"unreadable: {err}", seen=seen)
+            return None
+        if not (isinstance(record, dict) and record.get("size") == size and record.get("sha256") == sha):
+            self.quarantine(kind, key, reason="payload does not match its checksum", seen=seen)
+            return None
+        try:
+            array = np.load(folder / "payload", mmap_mode="r", allow_pickle=False)
+            if check is not None:
+                check(array)
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure to map means a bad payload
+            self.quarantine(kind, key, reason=f"payload does not decode ({type(err).__name__}: {err})", seen=seen)
+            return None
+        return array
 
     def quarantine(self, kind: str, key: str, *, reason: str, seen: os.stat_result | None = None) -> Path | None:
         """Move artifact ``kind/key`` aside as corrupt; returns where it went.

@@ -11,6 +11,7 @@ import torch
 
 from helpers import TINY, run_experiment
 from mia_torch.evaluation import load_scores
+from mia_torch.signals.manifest import load_run_signals
 
 # The README's "Extending" example, verbatim.
 MY_ATTACKS = textwrap.dedent('''
@@ -50,7 +51,7 @@ def test_an_out_of_tree_attack_runs_end_to_end(tmp_path, my_package):
     assert set(results["attacks"]) == {"loss", "mine"}
     run_dir = tmp_path / "run"
     # Its scores are the margin, computed here independently from the saved signals.
-    logits = torch.from_numpy(np.load(run_dir / "signals.npy")[0]).double()  # [N, Q, C]
+    logits = torch.from_numpy(load_run_signals(run_dir, models=[0])[0]).double()  # [N, Q, C]
     labels = torch.from_numpy(np.load(run_dir / "labels.npy"))
     true = logits[torch.arange(len(labels)), :, labels]
     others = logits.clone()

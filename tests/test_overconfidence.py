@@ -11,6 +11,7 @@ import torch
 
 from helpers import TINY, run_experiment
 from mia_torch.evaluation import overconfidence
+from mia_torch.signals.manifest import load_run_signals
 
 
 def _logits_with_probabilities(p_first: list[float]) -> np.ndarray:
@@ -44,7 +45,7 @@ def test_a_side_without_examples_is_left_out():
 def _true_class_probability(run_dir, target: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """p_y of the target's served output on the identity query, and its membership, from the run's own files."""
     config = json.loads((run_dir / "results.json").read_text())["config"]
-    served = np.load(run_dir / "signals.npy")[target, :, config["queries"].index("identity")]
+    served = load_run_signals(run_dir, models=[target])[0, :, config["queries"].index("identity")]
     labels = np.load(run_dir / "labels.npy")
     keep = np.load(run_dir / "keep.npy")[target]
     p = torch.softmax(torch.from_numpy(served).double(), dim=-1).numpy()[np.arange(len(labels)), labels]

@@ -19,6 +19,7 @@ __all__ = [
     "Attack",
     "balanced_accuracy_threshold",
     "roc_auc",
+    "sorted_balanced_accuracy_threshold",
     "check_choice",
     "check_number",
     "check_target",
@@ -206,12 +207,17 @@ def balanced_accuracy_threshold(scores: torch.Tensor, member: torch.Tensor) -> f
     m = member.reshape(-1).to(device=s.device, dtype=torch.bool)
     ok = torch.isfinite(s)
     s, m = s[ok], m[ok]
-    n_pos = int(m.sum())
-    n_neg = int(m.numel() - n_pos)
+    s_sorted, order = torch.sort(s, descending=True, stable=True)
+    return sorted_balanced_accuracy_threshold(s_sorted, m[order])
+
+
+def sorted_balanced_accuracy_threshold(s_sorted: torch.Tensor, m_sorted: torch.Tensor) -> float | None:
+    """:func:`balanced_accuracy_threshold` of finite float64 scores already sorted in descending order
+    (stably: tied scores in their original order) with their membership ``m_sorted``."""
+    n_pos = int(m_sorted.sum())
+    n_neg = int(m_sorted.numel() - n_pos)
     if n_pos == 0 or n_neg == 0:
         return None
-    s_sorted, order = torch.sort(s, descending=True, stable=True)
-    m_sorted = m[order]
     tp = torch.cumsum(m_sorted.double(), 0)
     fp = torch.cumsum((~m_sorted).double(), 0)
     bal = 0.5 * (tp / n_pos + 1.0 - fp / n_neg)

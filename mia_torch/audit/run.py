@@ -27,11 +27,10 @@ from mia_torch.audit.summary import MAX_PRINTED, describe_records, write_records
 from mia_torch.evaluation import save_scores
 from mia_torch.report.json_file import write_json
 from mia_torch.report.types import TargetResult
-from mia_torch.settings.load import build_attack
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, model_seed
-from mia_torch.stages.report import report_study, run_results
-from mia_torch.stages.signals import query, signals_stage
+from mia_torch.stages.report import identity_query, report_study, run_results
+from mia_torch.stages.signals import query, record_signals, signals_stage
 from mia_torch.stages.train import train_stage
 from mia_torch.store import array_to_bytes
 from mia_torch.training.trainer import evaluate
@@ -99,8 +98,8 @@ def plan_audit(ctx: Context) -> tuple[AuditPlan, Context]:
     candidates = ids.get("candidates", np.arange(n))
     members = ids.get("members")
     skipped = {}
-    for name, cfg in s.attacks.items():
-        if build_attack(name, cfg).needs_in_references and not audit.online:
+    for name, attack in ctx.attacks.items():
+        if attack.needs_in_references and not audit.online:
             skipped[name] = ("uses references trained on each record (IN references): allow it with "
                              "audit.online=true")
     if len(skipped) == len(s.attacks):
@@ -149,13 +148,13 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
     refs = list(plan.references)
     atomic_write_bytes(ctx.run_dir / "keep.npy", array_to_bytes(ctx.splits.keep))
     ref_metrics = train_stage(ctx, refs)
-    ref_signals = signals_stage(ctx, refs)
-    reference = reference_signals(ctx, torch.from_numpy(ref_signals).to(s.device).float(), refs)
+    source = signals_stage(ctx, refs)
+    reference = reference_signals(ctx, torch.from_numpy(source.dense()).to(s.device).float(), refs)
     labels = ctx.data.y.to(s.device)
     served = query(ctx, plan.model)
-    atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(ref_signals.astype(np.float32, copy=False)))
+    record_signals(ctx, source)  # the references' signals, by reference; the audited model's own below
     atomic_write_bytes(ctx.run_dir / "target_signals.npy", array_to_bytes(served.cpu().numpy()))
-    attacks = fit_attacks(replace(s, attacks={n: c for n, c in s.attacks.items() if n not in plan.skipped}), reference)
+    attacks = fit_attacks({n: a for n, a in ctx.attacks.items() if n not in plan.skipped}, reference)
     outputs = AttackOutputs.empty(attacks, sanity=s.sanity_check)
     attack_target(ctx, attacks, served, t, outputs)
     evidence = record_evidence(served, labels, reference, online=s.audit.online).subset(plan.candidates)
@@ -172,8 +171,8 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
         mask = np.zeros(len(ctx.data.y), dtype=bool)
         mask[plan.candidates] = True
         results = report_study(ctx, cfg, started, model_metrics=models, target_metrics={t: target_metrics},
-                               served={t: served.cpu().numpy()}, outputs=outputs, keep=ctx.splits.keep,
-                               eval_mask=mask, extra=extra)
+                               target_logits={t: served.cpu().numpy()[:, identity_query(s)]}, outputs=outputs,
+                               keep=ctx.splits.keep, eval_mask=mask, extra=extra)
     else:
         save_scores(ctx.run_dir / "scores.npz", outputs.scores)
         targets = {t: TargetResult.from_dict(target_metrics, path="audited model")}

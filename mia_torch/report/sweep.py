@@ -14,7 +14,7 @@ directory:
   the mean over targets, or ``<attack>/<field>``). The Markdown marks a TPR whose FPR is
   below 10/N (N non-members) as unreliable. Each ``results.json`` is read into
   :class:`~mia_torch.report.types.RunResults`; jobs without a readable one
-  (``stage=train`` shards, failed or unfinished jobs) are listed as missing, with the
+  (``stage=train`` and ``stage=attack`` shards, failed or unfinished jobs) are listed as missing, with the
   reason, instead of failing the summary.
 - ``sweep_summary.png``: AUC and TPR at the lowest FPR against each swept parameter,
   one line per attack (per attack and combination of the other swept values when
@@ -173,6 +173,8 @@ def collect_jobs(sweep_dir: str | Path) -> list[SweepJob]:
                 job.missing_reason = f"unreadable results.json ({err})"
         elif job.values.get("stage", _saved_stage(path)) == "train":
             job.missing_reason = "stage=train (trains models only, writes no results.json)"
+        elif job.values.get("stage", _saved_stage(path)) == "attack":
+            job.missing_reason = "stage=attack (scores its targets into the store; stage=report writes results.json)"
         else:
             job.missing_reason = "no results.json (job failed or has not finished)"
         jobs.append(job)

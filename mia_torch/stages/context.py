@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mia_torch.attacks.base import Attack
 from mia_torch.data.datasets import Dataset
 from mia_torch.data.splits import Splits
 from mia_torch.fingerprint import code_digest, dataset_digest
@@ -21,7 +22,7 @@ __all__ = ["Context", "build", "digest_row", "is_private", "model_key", "model_s
 
 @dataclass
 class Context:
-    """What the stages share: settings, data, splits, store, and what was (re)built."""
+    """What the stages share: settings, data, splits, store, what was (re)built, and the attacks."""
 
     settings: Settings
     run_dir: Path
@@ -30,6 +31,7 @@ class Context:
     store: ArtifactStore
     trained: list[int] = field(default_factory=list)
     reused: list[int] = field(default_factory=list)
+    attacks: dict[str, Attack] = field(default_factory=dict)  # the configured attacks, built once, unfitted
 
 
 def model_seed(settings: Settings, index: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,10 @@ from mia_torch.report.pictures import ImageSource
 from mia_torch.report.write_run import write_run_report
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult
 from mia_torch.stages.attacks import AttackOutputs
+from mia_torch.settings.load import Settings
 from mia_torch.stages.context import Context
 
-__all__ = ["report_study", "run_results"]
+__all__ = ["identity_query", "report_study", "run_results"]
 
 
 def run_results(
@@ -50,6 +52,11 @@ def run_results(
     )
 
 
+def identity_query(settings: Settings) -> int:
+    """The query whose served output the report reads per target (identity; else the first)."""
+    return settings.queries.index("identity") if "identity" in settings.queries else 0
+
+
 def report_study(
     ctx: Context,
     cfg: DictConfig,
@@ -57,7 +64,7 @@ def report_study(
     *,
     model_metrics: list[dict[str, Any]],
     target_metrics: dict[int, dict[str, Any]],
-    served: dict[int, np.ndarray],
+    target_logits: Mapping[int, np.ndarray],
     outputs: AttackOutputs,
     keep: np.ndarray,
     eval_mask: np.ndarray,
@@ -65,24 +72,24 @@ def report_study(
 ) -> RunResults:
     """Evaluate the attacks' scores against membership ``keep`` and write the run's report.
 
-    ``served`` holds each target's served output ``[N, Q, C]``; ``target_metrics`` its
-    accuracies (and whatever else its training recorded). Writes ``scores.npz``,
-    ``results.json``, the figures, TensorBoard and the per-record CSVs; prints the summary.
+    ``target_logits`` holds each target's served output on :func:`identity_query` (``[N, C]``,
+    e.g. read from the store on access); ``target_metrics`` its accuracies (and whatever else
+    its training recorded). Writes ``scores.npz``, ``results.json``, the figures, TensorBoard
+    and the per-record CSVs; prints the summary.
     """
     s = ctx.settings
     save_scores(ctx.run_dir / "scores.npz", outputs.scores)
     labels = ctx.data.y.cpu().numpy()
-    query = s.queries.index("identity") if "identity" in s.queries else 0
-    target_logits = {t: np.asarray(served[t])[:, query] for t in s.target_ids}
+    predictions, targets = {}, {}
+    for t in s.target_ids:  # over-confidence of the served output, on the evaluated members and non-members
+        logits = np.asarray(target_logits[t])
+        predictions[t] = logits.argmax(-1)
+        calibration = overconfidence(logits[eval_mask], labels[eval_mask], keep[t][eval_mask])
+        targets[t] = TargetResult.from_dict({**target_metrics[t], **calibration}, path=f"model {t}")
     attacks = evaluate_attacks(outputs.scores, keep=keep, eval_mask=eval_mask,
                                fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
                                fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
-                               predictions={t: z.argmax(-1) for t, z in target_logits.items()},
-                               delta=s.defense.delta_for(len(labels)))
-    targets = {}
-    for t in s.target_ids:  # over-confidence of the served output, on the evaluated members and non-members
-        calibration = overconfidence(target_logits[t][eval_mask], labels[eval_mask], keep[t][eval_mask])
-        targets[t] = TargetResult.from_dict({**target_metrics[t], **calibration}, path=f"model {t}")
+                               predictions=predictions, delta=s.defense.delta_for(len(labels)))
     results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, extra=extra)
     write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=keep, eval_mask=eval_mask, labels=labels,
                      target_logits=target_logits, images=ImageSource.of(ctx.data))
