@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -69,13 +70,21 @@ def _peak_gb() -> float:
     return float("nan")
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 @contextmanager
 def _stage(record: dict[str, Any], name: str) -> Iterator[None]:
+    """Wall time, CPU time (every thread of the process) and peak RSS of the ``with`` block."""
     _peak_reset()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_s()
     yield
-    record[name] = {"s": round(time.perf_counter() - start, 2), "peak_gb": round(_peak_gb(), 3)}
-    print(f"  {name}: {record[name]['s']:.1f} s, peak RSS {record[name]['peak_gb']:.2f} GB", file=sys.stderr, flush=True)
+    record[name] = {"s": round(time.perf_counter() - start, 2), "cpu_s": round(_cpu_s() - cpu, 2),
+                    "peak_gb": round(_peak_gb(), 3)}
+    print(f"  {name}: {record[name]['s']:.1f} s ({record[name]['cpu_s']:.1f} s CPU), peak RSS "
+          f"{record[name]['peak_gb']:.2f} GB", file=sys.stderr, flush=True)
 
 
 def compose(spec: dict[str, Any], targets: str) -> Any:
@@ -143,24 +152,26 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     with _stage(record, "attacks"):
         outputs = attack_stage(ctx, table, source)
         del table  # as in a study: the report reads the scores, not the features
-    real = report_module.evaluate_attacks
-    metrics: dict[str, float] = {}
+    parts: dict[str, dict[str, float]] = {}
 
-    def timed(*a: Any, **k: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return real(*a, **k)
-        finally:
-            metrics["s"] = round(time.perf_counter() - start, 2)
+    def timed(name: str, fn: Any) -> Any:
+        def wrapped(*a: Any, **k: Any) -> Any:
+            start, cpu = time.perf_counter(), _cpu_s()
+            try:
+                return fn(*a, **k)
+            finally:
+                parts[name] = {"s": round(time.perf_counter() - start, 2), "cpu_s": round(_cpu_s() - cpu, 2)}
+        return wrapped
 
-    report_module.evaluate_attacks = timed
+    report_module.evaluate_attacks = timed("metrics", report_module.evaluate_attacks)  # incl. bootstrap
+    report_module.write_run_report = timed("writing", report_module.write_run_report)
     with _stage(record, "report"):
         results = report_module.report_study(
             ctx, cfg, started, model_metrics=[{"model": m} for m in range(s.num_models)],
             target_metrics={t: {} for t in s.target_ids},
             target_logits=source.query_view(report_module.identity_query(s)), outputs=outputs,
             keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask)
-    record["report"]["metrics_s"] = metrics.get("s")
+    record["report"] |= {f"{name}_{unit}": value for name, part in parts.items() for unit, value in part.items()}
     record["auc"] = {name: round(a.pooled.auc, 4) for name, a in results.attacks.items()}
     return record
 
@@ -224,45 +235,55 @@ def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
-def _gb(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
-
-
 def _ratio(a: float | None, b: float | None) -> str:
     return "-" if not a or not b else f"{a / b:.2f}x"
 
 
+def _cell(record: dict[str, Any] | None) -> str:
+    """``wall s (CPU s) / peak GB`` of one stage."""
+    if not record:
+        return "-"
+    return f"{record['s']:.1f} ({record['cpu_s']:.1f}) / {record['peak_gb']:.2f}"
+
+
 def report(rows: list[dict[str, Any]]) -> str:
-    """The table of every configuration, then the ratios."""
-    lines = ["| M | N | Q | C | store GB | targets | path | signals s / GB | attacks s / GB | report s / GB "
-             "(metrics s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """The table of every configuration (wall seconds, CPU seconds in parentheses, peak RSS in GB), then the
+    ratios (of CPU time, which another process's load on the machine does not inflate, and of peak RSS)."""
+    lines = ["| M | N | Q | C | logits GB | targets | path | signals | attacks | report; of which metrics, writing |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        def cell(stage: str) -> str:
-            v = r.get(stage)
-            return "-" if v is None else f"{v['s']:.1f} / {v['peak_gb']:.2f}"
-        metrics = r.get("report", {}).get("metrics_s") if r.get("report") else None
-        report_cell = cell("report") + ("" if metrics is None else f" ({metrics:.1f})")
+        report_cell = _cell(r.get("report"))
+        if r.get("report"):
+            report_cell += (f"; metrics {r['report']['metrics_s']:.1f} ({r['report']['metrics_cpu_s']:.1f}), "
+                            f"writing {r['report']['writing_s']:.1f} ({r['report']['writing_cpu_s']:.1f})")
         lines.append(f"| {r['models']} | {r['examples']} | {r['queries']} | {r['classes']} | {r['store_gb']} | "
-                     f"{r['targets']} | {r['path']} | {cell('signals')} | {cell('attacks')} | {report_cell} |")
+                     f"{r['targets']} | {r['path']} | {_cell(r.get('signals'))} | {_cell(r.get('attacks'))} | "
+                     f"{report_cell} |")
     lines.append("")
     by = {(r["models"], r["queries"], r["classes"], r["targets"], r["path"]): r for r in rows}
     for (m, q, c, t, p), r in sorted(by.items()):
+        peak = max(r[k]["peak_gb"] for k in ("signals", "attacks", "report") if r.get(k))
+        if t == "[0]" and p == "streaming":
+            lines.append(f"M={m} Q={q} C={c}: peak RSS of signals -> attacks -> report {peak:.2f} GB")
         if m == 256 and t == "[0]" and p == "streaming" and (64, q, c, t, p) in by:
             small = by[(64, q, c, t, p)]
-            lines.append(f"growth M 64 -> 256 (Q={q}, C={c}): attack stage time "
-                         f"{_ratio(r['attacks']['s'], small['attacks']['s'])}, peak RSS "
-                         f"{_ratio(r['attacks']['peak_gb'], small['attacks']['peak_gb'])}; whole path peak RSS "
-                         f"{_gb(max(r[k]['peak_gb'] for k in ('signals', 'attacks', 'report')))} GB")
+            lines.append(f"growth M 64 -> 256 (Q={q}, C={c}): attack stage CPU time "
+                         f"{_ratio(r['attacks']['cpu_s'], small['attacks']['cpu_s'])} (wall "
+                         f"{_ratio(r['attacks']['s'], small['attacks']['s'])}), peak RSS "
+                         f"{_ratio(r['attacks']['peak_gb'], small['attacks']['peak_gb'])}")
         if t == "all" and (m, q, c, "[0]", p) in by:
             one = by[(m, q, c, "[0]", p)]
-            lines.append(f"all {m} targets vs one (Q={q}, C={c}): attack stage {r['attacks']['s']:.1f} s vs "
-                         f"{one['attacks']['s']:.1f} s = {_ratio(r['attacks']['s'], one['attacks']['s'])}; metrics "
+            lines.append(f"all {m} targets vs one (Q={q}, C={c}): attack stage CPU time "
+                         f"{_ratio(r['attacks']['cpu_s'], one['attacks']['cpu_s'])} (wall "
+                         f"{r['attacks']['s']:.1f} s vs {one['attacks']['s']:.1f} s); metrics "
                          f"{r['report']['metrics_s']:.1f} s vs {one['report']['metrics_s']:.1f} s")
         if p == "dense" and (m, q, c, t, "streaming") in by:
             new = by[(m, q, c, t, "streaming")]
-            lines.append(f"streaming vs dense (M={m}, Q={q}, C={c}, targets {t}): signals + attacks time "
-                         f"{_ratio(new['signals']['s'] + new['attacks']['s'], r['signals']['s'] + r['attacks']['s'])}"
-                         f", peak RSS {_ratio(max(new['signals']['peak_gb'], new['attacks']['peak_gb']), max(r['signals']['peak_gb'], r['attacks']['peak_gb']))}")
+            cpu = (new["signals"]["cpu_s"] + new["attacks"]["cpu_s"], r["signals"]["cpu_s"] + r["attacks"]["cpu_s"])
+            peaks = (max(new["signals"]["peak_gb"], new["attacks"]["peak_gb"]),
+                     max(r["signals"]["peak_gb"], r["attacks"]["peak_gb"]))
+            lines.append(f"streaming vs dense in memory (M={m}, Q={q}, C={c}): signals + attacks CPU time "
+                         f"{_ratio(*cpu)}, peak RSS {_ratio(*peaks)}")
     return "\n".join(lines)
 
 

@@ -125,13 +125,14 @@ class Attack(ABC):
         """
         return {"threshold": None if self.threshold is None else float(self.threshold)}
 
-    def _check_references(self, ref: ReferenceSignals | None) -> ReferenceSignals | None:
+    def _check_references(self, ref: Any, *, expected: type = ReferenceSignals) -> Any:
+        """``ref`` (an ``expected`` instance, or None where the attack needs no references), checked."""
         if ref is None:
             if self.requires_references:
                 raise ValueError(f"{type(self).__name__} needs reference models (ref is None)")
             return None
-        if not isinstance(ref, ReferenceSignals):
-            raise TypeError("fit expects a ReferenceSignals instance")
+        if not isinstance(ref, expected):
+            raise TypeError(f"fit expects a {expected.__name__} instance")
         if self.requires_references and ref.num_models < 1:
             raise ValueError(f"{type(self).__name__} needs at least one reference model, got R = 0")
         return ref

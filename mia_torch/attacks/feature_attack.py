@@ -1,6 +1,6 @@
 """Attacks that read per-example features of the served outputs instead of the logits.
 
-A :class:`FeatureAttack` declares the features it consumes (:meth:`~FeatureAttack.features`,
+A :class:`FeatureAttack` declares the features it reads (:meth:`~FeatureAttack.required_features`,
 see :mod:`mia_torch.signals.features`); the signals stage reduces every model's stored
 logits to them once, so a study holds ``[M, N, Q]``-sized arrays, never ``[M, N, Q, C]``.
 It is fitted on the features of its reference models (:class:`ReferenceFeatures`) and
@@ -155,15 +155,7 @@ class FeatureAttack(Attack):
 
     def _check_features(self, ref: ReferenceFeatures | None) -> ReferenceFeatures | None:
         """``ref`` after the checks :meth:`Attack._check_references` makes on reference signals."""
-        if ref is None:
-            if self.requires_references:
-                raise ValueError(f"{type(self).__name__} needs reference models (ref is None)")
-            return None
-        if not isinstance(ref, ReferenceFeatures):
-            raise TypeError("fit_features expects a ReferenceFeatures instance")
-        if self.requires_references and ref.num_models < 1:
-            raise ValueError(f"{type(self).__name__} needs at least one reference model, got R = 0")
-        return ref
+        return self._check_references(ref, expected=ReferenceFeatures)
 
 
 def check_examples(target: Mapping[str, torch.Tensor], name: str, num_examples: int | None) -> torch.Tensor:

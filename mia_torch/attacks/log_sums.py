@@ -13,6 +13,7 @@ error of at most R ulps of the result), with no overflow however far apart the t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,24 +42,34 @@ class LogSums:
     @classmethod
     def of(cls, x: torch.Tensor, counted: torch.Tensor, *, chunk: int = 64) -> LogSums:
         """The sums of float64 ``x [B, N]`` over the models where ``counted [B, N]``, ``chunk`` models at a time."""
-        b, n = x.shape
-        top = torch.full((TOP, n), -math.inf, dtype=torch.float64, device=x.device)
-        index = torch.full((TOP, n), -1, dtype=torch.long, device=x.device)
-        count = torch.zeros(n, dtype=torch.float64, device=x.device)
-        for start in range(0, b, chunk):
-            part = torch.where(counted[start : start + chunk], x[start : start + chunk], -math.inf)
+        return cls.build(lambda models: (x[models], counted[models]), len(x), chunk=chunk)
+
+    @classmethod
+    def build(cls, rows: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], num_models: int, *,
+              chunk: int = 64) -> LogSums:
+        """The sums over ``num_models`` models, read ``chunk`` at a time: ``rows(models)`` gives the float64 terms
+        ``x [k, N]`` and the counted flags ``[k, N]`` of a slice of the models (it is called twice per slice)."""
+        top = index = count = None
+        for start in range(0, num_models, chunk):
+            x, counted = rows(slice(start, min(num_models, start + chunk)))
+            if top is None:
+                n = x.shape[1]
+                top = torch.full((TOP, n), -math.inf, dtype=torch.float64, device=x.device)
+                index = torch.full((TOP, n), -1, dtype=torch.long, device=x.device)
+                count = torch.zeros(n, dtype=torch.float64, device=x.device)
+            part = torch.where(counted, x, -math.inf)
             candidates = torch.cat([top, part])
             ids = torch.cat([index, torch.arange(start, start + len(part), device=x.device)[:, None].expand(-1, n)])
             top, at = torch.topk(candidates, TOP, dim=0)
             index = torch.where(torch.isfinite(top), ids.gather(0, at), -1)
-            count += counted[start : start + chunk].sum(0)
+            count += counted.sum(0)
         shift = _rest_shift(top)
-        rest = torch.zeros(n, dtype=torch.float64, device=x.device)
-        for start in range(0, b, chunk):
-            ids = torch.arange(start, min(b, start + chunk), device=x.device)
+        rest = torch.zeros_like(count)
+        for start in range(0, num_models, chunk):
+            x, counted = rows(slice(start, min(num_models, start + chunk)))
+            ids = torch.arange(start, start + len(x), device=x.device)
             in_top = (index[None] == ids[:, None, None]).any(1)
-            keep = counted[start : start + chunk] & ~in_top
-            rest += torch.where(keep, torch.exp(x[start : start + chunk] - shift), 0.0).sum(0)
+            rest += torch.where(counted & ~in_top, torch.exp(x - shift), 0.0).sum(0)
         return cls(top, index, rest, count)
 
     def without(

@@ -66,7 +66,8 @@ from mia_torch.attacks.base import (
     check_target,
 )
 from mia_torch.attacks.feature_attack import FeatureAttack, Knobs, ReferenceFeatures, check_examples
-from mia_torch.attacks.log_sums import TOP, LogSums
+from mia_torch.attacks.log_sums import TOP
+from mia_torch.attacks.rmia_sums import ReferenceProbabilities
 from mia_torch.signals.features import Feature, compute_features, probability_logit_feature
 
 __all__ = ["RMIA"]
@@ -103,60 +104,6 @@ def _offline_logit(logit_out: torch.Tensor, a: float) -> torch.Tensor:
         log_pr = torch.logaddexp(log_pr, torch.full_like(log_pr, math.log((1.0 - a) / 2.0)))
     # 1 - Pr(x) = (1 + a)/2 * (1 - mean_OUT), exact also where Pr(x) rounds to 1.
     return log_pr - (log_c1 + logsigmoid(-logit_out))
-
-
-def _masked_logsumexp(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``logsumexp`` of ``values [B]`` over ``mask [S, B]`` per row: ``[S]`` (-inf for an empty row)."""
-    return torch.logsumexp(torch.where(mask, values[None], -math.inf), dim=1)
-
-
-class _Probabilities:
-    """The reference probabilities of one temperature over the B models of a table, as sums Pr(x) reads.
-
-    ``logit [B, N]`` are the log-odds of each model's query-averaged true-class probability.
-    Pr(x) averages ``p`` and ``1 - p`` (in log space) over all models online and over each
-    example's OUT models offline; an example with no OUT model takes the mean over all OUT
-    entries of the models (else over all their entries), kept here per model.
-    """
-
-    def __init__(self, logit: torch.Tensor, keep: torch.Tensor, online: bool) -> None:
-        self.logit, self.keep, self.online = logit, keep, online
-        counted = torch.ones_like(keep) if online else ~keep
-        log_p, log_q = logsigmoid(logit), logsigmoid(-logit)
-        self.p, self.q = LogSums.of(log_p, counted), LogSums.of(log_q, counted)
-        out = ~keep
-        self.out_count = out.sum(1).double()  # [B]
-        self.out_p = torch.logsumexp(torch.where(out, log_p, -math.inf), dim=1)
-        self.out_q = torch.logsumexp(torch.where(out, log_q, -math.inf), dim=1)
-        self.all_p, self.all_q = torch.logsumexp(log_p, dim=1), torch.logsumexp(log_q, dim=1)
-
-    def mean_logit(self, removed: torch.Tensor) -> torch.Tensor:
-        """Log-odds of the mean reference probability over the models but ``removed [S, D]`` (positions),
-        for each of S sets: ``[S, N]``."""
-        logit = self.logit[removed]  # [S, D, N]
-        counted = torch.ones_like(logit, dtype=torch.bool) if self.online else ~self.keep[removed]
-        log_p, count = self.p.without(removed, logsigmoid(logit), counted)
-        log_q, _ = self.q.without(removed, logsigmoid(-logit), counted)
-        log_count = torch.log(count.clamp(min=1.0))
-        if self.online:
-            return (log_p - log_count) - (log_q - log_count)
-        glob_p, glob_q = self._fallback(removed)
-        mean_p = torch.where(count > 0, log_p - log_count, glob_p[:, None])
-        mean_q = torch.where(count > 0, log_q - log_count, glob_q[:, None])
-        return mean_p - mean_q
-
-    def _fallback(self, removed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """log of the mean OUT ``p`` and ``1 - p`` over all entries of each set's models: ``[S]`` each."""
-        b, n = self.keep.shape
-        member = torch.ones(len(removed), b, dtype=torch.bool, device=self.keep.device)
-        member.scatter_(1, removed, False)
-        count = (member * self.out_count).sum(1)
-        log_count = torch.log(count.clamp(min=1.0))
-        log_all = torch.log((member.sum(1) * n).double().clamp(min=1.0))  # every entry of the set's models
-        glob = [torch.where(count > 0, _masked_logsumexp(out, member) - log_count,
-                            _masked_logsumexp(every, member) - log_all)
-                for out, every in ((self.out_p, self.all_p), (self.out_q, self.all_q))]
-        return glob[0], glob[1]
 
 
 class RMIA(FeatureAttack):
@@ -238,7 +185,7 @@ class RMIA(FeatureAttack):
         return mean if self.online else _offline_logit(mean, a)
 
     def _calibrate(
-        self, probabilities: Callable[[float], _Probabilities], refs: torch.Tensor, removed: torch.Tensor
+        self, probabilities: Callable[[float], ReferenceProbabilities], refs: torch.Tensor, removed: torch.Tensor
     ) -> tuple[float, float | None, float | None]:
         """Choose (T, a) on the references ``refs`` (positions; ``removed``: the table's other models): returns
         T, a and the mean leave-one-out AUC (None when nothing was chosen)."""
@@ -262,8 +209,8 @@ class RMIA(FeatureAttack):
         for t in temperatures:
             sums = probabilities(t)
             loo_mean = sums.mean_logit(_with_folds(removed, folds))
-            log_p = logsigmoid(sums.logit[folds])
-            member = sums.keep[folds]
+            log_p = logsigmoid(sums.logit(folds))
+            member = sums.keep(folds)
             for a in a_values:
                 counts = self._population_counts(log_p - logsigmoid(self._denominators(loo_mean, a)))
                 auc = float(_count_auc(counts, member, self.population_index.numel() + 1).mean())
@@ -277,12 +224,11 @@ class RMIA(FeatureAttack):
         """Draw the population, choose T and a on the references (or take them from ``knobs``), estimate Pr(x),
         calibrate ``threshold``."""
         ref = self._check_features(ref)
-        keep = ref.keep_of()
-        cache: dict[float, _Probabilities] = {}
+        cache: dict[float, ReferenceProbabilities] = {}
 
-        def probabilities(t: float) -> _Probabilities:
+        def probabilities(t: float) -> ReferenceProbabilities:
             if t not in cache:
-                cache[t] = _Probabilities(ref.take(probability_logit_feature(t).name).double(), keep, self.online)
+                cache[t] = ReferenceProbabilities(ref, probability_logit_feature(t).name, self.online)
             return cache[t]
 
         return self._fit_sums(probabilities, ref.num_examples, num_models=ref.num_models, removed=(), knobs=knobs)
@@ -291,10 +237,10 @@ class RMIA(FeatureAttack):
         """The reference probabilities of every model of ``base``, from which each subset's Pr(x) follows."""
         return RMIAPool(self, base)
 
-    def _fit_sums(self, probabilities: Callable[[float], _Probabilities], num_examples: int, *, num_models: int,
+    def _fit_sums(self, probabilities: Callable[[float], ReferenceProbabilities], num_examples: int, *, num_models: int,
                   removed: Sequence[int], knobs: Knobs | None) -> RMIA:
         """Fit on the sums of a table of ``num_models`` models but ``removed`` (positions)."""
-        device = probabilities(self._first_temperature(knobs)).logit.device
+        device = probabilities(self._first_temperature(knobs)).ref.keep.device
         gone = torch.tensor(sorted(set(removed)), dtype=torch.long, device=device)
         refs = torch.tensor([m for m in range(num_models) if m not in set(removed)], dtype=torch.long, device=device)
         gen = torch.Generator().manual_seed(self.seed)
@@ -312,7 +258,7 @@ class RMIA(FeatureAttack):
         if knobs is not None:
             self.threshold = knobs["threshold"]
         elif self.calibrate_threshold and len(refs) >= 2:
-            self.threshold = balanced_accuracy_threshold(self._reference_scores(sums, refs, gone), sums.keep[refs])
+            self.threshold = balanced_accuracy_threshold(self._reference_scores(sums, refs, gone), sums.keep(refs))
         return self
 
     def _first_temperature(self, knobs: Knobs | None) -> float:
@@ -325,14 +271,14 @@ class RMIA(FeatureAttack):
         return {**super().fitted_params(), "a": self.a_, "temperature": self.temperature_,
                 "calibration_auc": self.calibration_auc_}
 
-    def _reference_scores(self, sums: _Probabilities, refs: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    def _reference_scores(self, sums: ReferenceProbabilities, refs: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
         """Leave-one-out scores ``[R, N]`` of references ``refs`` against the others, a chunk of folds at a time."""
-        step = max(1, _FOLD_CHUNK_ELEMENTS // (TOP * sums.logit.shape[1]))
+        step = max(1, _FOLD_CHUNK_ELEMENTS // (TOP * sums.ref.num_examples))
         out = []
         for start in range(0, len(refs), step):
             folds = refs[start : start + step]
             denominator = self._denominators(sums.mean_logit(_with_folds(removed, folds)), self.a_)
-            out.append(self._population_scores(logsigmoid(sums.logit[folds]) - logsigmoid(denominator)))
+            out.append(self._population_scores(logsigmoid(sums.logit(folds)) - logsigmoid(denominator)))
         return torch.cat(out)
 
     def reference_scores(self, ref: ReferenceSignals | ReferenceFeatures) -> torch.Tensor:
@@ -343,9 +289,8 @@ class RMIA(FeatureAttack):
         ref = self._as_features(ref)
         if ref.num_models < 2:
             raise ValueError("reference_scores needs at least two reference models")
-        name = probability_logit_feature(self.temperature_).name
-        sums = _Probabilities(ref.take(name).double(), ref.keep_of(), self.online)
-        refs = torch.arange(ref.num_models, device=sums.logit.device)
+        sums = ReferenceProbabilities(ref, probability_logit_feature(self.temperature_).name, self.online)
+        refs = torch.arange(ref.num_models, device=ref.keep.device)
         return self._reference_scores(sums, refs, refs[:0])
 
     def _log_ratio(self, logit_target: torch.Tensor) -> torch.Tensor:
@@ -381,12 +326,11 @@ class RMIAPool:
 
     def __init__(self, attack: RMIA, base: ReferenceFeatures) -> None:
         self.attack, self.base = attack, base
-        self._cache: dict[float, _Probabilities] = {}
+        self._cache: dict[float, ReferenceProbabilities] = {}
 
-    def _probabilities(self, t: float) -> _Probabilities:
+    def _probabilities(self, t: float) -> ReferenceProbabilities:
         if t not in self._cache:
-            logit = self.base.take(probability_logit_feature(t).name).double()
-            self._cache[t] = _Probabilities(logit, self.base.keep_of(), self.attack.online)
+            self._cache[t] = ReferenceProbabilities(self.base, probability_logit_feature(t).name, self.attack.online)
         return self._cache[t]
 
     def fit(self, removed: Sequence[int], *, knobs: Knobs | None = None) -> RMIA:

@@ -1,9 +1,9 @@
 """How the attack stage fits each attack for each target: one pool of sums, refits, or the dense logits.
 
 * An attack with a :class:`~mia_torch.attacks.feature_attack.Pool` (LiRA, RMIA, the threshold,
-  population and label-only attacks) sums over the *base* models once (every model in the
-  shared threat model; the shadow models in the disjoint one) and fits each target by taking
-  the models that are not its references (itself and its twin) out of those sums.
+  population and label-only attacks) sums over the *base* models once (every model that is
+  some target's reference) and fits each target by taking the models that are not its
+  references (itself and its twin) out of those sums.
 * A :class:`~mia_torch.attacks.feature_attack.FeatureAttack` without one (the Shokri network)
   is refitted on each target's references.
 * Any other :class:`~mia_torch.attacks.base.Attack` (your own, written against
@@ -47,18 +47,15 @@ def half_of(model: int) -> int:
 class ReferencePlan:
     """Which models each target's fit uses and where its knobs come from.
 
-    ``base`` holds the models the pools sum over: every model in the shared threat model (a
-    target's fit takes out the target and its twin, so every target of every job, whichever
-    targets it scores, gets the same fit), the shadow models in the disjoint one (the
-    references of every target).
+    ``base`` holds the models the pools sum over: every model that is a reference of some
+    configured target (of every target, whichever a sharded job scores, so every job makes
+    the same sums). With one target (or targets sharing their references, as in the disjoint
+    threat model) that is the references themselves, summed as a fit from scratch sums them.
     """
 
     def __init__(self, splits: Splits, targets: Sequence[int], calibration: str) -> None:
         self.splits, self.calibration = splits, calibration
-        if splits.threat_model == "shared":
-            self.base = list(range(len(splits.keep)))
-        else:
-            self.base = sorted({m for t in targets for m in splits.reference_ids[t]})
+        self.base = sorted({m for t in targets for m in splits.reference_ids[t]})
 
     def references(self, target: int) -> tuple[int, ...]:
         """The target's reference models."""
