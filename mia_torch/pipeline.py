@@ -90,7 +90,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
 
     A study (the default) trains every model and attacks each target; ``audit.checkpoint``
     audits a user's model instead (:mod:`mia_torch.audit`) and ``forget.method`` checks
-    that removed records left a target (:mod:`mia_torch.forget`).
+    that removed records left a target (:mod:`mia_torch.forget`). A sharded study runs
+    ``stage=train`` (a shard of the models, trained and queried), ``stage=attack`` (a shard of
+    the targets, scored into the store) and ``stage=report`` (every shard's scores, merged
+    into the report) as separate jobs on one store.
     """
     started = time.time()
     ctx = prepare(cfg, run_dir or output_dir())
