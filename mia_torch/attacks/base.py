@@ -4,6 +4,23 @@ An attack is fitted on the signals of reference (shadow) models, whose training 
 are known through their keep rows, and then scores a target model's signals: one float
 per example, higher = more likely a member. Attacks never see the target's membership
 and never compute metrics.
+
+Two interfaces, one contract:
+
+* :class:`Attack` reads logits: ``fit(ReferenceSignals)`` with ``logits [R, N, Q, C]`` and
+  ``score(logits [N, Q, C], labels)``. A study that runs such an attack builds every
+  model's served logits ``[M, N, Q, C]`` in memory and refits it on each target's
+  references.
+* :class:`~mia_torch.attacks.feature_attack.FeatureAttack` (every built-in attack) declares
+  the per-example features it reads (``required_features()``, see
+  :mod:`mia_torch.signals.features`), is fitted on the references' features
+  (``fit_features(ReferenceFeatures, knobs=None)``) and scores a target's features
+  (``score_features``); the study's attack stage reduces each stored model to those
+  features once, so it holds ``[M, N, Q]``-sized arrays only. An attack whose fit is a sum
+  over reference models also offers ``pool(base)``, from which each target's fit takes the
+  target and its twin out (:mod:`mia_torch.stages.attack_runs`). Its ``fit``/``score`` on
+  logits come for free, so both kinds run anywhere an :class:`Attack` does (audits,
+  forget checks, the DP audit).
 """
 from __future__ import annotations
 
