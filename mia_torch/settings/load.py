@@ -8,9 +8,8 @@ import importlib.resources
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,6 +19,7 @@ from mia_torch.data.queries import parse_queries
 from mia_torch.data.datasets import dataset_kind
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.forget.config import ForgetConfig
+from mia_torch.settings import trusted
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.signals.output import ServedOutput
 from mia_torch.training.config import AUGMENT_ALIASES, TrainConfig
@@ -31,6 +31,8 @@ STAGES = ("all", "train")
 CONFIG_PACKAGE = "mia_torch.conf"
 #: Device types that run computations (``meta`` and the like hold no data).
 COMPUTE_DEVICES = ("cpu", "cuda", "mps", "xpu")
+#: Primary keys a config may lack (a run recorded before they existed): each then takes its default.
+ADDED_KEYS = frozenset({"allow_large"})
 
 
 @dataclass(frozen=True)
@@ -105,18 +107,32 @@ def shipped_keys() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(set(primary) - {"defaults", "hydra"}), frozenset(groups - {"hydra"})
 
 
+def shipped_options(group: str) -> tuple[str, ...]:
+    """The options that ship in config group ``group`` (``configs/<group>/*.yaml``), sorted."""
+    folder = importlib.resources.files(CONFIG_PACKAGE) / group
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml")))
+
+
+def unknown_keys_message(unknown: list[str], known: Iterable[str], *, parent: str = "") -> str:
+    """``unknown key(s) ...; did you mean ...? Valid keys: ...`` for keys of config node ``parent`` (top level: "")."""
+    known = sorted(str(k) for k in known)
+    full = [f"{parent}.{key}" if parent else key for key in unknown]
+    close = [f"{parent}.{match}" if parent else match
+             for key in unknown for match in difflib.get_close_matches(key, known, n=1)]
+    where = f"key(s) {', '.join(full)}" if parent else f"top-level key(s) {', '.join(full)}"
+    return (f"unknown {where}: no config defines it" + (f"; did you mean {', '.join(close)}?" if close else "")
+            + f" Valid keys{f' of {parent}' if parent else ''}: {', '.join(known)}")
+
+
 def check_top_level_keys(config: dict[str, Any]) -> None:
     """Refuse top-level keys no shipped config defines (e.g. ``+num_modles=3``) and missing primary keys."""
     primary, groups = shipped_keys()
-    known = primary | groups
-    unknown = sorted(set(config) - known)
+    unknown = sorted(set(config) - (primary | groups))
     if unknown:
-        close = [match for key in unknown for match in difflib.get_close_matches(key, known, n=1)]
-        raise ValueError(
-            f"unknown top-level key(s) {', '.join(unknown)} (added with +key=value?): mia_torch would ignore them"
-            + (f"; did you mean {', '.join(close)}?" if close else "") + f" Valid keys: {', '.join(sorted(known))}"
-        )
-    missing = sorted(primary - set(config))
+        raise ValueError(unknown_keys_message(unknown, primary | groups))
+    missing = sorted(primary - set(config) - ADDED_KEYS)
     if missing:
         raise ValueError(f"config key(s) {', '.join(missing)} missing: a config must define every key of "
                          f"configs/config.yaml")
@@ -135,20 +151,9 @@ def check_writable(directory: Path, *, key: str) -> None:
 
 
 def build_attack(name: str, attack_cfg: Any) -> Attack:
-    """Build ``attack.<name>`` and check that it is an :class:`Attack`, naming the key if not."""
-    target = attack_cfg.get("_target_") if isinstance(attack_cfg, dict) else None
-    if target is None:
-        raise ValueError(f"attack.{name} has no _target_: set attack.{name}._target_ to an Attack class, "
-                         f"e.g. +attack.{name}._target_=my_package.MyAttack")
-    try:
-        attack = hydra.utils.instantiate(attack_cfg)
-    except Exception as err:  # noqa: BLE001 - re-raised with the key that caused it
-        raise ValueError(f"attack.{name} cannot be built: {err}") from err
-    if not isinstance(attack, Attack):
-        raise ValueError(f"attack.{name}._target_={target} builds a {type(attack).__module__}."
-                         f"{type(attack).__qualname__}, which is not an Attack: subclass "
-                         f"mia_torch.attacks.base.Attack and implement score(logits, labels)")
-    return attack
+    """Build ``attack.<name>`` through the guarded builder (:func:`mia_torch.settings.trusted.build`), naming the
+    key if it has no ``_target_``, cannot be built, or is not an :class:`Attack`."""
+    return trusted.build(attack_cfg, kind="attack", key=f"attack.{name}")
 
 
 def check_attacks(settings: "Settings") -> dict[str, Attack]:
