@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 
 import hydra
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
@@ -45,6 +45,8 @@ def explain_hydra_error(err: BaseException) -> str:
         siblings = getattr(cause, "parent_node", None)
         if siblings is not None and hasattr(siblings, "keys"):
             return unknown_keys_message([key], siblings.keys(), parent=parent)
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the override {err.override!r}: {err.message}"
     if isinstance(err, MissingConfigException):  # what was missing and the shipped options, not the search path
         text = str(err).split("\n\nConfig search path")[0].strip()
         group = re.search(r"'([A-Za-z_]\w*)/[^']*'", text)

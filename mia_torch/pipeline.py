@@ -14,9 +14,11 @@ from mia_torch.atomic import atomic_write_bytes
 from mia_torch.audit.preprocess import preprocess_dataset
 from mia_torch.audit.run import run_audit
 from mia_torch.data.datasets import describe_dataset, load_dataset
+from mia_torch.data.queries import check_views_fit
 from mia_torch.data.splits import carve_validation, make_splits
 from mia_torch.data.validate import check_training_sets
 from mia_torch.forget.run import plan_forget, print_forget_summary, run_forget
+from mia_torch.settings.limits import check_run_size
 from mia_torch.settings.load import check_attacks, check_writable, load_settings
 from mia_torch.stages.attacks import attack_stage
 from mia_torch.stages.context import Context, build, model_seed, stored_path
@@ -62,7 +64,10 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     if settings.audit.enabled:  # the audited model's own input; references are trained on it too
         data = preprocess_dataset(data, settings.audit.preprocess)
     settings.output.check_classes(data.num_classes)
-    build(settings, data, 0, private=settings.defense.private)(data.x[:2])  # fits the data (and DP-SGD)
+    probe = build(settings, data, 0, private=settings.defense.private)
+    probe(data.x[:2])  # fits the data (and DP-SGD)
+    check_views_fit(settings.queries, data.input_shape)
+    check_run_size(settings, data, probe)
     splits = make_splits(settings.num_models, len(data.y), seed=settings.seed,
                          target_ids=settings.target_ids, threat_model=settings.threat_model)
     stopping = settings.train.early_stopping

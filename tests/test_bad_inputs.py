@@ -1,9 +1,10 @@
-"""Bad input stops before any training, with a message naming the config key or the file; the store stays empty.
+"""Bad input stops before any training, with one message naming the config key or the file; the store stays empty.
 
-One table: every case composes the tiny test experiment with its overrides (after
-writing any file it needs), runs the pipeline, and checks that the error is a clear
-one (not a crash deep inside training), that its message holds the expected key or
-path, and that nothing was written to the store.
+One table: every case runs ``mia-run`` (in-process: the same ``main`` the console script
+calls) with the tiny test experiment and its overrides (after writing any file it needs),
+and checks that it is refused with exit status 2 and one clean message (no traceback
+without ``MIA_DEBUG=1``, and a pointer to that switch), that the message holds the expected
+key or path, and that nothing was written to the store.
 """
 
 from __future__ import annotations
@@ -19,16 +20,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hydra.errors import HydraException
 
-from helpers import CONFIG_DIR, REPO, TINY, make_config, run_experiment
+from helpers import CONFIG_DIR, TINY, make_config
 from mia_torch.data import DATASETS, Dataset, load_dataset
 from mia_torch.data.validate import MIN_TRAIN_EXAMPLES, DataValidationError, read_npz
 from mia_torch.settings.load import check_attacks, load_settings
 
 #: TINY without its dataset, for cases that choose another one.
 NO_DATA = [o for o in TINY if not o.startswith("dataset")]
-CLEAR_ERRORS = (ValueError, FileNotFoundError, HydraException)
 
 
 def _arrays(n: int = 64, n_test: int = 16) -> dict[str, np.ndarray]:
@@ -92,6 +91,7 @@ class Case:
     setup: Callable[[Path], None] | None = None
     base: list[str] = field(default_factory=lambda: list(TINY))
     run_name: str = "run"
+    absent: list[str] = field(default_factory=list)  # substrings the message must not hold
 
 
 NPZ = [*NO_DATA, "dataset=npz", "dataset.path={tmp}/bad.npz"]
@@ -101,8 +101,10 @@ NAN = float("nan")
 CASES = [
     # ---- the config (Hydra composition, then our checks)
     Case("unknown group option", ["attack=[loss,nonexistent]"], ["attack/nonexistent"]),
-    Case("mistyped key", ["num_modles=3"], ["num_modles"]),
+    Case("mistyped key", ["num_modles=3"], ["num_modles", "did you mean num_models?", "Valid keys"], absent=["+"]),
     Case("mistyped key added with +", ["+num_modles=3"], ["num_modles", "did you mean num_models?", "Valid keys"]),
+    Case("mistyped nested key", ["train.epocs=3"], ["train.epocs", "did you mean train.epochs?"], absent=["+"]),
+    Case("malformed override", ["num_models=[1"], ["num_models=[1"]),
     Case("unknown top-level key", ["+unknown_key=1"], ["unknown_key", "Valid keys", "store_dir", "attack"]),
     Case("wrong type (structured)", ["train.epochs=many"], ["train.epochs"]),
     Case("out of range: optimizer", ["train.optimizer=rmsprop"], ["train.optimizer"]),
@@ -121,11 +123,20 @@ CASES = [
     Case("disjoint attacker with RMIA online", ["threat_model=disjoint", "num_models=5", "attack=[rmia_online]"],
          ["threat_model=disjoint", "rmia_online"]),
     Case("attack option out of range", ["attack=[rmia]", "attack.rmia.gamma=-1"], ["attack.rmia", "gamma"]),
+    Case("allow_large not a boolean", ["allow_large=maybe"], ["allow_large='maybe'"]),
+    # ---- sizes no study means: refused with their cost before any work
+    Case("a million models", ["num_models=1000000"],
+         ["num_models=1000000 is above 1024", "keep matrix", "signals", "training about", "allow_large=true"]),
+    Case("1e8 bootstrap resamples", ["bootstrap=100000000"],
+         ["bootstrap=100000000 is above 10000", "bootstrap about", "allow_large=true"]),
+    Case("a population of 1e8 records", ["dataset.num_examples=100000000"],
+         ["dataset.num_examples=100000000", "allow_large=true"]),
+    Case("a shift that leaves nothing of the image", ["queries=[identity,shift_100_100]"],
+         ["queries", "shift_100_100", "blank", "|dx| < 8"]),
     # ---- the environment
     Case("store_dir not writable", ["store_dir={tmp}/a_file/store"], ["store_dir=", "{tmp}/a_file/store"],
          setup=_file_in_the_way),
-    Case("run directory not writable", [], ["hydra.run.dir", "{tmp}/a_file/run"], setup=_file_in_the_way,
-         run_name="a_file/run"),
+    Case("run directory not writable", [], ["{tmp}/a_file/run"], setup=_file_in_the_way, run_name="a_file/run"),
     # ---- the data: files and loaders
     Case("missing torchvision files", ["dataset=mnist", "data_dir={tmp}/nowhere"], ["{tmp}/nowhere", "download=true"],
          base=NO_DATA),
@@ -182,15 +193,6 @@ if not torch.cuda.is_available():
     CASES.append(Case("CUDA without CUDA", ["device=cuda"], ["device='cuda'", "CUDA is not available"]))
 
 
-def _messages(err: BaseException) -> str:
-    """The message of ``err`` and of every exception it was raised from."""
-    parts = []
-    while err is not None:
-        parts.append(str(err))
-        err = err.__cause__ or err.__context__
-    return "\n".join(parts)
-
-
 def _store_is_empty(store: Path) -> bool:
     return not store.exists() or not any(store.rglob("*"))
 
@@ -201,34 +203,45 @@ def clean_registry():
     DATASETS.pop("bad_loader", None)
 
 
+def run_cli(tmp_path: Path, overrides: list[str], monkeypatch, capsys, *, run_name: str = "run") -> tuple[int, str]:
+    """``mia-run <overrides>`` in-process, with a private store and run directory: (exit status, stderr)."""
+    from mia_torch import cli
+
+    argv = ["mia-run", f"store_dir={tmp_path / 'store'}", *overrides, f"hydra.run.dir={tmp_path / run_name}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.delenv("MIA_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    return info.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_stops_before_training_naming_the_key_or_file(tmp_path, case, clean_registry):
+def test_bad_input_stops_before_training_with_one_message(tmp_path, case, clean_registry, monkeypatch, capsys):
     if case.setup is not None:
         case.setup(tmp_path)
     overrides = [o.replace("{tmp}", str(tmp_path)) for o in (*case.base, *case.overrides)]
-    with pytest.raises(CLEAR_ERRORS) as info:
-        run_experiment(tmp_path, overrides, name=case.run_name)
-    message = _messages(info.value)
+    code, message = run_cli(tmp_path, overrides, monkeypatch, capsys, run_name=case.run_name)
+    assert code == 2, message
+    assert message.startswith("mia-run: error: ") and "Traceback" not in message and "MIA_DEBUG=1" in message
     for expected in case.expected:
         assert expected.replace("{tmp}", str(tmp_path)) in message, message
+    for unexpected in case.absent:
+        assert unexpected not in message, message
     assert _store_is_empty(tmp_path / "store")
     assert not (tmp_path / "run" / "keep.npy").exists()
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("+unknown_key=1", ["unknown_key", "Valid keys"]),
-    ("dataset=mnist", ["nowhere", "download=true"]),
-])
-def test_the_command_line_reports_bad_input_without_training(tmp_path, override, expected):
-    """Through ``mia-run`` (``python -m mia_torch.cli``): Hydra's `+key` path reaches our check; a missing dataset names the folder."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "mia_torch.cli", *NO_DATA, override, f"data_dir={tmp_path / 'nowhere'}",
-         f"store_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode != 0
-    for text in expected:
-        assert text in proc.stderr + proc.stdout
+def test_the_console_script_prints_one_message_and_the_debug_switch_the_traceback(tmp_path):
+    """As a process: exit 2 and the message alone; with MIA_DEBUG=1 the traceback too."""
+    command = [sys.executable, "-m", "mia_torch.cli", *NO_DATA, "dataset=mnist", f"data_dir={tmp_path / 'nowhere'}",
+               f"store_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MIA_DEBUG", "HYDRA_FULL_ERROR")}
+    for debug in (False, True):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                              env={**env, "OMP_NUM_THREADS": "1", **({"MIA_DEBUG": "1"} if debug else {})})
+        assert proc.returncode == (1 if debug else 2), proc.stderr[-2000:]
+        assert str(tmp_path / "nowhere") in proc.stderr and "download=true" in proc.stderr
+        assert ("Traceback" in proc.stderr) == debug, proc.stderr[-2000:]
     assert _store_is_empty(tmp_path / "store")
 
 

@@ -20,6 +20,7 @@ from mia_torch.data.datasets import dataset_kind
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.forget.config import ForgetConfig
 from mia_torch.settings import trusted
+from mia_torch.settings.limits import check_requested_population
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.signals.output import ServedOutput
 from mia_torch.training.config import AUGMENT_ALIASES, TrainConfig
@@ -68,6 +69,7 @@ class Settings:
     output: ServedOutput = ServedOutput()
     audit: AuditConfig = AuditConfig()
     forget: ForgetConfig = ForgetConfig()
+    allow_large: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -215,6 +217,9 @@ def load_settings(cfg: DictConfig) -> Settings:
              c["seed"], "an integer >= 0")
     for key in ("download", "progress", "sanity_check"):
         _require(isinstance(c[key], bool), key, c[key], "true or false")
+    allow_large = c.get("allow_large", False)  # runs recorded before the key existed: off
+    _require(isinstance(allow_large, bool), "allow_large", allow_large, "true or false")
+    check_requested_population(c)
     for key in ("data_dir", "store_dir"):
         _require(isinstance(c[key], str) and c[key] != "", key, c[key], "a directory path")
     threads = c["num_threads"]
@@ -260,6 +265,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         output=ServedOutput.from_config(c.get("output")),
         audit=audit,
         forget=forget,
+        allow_large=allow_large,
     )
 
 
