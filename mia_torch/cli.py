@@ -37,7 +37,8 @@ def explain_hydra_error(err: BaseException) -> str:
     """The message of a refusal, with Hydra's "use +key" for an unknown key replaced by our "did you mean"."""
     cause = err.__cause__
     match = _OVERRIDE_FAILED.search(str(err))
-    if isinstance(err, ConfigCompositionException) and match and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+    unknown_key = isinstance(cause, (ConfigKeyError, ConfigAttributeError))
+    if isinstance(err, ConfigCompositionException) and match and unknown_key:
         parent, _, key = match.group(1).rpartition(".")
         if not parent:
             primary, groups = shipped_keys()

@@ -92,13 +92,13 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     s = ctx.settings
     if s.audit.enabled:
         return run_audit(ctx, cfg, started)
+    forget = plan_forget(ctx) if s.forget.enabled else None  # checks its inputs before anything is written
     save_splits(ctx)
     if s.stage == "train":
         shard_models = [m for m in range(s.num_models) if m % s.num_shards == s.shard]
         train_stage(ctx, shard_models)
         log.info("shard %d/%d: trained %s, reused %s", s.shard, s.num_shards, ctx.trained, ctx.reused)
         return {"stage": "train", "trained_models": ctx.trained, "reused_models": ctx.reused}
-    forget = plan_forget(ctx) if s.forget.enabled else None  # checks its inputs before any training
     model_metrics = train_stage(ctx, list(range(s.num_models)))
     logits = signals_stage(ctx)
     atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(logits))

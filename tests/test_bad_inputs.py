@@ -83,6 +83,20 @@ def _loader(x=None, y=None, num_classes: int = 3) -> Callable[[Path], None]:
     return register
 
 
+def _records(*, typo_row: int | None = None, header: str = "age,city,label") -> Callable[[Path], None]:
+    """Setup that writes ``records.csv``: 60 records, ``abc`` as the age of row ``typo_row``."""
+    def write(tmp: Path) -> None:
+        rows = [f"{20 + i % 50},{'ab'[i % 2]},{i % 3 % 2}" for i in range(60)]
+        if typo_row is not None:
+            rows[typo_row] = "abc" + rows[typo_row][2:]
+        (tmp / "records.csv").write_text("\n".join([header, *rows]) + "\n")
+    return write
+
+
+def _text_file(tmp: Path) -> None:
+    (tmp / "model.txt").write_text("these are not weights\n")
+
+
 @dataclass
 class Case:
     name: str
@@ -95,6 +109,7 @@ class Case:
 
 
 NPZ = [*NO_DATA, "dataset=npz", "dataset.path={tmp}/bad.npz"]
+CSV = [*NO_DATA, "dataset=csv", "dataset.path={tmp}/records.csv", "dataset.label=label"]
 LOADER = [*NO_DATA, "dataset=npz", "dataset.name=bad_loader"]
 NAN = float("nan")
 
@@ -188,6 +203,22 @@ CASES = [
          base=LOADER, setup=_loader(y=torch.arange(40) % 6)),
     Case("registered loader with float labels", [], ["dataset 'bad_loader'", "int64"],
          base=LOADER, setup=_loader(y=(torch.arange(40) % 3).float())),
+]
+CASES += [
+    # ---- CSV cells that would change what a column means
+    Case("one text cell in a numeric CSV column", [], ["records.csv", "`age`", "row 7: 'abc'",
+                                                      "dataset.non_numeric=missing"], base=CSV,
+         setup=_records(typo_row=7)),
+    Case("two CSV columns of one name", [], ["records.csv", "duplicate column names", "'age' in columns [0, 1]"],
+         base=CSV, setup=_records(header="age,age,label")),
+    # ---- a model file given to audit or forget
+    Case("a text file as audit.checkpoint", ["audit.checkpoint={tmp}/model.txt"],
+         ["{tmp}/model.txt (audit.checkpoint)", "not a readable PyTorch checkpoint"], setup=_text_file),
+    Case("a directory as audit.checkpoint", ["audit.checkpoint={tmp}"], ["audit.checkpoint=", "is a directory"],
+         absent=["does not exist"]),
+    Case("a text file as forget.checkpoint", ["forget.method=checkpoint", "forget.checkpoint={tmp}/model.txt"],
+         ["{tmp}/model.txt (forget.checkpoint)", "not a readable PyTorch checkpoint"], absent=["audit.checkpoint"],
+         setup=_text_file),
 ]
 if not torch.cuda.is_available():
     CASES.append(Case("CUDA without CUDA", ["device=cuda"], ["device='cuda'", "CUDA is not available"]))
@@ -295,3 +326,47 @@ def test_a_population_just_large_enough_runs_through_prepare(tmp_path):
     with pytest.raises(DataValidationError, match="population of 14 examples"):
         _npz(n=2 * MIN_TRAIN_EXAMPLES - 2)(tmp_path)
         prepare(cfg, tmp_path / "run")
+
+
+# ---------------------------------------------------------------- stored models that are not what they claim
+
+
+def test_a_stored_model_with_a_forged_checksum_and_a_misshaped_tensor_is_retrained_not_reused(tmp_path):
+    """Its checksum matches (forged), so only the shapes betray it: moved aside and retrained, never recorded as
+    reused, and the stored checkpoint a run reports then loads into the configured model (as an audit does)."""
+    from mia_torch.audit.checkpoint import load_checkpoint_model
+    from mia_torch.pipeline import prepare
+    from mia_torch.stages.context import build, model_key, stored_path
+    from mia_torch.stages.train import train_stage
+    from mia_torch.store import state_dict_from_bytes, state_dict_to_bytes
+    from test_store import _plant
+
+    cfg = make_config(tmp_path, [*TINY, "stage=train"])
+    first = prepare(cfg, tmp_path / "run")
+    train_stage(first, [0])
+    key = model_key(first, 0)
+    state = state_dict_from_bytes(first.store.payload_path("models", key).read_bytes())
+    name = next(iter(state))
+    state[name] = torch.zeros(*state[name].shape[:-1], state[name].shape[-1] + 1)
+    _plant(first.store, "models", key, state_dict_to_bytes(state))
+    again = prepare(cfg, tmp_path / "run")
+    train_stage(again, [0])
+    assert again.trained == [0] and again.reused == []
+    assert len(again.store.corrupt) == 1
+    model = load_checkpoint_model(stored_path(again, 0), lambda: build(again.settings, again.data, 0))
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_a_model_reused_then_rebuilt_in_the_same_run_is_listed_as_trained_only(tmp_path):
+    from mia_torch.pipeline import prepare
+    from mia_torch.stages.context import stored_path
+    from mia_torch.stages.train import stored_model, train_stage
+
+    cfg = make_config(tmp_path, [*TINY, "stage=train"])
+    train_stage(prepare(cfg, tmp_path / "run"), [0])
+    ctx = prepare(cfg, tmp_path / "run")
+    train_stage(ctx, [0])
+    assert ctx.reused == [0]
+    stored_path(ctx, 0).write_bytes(b"truncated")  # corrupted between the stages: rebuilt when loaded
+    stored_model(ctx, 0)
+    assert ctx.trained == [0] and ctx.reused == []

@@ -239,5 +239,6 @@ def test_build_model_passes_only_the_data_arguments_a_class_takes():
     first, again = (build_model({"_target_": "mia_torch.models.MLP"}, input_shape=(1, 4, 4), num_classes=2, seed=3)
                     for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
-    with pytest.raises(ValueError, match=r"model\._target_=collections\.OrderedDict builds a collections\.OrderedDict, which is not a torch\.nn\.Module"):
+    with pytest.raises(ValueError, match=r"model\._target_=collections\.OrderedDict builds a collections\.OrderedDict, "
+                                         r"which is not a torch\.nn\.Module"):
         build_model({"_target_": "collections.OrderedDict"}, input_shape=(1, 4, 4), num_classes=2, seed=0)

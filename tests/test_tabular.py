@@ -159,8 +159,17 @@ GOOD = "a,b,label\n1,x,0\n2,y,1\n3,x,0\n4,y,1\n5,x,0\n"
          ["new.csv", "`label`", "'7'"]),
         ({"path": "good.csv", "label": "label", "test_path": "short.csv"}, {"short.csv": "a,label\n1,0\n"},
          ["short.csv", "'b'"]),
-        ({"path": "good.csv", "label": "label", "test_path": "text.csv"}, {"text.csv": "a,b,label\nmany,x,0\n"},
-         ["text.csv", "`a`", "'many'", "dataset.categorical"]),
+        ({"path": "good.csv", "label": "label", "test_path": "text.csv"}, {"text.csv": "a,b,label\n1,x,0\nmany,x,0\n"},
+         ["text.csv", "`a`", "row 1: 'many'", "dataset.non_numeric=missing", "dataset.categorical"]),
+        ({"path": "typo.csv", "label": "label"}, {"typo.csv": "a,b,label\n1,x,0\n2,y,1\nabc,x,0\n4,y,1\n5,x,0\n"},
+         ["typo.csv", "`a`", "1 of", "row 2: 'abc'", "dataset.non_numeric=missing"]),
+        ({"path": "dup.csv", "label": "label"}, {"dup.csv": "a,b, a,label\n1,x,2,0\n2,y,3,1\n3,x,4,0\n"},
+         ["dup.csv", "duplicate column names", "'a' in columns [0, 2]"]),
+        ({"path": "good.csv", "label": "label", "test_path": "dup.csv"}, {"dup.csv": "a,b,b,label\n1,x,x,0\n"},
+         ["dup.csv", "dataset.test_path", "'b' in columns [1, 2]"]),
+        ({"path": "good.csv", "label": "label", "non_numeric": "skip"}, {}, ["dataset.non_numeric", "'skip'"]),
+        ({"path": "good.csv", "label": "label", "non_numeric": "missing", "missing": "error"}, {},
+         ["dataset.non_numeric", "dataset.missing=impute"]),
         ({"path": "gap.csv", "label": "label", "missing": "error"},
          {"gap.csv": "a,b,label\n1,x,0\n,y,1\n3,x,0\n4,y,1\n"},
          ["gap.csv", "'a'", "dataset.missing"]),
@@ -178,6 +187,33 @@ def test_bad_csv_inputs_are_refused_naming_the_file_column_or_key(tmp_path, opti
         load_dataset("csv", root=tmp_path, **options)
     for needle in needles:
         assert needle in str(info.value), (needle, str(info.value))
+
+
+def test_one_text_cell_in_a_numeric_column_is_refused_or_read_as_missing(tmp_path):
+    """One ``abc`` among 500 ages: refused naming column, row and value; with non_numeric=missing the cell is a
+    missing value (imputed with the population median), so the column stays one standardised feature."""
+    rng = np.random.default_rng(0)
+    ages = rng.integers(18, 90, 500)
+    rows = [f"{age},{city},{label}" for age, city, label in zip(ages, rng.choice(["a", "b"], 500),
+                                                                 rng.integers(0, 2, 500))]
+    rows[321] = "abc," + rows[321].split(",", 1)[1]
+    write(tmp_path / "typo.csv", "\n".join(["age,city,label", *rows]) + "\n")
+    write(tmp_path / "test.csv", "age,city,label\n40,a,0\n50,b,1\n")
+    options = dict(root=tmp_path, path="typo.csv", test_path="test.csv", label="label")
+    with pytest.raises(ValueError, match=r"column `age` of .*typo\.csv is numeric .* 1 of 500 rows: row 321: 'abc'"):
+        load_dataset("csv", **options)
+    coerced = load_dataset("csv", **options, non_numeric="missing")
+    assert coerced.feature_names == ("num__age", "cat__city_a", "cat__city_b")
+    known = np.delete(ages, 321).astype(np.float64)
+    imputed = np.insert(known, 321, np.median(known))
+    np.testing.assert_allclose(coerced.x[:, 0].numpy(), (imputed - imputed.mean()) / imputed.std(), atol=1e-5)
+
+
+def test_a_mostly_text_column_stays_categorical(tmp_path):
+    """More text than numbers: the column is categorical, numbers among its categories, as before."""
+    write(tmp_path / "sizes.csv", "size,label\nS,0\nM,1\nL,0\n42,1\nXL,0\nS,1\n")
+    data = load_dataset("csv", root=tmp_path, path="sizes.csv", label="label", test_fraction=0.2)
+    assert all(name.startswith("cat__size_") for name in data.feature_names)
 
 
 # --------------------------------------------------------------------------- breast_cancer, queries, models

@@ -215,7 +215,8 @@ def _object_scores(path: Path) -> None:
 
 
 FILES = [
-    ("config is a string", lambda run: _edit_json(run, lambda d: d.__setitem__("config", "oops")), "`config` is 'oops'"),
+    ("config is a string", lambda run: _edit_json(run, lambda d: d.__setitem__("config", "oops")),
+     "`config` is 'oops'"),
     ("results.json not JSON", lambda run: (run / "results.json").write_text("{oops"), "results.json is not readable"),
     ("invalid config value", lambda run: _edit_json(run, lambda d: d["config"].__setitem__("num_models", "many")),
      "num_models='many'"),

@@ -59,6 +59,17 @@ class AuditPlan:
         inside = np.isin(self.candidates, self.members)
         return bool(inside.any() and not inside.all())
 
+    @property
+    def no_report(self) -> str | None:
+        """Why known members give no membership report (ROC, AUC): the candidates must hold both kinds."""
+        if self.members is None or self.ground_truth:
+            return None
+        every = bool(np.isin(self.candidates, self.members).all())
+        return (f"audit.members lists {'every one' if every else 'none'} of the {len(self.candidates)} candidate "
+                f"records, so there is no known {'non-member' if every else 'member'} to compare with and no ROC/AUC report "
+                "is made (each record still gets its p-value and verdict); for the report, give audit.candidates "
+                "that hold both records the model trained on and records it did not")
+
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -113,6 +124,8 @@ def plan_audit(ctx: Context) -> tuple[AuditPlan, Context]:
     plan = AuditPlan(target=target, model=load_audited_model(ctx, target), checkpoint=Path(audit.checkpoint),
                      candidates=candidates, members=members, references=ctx.splits.reference_ids[target],
                      skipped=skipped)
+    if plan.no_report:
+        print(f"note: {plan.no_report}", flush=True)
     return plan, replace(ctx, splits=replace(ctx.splits, keep=keep))
 
 
@@ -137,6 +150,7 @@ def _audit_summary(ctx: Context, plan: AuditPlan, evidence: RecordEvidence) -> d
         "preprocess": ctx.settings.audit.preprocess, "references": list(plan.references),
         "online": ctx.settings.audit.online, "skipped_attacks": plan.skipped, "fpr": fpr,
         "candidates": int(len(plan.candidates)), "flagged": int(flagged.sum()), "records_csv": "records.csv",
+        **({"no_report": plan.no_report} if plan.no_report else {}),
         "records": [{"id": int(i), "p_gaussian": float(evidence.p_gaussian[k]), "p_rank": float(evidence.p_rank[k]),
                      "verdict": "member" if flagged[k] else "no evidence"} for k, i in enumerate(shown)],
     }
@@ -179,7 +193,8 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
         targets = {t: TargetResult.from_dict(target_metrics, path="audited model")}
         results = run_results(ctx, cfg, started, targets=targets, models=models, attacks={}, extra=extra)
         write_json(ctx.run_dir / "results.json", results.to_dict())
-        print(f"audited model {plan.checkpoint}: test acc {target_metrics['test_acc']:.3f}", flush=True)
+        print(f"audited model {plan.checkpoint}: test acc {target_metrics['test_acc']:.3f}"
+              + (f"\nnote: {plan.no_report}" if plan.no_report else ""), flush=True)
     if plan.skipped:
         print(f"skipped (offline audit): {', '.join(plan.skipped)}: allow online attacks with audit.online=true")
     print(describe_records(plan.candidates, classes, evidence, fpr=s.audit.fpr, scores=candidate_scores), flush=True)

@@ -4,8 +4,11 @@ Both loaders hand a population table and a test table (pandas DataFrames) to
 :func:`tabular_dataset`, which encodes them into a :class:`Dataset` of kind ``"tabular"``
 (``x`` is float32 ``[N, F]``), with every encoding fitted on the population rows only:
 
-- a feature column is *numeric* when each of its values parses as a number, otherwise
-  *categorical*; ``categorical=[...]`` makes more columns categorical (integer codes);
+- a feature column is *numeric* when more than half of its values in the population parse
+  as numbers, otherwise *categorical*; ``categorical=[...]`` makes more columns categorical
+  (integer codes). A numeric column holding some text (``abc`` among ages) is refused, naming
+  the column, rows and values, in the population and the test rows alike, unless
+  ``non_numeric="missing"`` makes such cells missing values;
 - numeric columns: a missing value becomes the population's median of that column
   (``SimpleImputer(strategy="median")``), then the column is standardised with the
   population's mean and std (``StandardScaler``);
@@ -31,9 +34,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
+from mia_torch.data.csv_cells import check_numbers, meant_numeric, read_csv
 from mia_torch.data.datasets import (
     Dataset,
-    DatasetNotFoundError,
     data_file,
     is_int_in,
     register_dataset,
@@ -43,7 +46,7 @@ from mia_torch.data.datasets import (
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["MISSING_CATEGORY", "MISSING_POLICIES", "read_csv", "tabular_dataset"]
+__all__ = ["MISSING_CATEGORY", "MISSING_POLICIES", "NON_NUMERIC_POLICIES", "read_csv", "tabular_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ log = logging.getLogger(__name__)
 MISSING_CATEGORY = "<missing>"
 #: ``dataset.missing``: ``impute`` (median / own category) or ``error`` (refuse any missing value).
 MISSING_POLICIES = ("impute", "error")
+#: ``dataset.non_numeric``: text in a numeric column is an ``error`` or becomes a ``missing`` value.
+NON_NUMERIC_POLICIES = ("error", "missing")
 DEFAULT_TEST_FRACTION = 0.2
 
 
@@ -62,6 +67,7 @@ def tabular_dataset(
     label: str,
     categorical: Sequence[str] = (),
     missing: str = "impute",
+    non_numeric: str = "error",
     source: str,
     test_source: str,
     indices: np.ndarray | None = None,
@@ -71,12 +77,18 @@ def tabular_dataset(
 
     ``label`` is the class column; every other column of ``population`` is a feature, and
     ``test`` must hold the same columns. ``categorical`` names numeric columns to one-hot
-    encode anyway. ``missing`` is ``"impute"`` or ``"error"``. ``source`` and
+    encode anyway. ``missing`` is ``"impute"`` or ``"error"``; ``non_numeric`` is ``"error"`` or
+    ``"missing"`` (text in a numeric column becomes a missing value). ``source`` and
     ``test_source`` name where the tables came from, for error messages; ``indices`` /
     ``test_indices`` are the rows' positions in that source.
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(f"`dataset.missing` must be one of {MISSING_POLICIES}, got {missing!r}")
+    if non_numeric not in NON_NUMERIC_POLICIES:
+        raise ValueError(f"`dataset.non_numeric` must be one of {NON_NUMERIC_POLICIES}, got {non_numeric!r}")
+    if non_numeric == "missing" and missing == "error":
+        raise ValueError("`dataset.non_numeric`=missing makes text cells of numeric columns missing values, which "
+                         "`dataset.missing`=error refuses: set dataset.missing=impute, or dataset.non_numeric=error")
     _check_labels(population, label, source)
     _check_labels(test, label, test_source)
     features = [c for c in population.columns if c != label]
@@ -99,12 +111,12 @@ def tabular_dataset(
                     f"column(s) {gaps} of {where} have missing values and dataset.missing=error: fill them in, or "
                     f"set dataset.missing=impute (numeric: the population median; categorical: a category of its own)"
                 )
-    categories = set(categorical) | {c for c in features if not _parses_as_numbers(population[c])}
+    categories = set(categorical) | {c for c in features if not meant_numeric(population[c])}
     numeric = [c for c in features if c not in categories]
     categoric = [c for c in features if c in categories]
     _warn_identifier_like(population, categoric, source)
-    pop_x = _typed(population, numeric, categoric, source)
-    test_x = _typed(test, numeric, categoric, test_source)
+    pop_x = _typed(population, numeric, categoric, source, non_numeric=non_numeric)
+    test_x = _typed(test, numeric, categoric, test_source, non_numeric=non_numeric)
     encoder = _encoder(numeric, categoric).fit(pop_x)
     y, y_test, class_names = _encode_labels(population[label], test[label], label=label, source=source,
                                             test_source=test_source)
@@ -123,29 +135,6 @@ def tabular_dataset(
     )
 
 
-def read_csv(file: Path, *, key: str) -> "pd.DataFrame":
-    """Every cell of the CSV ``file`` (header row, one record per row) as text; empty cells are missing.
-
-    ``key`` is the config key that names the file, for error messages.
-    """
-    import pandas as pd
-
-    if not file.is_file():
-        raise DatasetNotFoundError(
-            f"{file} not found: set `{key}` (relative to `data_dir` unless absolute) to your CSV file"
-        )
-    try:
-        frame = pd.read_csv(file, dtype=str, skipinitialspace=True)
-    except pd.errors.EmptyDataError as err:
-        raise ValueError(f"{file} (`{key}`) is empty: it needs a header row and one row per record") from err
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file} (`{key}`) cannot be read as CSV: {err}") from err
-    if frame.empty:
-        raise ValueError(f"{file} (`{key}`) has a header row but no records")
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
-
-
 @register_dataset("csv", kind="tabular")
 def _csv(
     *,
@@ -159,6 +148,7 @@ def _csv(
     categorical: Sequence[str] | None = None,
     drop: Sequence[str] | None = None,
     missing: str = "impute",
+    non_numeric: str = "error",
 ) -> Dataset:
     """Your records: a CSV file with a header row, one record per row, the class in column ``label``.
 
@@ -183,7 +173,7 @@ def _csv(
         test = read_csv(test_file, key="dataset.test_path")
         test = test.drop(columns=[c for c in drop if c in test.columns])
         return tabular_dataset("csv", frame, test, label=str(label), categorical=categorical, missing=missing,
-                               source=str(file), test_source=str(test_file))
+                               non_numeric=non_numeric, source=str(file), test_source=str(test_file))
     fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
     valid = isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1
     num_test = round(len(frame) * fraction) if valid else 0
@@ -195,7 +185,7 @@ def _csv(
     pop_rows, test_rows = split_rows(len(frame), num_test, seed=seed)
     return tabular_dataset(
         "csv", frame.iloc[pop_rows], frame.iloc[test_rows], label=str(label), categorical=categorical,
-        missing=missing, source=str(file), test_source=f"{file} (the rows held out by dataset.test_fraction)",
+        missing=missing, non_numeric=non_numeric, source=str(file), test_source=f"{file} (the rows held out by dataset.test_fraction)",
         indices=pop_rows, test_indices=test_rows,
     )
 
@@ -271,19 +261,20 @@ def _parses_as_numbers(values: "pd.Series") -> bool:
     return bool(pd.to_numeric(values[present], errors="coerce").notna().all())
 
 
-def _typed(frame: "pd.DataFrame", numeric: list[str], categoric: list[str], source: str) -> "pd.DataFrame":
-    """Numeric columns as float64 (missing: NaN), categorical columns as text (missing: NaN)."""
+def _typed(frame: "pd.DataFrame", numeric: list[str], categoric: list[str], source: str, *,
+           non_numeric: str = "error") -> "pd.DataFrame":
+    """Numeric columns as float64 (missing: NaN), categorical columns as text (missing: NaN).
+
+    Text in a numeric column is refused, naming the column, rows and values, unless
+    ``non_numeric="missing"`` makes it a missing value.
+    """
     import pandas as pd
 
     out: dict[str, Any] = {}
     for column in numeric:
+        if non_numeric == "error":
+            check_numbers(frame[column], column=column, source=source)
         values = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-        bad = values.isna().to_numpy() & frame[column].notna().to_numpy()
-        if bad.any():
-            raise ValueError(
-                f"column `{column}` of {source} holds {frame[column][bad].iloc[0]!r}, but it is a numeric column "
-                f"(in the population): fix the value, or list the column in dataset.categorical"
-            )
         if np.isinf(values.to_numpy()).any():
             raise ValueError(f"column `{column}` of {source} holds an infinite value: fix it or leave the cell empty")
         out[column] = values

@@ -65,7 +65,8 @@ def plan_forget(ctx: Context) -> ForgetPlan:
     after = None
     if forget.method == "checkpoint":
         after = load_checkpoint_model(forget.checkpoint, lambda: build(s, ctx.data, model_seed(s, target),
-                                                                       private=is_private(s, target)))
+                                                                       private=is_private(s, target)),
+                                      key="forget.checkpoint")
     return ForgetPlan(target=target, forgotten=ids, never_seen=never_seen, after_model=after)
 
 

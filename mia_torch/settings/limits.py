@@ -175,5 +175,6 @@ def check_run_size(settings: "Settings", data: "Dataset", model: "torch.nn.Modul
     if settings.bootstrap:
         resample_s = _seconds_per_resample(population, settings.fpr_targets)
         estimates.append(f"bootstrap about {_duration(resample_s * settings.bootstrap * rocs)} "
-                         f"({settings.bootstrap} resamples x {rocs} ROCs, {resample_s * 1e6:.3g} µs each measured here)")
+                         f"({settings.bootstrap} resamples x {rocs} ROCs, {resample_s * 1e6:.3g} µs each measured "
+                         "here)")
     raise _refusal(exceeded, estimates)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,10 @@ def save_trained(ctx: Context, index: int, model: torch.nn.Module, result: Train
         )
     meta = {"model": index, **result.metrics}
     ctx.store.save("models", model_key(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
-    ctx.trained.append(index)
+    if index in ctx.reused:  # found earlier in this run, then rebuilt: it counts as trained only
+        ctx.reused.remove(index)
+    if index not in ctx.trained:
+        ctx.trained.append(index)
 
 
 def train_group(ctx: Context, indices: list[int]) -> None:
@@ -94,17 +98,39 @@ def group_size(ctx: Context) -> int:
     return s.parallel_models if resolve_strategy(s.parallel_strategy, s.device, s.parallel_models) == "vmap" else 1
 
 
+def _layout(state: dict[str, torch.Tensor]) -> frozenset[tuple[str, tuple[int, ...]]]:
+    return frozenset((name, tuple(tensor.shape)) for name, tensor in state.items())
+
+
+def fitting_weights(ctx: Context, indices: list[int]) -> Callable[[bytes], dict[str, torch.Tensor]]:
+    """A store decoder that also refuses weights whose names or shapes fit none of the architectures of models
+    ``indices`` (a payload can pass its checksum and still not be this model's): such an artifact is corrupt."""
+    s = ctx.settings
+    layouts = {_layout(build(s, ctx.data, 0, private=private).state_dict())
+               for private in {is_private(s, index) for index in indices}}
+
+    def decode(payload: bytes) -> dict[str, torch.Tensor]:
+        state = state_dict_from_bytes(payload)
+        if _layout(state) not in layouts:
+            raise ValueError("its tensors' names or shapes do not fit the configured model")
+        return state
+
+    return decode
+
+
 def train_stage(ctx: Context, indices: list[int]) -> list[dict[str, Any]]:
     """Make sure models ``indices`` exist in the store; train only the missing ones; their metrics.
 
     Missing models are locked and trained in groups (:func:`group_size`); models another
     process is training are waited for and reused (:func:`mia_torch.locks.build_missing`).
+    A stored model is reused only when its weights fit the configured architecture
+    (:func:`fitting_weights`); otherwise it is moved aside and retrained.
     """
     keys = {index: model_key(ctx, index) for index in indices}
     with tqdm(desc="train", disable=not ctx.settings.progress, unit="model", leave=False) as bar:
         outcome = build_missing(ctx.store, "models", keys, lambda chunk: train_group(ctx, chunk),
-                                group=group_size(ctx), decode=state_dict_from_bytes, on_built=bar.update)
-    ctx.reused.extend(outcome.reused)
+                                group=group_size(ctx), decode=fitting_weights(ctx, indices), on_built=bar.update)
+    ctx.reused.extend(i for i in outcome.reused if i not in ctx.reused and i not in ctx.trained)
     return [outcome.meta[i] for i in indices]
 
 
