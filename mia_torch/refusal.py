@@ -14,11 +14,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["DEBUG_ENV", "EXIT_REFUSED", "REFUSALS", "clean_refusals", "debugging", "message_of"]
+__all__ = ["DEBUG_ENV", "EXIT_REFUSED", "REFUSALS", "clean_refusals", "debugging", "message_of", "status_of"]
 
 #: Set to 1 to see the traceback of a refusal.
 DEBUG_ENV = "MIA_DEBUG"
@@ -65,3 +66,13 @@ def clean_refusals(prog: str, *, refusals: tuple[type[BaseException], ...] = REF
         print(f"{prog}: error: {translate(err)}\n({prog}: set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr,
               flush=True)
         raise SystemExit(EXIT_REFUSED) from None
+
+
+def status_of(prog: str, work: Callable[[], Any], *, refusals: tuple[type[BaseException], ...] = REFUSALS) -> int:
+    """The exit status of a command whose ``work()`` returns it (None: 0); a refusal it raises is printed as by
+    :func:`clean_refusals` and gives :data:`EXIT_REFUSED`. For ``main(argv) -> int`` functions that tests call."""
+    try:
+        with clean_refusals(prog, refusals=refusals):
+            return int(work() or 0)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_REFUSED

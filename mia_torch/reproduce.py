@@ -63,7 +63,7 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from mia_torch.refusal import EXIT_REFUSED, clean_refusals, debugging, message_of
+from mia_torch.refusal import debugging, message_of, status_of
 from mia_torch.report.types import RunResults
 from mia_torch.run_compare import compare_arrays, compare_metrics, version_warnings
 from mia_torch.run_dir import check_run_files, read_json_data, recorded_config
@@ -214,12 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.atol >= 0:
         parser.error("--atol must be >= 0")
-    try:
-        with clean_refusals(PROG, refusals=(Exception,)):
-            return reproduce(args.run_dir, out=args.out, store_dir=args.store_dir, atol=args.atol, exact=args.exact,
-                             allow_targets=args.allow_target)
-    except SystemExit as exit_:
-        return int(exit_.code) if isinstance(exit_.code, int) else EXIT_REFUSED
+    return status_of(PROG, lambda: reproduce(args.run_dir, out=args.out, store_dir=args.store_dir, atol=args.atol,
+                                             exact=args.exact, allow_targets=args.allow_target),
+                     refusals=(Exception,))
 
 
 def cli() -> None:
