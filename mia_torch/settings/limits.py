@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     import torch
 
     from mia_torch.data.datasets import Dataset
-    from mia_torch.settings.load import Settings
 
 __all__ = ["LIMITS", "OVERRIDE", "check_requested_population", "check_run_size"]
 
@@ -150,9 +149,11 @@ def _seconds_per_resample(population: int, fpr_targets: tuple[float, ...]) -> fl
     return best
 
 
-def check_run_size(settings: "Settings", data: "Dataset", model: "torch.nn.Module") -> None:
+def check_run_size(settings: Any, data: "Dataset", model: "torch.nn.Module") -> None:
     """After loading the data, before splits or training: refuse sizes above :data:`LIMITS` (unless
-    ``allow_large``), with the estimated memory, disk and time. ``model`` is one freshly built model."""
+    ``allow_large``), with the estimated memory, disk and time. ``settings`` are the run's validated
+    :class:`~mia_torch.settings.load.Settings` (not imported here: they import this module); ``model`` is one
+    freshly built model."""
     if settings.allow_large:
         return
     population = len(data.y)
