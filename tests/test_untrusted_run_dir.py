@@ -301,3 +301,21 @@ def test_a_replay_policy_in_effect_reaches_every_builder():
             calls["attack.x"]()
         assert isinstance(calls["model"](), torch.nn.Flatten)
         torch.testing.assert_close(calls["audit.preprocess"]().x, 2 * x)
+
+
+def test_a_kind_can_accept_functions_defined_in_mia_torch(monkeypatch):
+    """A kind whose mia_torch members are functions (e.g. registered loaders) names them with ``accepts``: a replay
+    takes those and still refuses every other function of the package."""
+    monkeypatch.setitem(trusted.KINDS, "curve", trusted.Kind("curve", None, "a function", "name a ROC function",
+                                                             accepts=f"{__name__}:_is_roc_curve"))
+    replay = trusted.TargetPolicy.replay(source="a test")
+    found = trusted.resolve_target({"_target_": "mia_torch.metrics.roc.roc_curve"}, kind="curve", key="k",
+                                   policy=replay)
+    assert found.__name__ == "roc_curve"
+    with pytest.raises(trusted.UnsafeConfigError, match=r"k\._target_: 'mia_torch\.atomic\.atomic_write_bytes'"):
+        trusted.resolve_target({"_target_": "mia_torch.atomic.atomic_write_bytes"}, kind="curve", key="k",
+                               policy=replay)
+
+
+def _is_roc_curve(obj) -> bool:
+    return getattr(obj, "__name__", "") == "roc_curve"

@@ -98,9 +98,9 @@ def _refusal(exceeded: list[str], estimates: list[str]) -> ValueError:
     )
 
 
-def check_requested_population(config: Mapping[str, Any]) -> None:
+def check_requested_population(config: Mapping[str, Any], *, queries: int) -> None:
     """Before loading data: refuse a population the config asks for (``dataset.num_examples`` or
-    ``dataset.population_size``) above the limit, unless ``allow_large``."""
+    ``dataset.population_size``) above the limit, unless ``allow_large``; ``queries`` is the number of views."""
     dataset = config.get("dataset") or {}
     if config.get(OVERRIDE, False):
         return
@@ -108,7 +108,7 @@ def check_requested_population(config: Mapping[str, Any]) -> None:
         value = dataset.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value > LIMITS["population"][0]:
             size = RunSize(models=int(config.get("num_models") or 0), population=value,
-                           queries=len(config.get("queries") or (1,)), classes=int(dataset.get("num_classes") or 0),
+                           queries=queries, classes=int(dataset.get("num_classes") or 0),
                            signal_bytes=4)
             exceeded = [f"dataset.{key}={value} records is above {LIMITS['population'][0]} "
                         f"({LIMITS['population'][1]})"]

@@ -219,7 +219,6 @@ def load_settings(cfg: DictConfig) -> Settings:
         _require(isinstance(c[key], bool), key, c[key], "true or false")
     allow_large = c.get("allow_large", False)  # runs recorded before the key existed: off
     _require(isinstance(allow_large, bool), "allow_large", allow_large, "true or false")
-    check_requested_population(c)
     for key in ("data_dir", "store_dir"):
         _require(isinstance(c[key], str) and c[key] != "", key, c[key], "a directory path")
     threads = c["num_threads"]
@@ -228,6 +227,8 @@ def load_settings(cfg: DictConfig) -> Settings:
     if not c["attack"] and c["stage"] == "all":
         raise ValueError("attack is empty: choose attacks, e.g. attack=[loss,lira_online]")
     kind = dataset_kind(c["dataset"].get("name"))
+    queries = tuple(parse_queries(c["queries"], kind=kind))
+    check_requested_population(c, queries=len(queries))
     train = TrainConfig.from_mapping(c["train"])
     if kind == "tabular":
         _check_no_image_augmentation(train, c["dataset"]["name"])
@@ -245,7 +246,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         num_models=c["num_models"],
         target_ids=tuple(targets),
         threat_model=c["threat_model"],
-        queries=tuple(parse_queries(c["queries"], kind=kind)),
+        queries=queries,
         signals_dtype=SIGNAL_DTYPES[c["signals_dtype"]],
         signal_batch_size=c["signal_batch_size"],
         fpr_targets=tuple(float(f) for f in fprs),

@@ -12,14 +12,15 @@ Hydra will receive:
 - every ``_target_`` anywhere in the node (``_args_``, nested configs, lists) must pass the
   :class:`TargetPolicy` in effect. A command-line run (:data:`TRUSTED`, the default) builds
   what its user wrote. A replay of a run directory (``mia-reproduce``, :meth:`TargetPolicy.replay`)
-  builds only classes defined in mia_torch, reached through mia_torch modules alone, of a kind
-  that may be built there (:data:`KINDS`), plus the exact strings the user allowed
-  (``--allow-target``); nothing else is imported or called;
+  builds only what is defined in mia_torch, reached through mia_torch modules alone, and of a
+  kind that may be built there (:data:`KINDS`: a subclass of the kind's base, or what its
+  ``accepts`` predicate names), plus the exact strings the user allowed (``--allow-target``);
+  nothing else is imported or called;
 - what was built must be of the kind the caller asked for (an :class:`~mia_torch.attacks.base.Attack`
   for ``attack.<name>``, a ``torch.nn.Module`` for ``model``).
 
-To make something new buildable from a config, add its kind to :data:`KINDS` and build it with
-``build(node, kind=..., key=...)``.
+To make something new buildable from a config, add its :class:`Kind` to :data:`KINDS` and build
+it with ``build(node, kind=..., key=...)`` (or take the callable with ``resolve_target``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 
 __all__ = [
     "KINDS", "PACKAGE", "TRUSTED", "Kind", "TargetPolicy", "UnsafeConfigError", "active_policy", "build",
-    "check_plain_data", "check_targets", "find_targets", "is_package_class", "policy_in_effect", "resolve_target",
+    "check_plain_data", "check_targets", "find_targets", "is_package_target", "policy_in_effect", "resolve_target",
 ]
 
 #: The package whose classes a replayed config may build without being allowed explicitly.
@@ -48,27 +49,40 @@ class UnsafeConfigError(ValueError):
     """A config would build or resolve something it may not (the message names the key)."""
 
 
+def _load(spec: str) -> Any:
+    """The object ``"module:name"`` names (the module imported now)."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass(frozen=True)
 class Kind:
     """What a config may build at one place.
 
     ``base`` (``"module:Class"``, imported on use) is the class of every object built as this
     kind, and of the mia_torch classes a replay may build; ``None`` marks a plain callable
-    (a function the caller calls later), which a replay builds only when allowed by name.
-    ``what`` names it in messages (``"an Attack"``) and ``hint`` says how to make one.
+    (a function the caller calls later). ``accepts`` (``"module:predicate"``, optional) names a
+    function that says which other objects defined in mia_torch a replay may build as this kind
+    (e.g. registered loader functions). ``what`` names the kind in messages (``"an Attack"``)
+    and ``hint`` says how to make one.
     """
 
     name: str
     base: str | None
     what: str
     hint: str
+    accepts: str | None = None
 
     def base_class(self) -> type | None:
         """The class behind :attr:`base` (imported now), or None for a plain callable."""
-        if self.base is None:
-            return None
-        module, _, name = self.base.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return None if self.base is None else _load(self.base)
+
+    def includes(self, obj: Any) -> bool:
+        """Whether ``obj``, found in mia_torch, may be built as this kind by a replay."""
+        base = self.base_class()
+        if base is not None and inspect.isclass(obj) and issubclass(obj, base):
+            return True
+        return self.accepts is not None and bool(_load(self.accepts)(obj))
 
 
 #: Every kind of object a config builds, in one place: add a kind here to make it buildable.
@@ -109,7 +123,7 @@ class TargetPolicy:
             return True
         if not isinstance(target, str):
             return False
-        return target in self.allowed or any(is_package_class(target, kind) for kind in kinds)
+        return target in self.allowed or is_package_target(target, kinds)
 
 
 #: The policy of a command-line run: the user's own config builds what it names.
@@ -196,13 +210,11 @@ def _in_package(module_name: str) -> bool:
     return module_name == PACKAGE or module_name.startswith(PACKAGE + ".")
 
 
-def is_package_class(target: str, kind: Kind | None = None) -> bool:
-    """Whether dotted ``target`` resolves, through mia_torch modules only, to a class defined in mia_torch of
-    ``kind`` (default: of any registered kind with a class). Imports nothing outside mia_torch."""
-    kinds = [kind] if kind is not None else list(KINDS.values())
-    bases = tuple(base for k in kinds if (base := k.base_class()) is not None)
+def is_package_target(target: str, kinds: Iterable[Kind] | None = None) -> bool:
+    """Whether dotted ``target`` resolves, through mia_torch modules only, to an object defined in mia_torch that
+    one of ``kinds`` includes (default: any registered kind). Imports nothing outside mia_torch."""
     parts = target.split(".")
-    if not bases or parts[0] != PACKAGE or not all(part.isidentifier() for part in parts):
+    if parts[0] != PACKAGE or not all(part.isidentifier() for part in parts):
         return False
     obj: Any = importlib.import_module(PACKAGE)
     for part in parts[1:]:
@@ -215,12 +227,14 @@ def is_package_class(target: str, kind: Kind | None = None) -> bool:
             obj = importlib.import_module(f"{obj.__name__}.{part}")
         except ImportError:
             return False
-    return inspect.isclass(obj) and issubclass(obj, bases) and _in_package(getattr(obj, "__module__", None) or "")
+    if isinstance(obj, ModuleType) or not _in_package(getattr(obj, "__module__", None) or ""):
+        return False
+    return any(kind.includes(obj) for kind in (KINDS.values() if kinds is None else kinds))
 
 
 def _refuse_targets(refused: list[tuple[str, Any]], policy: TargetPolicy) -> UnsafeConfigError:
     listed = "; ".join(f"{path}: {value!r}" for path, value in refused)
-    kinds = ", ".join(k.name + "s" for k in KINDS.values() if k.base is not None)
+    kinds = ", ".join(k.name + "s" for k in KINDS.values() if k.base is not None or k.accepts is not None)
     return UnsafeConfigError(
         f"{policy.source} names code other than {PACKAGE}'s {kinds} ({listed}). Only those are built from a "
         f"config read from a run directory, since building a _target_ calls it. If you trust this directory and "
@@ -234,7 +248,7 @@ def check_targets(config: Any, *, allowed: Iterable[str] = (), source: str = "th
     """Raise :class:`UnsafeConfigError` naming the keys unless a replay may build every ``_target_`` in ``config``.
 
     ``config`` is plain data. A ``_target_`` passes when it is a mia_torch class of a registered
-    kind (:func:`is_package_class`) or one of the ``allowed`` strings; ``source`` (where the config
+    kind (:func:`is_package_target`) or one of the ``allowed`` strings; ``source`` (where the config
     came from) and ``flag`` (how the user allows a target) appear in the message. :func:`build`
     checks the same again on each node it builds, with the kind expected there.
     """
