@@ -1,10 +1,12 @@
 """Bad input stops before any training, with one message naming the config key or the file; the store stays empty.
 
-One table: every case runs ``mia-run`` (in-process: the same ``main`` the console script
-calls) with the tiny test experiment and its overrides (after writing any file it needs),
-and checks that it is refused with exit status 2 and one clean message (no traceback
-without ``MIA_DEBUG=1``, and a pointer to that switch), that the message holds the expected
-key or path, and that nothing was written to the store.
+One table: every case composes the tiny test experiment with its overrides (after writing
+any file it needs) and runs the pipeline inside ``mia-run``'s refusal handling (what its
+``main`` wraps around Hydra, without Hydra's run directory and logging set-up, which
+``test_mia_run_itself_...`` and the console-script test cover), and checks that it is refused
+with exit status 2 and one clean message (no traceback without ``MIA_DEBUG=1``, and a
+pointer to that switch), that the message holds the expected key or path, and that nothing
+was written to the store.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import CONFIG_DIR, TINY, make_config
+from helpers import CONFIG_DIR, TINY, make_config, run_experiment
 from mia_torch.data import DATASETS, Dataset, load_dataset
 from mia_torch.data.validate import MIN_TRAIN_EXAMPLES, DataValidationError, read_npz
 from mia_torch.settings.load import check_attacks, load_settings
@@ -151,7 +153,8 @@ CASES = [
     # ---- the environment
     Case("store_dir not writable", ["store_dir={tmp}/a_file/store"], ["store_dir=", "{tmp}/a_file/store"],
          setup=_file_in_the_way),
-    Case("run directory not writable", [], ["{tmp}/a_file/run"], setup=_file_in_the_way, run_name="a_file/run"),
+    Case("run directory not writable", [], ["hydra.run.dir", "{tmp}/a_file/run"], setup=_file_in_the_way,
+         run_name="a_file/run"),
     # ---- the data: files and loaders
     Case("missing torchvision files", ["dataset=mnist", "data_dir={tmp}/nowhere"], ["{tmp}/nowhere", "download=true"],
          base=NO_DATA),
@@ -234,15 +237,14 @@ def clean_registry():
     DATASETS.pop("bad_loader", None)
 
 
-def run_cli(tmp_path: Path, overrides: list[str], monkeypatch, capsys, *, run_name: str = "run") -> tuple[int, str]:
-    """``mia-run <overrides>`` in-process, with a private store and run directory: (exit status, stderr)."""
-    from mia_torch import cli
+def refused(tmp_path: Path, overrides: list[str], monkeypatch, capsys, *, run_name: str = "run") -> tuple[int, str]:
+    """The tiny run with ``overrides`` inside mia-run's refusal handling: (exit status, stderr)."""
+    from mia_torch.cli import PROG, explain_hydra_error
+    from mia_torch.refusal import clean_refusals
 
-    argv = ["mia-run", f"store_dir={tmp_path / 'store'}", *overrides, f"hydra.run.dir={tmp_path / run_name}"]
-    monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.delenv("MIA_DEBUG", raising=False)
-    with pytest.raises(SystemExit) as info:
-        cli.main()
+    with pytest.raises(SystemExit) as info, clean_refusals(PROG, translate=explain_hydra_error):
+        run_experiment(tmp_path, overrides, name=run_name)
     return info.value.code, capsys.readouterr().err
 
 
@@ -251,7 +253,7 @@ def test_bad_input_stops_before_training_with_one_message(tmp_path, case, clean_
     if case.setup is not None:
         case.setup(tmp_path)
     overrides = [o.replace("{tmp}", str(tmp_path)) for o in (*case.base, *case.overrides)]
-    code, message = run_cli(tmp_path, overrides, monkeypatch, capsys, run_name=case.run_name)
+    code, message = refused(tmp_path, overrides, monkeypatch, capsys, run_name=case.run_name)
     assert code == 2, message
     assert message.startswith("mia-run: error: ") and "Traceback" not in message and "MIA_DEBUG=1" in message
     for expected in case.expected:
@@ -260,6 +262,25 @@ def test_bad_input_stops_before_training_with_one_message(tmp_path, case, clean_
         assert unexpected not in message, message
     assert _store_is_empty(tmp_path / "store")
     assert not (tmp_path / "run" / "keep.npy").exists()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("num_modles=3", "unknown top-level key(s) num_modles: no config defines it; did you mean num_models?"),
+    ("num_models=1", "num_models=1 is invalid"),
+])
+def test_mia_run_itself_refuses_hydra_and_pipeline_errors_with_one_message(tmp_path, monkeypatch, capsys, override,
+                                                                           expected):
+    """``mia-run``'s main in-process: Hydra raises its errors to it (and a single run's task refuses itself)."""
+    from mia_torch import cli
+
+    monkeypatch.setattr(sys, "argv", ["mia-run", *TINY, override, f"store_dir={tmp_path / 'store'}",
+                                      f"hydra.run.dir={tmp_path / 'run'}"])
+    monkeypatch.delenv("MIA_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(f"mia-run: error: {expected}") and "Traceback" not in err
+    assert "HYDRA_FULL_ERROR" not in os.environ and _store_is_empty(tmp_path / "store")
 
 
 def test_the_console_script_prints_one_message_and_the_debug_switch_the_traceback(tmp_path):
