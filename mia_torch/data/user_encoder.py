@@ -159,7 +159,7 @@ def encode_table(encoder: UserEncoder, frame: "pd.DataFrame", *, what: str) -> n
     bad = ~np.isfinite(features)
     if bad.any():
         row, column = (int(v) for v in np.argwhere(bad)[0])
-        raise ValueError(f"{encoder.describe} returned {array[row, column]!r} at row {row}, column {column} for "
+        raise ValueError(f"{encoder.describe} returned {float(array[row, column])!r} at row {row}, column {column} for "
                          f"{what} ({int(bad.any(axis=1).sum())} row(s)): features must be finite numbers within "
                          f"float32's range (impute missing cells in the encoder)")
     return features
