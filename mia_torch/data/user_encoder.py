@@ -135,12 +135,14 @@ def _as_matrix(out: Any, describe: str, what: str) -> np.ndarray:
                          f"[rows, features]: one row of features per record")
     if array.dtype.kind in "biuf":
         return array.astype(np.float64, copy=False)
-    for row, column in np.ndindex(*array.shape):
+    is_number = np.frompyfunc(lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool), 1, 1)
+    wrong = ~is_number(array).astype(bool) if array.size else np.zeros(array.shape, dtype=bool)
+    if wrong.any():
+        row, column = (int(v) for v in np.argwhere(wrong)[0])
         value = array[row, column]
-        if isinstance(value, (str, bytes)) or not isinstance(value, (int, float, np.number)):
-            raise ValueError(
-                f"{describe} returned {type(value).__name__} {value!r} at row {row}, column {column} for {what}: it "
-                f"must return numbers (encode text columns, e.g. with a OneHotEncoder, or drop them)")
+        raise ValueError(
+            f"{describe} returned {type(value).__name__} {value!r} at row {row}, column {column} for {what}: it "
+            f"must return numbers (encode text columns, e.g. with a OneHotEncoder, or drop them)")
     return array.astype(np.float64)
 
 
