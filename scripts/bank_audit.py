@@ -40,7 +40,7 @@ CATEGORICAL = ["merchant_category", "channel", "country", "card_type"]
 MERCHANTS = ["grocery", "restaurant", "fuel", "travel", "electronics", "online_retail", "gambling", "cash"]
 RISKY_MERCHANTS = ["travel", "electronics", "gambling"]
 HIDDEN = 128  # the MLP's hidden layer (mia_torch: model=mlp model.hidden_sizes=[128])
-EPOCHS, BATCH, LR = 150, 64, 3e-3  # the recipe (mia_torch: train=adam train.lr=3e-3 train.epochs=150 train.batch_size=64)
+EPOCHS, BATCH, LR = 150, 64, 3e-3  # mia_torch: train=adam train.lr=3e-3 train.epochs=150 train.batch_size=64
 
 
 def make_table(num_records: int, *, seed: int = 0) -> pd.DataFrame:
@@ -142,7 +142,8 @@ def write_bank(out: Path, *, num_records: int = 2500, num_holdout: int = 500, se
     with torch.no_grad():
         mlp_pred = {k: mlp(torch.as_tensor(v, dtype=torch.float32)).argmax(1).numpy()
                     for k, v in (("train", x_train), ("test", x_holdout))}
-    figures = {"mlp_train_acc": accuracy(mlp_pred["train"], y_train), "mlp_test_acc": accuracy(mlp_pred["test"], y_holdout)}
+    figures = {"mlp_train_acc": accuracy(mlp_pred["train"], y_train),
+               "mlp_test_acc": accuracy(mlp_pred["test"], y_holdout)}
     classifiers = {
         "hgb": HistGradientBoostingClassifier(max_iter=300, max_leaf_nodes=31, min_samples_leaf=5,
                                               early_stopping=False, random_state=seed),

@@ -154,7 +154,7 @@ def _audit(root: Path, name: str, source: list[str]) -> dict:
 
 
 def test_outputs_give_the_scores_of_the_checkpoint_with_references_of_its_architecture(trained_outside, capsys):
-    """Scores do not depend on audit.members, so only the logits audit writes the full report (the others stay cheap)."""
+    """Scores do not depend on audit.members: only the logits audit writes the full report (the others stay cheap)."""
     root = trained_outside
     from_checkpoint = _audit(root, "checkpoint", [f"audit.checkpoint={root / 'net.pt'}"])
     capsys.readouterr()

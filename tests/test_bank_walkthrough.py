@@ -47,8 +47,8 @@ def test_the_overfit_mlp_leaks_from_its_weights_and_the_feature_route_agrees(ban
     assert offline[best]["ci"]["auc"][0] > 0.5, offline[best]
     assert all(a["sanity"]["chance_in_ci"] for a in results["attacks"].values())
     assert results["targets"]["0"]["proxy_references"] is False
-    features = _audit(root, "features", [*known, "dataset=npz_features", f"dataset.path={root / 'bank' / 'features.npz'}"],
-                      setup=RECIPE)
+    matrix = ["dataset=npz_features", f"dataset.path={root / 'bank' / 'features.npz'}"]
+    features = _audit(root, "features", [*known, *matrix], setup=RECIPE)
     same, other = load_scores(root / "mlp" / "scores.npz"), load_scores(root / "features" / "scores.npz")
     for name in offline:  # identical features and recipe: identical references and scores
         np.testing.assert_array_equal(same[name][0], other[name][0], err_msg=name)

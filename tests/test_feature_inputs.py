@@ -99,7 +99,8 @@ def test_the_encoder_route_and_the_feature_matrix_route_give_identical_features(
 
 
 def test_feature_matrices_are_tabular_with_the_tabular_defaults(bank, tmp_path):
-    settings = load_settings(make_config(tmp_path, [*NO_DATA, "dataset=npz_features", f"dataset.path={bank['features']}"]))
+    features = ["dataset=npz_features", f"dataset.path={bank['features']}"]
+    settings = load_settings(make_config(tmp_path, [*NO_DATA, *features]))
     assert settings.queries == ("identity",)
     with pytest.raises(ValueError, match="train.augment.flip"):
         load_settings(make_config(tmp_path, [*NO_DATA, "dataset=npz_features", "train.augment.flip=true"]))
@@ -116,7 +117,8 @@ def test_a_feature_matrix_given_as_images_points_to_npz_features(bank):
 
 def test_images_given_as_features_are_refused(tmp_path):
     images = np.zeros((10, 4, 4), np.float32)
-    np.savez(tmp_path / "images.npz", x_train=images, y_train=np.arange(10) % 2, x_test=images, y_test=np.arange(10) % 2)
+    labels = np.arange(10) % 2
+    np.savez(tmp_path / "images.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
     with pytest.raises(ValueError, match=r"x_train.*\[N, F\].*dataset=npz"):
         load_dataset("npz_features", root=tmp_path, path="images.npz")
 

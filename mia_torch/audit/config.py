@@ -48,7 +48,8 @@ class AuditConfig:
 
     ``checkpoint``: the user's model (a state dict, or a ``torch.export`` ``.pt2``);
     ``outputs``: instead of a model, its outputs on the population records (a ``.npy``
-    file of ``output_kind``, see :mod:`mia_torch.audit.outputs`); ``preprocess``: how the dataset's inputs map to the model's (see
+    file of ``output_kind``, see :mod:`mia_torch.audit.outputs`); ``preprocess``: how the
+    dataset's inputs map to the model's (see
     :mod:`mia_torch.audit.preprocess`); ``members``: the population records the model was
     trained on, when known (ground truth: the full report); ``candidates``: the records to
     ask about (default: every population record); ``fpr``: the false-positive rate of each

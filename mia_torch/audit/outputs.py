@@ -38,7 +38,8 @@ import torch
 
 from mia_torch.audit.checkpoint import CheckpointError
 
-__all__ = ["PROXY_P_VALUES", "SUM_TOLERANCE", "AuditedOutputs", "outputs_metrics", "read_outputs", "to_logits", "warn_if_unordered"]
+__all__ = ["PROXY_P_VALUES", "SUM_TOLERANCE", "AuditedOutputs", "outputs_metrics", "read_outputs", "to_logits",
+           "warn_if_unordered"]
 
 log = logging.getLogger(__name__)
 

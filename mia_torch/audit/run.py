@@ -34,11 +34,11 @@ from mia_torch.report.json_file import write_json
 from mia_torch.report.table import PROXY_CAVEAT
 from mia_torch.report.types import TargetResult
 from mia_torch.settings.load import build_attack
+from mia_torch.signals.output import serve
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, model_seed
 from mia_torch.stages.report import report_study, run_results
 from mia_torch.stages.signals import query, signals_stage
-from mia_torch.signals.output import serve
 from mia_torch.stages.train import train_stage
 from mia_torch.store import array_to_bytes
 from mia_torch.training.trainer import evaluate
@@ -166,6 +166,14 @@ def _audit_summary(ctx: Context, plan: AuditPlan, evidence: RecordEvidence) -> d
     }
 
 
+def _served(ctx: Context, plan: AuditPlan) -> torch.Tensor:
+    """The audited model's served output ``[N, Q, C]``: queried from the model, or read from ``audit.outputs``
+    (the ``output`` group applies to both, as to the references)."""
+    if plan.outputs is None:
+        return query(ctx, plan.model)
+    return serve(plan.outputs.logits.to(ctx.settings.device), ctx.settings.output).float()
+
+
 def _audited_line(plan: AuditPlan, metrics: dict[str, Any]) -> str:
     """The printed line about the audited model when membership is not known."""
     if plan.outputs is None:
@@ -184,7 +192,7 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
     ref_signals = signals_stage(ctx, refs)
     reference = reference_signals(ctx, torch.from_numpy(ref_signals).to(s.device).float(), refs)
     labels = ctx.data.y.to(s.device)
-    served = query(ctx, plan.model) if plan.outputs is None else serve(plan.outputs.logits.to(s.device), s.output).float()
+    served = _served(ctx, plan)
     atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(ref_signals.astype(np.float32, copy=False)))
     atomic_write_bytes(ctx.run_dir / "target_signals.npy", array_to_bytes(served.cpu().numpy()))
     attacks = fit_attacks(replace(s, attacks={n: c for n, c in s.attacks.items() if n not in plan.skipped}), reference)

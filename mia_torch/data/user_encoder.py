@@ -183,7 +183,8 @@ def encode_tables(encoder: UserEncoder, population: "pd.DataFrame", test: "pd.Da
     """The features of the population and test tables (their feature columns only) and their names.
 
     Columns ``numeric`` (those whose population cells all parse as numbers) are parsed as
-    numbers first, as ``pandas.read_csv`` would; rows are numbered from 0. Both tables must encode to the same number of features.
+    numbers first, as ``pandas.read_csv`` would; rows are numbered from 0. Both tables must
+    encode to the same number of features.
     """
     x = encode_table(encoder, _as_read(population, numeric, source), what=f"the population rows of {source}")
     x_test = encode_table(encoder, _as_read(test, numeric, test_source), what=f"the test rows of {test_source}")
