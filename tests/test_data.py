@@ -213,7 +213,7 @@ def test_dataset_configs_hold_only_keys_load_dataset_accepts(tmp_path, path):
     except DatasetNotFoundError:
         assert cfg.name in ("mnist", "fashion_mnist", "cifar10", "cifar100")
     except ValueError as err:  # npz / csv without a path: a config error naming the key
-        assert cfg.name in ("npz", "csv") and "dataset.path" in str(err)
+        assert cfg.name in ("npz", "npz_features", "csv") and "dataset.path" in str(err)
     else:
         assert len(data.x) > 0
 

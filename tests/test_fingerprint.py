@@ -45,6 +45,7 @@ def _edit(path, text="\n# edited\n"):
         ("data/npz.py", False, False),
         ("data/tabular.py", False, False),
         ("data/csv_cells.py", False, False),  # reads the CSV the tabular loader encodes
+        ("data/user_encoder.py", False, False),  # its product (the features) is in the data digest
         ("data/splits.py", False, False),  # the keep row is in the key
         ("signals/stats.py", False, False),
         ("attacks/lira.py", False, False),

@@ -19,6 +19,9 @@ Both loaders hand a population table and a test table (pandas DataFrames) to
 - the label column becomes class ids ``0..C-1`` in sorted order of its values (numbers
   numerically, text alphabetically); ``Dataset.class_names`` keeps the values.
 
+With ``encoder`` (``dataset.encoder``) the user's own encoding replaces these column rules
+(:mod:`mia_torch.data.user_encoder`); the label is encoded as above.
+
 Refused, with the file, column or config key named: a missing file, a missing label
 column or label value, a column with no value in the population, a label with a single
 class, a test label the population lacks, an unknown column in ``categorical`` or
@@ -42,6 +45,7 @@ from mia_torch.data.datasets import (
     register_dataset,
     split_rows,
 )
+from mia_torch.data.user_encoder import UserEncoder, encode_tables, load_encoder
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -72,6 +76,7 @@ def tabular_dataset(
     test_source: str,
     indices: np.ndarray | None = None,
     test_indices: np.ndarray | None = None,
+    encoder: UserEncoder | None = None,
 ) -> Dataset:
     """Encode a population table and a test table into a tabular :class:`Dataset` (see the module doc).
 
@@ -80,7 +85,8 @@ def tabular_dataset(
     encode anyway. ``missing`` is ``"impute"`` or ``"error"``; ``non_numeric`` is ``"error"`` or
     ``"missing"`` (text in a numeric column becomes a missing value). ``source`` and
     ``test_source`` name where the tables came from, for error messages; ``indices`` /
-    ``test_indices`` are the rows' positions in that source.
+    ``test_indices`` are the rows' positions in that source. ``encoder`` (``dataset.encoder``)
+    replaces mia_torch's encoding by the user's own (:mod:`mia_torch.data.user_encoder`).
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(f"`dataset.missing` must be one of {MISSING_POLICIES}, got {missing!r}")
@@ -97,7 +103,10 @@ def tabular_dataset(
     lacking = [c for c in features if c not in test.columns]
     if lacking:
         raise ValueError(f"{test_source} lacks column(s) {lacking} that {source} has")
-    for column in features:
+    if encoder is not None and categorical:
+        raise ValueError("`dataset.categorical` chooses columns for mia_torch's own encoding, but `dataset.encoder` "
+                         "encodes the columns: remove dataset.categorical")
+    for column in features if encoder is None else ():
         if population[column].isna().all():
             raise ValueError(
                 f"column `{column}` of {source} has no value in any population row: "
@@ -111,6 +120,34 @@ def tabular_dataset(
                     f"column(s) {gaps} of {where} have missing values and dataset.missing=error: fill them in, or "
                     f"set dataset.missing=impute (numeric: the population median; categorical: a category of its own)"
                 )
+    if encoder is None:
+        x, x_test, feature_names = _own_encoding(population[features], test[features], categorical=categorical,
+                                                 non_numeric=non_numeric, source=source, test_source=test_source)
+    else:
+        numeric = [c for c in features if _parses_as_numbers(population[c])]
+        x, x_test, feature_names = encode_tables(encoder, population[features], test[features], numeric=numeric,
+                                                 source=source, test_source=test_source)
+    y, y_test, class_names = _encode_labels(population[label], test[label], label=label, source=source,
+                                            test_source=test_source)
+    return Dataset(
+        name=name,
+        x=torch.as_tensor(x),
+        y=y,
+        x_test=torch.as_tensor(x_test),
+        y_test=y_test,
+        num_classes=len(class_names),
+        indices=None if indices is None else torch.as_tensor(indices, dtype=torch.int64),
+        test_indices=None if test_indices is None else torch.as_tensor(test_indices, dtype=torch.int64),
+        kind="tabular",
+        feature_names=feature_names,
+        class_names=class_names,
+    )
+
+
+def _own_encoding(population: "pd.DataFrame", test: "pd.DataFrame", *, categorical: Sequence[str],
+                  non_numeric: str, source: str, test_source: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """mia_torch's encoding of the feature columns (see the module doc), fitted on the population."""
+    features = list(population.columns)
     categories = set(categorical) | {c for c in features if not meant_numeric(population[c])}
     numeric = [c for c in features if c not in categories]
     categoric = [c for c in features if c in categories]
@@ -118,21 +155,9 @@ def tabular_dataset(
     pop_x = _typed(population, numeric, categoric, source, non_numeric=non_numeric)
     test_x = _typed(test, numeric, categoric, test_source, non_numeric=non_numeric)
     encoder = _encoder(numeric, categoric).fit(pop_x)
-    y, y_test, class_names = _encode_labels(population[label], test[label], label=label, source=source,
-                                            test_source=test_source)
-    return Dataset(
-        name=name,
-        x=torch.as_tensor(np.asarray(encoder.transform(pop_x), dtype=np.float32)),
-        y=y,
-        x_test=torch.as_tensor(np.asarray(encoder.transform(test_x), dtype=np.float32)),
-        y_test=y_test,
-        num_classes=len(class_names),
-        indices=None if indices is None else torch.as_tensor(indices, dtype=torch.int64),
-        test_indices=None if test_indices is None else torch.as_tensor(test_indices, dtype=torch.int64),
-        kind="tabular",
-        feature_names=tuple(str(f) for f in encoder.get_feature_names_out()),
-        class_names=class_names,
-    )
+    return (np.asarray(encoder.transform(pop_x), dtype=np.float32),
+            np.asarray(encoder.transform(test_x), dtype=np.float32),
+            tuple(str(f) for f in encoder.get_feature_names_out()))
 
 
 @register_dataset("csv", kind="tabular")
@@ -149,6 +174,8 @@ def _csv(
     drop: Sequence[str] | None = None,
     missing: str = "impute",
     non_numeric: str = "error",
+    encoder: Any = None,
+    encoder_trusted: Sequence[str] | None = None,
 ) -> Dataset:
     """Your records: a CSV file with a header row, one record per row, the class in column ``label``.
 
@@ -156,6 +183,8 @@ def _csv(
     come from ``test_path`` (same columns) or are a seeded ``test_fraction`` of the file's
     rows (default 0.2). ``drop`` lists columns to ignore (identifiers, free text).
     ``indices`` are the population's row positions in the file (0-based, header excluded).
+    ``encoder`` is your own encoding of the columns (see :mod:`mia_torch.data.user_encoder`;
+    ``encoder_trusted``: extra types its skops file may hold).
     """
     if not path:
         raise ValueError("dataset=csv needs `dataset.path`: the CSV file of records (a header row, one record per row)")
@@ -166,6 +195,7 @@ def _csv(
     frame = read_csv(file, key="dataset.path")
     _check_columns(frame, label=str(label), categorical=categorical, drop=drop, file=file)
     frame = frame.drop(columns=drop)
+    user_encoder = None if encoder is None else load_encoder(encoder, root=root, trusted=encoder_trusted)
     if test_path is not None:
         if test_fraction is not None:
             raise ValueError("set `dataset.test_path` or `dataset.test_fraction`, not both")
@@ -173,7 +203,8 @@ def _csv(
         test = read_csv(test_file, key="dataset.test_path")
         test = test.drop(columns=[c for c in drop if c in test.columns])
         return tabular_dataset("csv", frame, test, label=str(label), categorical=categorical, missing=missing,
-                               non_numeric=non_numeric, source=str(file), test_source=str(test_file))
+                               non_numeric=non_numeric, source=str(file), test_source=str(test_file),
+                               encoder=user_encoder)
     fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
     valid = isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1
     num_test = round(len(frame) * fraction) if valid else 0
@@ -185,8 +216,9 @@ def _csv(
     pop_rows, test_rows = split_rows(len(frame), num_test, seed=seed)
     return tabular_dataset(
         "csv", frame.iloc[pop_rows], frame.iloc[test_rows], label=str(label), categorical=categorical,
-        missing=missing, non_numeric=non_numeric, source=str(file), test_source=f"{file} (the rows held out by dataset.test_fraction)",
-        indices=pop_rows, test_indices=test_rows,
+        missing=missing, non_numeric=non_numeric, source=str(file),
+        test_source=f"{file} (the rows held out by dataset.test_fraction)", indices=pop_rows, test_indices=test_rows,
+        encoder=user_encoder,
     )
 
 

@@ -287,7 +287,10 @@ class TargetResult(Record):
     probability of the true class on each, ``confidence_gap`` their difference.
     ``dp_epsilon`` is the ε DP-SGD's accountant says the target spent at ``dp_delta``
     (infinite without noise: ``null`` in ``results.json`` beside a zero
-    ``dp_noise_multiplier``, and read back as infinite).
+    ``dp_noise_multiplier``, and read back as infinite). ``proxy_references`` is true when
+    the target was audited from its ``outputs`` alone: its reference models were trained by
+    mia_torch with the configured model and recipe as stand-ins for an architecture that
+    may differ, so every attack's strength is a lower bound.
     """
 
     train_acc: float | None = reported("train acc")
@@ -306,6 +309,8 @@ class TargetResult(Record):
     nonmember_confidence: float | None = reported("non-members", fmt=".1%")
     confidence_gap: float | None = reported("gap", fmt=".1%")
     checkpoint: str | None = None  # its weights (a state dict): the store's payload, or the audited file
+    outputs: str | None = None  # audited from its outputs alone (audit.outputs): that file
+    proxy_references: bool = False  # its references are stand-ins, not its architecture: attacks are a lower bound
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, path: str = "") -> "TargetResult":

@@ -274,8 +274,8 @@ def _check_single_target_mode(audit: AuditConfig, forget: ForgetConfig, *, targe
                               stage: str) -> None:
     """An audit and a forget check each ask about one model, against references from the shared population."""
     if audit.enabled and forget.enabled:
-        raise ValueError("audit.checkpoint and forget.method are two different runs: set one of them")
-    mode = "audit.checkpoint" if audit.enabled else "forget.method" if forget.enabled else None
+        raise ValueError(f"{audit.key} and forget.method are two different runs: set one of them")
+    mode = audit.key if audit.enabled else "forget.method" if forget.enabled else None
     if mode is None:
         return
     if len(targets) != 1:
