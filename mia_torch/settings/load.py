@@ -19,6 +19,7 @@ from mia_torch.audit.config import AuditConfig
 from mia_torch.data.queries import parse_queries
 from mia_torch.data.datasets import dataset_kind
 from mia_torch.data.splits import THREAT_MODELS
+from mia_torch.dp_audit.config import DpAuditConfig
 from mia_torch.forget.config import ForgetConfig
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.signals.output import ServedOutput
@@ -66,6 +67,7 @@ class Settings:
     output: ServedOutput = ServedOutput()
     audit: AuditConfig = AuditConfig()
     forget: ForgetConfig = ForgetConfig()
+    dp_audit: DpAuditConfig = DpAuditConfig()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -225,6 +227,10 @@ def load_settings(cfg: DictConfig) -> Settings:
     defense.check_training(train)
     audit, forget = AuditConfig.from_mapping(c.get("audit")), ForgetConfig.from_mapping(c.get("forget"))
     _check_single_target_mode(audit, forget, targets=targets, threat_model=c["threat_model"], stage=c["stage"])
+    dp_audit = DpAuditConfig.from_mapping(c.get("dp_audit"))
+    dp_audit.check_run(attacks=list(c["attack"]), private=defense.private, defense_delta=defense.delta, data_kind=kind,
+                       dataset=c["dataset"]["name"], target_ids=targets, stage=c["stage"],
+                       other_mode="audit.checkpoint" if audit.enabled else "forget.method" if forget.enabled else None)
     return Settings(
         seed=c["seed"],
         device=resolve_device(str(c["device"])),
@@ -255,6 +261,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         output=ServedOutput.from_config(c.get("output")),
         audit=audit,
         forget=forget,
+        dp_audit=dp_audit,
     )
 
 
