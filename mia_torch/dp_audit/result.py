@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from mia_torch.report.json_record import Record
-
-if TYPE_CHECKING:
-    from mia_torch.report.types import RunResults
 
 __all__ = ["DpAuditResult", "GuessBound", "PrecisionCurve"]
 
@@ -65,6 +62,8 @@ class DpAuditResult(Record):
     Gaussian-DP mu from Mahloujifar et al.'s f-DP one-run test and its epsilon at delta
     (Dong, Roth & Su). ``pooled_attack`` names the attack whose pooled empirical epsilon (on the
     study's own records) the summary shows beside them; ``canaries_file`` holds the canaries.
+    Methods taking ``results`` read the run that holds this result (its
+    :class:`~mia_torch.report.types.RunResults`, not imported here: the import goes one way).
     """
 
     kind: str
@@ -86,17 +85,17 @@ class DpAuditResult(Record):
         """The confidence each (k+, k-) choice is tested at (Bonferroni over the grid)."""
         return 1.0 - (1.0 - self.confidence) / self.grid_size
 
-    def accountant_epsilon(self, results: "RunResults") -> float | None:
+    def accountant_epsilon(self, results: Any) -> float | None:
         """The DP-SGD accountant's epsilon of the audited target (infinite without noise; None without DP-SGD)."""
         target = results.targets.get(self.target)
         return None if target is None else target.dp_epsilon
 
-    def pooled_epsilon(self, results: "RunResults") -> float | None:
+    def pooled_epsilon(self, results: Any) -> float | None:
         """The pooled empirical epsilon of :attr:`pooled_attack` on the study's records, if measured."""
         attack = results.attacks.get(self.pooled_attack or "")
         return None if attack is None else attack.empirical_epsilon
 
-    def refutes(self, results: "RunResults") -> bool:
+    def refutes(self, results: Any) -> bool:
         """Whether a bound exceeds the accountant's epsilon: the claimed guarantee does not hold."""
         claimed = self.accountant_epsilon(results)
         return claimed is not None and max(self.one_run.epsilon, self.gaussian.epsilon) > claimed
@@ -110,7 +109,7 @@ class DpAuditResult(Record):
             out["gaussian_mu"] = self.gaussian.mu
         return out
 
-    def summary_lines(self, results: "RunResults") -> list[str]:
+    def summary_lines(self, results: Any) -> list[str]:
         """The audit's lines in the printed summary: each bound beside the accountant's and the pooled epsilon."""
         claimed, pooled = self.accountant_epsilon(results), self.pooled_epsilon(results)
         b, g = self.one_run, self.gaussian

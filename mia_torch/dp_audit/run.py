@@ -113,6 +113,7 @@ def run_dp_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any
     s, references = ctx.settings, list(plan.references)
     atomic_write_bytes(ctx.run_dir / "keep.npy", array_to_bytes(ctx.splits.keep))
     atomic_write_bytes(ctx.run_dir / "eval_mask.npy", array_to_bytes(ctx.splits.eval_mask))
+    atomic_write_bytes(ctx.run_dir / "labels.npy", array_to_bytes(ctx.data.y.cpu().numpy()))  # canaries' included
     canaries.save(ctx.run_dir / "canaries.npz")
     if canaries.kind == "gradient":
         model, target_meta, canary_scores = train_with_gradient_canaries(ctx, target, canaries)
