@@ -51,8 +51,9 @@ def correct_guesses(scores: np.ndarray, included: np.ndarray, k_plus: np.ndarray
 
 
 def _best(bounds: np.ndarray, guesses: np.ndarray) -> int:
-    """The cell with the largest bound (ties: the fewest guesses)."""
-    return int(np.lexsort((guesses, -bounds))[0])
+    """The cell with the largest bound; among ties the most guesses (with no bound above 0, the ceiling reported
+    is then the most any choice of the grid could show)."""
+    return int(np.lexsort((-guesses, -bounds))[0])
 
 
 def audit_scores(scores: np.ndarray, included: np.ndarray, *, delta: float, confidence: float,
