@@ -42,6 +42,13 @@ def test_a_one_run_audit_adds_canaries_to_the_target_only_and_reports_typed_boun
     assert audit.gaussian.epsilon <= audit.gaussian.ceiling and audit.gaussian.mu is not None
     assert audit.one_run.epsilon > 0  # a memorising model gives its mislabeled canaries away
     assert (run / "dp_audit.png").stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert events.Scalars("dp_audit/one_run_epsilon")[0].value == pytest.approx(audit.one_run.epsilon, rel=1e-6)
+    assert events.Scalars("dp_audit/gaussian_mu")[0].value == pytest.approx(audit.gaussian.mu, rel=1e-6)
+    assert "report/dp_audit" in events.Tags()["images"]
     true_labels = prepare(make_config(tmp_path, AUDIT), tmp_path / "again").data.y.cpu().numpy()
     assert (labels != true_labels[source]).all()  # mislabeled: every canary trains with a wrong label
 
