@@ -127,7 +127,7 @@ def _markdown_text(sweep_dir: Path, points: Sequence[AuditPoint], missing: Seque
         accountant = {p.accountant for p in group}
         acc = [p.test_acc for p in group if p.test_acc is not None]
         lines.append(
-            f"| {setting} | {kind} | {len(group)} | {', '.join(sorted(_eps(a) for a in accountant))} | "
+            f"| {setting} | {kind} | {len(group)} | {', '.join(sorted({_eps(a) for a in accountant}))} | "
             f"{_mean_max([p.one_run for p in group])} | {_mean_max([p.one_run_ceiling for p in group])} | "
             f"{_mean_max([p.gaussian for p in group])} | {_mean_max([p.pooled for p in group])} | "
             f"{statistics.fmean(acc):.3f} | " + (f"{sum(p.exceeds for p in group)} of {len(group)}"
