@@ -17,6 +17,7 @@ from mia_torch.data.datasets import describe_dataset, load_dataset
 from mia_torch.data.queries import check_views_fit
 from mia_torch.data.splits import carve_validation, make_splits
 from mia_torch.data.validate import check_training_sets
+from mia_torch.dp_audit.run import run_dp_audit
 from mia_torch.forget.run import plan_forget, print_forget_summary, run_forget
 from mia_torch.settings.limits import check_run_size
 from mia_torch.settings.load import check_attacks, check_writable, load_settings
@@ -84,14 +85,17 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
     """Run the configured experiment end to end; returns what ``results.json`` holds.
 
     A study (the default) trains every model and attacks each target; ``audit.checkpoint``
-    audits a user's model instead (:mod:`mia_torch.audit`) and ``forget.method`` checks
-    that removed records left a target (:mod:`mia_torch.forget`).
+    audits a user's model instead (:mod:`mia_torch.audit`), ``forget.method`` checks
+    that removed records left a target (:mod:`mia_torch.forget`) and ``dp_audit.kind`` tests
+    a DP claim in one training run (:mod:`mia_torch.dp_audit`).
     """
     started = time.time()
     ctx = prepare(cfg, run_dir or output_dir())
     s = ctx.settings
     if s.audit.enabled:
         return run_audit(ctx, cfg, started)
+    if s.dp_audit.enabled:
+        return run_dp_audit(ctx, cfg, started)
     forget = plan_forget(ctx) if s.forget.enabled else None  # checks its inputs before anything is written
     save_splits(ctx)
     if s.stage == "train":

@@ -129,7 +129,7 @@ def _gated(results: RunResults) -> dict[str, float | None]:
 def compare_metrics(original: RunResults, new: RunResults, *, exact: bool, atol: float) -> list[Check]:
     """Metrics of results.json: all exactly, or pooled AUC and target accuracies within ``atol``."""
     checks: list[Check] = []
-    sections = ("attacks", "targets", "models", "dataset") if exact else ("attacks", "targets")
+    sections = ("attacks", "targets", "models", "dataset", "dp_audit") if exact else ("attacks", "targets")
     a_dict, b_dict = original.to_dict(), new.to_dict()
     a = {k: v for s in sections for k, v in _numbers(a_dict.get(s), s).items()}
     b = {k: v for s in sections for k, v in _numbers(b_dict.get(s), s).items()}

@@ -187,6 +187,8 @@ def format_summary(results: RunResults) -> str:
     lines += _footnotes(results)
     lines += _slices_line(results)
     lines += _privacy_lines(results)
+    if results.dp_audit is not None:
+        lines += results.dp_audit.summary_lines(results)
     checked = {n: a.sanity for n, a in results.attacks.items() if a.sanity is not None}
     if checked:
         failed = [n for n, s in checked.items() if not s.chance_in_ci]

@@ -14,6 +14,7 @@ and read by the printed summary, ``results.json`` (:meth:`~Record.to_dict` /
         empirical_epsilon, epsilon_bound            lower bound on ε from the pooled ROC (EpsilonBound)
         sanity:     SanityCheck | None              an untrained target must score AUC 0.5
         slices:     [SliceResult]                   per class, correctly vs incorrectly classified
+      dp_audit: DpAuditResult | None                one-run DP audit: canaries, one-run and Gaussian-DP bounds
 
 Adding a quantity is adding a field: a field made with :func:`reported` on
 :class:`TargetResult` or :class:`AttackEvaluation` is written to ``results.json``, printed in
@@ -27,6 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mia_torch.dp_audit.result import DpAuditResult
 from mia_torch.metrics.roc import tpr_key
 from mia_torch.report.json_record import Record
 
@@ -337,6 +339,7 @@ class RunResults(Record):
     corrupt_artifacts: list[str]
     seconds: float
     attacks: dict[str, AttackEvaluation]
+    dp_audit: DpAuditResult | None = None  # the one-run DP audit (experiment=dp_audit)
     extra: dict[str, Any] = field(default_factory=dict, metadata={"json": False})
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from mia_torch.evaluation import Scores, empirical_p_values, pooled
+from mia_torch.report.dp_audit_plot import dp_audit_figure
 from mia_torch.report.pictures import ImageSource, confidence_figure, exposed_records_figure, slices_figure
 from mia_torch.report.plots import figure_to_array, roc_figure, save_png
 from mia_torch.report.vulnerability import write_vulnerability_csv
@@ -57,8 +58,8 @@ def report_figures(
     results: RunResults, *, scores: Scores, keep: np.ndarray, eval_mask: np.ndarray, labels: np.ndarray,
     target_logits: Mapping[int, np.ndarray], images: ImageSource | None,
 ) -> dict[str, Figure]:
-    """Every figure of the run by file stem: ``roc``, ``slices``, ``target<t>_confidence`` and
-    ``target<t>_exposed`` (image data only)."""
+    """Every figure of the run by file stem: ``roc``, ``slices``, ``target<t>_confidence``,
+    ``target<t>_exposed`` (image data only) and ``dp_audit`` (a one-run DP audit)."""
     curves = {n: (a.pooled.curve.fpr, a.pooled.curve.tpr, a.pooled.auc) for n, a in results.attacks.items()
               if a.pooled.curve is not None}
     figures: dict[str, Figure] = {}
@@ -81,6 +82,8 @@ def report_figures(
     slices = slices_figure(results)
     if slices is not None:
         figures["slices"] = slices
+    if results.dp_audit is not None and results.dp_audit.curve is not None:
+        figures["dp_audit"] = dp_audit_figure(results)
     return figures
 
 

@@ -18,6 +18,7 @@ from mia_torch.audit.config import AuditConfig
 from mia_torch.data.queries import parse_queries
 from mia_torch.data.datasets import dataset_kind
 from mia_torch.data.splits import THREAT_MODELS
+from mia_torch.dp_audit.config import DpAuditConfig
 from mia_torch.forget.config import ForgetConfig
 from mia_torch.settings import trusted
 from mia_torch.settings.limits import check_requested_population
@@ -33,7 +34,7 @@ CONFIG_PACKAGE = "mia_torch.conf"
 #: Device types that run computations (``meta`` and the like hold no data).
 COMPUTE_DEVICES = ("cpu", "cuda", "mps", "xpu")
 #: Primary keys a config may lack (a run recorded before they existed): each then takes its default.
-ADDED_KEYS = frozenset({"allow_large"})
+ADDED_KEYS = frozenset({"allow_large", "dp_audit"})
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Settings:
     audit: AuditConfig = AuditConfig()
     forget: ForgetConfig = ForgetConfig()
     allow_large: bool = False
+    dp_audit: DpAuditConfig = DpAuditConfig()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -236,6 +238,10 @@ def load_settings(cfg: DictConfig) -> Settings:
     defense.check_training(train)
     audit, forget = AuditConfig.from_mapping(c.get("audit")), ForgetConfig.from_mapping(c.get("forget"))
     _check_single_target_mode(audit, forget, targets=targets, threat_model=c["threat_model"], stage=c["stage"])
+    dp_audit = DpAuditConfig.from_mapping(c.get("dp_audit"))
+    dp_audit.check_run(attacks=list(c["attack"]), private=defense.private, defense_delta=defense.delta, data_kind=kind,
+                       dataset=c["dataset"]["name"], target_ids=targets, stage=c["stage"],
+                       other_mode="audit.checkpoint" if audit.enabled else "forget.method" if forget.enabled else None)
     return Settings(
         seed=c["seed"],
         device=resolve_device(str(c["device"])),
@@ -267,6 +273,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         audit=audit,
         forget=forget,
         allow_large=allow_large,
+        dp_audit=dp_audit,
     )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mia_torch import __version__
+from mia_torch.dp_audit.result import DpAuditResult
 from mia_torch.evaluation import evaluate_attacks, overconfidence, save_scores
 from mia_torch.provenance import environment_versions
 from mia_torch.report.pictures import ImageSource
@@ -29,9 +30,11 @@ def run_results(
     models: list[dict[str, Any]],
     attacks: dict[str, AttackEvaluation],
     extra: dict[str, Any] | None = None,
+    dp_audit: DpAuditResult | None = None,
 ) -> RunResults:
-    """The run's :class:`RunResults`: ``targets``, ``models`` and ``attacks`` with the config, versions,
-    dataset, the models trained and reused, the corrupt artifacts and the seconds since ``started``."""
+    """The run's :class:`RunResults`: ``targets``, ``models`` and ``attacks`` (and a one-run ``dp_audit``) with
+    the config, versions, dataset, the models trained and reused, the corrupt artifacts and the seconds since
+    ``started``."""
     s = ctx.settings
     return RunResults(
         config=OmegaConf.to_container(cfg, resolve=True),
@@ -46,6 +49,7 @@ def run_results(
         corrupt_artifacts=[str(p) for p in ctx.store.corrupt],
         seconds=round(time.time() - started, 2),
         attacks=attacks,
+        dp_audit=dp_audit,
         extra=dict(extra or {}),
     )
 
@@ -62,6 +66,7 @@ def report_study(
     keep: np.ndarray,
     eval_mask: np.ndarray,
     extra: dict[str, Any] | None = None,
+    dp_audit: DpAuditResult | None = None,
 ) -> RunResults:
     """Evaluate the attacks' scores against membership ``keep`` and write the run's report.
 
@@ -83,7 +88,8 @@ def report_study(
     for t in s.target_ids:  # over-confidence of the served output, on the evaluated members and non-members
         calibration = overconfidence(target_logits[t][eval_mask], labels[eval_mask], keep[t][eval_mask])
         targets[t] = TargetResult.from_dict({**target_metrics[t], **calibration}, path=f"model {t}")
-    results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, extra=extra)
+    results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, extra=extra,
+                          dp_audit=dp_audit)
     write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=keep, eval_mask=eval_mask, labels=labels,
                      target_logits=target_logits, images=ImageSource.of(ctx.data))
     return results

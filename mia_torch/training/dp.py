@@ -43,7 +43,7 @@ import functools
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,8 @@ from mia_torch.training.trainer import (
     make_scheduler,
 )
 
-__all__ = ["DEFENSES", "DefenseConfig", "make_private_compatible", "noise_multiplier", "train_private"]
+__all__ = ["DEFENSES", "DefenseConfig", "make_private_compatible", "noise_multiplier", "private_sample_rate",
+           "train_private"]
 
 DEFENSES = ("none", "dpsgd")
 APPLY_TO = ("all", "target")
@@ -170,6 +171,11 @@ def make_private_compatible(model: nn.Module) -> nn.Module:
     return fixed
 
 
+def private_sample_rate(num_members: int, batch_size: int) -> float:
+    """Poisson sample rate of DP-SGD: ``1 / round(num_members / batch_size)`` (one epoch's steps, at least 1)."""
+    return 1.0 / max(1, round(num_members / batch_size))
+
+
 @functools.lru_cache(maxsize=64)
 def noise_multiplier(
     epsilon: float, *, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
@@ -253,6 +259,7 @@ def train_private(
     val_idx: torch.Tensor | None = None,
     x_test: torch.Tensor | None = None,
     y_test: torch.Tensor | None = None,
+    step_hooks: Sequence[Callable[[Any], None]] = (),
 ) -> TrainResult:
     """Train ``model`` (made compatible by :func:`make_private_compatible`) in place with DP-SGD.
 
@@ -261,7 +268,9 @@ def train_private(
     ``train.epochs * round(n / train.batch_size)`` steps at sample rate ``1 / steps per
     epoch``. Metrics add ``dp_epsilon`` (spent, at ``delta``), ``dp_epsilon_target``,
     ``dp_delta``, ``dp_noise_multiplier``, ``dp_max_grad_norm``, ``dp_sample_rate`` and
-    ``dp_steps`` (taken).
+    ``dp_steps`` (taken). ``step_hooks`` run after each step's clipping, noise and scaling,
+    before the update, with the DP optimizer (Opacus' step hook; e.g. gradient canaries,
+    :mod:`mia_torch.training.canary_gradients`).
     """
     _require_opacus()
     from opacus import GradSampleModule
@@ -274,8 +283,8 @@ def train_private(
         raise ValueError("a model has no training examples: the population is too small for the split")
     stopper = early_stopping_for(cfg, val_idx)
     defense.check_training(cfg)
-    steps_per_epoch = max(1, round(n / cfg.batch_size))
-    sample_rate = 1.0 / steps_per_epoch
+    sample_rate = private_sample_rate(n, cfg.batch_size)
+    steps_per_epoch = round(1.0 / sample_rate)
     sigma = noise_multiplier(defense.epsilon, delta=delta, sample_rate=sample_rate,
                              steps=cfg.epochs * steps_per_epoch, accountant=defense.accountant)
     model.to(device).train()
@@ -285,7 +294,8 @@ def train_private(
                             max_grad_norm=defense.max_grad_norm, expected_batch_size=max(1, round(n * sample_rate)),
                             generator=generator)
     accountant = create_accountant(mechanism=defense.accountant)
-    optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    hooks = [accountant.get_optimizer_hook_fn(sample_rate=sample_rate), *step_hooks]
+    optimizer.attach_step_hook(lambda opt: [hook(opt) for hook in hooks])
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     member_idx = member_idx.to(device)
     epoch_loss, epoch_acc = [], []
