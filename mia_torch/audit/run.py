@@ -25,6 +25,7 @@ from mia_torch.audit.evidence import RecordEvidence, record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
 from mia_torch.audit.summary import MAX_PRINTED, describe_records, write_records_csv
 from mia_torch.evaluation import save_scores
+from mia_torch.report.html import finish_run_html
 from mia_torch.report.json_file import write_json
 from mia_torch.report.types import TargetResult
 from mia_torch.settings.load import build_attack
@@ -179,6 +180,7 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
         targets = {t: TargetResult.from_dict(target_metrics, path="audited model")}
         results = run_results(ctx, cfg, started, targets=targets, models=models, attacks={}, extra=extra)
         write_json(ctx.run_dir / "results.json", results.to_dict())
+        finish_run_html(ctx.run_dir)
         print(f"audited model {plan.checkpoint}: test acc {target_metrics['test_acc']:.3f}", flush=True)
     if plan.skipped:
         print(f"skipped (offline audit): {', '.join(plan.skipped)}: allow online attacks with audit.online=true")
