@@ -142,3 +142,23 @@ def test_mia_report_builds_the_page_without_figures_and_names_them(tmp_path, cap
     html = (run_dir / REPORT_NAME).read_text()
     assert "The figure <code>roc.png</code> is not in the run directory" in html
     assert 'id="study-verdict"' in html  # the answer is complete without them
+
+
+def test_a_sweep_page_lists_every_job_and_links_its_page(tmp_path):
+    from mia_torch.report.sweep import write_sweep_summary
+
+    sweep = tmp_path / "sweep"
+    for name, seed_shift in ((CRAFTED_ATTACK, 1.5), ("1", 0.5)):
+        job = _run_dir(sweep / name, shifts={"loss": seed_shift}, figures=False)
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "overrides.yaml").write_text(f"- train.lr={seed_shift}\n")
+        write_run_html(job)
+    (sweep / "2" / ".hydra").mkdir(parents=True)  # a job that did not finish
+    (sweep / "2" / ".hydra" / "overrides.yaml").write_text("- train.lr=0.1\n")
+    summary = write_sweep_summary(sweep)
+    html = summary.html.read_text()
+    assert summary.html == sweep / REPORT_NAME and CRAFTED_ATTACK not in html
+    links = [attrs["href"] for tag, attrs in PageParts(html).tags if tag == "a" and not attrs["href"].startswith("#")]
+    assert links == ["./1/report.html", f"./{CRAFTED_ATTACK}/report.html"]  # as attribute values: escaped in the file
+    assert "no results.json (job failed or has not finished)" in html
+    assert html.count("<tr>") == 1 + 3  # the header and one row per job
