@@ -56,9 +56,9 @@ def _duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "—"
     if seconds < 60:
-        return f"{seconds:.1f} s"
+        return f"{seconds:.1f}\u00a0s"
     minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+    return f"{minutes}\u00a0min {secs}\u00a0s" if minutes < 60 else f"{minutes // 60}\u00a0h {minutes % 60}\u00a0min"
 
 
 def _fpr_words(fpr: float) -> str:
