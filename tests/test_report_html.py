@@ -134,14 +134,18 @@ def test_mia_report_names_the_missing_or_broken_results_json(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
-def test_mia_report_builds_the_page_without_figures_and_names_them(tmp_path, capsys):
+def test_mia_report_builds_the_page_without_figures_and_names_what_it_cannot_show(tmp_path, capsys):
     run_dir = _run_dir(tmp_path / "old", figures=False)
+    (run_dir / "records_target1.csv").write_bytes(b"id,class\n\xff\xfe\x00")  # not UTF-8 text
     assert mia_report([str(run_dir)]) == 0
     err = capsys.readouterr().err
-    assert f"{run_dir / 'roc.png'} is missing" in err and f"{run_dir / 'slices.png'} is missing" in err
+    for name in ("roc.png", "slices.png", "target0_confidence.png"):
+        assert f"{run_dir / name} is not in the run directory" in err
+    assert f"{run_dir / 'records_target1.csv'} cannot be read (UnicodeDecodeError" in err
     html = (run_dir / REPORT_NAME).read_text()
     assert "The figure <code>roc.png</code> is not in the run directory" in html
-    assert 'id="study-verdict"' in html  # the answer is complete without them
+    assert "<code>records_target1.csv</code> cannot be read" in html
+    assert 'id="study-verdict"' in html and "Target 0: the training records" in html  # the rest is complete
 
 
 def test_a_sweep_page_lists_every_job_and_links_its_page(tmp_path):

@@ -3,8 +3,8 @@
 A run directory (with ``results.json``: a study, audit or forget check) gets the run's page; a
 sweep directory (one folder per job) gets the sweep page, or the privacy-utility page when it
 holds ``privacy_utility.csv``. Exit status: 0 when the page is written (files it would show
-but cannot find are named, and the page says so where they would be), 2 when there is nothing
-to build it from (the message names the file that is missing or unreadable).
+but cannot find or read are named, and the page says so where they would be), 2 when there is
+nothing to build it from or it cannot be written (the message names the file and what is wrong).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _is_sweep(directory: Path) -> bool:
 
 
 def rebuild(directory: Path, *, fpr: float | None = None, accuracy_budget: float | None = None) -> tuple[Path, list[str]]:
-    """Write ``directory/report.html``; returns its path and the files it names as missing.
+    """Write ``directory/report.html``; returns its path and the files it shows as missing or unreadable.
 
     Raises :class:`ReportInputError`, ``FileNotFoundError`` or ``ValueError`` (naming what is wrong).
     """
@@ -58,7 +58,7 @@ def rebuild(directory: Path, *, fpr: float | None = None, accuracy_budget: float
                                 "sweep directory (one folder per job)")
     if not _is_sweep(directory):
         page = build_run_page(directory)
-        return write_page(directory / "report.html", render_run_page(page)), [str(directory / n) for n in page.missing]
+        return write_page(directory / "report.html", render_run_page(page)), [str(directory / p) for p in page.problems]
     jobs = collect_jobs(directory)
     study = None
     if (directory / CSV_NAME).is_file():
@@ -81,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"defense (default: the study's, else {ACCURACY_BUDGET})")
     args = parser.parse_args(argv)
     try:
-        path, missing = rebuild(args.directory, fpr=args.fpr, accuracy_budget=args.accuracy_budget)
-    except (ReportInputError, FileNotFoundError, ValueError) as err:
+        path, problems = rebuild(args.directory, fpr=args.fpr, accuracy_budget=args.accuracy_budget)
+    except (ReportInputError, OSError, ValueError) as err:
         print(f"mia-report: {err}", file=sys.stderr)
         return 2
-    for name in missing:
-        print(f"mia-report: {name} is missing; the page says so where it would be shown", file=sys.stderr)
+    for problem in problems:
+        print(f"mia-report: {problem}; the page says so where it would be shown", file=sys.stderr)
     print(f"wrote {path}")
     return 0
 

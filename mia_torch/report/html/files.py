@@ -22,13 +22,14 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @dataclass(frozen=True)
 class Figure:
-    """One figure of the page: the PNG's file name, its caption, pixel size and data URI (None: file missing)."""
+    """One figure of the page: the PNG's file name, its caption, pixel size and data URI, or why it has none."""
 
     file: str
     caption: str
     data_uri: str | None = None
     width: int = 0
     height: int = 0
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Cell:
 class RecordTable:
     """Rows of a per-record CSV as shown on the page: ``shown`` of ``total`` rows, in ``order``.
 
-    ``missing`` is set (and the rows empty) when the file is not in the run directory.
+    ``problem`` says why the rows are empty when the file is absent or cannot be read.
     """
 
     file: str
@@ -51,12 +52,19 @@ class RecordTable:
     rows: list[list[Cell]] = field(default_factory=list)
     total: int = 0
     order: str = ""
-    missing: bool = False
+    problem: str | None = None
 
     @property
     def shown(self) -> int:
         """How many rows the page shows."""
         return len(self.rows)
+
+
+def _problem(err: Exception) -> str:
+    """Why a file could not be shown, in words for the page."""
+    if isinstance(err, FileNotFoundError):
+        return "is not in the run directory"
+    return f"cannot be read ({type(err).__name__}: {err})"
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -68,9 +76,10 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 def read_figure(path: Path, caption: str) -> Figure:
     """The PNG at ``path`` as a data URI with its caption; a figure without data when the file is absent."""
-    if not path.is_file():
-        return Figure(file=path.name, caption=caption)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return Figure(file=path.name, caption=caption, problem=_problem(err))
     width, height = _png_size(data)
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     return Figure(file=path.name, caption=caption, data_uri=uri, width=width, height=height)
@@ -146,12 +155,13 @@ def read_records(
     """Up to ``limit`` rows of the CSV at ``path`` (those ``keep`` accepts), ordered by the number in
     column ``order_by`` when the file has it (file order otherwise); ``order`` says so on the page.
     The columns named in ``first`` (those the file has) are shown first, the others after them."""
-    if not path.is_file():
-        return RecordTable(file=path.name, missing=True)
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        columns = next(reader, [])
-        rows = [row for row in reader if keep is None or keep(dict(zip(columns, row)))]
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            columns = next(reader, [])
+            rows = [row for row in reader if keep is None or keep(dict(zip(columns, row)))]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return RecordTable(file=path.name, problem=_problem(err))
     if order_by in columns:
         index = columns.index(order_by)
         rows.sort(key=lambda row: _sort_key(row[index] if index < len(row) else None, descending=descending))

@@ -3,7 +3,7 @@
 :func:`write_run_html` is called at the end of every run (study, audit, forget check) and by
 ``mia-report RUN_DIR``; both read the run directory, so a rebuilt page equals the one written at the
 end of the run. ``results.json`` is required (:class:`ReportInputError` names what is wrong with
-it); a figure or per-record CSV that is missing is named on the page instead of failing it.
+it); a figure or per-record CSV that is missing or unreadable is named on the page instead of failing it.
 """
 from __future__ import annotations
 
@@ -57,9 +57,10 @@ class RunPage:
         return sorted({f for a in self.results.attacks.values() for f in a.pooled.tpr}, reverse=True)
 
     @property
-    def missing(self) -> list[str]:
-        """Files the page would show that are not in the run directory."""
-        return [f.file for f in self.figures if f.data_uri is None] + [t.file for _, t in self.tables if t.missing]
+    def problems(self) -> list[str]:
+        """The files the page would show but cannot, each with why (``roc.png is not in the run directory``)."""
+        return [f"{f.file} {f.problem}" for f in self.figures if f.problem] + \
+            [f"{t.file} {t.problem}" for _, t in self.tables if t.problem]
 
 
 def read_results(run_dir: Path) -> RunResults:
@@ -71,7 +72,7 @@ def read_results(run_dir: Path) -> RunResults:
     try:
         with open(path, encoding="utf-8") as handle:
             return RunResults.from_dict(json.load(handle), path=str(path))
-    except (ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
+    except (OSError, ValueError, TypeError, KeyError) as err:  # JSONDecodeError is a ValueError
         raise ReportInputError(f"{path} cannot be read: {err}") from err
 
 
