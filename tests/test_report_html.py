@@ -166,3 +166,10 @@ def test_a_sweep_page_lists_every_job_and_links_its_page(tmp_path):
     assert links == ["./1/report.html", f"./{CRAFTED_ATTACK}/report.html"]  # as attribute values: escaped in the file
     assert "no results.json (job failed or has not finished)" in html
     assert html.count("<tr>") == 1 + 3  # the header and one row per job
+
+
+def test_mia_report_defaults_are_the_studys():
+    from mia_torch.report import privacy_utility
+    from mia_torch.report.html import cli
+
+    assert (cli.STUDY_FPR, cli.ACCURACY_BUDGET) == (privacy_utility.STUDY_FPR, privacy_utility.ACCURACY_BUDGET)

@@ -12,13 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from mia_torch.report.html.page import ReportInputError, build_run_page, render_run_page
-from mia_torch.report.html.render import write_page
-from mia_torch.report.html.sweeps import write_sweep_html
-from mia_torch.report.privacy_utility import ACCURACY_BUDGET, CSV_NAME, STUDY_FPR, read_privacy_utility
-from mia_torch.report.sweep import collect_jobs, summary_table
-
 __all__ = ["main", "rebuild"]
+
+#: Defaults of a privacy-utility study (as in :mod:`mia_torch.report.privacy_utility`, which imports the
+#: metrics, scipy and torch: it is imported when a page is built, so that ``--help`` answers at once).
+STUDY_FPR, ACCURACY_BUDGET = 0.01, 0.02
 
 
 def _study_settings(sweep_dir: Path) -> dict[str, float]:
@@ -51,11 +49,18 @@ def _is_sweep(directory: Path) -> bool:
 def rebuild(directory: Path, *, fpr: float | None = None, accuracy_budget: float | None = None) -> tuple[Path, list[str]]:
     """Write ``directory/report.html``; returns its path and the files it shows as missing or unreadable.
 
-    Raises :class:`ReportInputError`, ``FileNotFoundError`` or ``ValueError`` (naming what is wrong).
+    Raises ``FileNotFoundError`` or ``ValueError`` (:class:`~mia_torch.report.html.page.ReportInputError` among
+    them), naming what is wrong.
     """
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory: give a run directory (holding results.json) or a "
                                 "sweep directory (one folder per job)")
+    from mia_torch.report.html.page import build_run_page, render_run_page
+    from mia_torch.report.html.render import write_page
+    from mia_torch.report.html.sweeps import write_sweep_html
+    from mia_torch.report.privacy_utility import CSV_NAME, read_privacy_utility
+    from mia_torch.report.sweep import collect_jobs, summary_table
+
     if not _is_sweep(directory):
         page = build_run_page(directory)
         return write_page(directory / "report.html", render_run_page(page)), [str(directory / p) for p in page.problems]
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path, problems = rebuild(args.directory, fpr=args.fpr, accuracy_budget=args.accuracy_budget)
-    except (ReportInputError, OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # a ReportInputError is a ValueError
         print(f"mia-report: {err}", file=sys.stderr)
         return 2
     for problem in problems:
