@@ -137,6 +137,7 @@ def test_mia_report_names_the_missing_or_broken_results_json(tmp_path, capsys):
 def test_mia_report_builds_the_page_without_figures_and_names_what_it_cannot_show(tmp_path, capsys):
     run_dir = _run_dir(tmp_path / "old", figures=False)
     (run_dir / "records_target1.csv").write_bytes(b"id,class\n\xff\xfe\x00")  # not UTF-8 text
+    save_figure(new_figure(2, 1), run_dir / "new_analysis.png")  # a figure the page has no caption for
     assert mia_report([str(run_dir)]) == 0
     err = capsys.readouterr().err
     for name in ("roc.png", "slices.png", "target0_confidence.png"):
@@ -146,6 +147,7 @@ def test_mia_report_builds_the_page_without_figures_and_names_what_it_cannot_sho
     assert "The figure <code>roc.png</code> is not in the run directory" in html
     assert "<code>records_target1.csv</code> cannot be read" in html
     assert 'id="study-verdict"' in html and "Target 0: the training records" in html  # the rest is complete
+    assert re.search(r'<img src="data:image/png;base64,[^"]+" alt="new analysis."', html)
 
 
 def test_a_sweep_page_lists_every_job_and_links_its_page(tmp_path):

@@ -102,21 +102,24 @@ _CAPTIONS = {
 
 
 def run_figures(run_dir: Path, targets: Sequence[int], *, has_attacks: bool) -> list[Figure]:
-    """The run's figures: ROC, each target's confidence gap and exposed records, slices.
+    """The run's figures: ROC, each target's confidence gap and exposed records, slices, then any other PNG.
 
     Figures a finished study always writes are listed even when their file is missing (the page
-    says so); the exposed-records gallery exists for image data only and is skipped when absent.
+    says so); the exposed-records gallery exists for image data only and is skipped when absent;
+    any other PNG in the run directory (a figure of a newer analysis) follows with its file name.
     """
-    if not has_attacks:
-        return []
-    figures = [read_figure(run_dir / "roc.png", _CAPTIONS["roc"])]
-    for t in targets:
-        figures.append(read_figure(run_dir / f"target{t}_confidence.png", _CAPTIONS["confidence"].format(t=t)))
-        exposed = run_dir / f"target{t}_exposed.png"
-        if exposed.is_file():
-            figures.append(read_figure(exposed, _CAPTIONS["exposed"].format(t=t)))
-    figures.append(read_figure(run_dir / "slices.png", _CAPTIONS["slices"]))
-    return figures
+    figures = []
+    if has_attacks:
+        figures.append(read_figure(run_dir / "roc.png", _CAPTIONS["roc"]))
+        for t in targets:
+            figures.append(read_figure(run_dir / f"target{t}_confidence.png", _CAPTIONS["confidence"].format(t=t)))
+            exposed = run_dir / f"target{t}_exposed.png"
+            if exposed.is_file():
+                figures.append(read_figure(exposed, _CAPTIONS["exposed"].format(t=t)))
+        figures.append(read_figure(run_dir / "slices.png", _CAPTIONS["slices"]))
+    shown = {f.file for f in figures}
+    others = sorted(p for p in run_dir.glob("*.png") if p.name not in shown)
+    return figures + [read_figure(p, f"{p.stem.replace('_', ' ')}.") for p in others]
 
 
 _INTEGER = re.compile(r"[+-]?\d+")
