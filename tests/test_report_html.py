@@ -138,13 +138,20 @@ def test_mia_report_builds_the_page_without_figures_and_names_what_it_cannot_sho
     run_dir = _run_dir(tmp_path / "old", figures=False)
     (run_dir / "records_target1.csv").write_bytes(b"id,class\n\xff\xfe\x00")  # not UTF-8 text
     save_figure(new_figure(2, 1), run_dir / "new_analysis.png")  # a figure the page has no caption for
+    secret = tmp_path / "secret.png"
+    save_figure(new_figure(2, 1), secret)
+    (run_dir / "roc.png").symlink_to(secret)  # a link out of the run directory is never embedded
+    (run_dir / "slices.png").write_text("not an image")
     assert mia_report([str(run_dir)]) == 0
     err = capsys.readouterr().err
-    for name in ("roc.png", "slices.png", "target0_confidence.png"):
+    assert f"{run_dir / 'roc.png'} cannot be read (OSError: roc.png is a link" in err
+    assert f"{run_dir / 'slices.png'} is not a PNG image" in err
+    for name in ("target0_confidence.png", "target1_confidence.png"):
         assert f"{run_dir / name} is not in the run directory" in err
     assert f"{run_dir / 'records_target1.csv'} cannot be read (UnicodeDecodeError" in err
     html = (run_dir / REPORT_NAME).read_text()
-    assert "The figure <code>roc.png</code> is not in the run directory" in html
+    assert "The figure <code>target0_confidence.png</code> is not in the run directory" in html
+    assert html.count("data:image/png;base64,") == 1  # new_analysis.png only
     assert "<code>records_target1.csv</code> cannot be read" in html
     assert 'id="study-verdict"' in html and "Target 0: the training records" in html  # the rest is complete
     assert re.search(r'<img src="data:image/png;base64,[^"]+" alt="new analysis."', html)

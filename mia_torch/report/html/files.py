@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import math
 import re
 import struct
@@ -67,8 +68,16 @@ def _problem(err: Exception) -> str:
     return f"cannot be read ({type(err).__name__}: {err})"
 
 
+def _read(path: Path) -> bytes:
+    """The bytes of the run's own file ``path``: a link is not followed, so that a page handed on can carry
+    nothing from outside the run directory."""
+    if path.is_symlink():
+        raise OSError(f"{path.name} is a link; the page embeds only the run directory's own files")
+    return path.read_bytes()
+
+
 def _png_size(data: bytes) -> tuple[int, int]:
-    """Width and height from a PNG's header; (0, 0) when the bytes are not a PNG."""
+    """Width and height from a PNG's header; (0, 0) when the bytes are not a PNG (nothing else is embedded)."""
     if len(data) < 24 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return 0, 0
     return struct.unpack(">II", data[16:24])
@@ -77,10 +86,12 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def read_figure(path: Path, caption: str) -> Figure:
     """The PNG at ``path`` as a data URI with its caption; a figure without data when the file is absent."""
     try:
-        data = path.read_bytes()
+        data = _read(path)
     except OSError as err:
         return Figure(file=path.name, caption=caption, problem=_problem(err))
     width, height = _png_size(data)
+    if not width:
+        return Figure(file=path.name, caption=caption, problem="is not a PNG image")
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     return Figure(file=path.name, caption=caption, data_uri=uri, width=width, height=height)
 
@@ -159,10 +170,9 @@ def read_records(
     column ``order_by`` when the file has it (file order otherwise); ``order`` says so on the page.
     The columns named in ``first`` (those the file has) are shown first, the others after them."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            columns = next(reader, [])
-            rows = [row for row in reader if keep is None or keep(dict(zip(columns, row)))]
+        reader = csv.reader(io.StringIO(_read(path).decode("utf-8"), newline=""))
+        columns = next(reader, [])
+        rows = [row for row in reader if keep is None or keep(dict(zip(columns, row)))]
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         return RecordTable(file=path.name, problem=_problem(err))
     if order_by in columns:

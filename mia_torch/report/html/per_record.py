@@ -7,6 +7,7 @@ so the same code reads a typed entry and a plain mapping.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mia_torch.report.types import RunResults
@@ -21,6 +22,11 @@ def _get(entry: Any, name: str, default: Any = None) -> Any:
     if isinstance(entry, dict):
         return entry.get(name, default)
     return getattr(entry, name, default)
+
+
+def _file_name(entry: Any, default: str) -> str:
+    """The entry's ``records_csv``, a file in the run directory: only its name is used (never a path elsewhere)."""
+    return Path(str(_get(entry, "records_csv", default))).name or default
 
 
 def entry_of(results: RunResults, name: str) -> Any:
@@ -66,7 +72,7 @@ def audit_answer(results: RunResults) -> AuditAnswer | None:
         records=list(_get(entry, "records", [])), checkpoint=str(_get(entry, "checkpoint", "")),
         checkpoint_sha256=_get(entry, "checkpoint_sha256"), preprocess=_get(entry, "preprocess"),
         references=list(_get(entry, "references", [])), online=bool(_get(entry, "online")),
-        skipped=dict(_get(entry, "skipped_attacks", {}) or {}), records_csv=str(_get(entry, "records_csv", "records.csv")))
+        skipped=dict(_get(entry, "skipped_attacks", {}) or {}), records_csv=_file_name(entry, "records.csv"))
 
 
 @dataclass(frozen=True)
@@ -132,4 +138,4 @@ def forget_answer(results: RunResults) -> ForgetAnswer | None:
         fpr=float(_get(entry, "fpr")), verdict=str(_get(entry, "verdict")),
         attacks=[ForgetAttack(name, _get(a, "before"), _get(a, "after")) for name, a in attacks.items()],
         still_flagged=list(_get(entry, "still_flagged", [])), utility=_get(entry, "utility", {}),
-        records_csv=str(_get(entry, "records_csv", "forget.csv")))
+        records_csv=_file_name(entry, "forget.csv"))
