@@ -182,3 +182,30 @@ def test_mia_report_defaults_are_the_studys():
     from mia_torch.report.html import cli
 
     assert (cli.STUDY_FPR, cli.ACCURACY_BUDGET) == (privacy_utility.STUDY_FPR, privacy_utility.ACCURACY_BUDGET)
+
+
+@pytest.mark.parametrize("before, after, verdict", [
+    ((0.62, 0.58), (0.51, 0.44), "Yes, as far as these attacks can tell."),
+    ((0.62, 0.58), (0.60, 0.55), "No."),
+    ((0.52, 0.46), (0.51, 0.44), "Cannot tell."),  # no attack saw the records even before removal
+])
+def test_the_forget_answer_needs_the_records_seen_before_and_unseen_after(tmp_path, before, after, verdict):
+    run_dir = _run_dir(tmp_path / "run")
+    saved = json.loads((run_dir / "results.json").read_text())
+
+    def side(auc_low: tuple[float, float]) -> dict:
+        auc, low = auc_low
+        return {"auc": auc, "auc_ci": [low, 2 * auc - low], "verdict": "indistinguishable from never-seen" if
+                low <= 0.5 <= 2 * auc - low else "distinguishable from never-seen"}
+
+    saved["forget"] = {"method": "retrain", "target": 0, "forgotten": 40, "never_seen": 200, "retained": 160,
+                       "forgotten_ids": list(range(40)), "fpr": 0.01, "still_flagged": [3],
+                       "attacks": {"loss": {"before": side(before), "after": side(after)}},
+                       "verdict": side(after)["verdict"], "utility": {}, "records_csv": "forget.csv"}
+    write_json(run_dir / "results.json", saved)
+    html = write_run_html(run_dir).read_text()
+    answer = re.search(r'<p class="verdict [a-z]+" id="forget-verdict">\s*<strong>([^<]+)</strong>', html)
+    assert answer is not None and answer.group(1) == verdict
+    assert "<code>forget.csv</code> is not in the run directory" in html
+    for value, key, _ in PageParts(html).numbers:
+        assert float(value) == resolve(saved, key), key
