@@ -3,7 +3,8 @@
 Three tiny runs share one store (the audit and the forget check reuse the study's models). The
 pages' numbers are checked against results.json with and without a browser; the browser tests
 skip, with the reason, where Chromium or its Python driver is missing (the README's Tests
-section says how to install them). Each browser test saves screenshots under its tmp dir.
+section says how to install them). Each browser test saves screenshots (the top of the page) under its
+tmp dir.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def test_the_page_opens_offline_with_every_figure_drawn_and_the_headline_exact(r
     run_dir = runs[kind]
     saved = json.loads((run_dir / "results.json").read_text())
     page = _open(browser, run_dir / REPORT_NAME)
-    page.screenshot(path=tmp_path / f"{kind}.png", full_page=True)
+    page.screenshot(path=tmp_path / f"{kind}.png")
     assert page.problems == []
     assert all(url.startswith(("file:", "data:")) for url in page.requests), page.requests
     figures = page.eval_on_selector_all("figure img", "imgs => imgs.map(i => [i.naturalWidth, "
