@@ -82,3 +82,5 @@ def test_installed_mia_run_composes_and_runs_from_outside_the_checkout(installed
     assert results["trained_models"] == [0, 1, 2, 3]
     assert set(results["attacks"]) == {"loss", "rmia"}
     assert results["versions"] and not (tmp_path / "outputs").exists()  # everything went where it was told
+    assert 'id="study-verdict"' in (tmp_path / "run" / "report.html").read_text()  # the templates ship in the wheel
+    assert "usage: mia-report" in _run([venv / "bin" / "mia-report", "--help"], cwd=tmp_path, env=env).stdout

@@ -30,6 +30,7 @@ from mia_torch.audit.ids import read_ids
 from mia_torch.audit.outputs import PROXY_P_VALUES, AuditedOutputs, outputs_metrics, read_outputs, warn_if_unordered
 from mia_torch.audit.summary import MAX_PRINTED, describe_records, write_records_csv
 from mia_torch.evaluation import save_scores
+from mia_torch.report.html import finish_run_html
 from mia_torch.report.json_file import write_json
 from mia_torch.report.table import PROXY_CAVEAT
 from mia_torch.report.types import TargetResult
@@ -233,6 +234,7 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
         targets = {t: TargetResult.from_dict(target_metrics, path="audited model")}
         results = run_results(ctx, cfg, started, targets=targets, models=models, attacks={}, extra=extra)
         write_json(ctx.run_dir / "results.json", results.to_dict())
+        finish_run_html(ctx.run_dir)
         print(_audited_line(plan, target_metrics) + (f"\nnote: {plan.no_report}" if plan.no_report else ""),
               flush=True)
     if plan.skipped:

@@ -34,7 +34,8 @@ from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics.roc import tpr_key
-from mia_torch.report.sweep import SweepJob, collect_jobs, csv_text, report_after_sweep, swept_keys
+from mia_torch.report.html.sweeps import write_sweep_html
+from mia_torch.report.sweep import SweepJob, collect_jobs, csv_text, report_after_sweep, summary_table, swept_keys
 from mia_torch.report.table import format_interval, format_number
 from mia_torch.report.types import Interval
 
@@ -44,6 +45,8 @@ __all__ = [
     "StudyPoint",
     "costs_more_than_it_buys",
     "describe_study",
+    "read_privacy_utility",
+    "recommend",
     "reference_point",
     "study_points",
     "write_privacy_utility",
@@ -55,6 +58,8 @@ MARKDOWN_NAME = "privacy_utility.md"
 FIGURE_NAME = "privacy_utility.png"
 #: The FPR at which the study compares attacks (the y axis of its figure).
 STUDY_FPR = 0.01
+#: Test accuracy a defense may cost against no defense (0.02: two points) for :func:`recommend` to pick it.
+ACCURACY_BUDGET = 0.02
 
 
 @dataclass
@@ -89,7 +94,8 @@ class StudyPoint:
 
 @dataclass
 class PrivacyUtilityStudy:
-    """What :func:`write_privacy_utility` wrote and found."""
+    """What :func:`write_privacy_utility` wrote and found; ``accuracy_budget`` is the accuracy a defense may cost
+    for :attr:`recommended` to pick it."""
 
     sweep_dir: Path
     fpr: float
@@ -98,6 +104,33 @@ class PrivacyUtilityStudy:
     csv: Path
     markdown: Path
     figure: Path | None
+    accuracy_budget: float = ACCURACY_BUDGET
+    html: Path | None = None
+
+    @property
+    def reference(self) -> StudyPoint | None:
+        """The undefended setting (:func:`reference_point`)."""
+        return reference_point(self.points)
+
+    @property
+    def recommended(self) -> StudyPoint | None:
+        """The most private setting within the accuracy budget (:func:`recommend`)."""
+        return recommend(self.points, accuracy_budget=self.accuracy_budget)
+
+    @property
+    def accuracy_floor(self) -> float | None:
+        """The lowest test accuracy the budget allows (from no defense, else the most accurate setting)."""
+        base = self.reference or max(self.points, key=lambda p: p.test_acc, default=None)
+        return None if base is None else base.test_acc - self.accuracy_budget
+
+    def beyond_budget(self) -> list[StudyPoint]:
+        """Settings more private than the recommended one that cost more accuracy than the budget allows."""
+        best, floor = self.recommended, self.accuracy_floor
+        return [] if best is None or floor is None else [p for p in self.points if p.tpr < best.tpr and p.test_acc < floor]
+
+    def paying_for_nothing(self) -> list[StudyPoint]:
+        """Settings that :func:`costs_more_than_it_buys` against the undefended setting."""
+        return [p for p in self.points if costs_more_than_it_buys(p, self.reference)]
 
 
 def _setting_name(job: SweepJob, swept: Sequence[str]) -> str:
@@ -162,6 +195,21 @@ def reference_point(points: Sequence[StudyPoint]) -> StudyPoint | None:
     return next((p for p in points if p.kind == "none"), None)
 
 
+def recommend(points: Sequence[StudyPoint], *, accuracy_budget: float = ACCURACY_BUDGET) -> StudyPoint | None:
+    """The most private setting that costs at most ``accuracy_budget`` of test accuracy.
+
+    The budget is measured from the undefended setting (:func:`reference_point`), or from the
+    most accurate setting when there is none; among the settings within it, the one whose
+    strongest attack has the lowest TPR at the study's FPR wins (ties: lower AUC, then higher
+    accuracy). None without points.
+    """
+    if not points:
+        return None
+    base = reference_point(points) or max(points, key=lambda p: p.test_acc)
+    within = [p for p in points if p.test_acc >= base.test_acc - accuracy_budget]
+    return min(within, key=lambda p: (p.tpr, p.auc, -p.test_acc))
+
+
 def costs_more_than_it_buys(point: StudyPoint, reference: StudyPoint | None) -> bool:
     """Whether ``point`` is less accurate than the undefended ``reference`` and its strongest attack does at
     least as well there: accuracy paid, no privacy bought."""
@@ -223,17 +271,34 @@ def _markdown_text(study_dir: Path, points: Sequence[StudyPoint], missing: Seque
     return "\n".join(lines) + "\n"
 
 
-def write_privacy_utility(sweep_dir: str | Path, *, fpr: float = STUDY_FPR) -> PrivacyUtilityStudy:
-    """Write ``privacy_utility.{csv,md,png}`` into ``sweep_dir`` (see the module docstring).
+def read_privacy_utility(sweep_dir: str | Path, jobs: Sequence[SweepJob], *, fpr: float = STUDY_FPR,
+                         accuracy_budget: float = ACCURACY_BUDGET) -> PrivacyUtilityStudy:
+    """The study of ``sweep_dir``'s ``jobs`` (:func:`~mia_torch.report.sweep.collect_jobs`), writing nothing: its
+    files are those already there. ``ValueError`` when ``fpr`` is not in (0, 1) or the budget is negative."""
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr={fpr!r} must lie in (0, 1)")
+    if not accuracy_budget >= 0:
+        raise ValueError(f"accuracy_budget={accuracy_budget!r} must be >= 0 (test accuracy a defense may cost)")
+    sweep_dir = Path(sweep_dir)
+    points, missing = study_points(jobs, fpr=fpr)
+    figure = sweep_dir / FIGURE_NAME
+    return PrivacyUtilityStudy(sweep_dir=sweep_dir, fpr=fpr, points=points, missing=missing, csv=sweep_dir / CSV_NAME,
+                               markdown=sweep_dir / MARKDOWN_NAME, figure=figure if figure.is_file() else None,
+                               accuracy_budget=accuracy_budget)
+
+
+def write_privacy_utility(sweep_dir: str | Path, *, fpr: float = STUDY_FPR,
+                          accuracy_budget: float = ACCURACY_BUDGET) -> PrivacyUtilityStudy:
+    """Write ``privacy_utility.{csv,md,png}`` and ``report.html`` into ``sweep_dir`` (see the module docstring).
 
     The PNG is skipped (``figure=None``) when no setting has a point. Files are written
     atomically. Raises like :func:`~mia_torch.report.sweep.collect_jobs` when there is no
-    sweep, and ``ValueError`` when ``fpr`` is not in (0, 1).
+    sweep, and like :func:`read_privacy_utility` for a bad ``fpr`` or ``accuracy_budget``.
     """
-    if not 0 < fpr < 1:
-        raise ValueError(f"fpr={fpr!r} must lie in (0, 1)")
     sweep_dir = Path(sweep_dir)
-    points, missing = study_points(collect_jobs(sweep_dir), fpr=fpr)
+    jobs = collect_jobs(sweep_dir)
+    study = read_privacy_utility(sweep_dir, jobs, fpr=fpr, accuracy_budget=accuracy_budget)
+    points, missing = study.points, study.missing
     csv_path, md_path = sweep_dir / CSV_NAME, sweep_dir / MARKDOWN_NAME
     reference = reference_point(points)
     with atomic_open(csv_path, "w", newline="") as fh:
@@ -246,8 +311,9 @@ def write_privacy_utility(sweep_dir: str | Path, *, fpr: float = STUDY_FPR) -> P
         from mia_torch.report.privacy_utility_plot import privacy_utility_figure
 
         figure_path = save_figure(privacy_utility_figure(points, fpr=fpr), sweep_dir / FIGURE_NAME)
-    return PrivacyUtilityStudy(sweep_dir=sweep_dir, fpr=fpr, points=points, missing=missing, csv=csv_path,
-                               markdown=md_path, figure=figure_path)
+    study.figure = figure_path
+    study.html = write_sweep_html(sweep_dir, jobs, summary_table(jobs), study=study)
+    return study
 
 
 def describe_study(study: PrivacyUtilityStudy) -> str:
@@ -260,7 +326,10 @@ def describe_study(study: PrivacyUtilityStudy) -> str:
                      f"AUC {p.auc:.3f}" + ("  (accuracy paid, no privacy bought)"
                                            if costs_more_than_it_buys(p, reference) else ""))
     lines += [f"  missing {name}: {reason}" for name, reason in study.missing]
-    lines += [f"  {path}" for path in (study.csv, study.markdown, study.figure) if path is not None]
+    best = study.recommended
+    if best is not None:
+        lines.append(f"  recommended within {study.accuracy_budget:g} of test accuracy: {best.setting}")
+    lines += [f"  {path}" for path in (study.csv, study.markdown, study.figure, study.html) if path is not None]
     return "\n".join(lines)
 
 
@@ -268,15 +337,18 @@ class PrivacyUtilityCallback(Callback):
     """Hydra callback: write the privacy-utility study into ``hydra.sweep.dir`` when a multirun ends.
 
     Registered by ``experiment=privacy_utility`` (``hydra.callbacks.privacy_utility``);
-    ``fpr`` is the FPR of the comparison (default 1%). Single runs are untouched. A
+    ``fpr`` is the FPR of the comparison (default 1%), ``accuracy_budget`` the test accuracy a
+    defense may cost for the page to recommend it (default 0.02). Single runs are untouched. A
     failure is reported but does not fail the finished sweep; rerun it with
     ``scripts/privacy_utility.py <sweep_dir>``.
     """
 
-    def __init__(self, fpr: float = STUDY_FPR) -> None:
+    def __init__(self, fpr: float = STUDY_FPR, accuracy_budget: float = ACCURACY_BUDGET) -> None:
         self.fpr = float(fpr)
+        self.accuracy_budget = float(accuracy_budget)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write the study of the sweep that just finished and print its points."""
         report_after_sweep(config, "privacy-utility study", "scripts/privacy_utility.py",
-                           lambda sweep_dir: describe_study(write_privacy_utility(sweep_dir, fpr=self.fpr)))
+                           lambda sweep_dir: describe_study(write_privacy_utility(
+                               sweep_dir, fpr=self.fpr, accuracy_budget=self.accuracy_budget)))

@@ -16,6 +16,8 @@ directory:
   :class:`~mia_torch.report.types.RunResults`; jobs without a readable one
   (``stage=train`` shards, failed or unfinished jobs) are listed as missing, with the
   reason, instead of failing the summary.
+- ``report.html``: the same table as a page with the figure and a link to each job's
+  ``report.html`` (:mod:`mia_torch.report.html.sweeps`; a privacy-utility study's page replaces it).
 - ``sweep_summary.png``: AUC and TPR at the lowest FPR against each swept parameter,
   one line per attack (per attack and combination of the other swept values when
   several keys are swept). Numbers are placed on a log axis when they are all positive
@@ -42,6 +44,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_open
+from mia_torch.report.html.sweeps import write_sweep_html
 from mia_torch.metrics.roc import tpr_key
 from mia_torch.report.json_file import read_json
 from mia_torch.report.table import format_number, format_percent, tpr_mark
@@ -94,6 +97,7 @@ class SweepSummary:
     rows: list[dict[str, Any]]
     swept: list[str]
     missing: list[tuple[str, str]]
+    html: Path | None = None
 
 
 def _natural_key(text: str) -> list[Any]:
@@ -330,9 +334,10 @@ def write_sweep_summary(sweep_dir: str | Path) -> SweepSummary:
     if fig is not None:
 
         figure_path = save_figure(fig, sweep_dir / FIGURE_NAME)
+    html = write_sweep_html(sweep_dir, jobs, (columns, rows, keys))
     return SweepSummary(sweep_dir=sweep_dir, csv=csv_path, markdown=md_path, figure=figure_path, columns=columns,
                         rows=rows, swept=keys, missing=[(j.name, j.missing_reason or "") for j in jobs
-                                                        if j.results is None])
+                                                        if j.results is None], html=html)
 
 
 def describe(summary: SweepSummary) -> str:
@@ -341,8 +346,7 @@ def describe(summary: SweepSummary) -> str:
     lines = [f"sweep summary of {len(summary.rows)} job(s) ({done} with results, swept: "
              f"{', '.join(summary.swept) or 'nothing'}):",
              f"  {summary.csv}", f"  {summary.markdown}"]
-    if summary.figure is not None:
-        lines.append(f"  {summary.figure}")
+    lines += [f"  {path}" for path in (summary.figure, summary.html) if path is not None]
     for name, reason in summary.missing:
         lines.append(f"  missing job {name}: {reason}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from mia_torch.evaluation import Scores, empirical_p_values, pooled
 from mia_torch.report.dp_audit_plot import dp_audit_figure
+from mia_torch.report.html import REPORT_NAME, finish_run_html
 from mia_torch.report.pictures import ImageSource, confidence_figure, exposed_records_figure, slices_figure
 from mia_torch.report.plots import figure_to_array, roc_figure, save_png
 from mia_torch.report.vulnerability import write_vulnerability_csv
@@ -103,7 +104,7 @@ def write_run_report(
     ``labels`` are the population's classes, ``target_logits[t]`` target t's logits
     ``[N, C]`` on the identity query, ``images`` the population's images (None for
     non-image data: no gallery). ``results.json`` is written last, so its presence marks a
-    finished run.
+    finished run; ``report.html`` is then built from the run directory.
     """
     figures = report_figures(results, scores=scores, keep=keep, eval_mask=eval_mask, labels=labels,
                              target_logits=target_logits, images=images)
@@ -128,5 +129,6 @@ def write_run_report(
             class_labels=labels[eval_mask],
         )
     write_json(run_dir / "results.json", results.to_dict())
-    print(format_summary(results) + f"\noutputs: {run_dir} (results.json, tensorboard/, "
+    finish_run_html(run_dir)
+    print(format_summary(results) + f"\noutputs: {run_dir} ({REPORT_NAME}, results.json, tensorboard/, "
           + ", ".join(f"{stem}.png" for stem in figures) + ")", flush=True)
