@@ -51,9 +51,24 @@ def test_a_one_run_audit_adds_canaries_to_the_target_only_and_reports_typed_boun
     assert "report/dp_audit" in events.Tags()["images"]
     true_labels = prepare(make_config(tmp_path, AUDIT), tmp_path / "again").data.y.cpu().numpy()
     assert (labels != true_labels[source]).all()  # mislabeled: every canary trains with a wrong label
+    _page_shows_the_bounds(run, audit)
 
 
     _study_reads_the_audits_back(tmp_path, out)
+
+
+def _page_shows_the_bounds(run, audit):
+    """report.html answers with the one-run bound first, each number exactly the one in results.json."""
+    import html
+    import re
+
+    page = (run / "report.html").read_text()
+    assert 'id="dp_audit"' in page and "A measured lower bound." in page  # no DP-SGD: nothing claimed
+    shown = {key: float(value) for value, key in re.findall(r'<data value="([^"]+)" data-key="([^"]+)"', page)}
+    assert shown["/dp_audit/one_run/epsilon"] == audit.one_run.epsilon
+    assert shown["/dp_audit/gaussian/mu"] == audit.gaussian.mu
+    assert shown["/dp_audit/one_run/correct"] == audit.one_run.correct
+    assert html.escape(audit.canaries_file) in page
 
 
 def _study_reads_the_audits_back(tmp_path, out):

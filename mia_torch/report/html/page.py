@@ -104,6 +104,8 @@ def _title(page: RunPage) -> str:
         return f"Membership audit: {asked} {'record' if asked == 1 else 'records'} asked about ({dataset})"
     if page.forget is not None:
         return f"Forget check: {page.forget.forgotten} records removed by {page.forget.method} ({dataset})"
+    if page.results.dp_audit is not None:
+        return f"One-run privacy audit: {page.results.dp_audit.canaries} canaries ({dataset})"
     return f"Membership inference study on {dataset}"
 
 

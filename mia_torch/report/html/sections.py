@@ -32,6 +32,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("audit_answer", "Were these records used to train the model?", lambda p: p.audit is not None),
     Section("forget_answer", "Has the model forgotten the removed records?", lambda p: p.forget is not None),
     Section("study_answer", "Does the model reveal who was in its training data?", lambda p: p.study is not None),
+    Section("dp_audit", "Does one training run confirm the privacy claim?", lambda p: p.results.dp_audit is not None),
     Section("records", "Record by record", lambda p: bool(p.tables)),
     Section("figures", "Figures", lambda p: bool(p.figures)),
     Section("metrics", "Every attack, with its uncertainty", lambda p: bool(p.results.attacks)),
