@@ -15,6 +15,7 @@ and read by the printed summary, ``results.json`` (:meth:`~Record.to_dict` /
         sanity:     SanityCheck | None              an untrained target must score AUC 0.5
         slices:     [SliceResult]                   per class, correctly vs incorrectly classified
       dp_audit: DpAuditResult | None                one-run DP audit: canaries, one-run and Gaussian-DP bounds
+      audit, forget: AuditResult, ForgetResult      the one-model checks' answers (or None)
 
 Adding a quantity is adding a field: a field made with :func:`reported` on
 :class:`TargetResult` or :class:`AttackEvaluation` is written to ``results.json``, printed in
@@ -30,6 +31,7 @@ import numpy as np
 
 from mia_torch.dp_audit.result import DpAuditResult
 from mia_torch.metrics.roc import tpr_key
+from mia_torch.report.check_results import AuditResult, ForgetResult
 from mia_torch.report.json_record import Record
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
     "RocMetrics",
     "RunResults",
     "SanityCheck",
+    "ScoredSample",
+    "Scores",
     "SliceResult",
     "TargetAttackMetrics",
     "TargetResult",
@@ -55,6 +59,8 @@ __all__ = [
 RELIABLE_FALSE_POSITIVES = 10
 
 Interval = tuple[float, float]
+#: Every attack's scores per target: ``scores[attack][target]`` is float ``[N]`` (higher = member).
+Scores = Mapping[str, Mapping[int, np.ndarray]]
 
 
 def reported(label: str, *, fmt: str = ".3f") -> Any:
@@ -89,6 +95,14 @@ class RocCurve:
 
 
 @dataclass
+class ScoredSample:
+    """The examples one ROC was measured on: their ``scores`` (float ``[n]``) and ``members`` (bool ``[n]``)."""
+
+    scores: np.ndarray
+    members: np.ndarray
+
+
+@dataclass
 class RocMetrics(Record):
     """Metrics of one ROC: one attack on one set of members and non-members.
 
@@ -100,7 +114,8 @@ class RocMetrics(Record):
     keys ``tpr@<f>fpr``; ``resolvable_fpr`` (1/N for N non-members), ``reliable_fpr``
     (10/N), ``unreliable`` (the TPR keys whose FPR is below ``reliable_fpr``) and
     ``unresolvable`` (those below ``resolvable_fpr``: the TPR at zero false positives) are
-    written for readers and recomputed when read.
+    written for readers and recomputed when read. ``curve`` and ``sample`` (the ROC and the
+    scores it was measured on) are kept in memory for figures, never written.
     """
 
     auc: float
@@ -114,6 +129,7 @@ class RocMetrics(Record):
     tpr_exact_ci: dict[float, Interval] = field(default_factory=dict)
     confidence: float = 0.95
     curve: RocCurve | None = field(default=None, repr=False, compare=False, metadata={"json": False})
+    sample: ScoredSample | None = field(default=None, repr=False, compare=False, metadata={"json": False})
 
     @property
     def resolvable_fpr(self) -> float:
@@ -177,12 +193,15 @@ class TargetAttackMetrics(RocMetrics):
     """An attack's metrics on one target, with what it fitted on that target's references.
 
     ``threshold`` is its calibrated decision threshold; ``fitted_params`` every knob it fitted
-    (e.g. RMIA's ``a`` and ``temperature``), never on the target itself.
+    (e.g. RMIA's ``a`` and ``temperature``), never on the target itself. ``p_values`` (in
+    memory only) holds each evaluated record's empirical p-value against the target's
+    evaluated non-members (:func:`mia_torch.evaluation.empirical_p_values`).
     """
 
     target: int
     threshold: float | None = None
     fitted_params: dict[str, Any] = field(default_factory=dict)
+    p_values: np.ndarray | None = field(default=None, repr=False, compare=False, metadata={"json": False})
 
     def to_dict(self) -> dict[str, Any]:
         """``{"target": t, **metrics, "threshold": ..., "fitted_params": {...}}``."""
@@ -326,7 +345,9 @@ class TargetResult(Record):
 
 @dataclass
 class RunResults(Record):
-    """Everything ``results.json`` holds. Keys this version does not know are kept in ``extra``."""
+    """Everything ``results.json`` holds. An audit adds its ``audit`` section and a forget check its
+    ``forget`` section (:mod:`mia_torch.report.check_results`); keys this version does not know are
+    kept in ``extra``."""
 
     config: dict[str, Any]
     versions: dict[str, Any]
@@ -340,11 +361,14 @@ class RunResults(Record):
     seconds: float
     attacks: dict[str, AttackEvaluation]
     dp_audit: DpAuditResult | None = None  # the one-run DP audit (experiment=dp_audit)
+    audit: AuditResult | None = None
+    forget: ForgetResult | None = None
     extra: dict[str, Any] = field(default_factory=dict, metadata={"json": False})
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``results.json`` layout: the fields in order, then the ``extra`` keys."""
-        return {**super().to_dict(), **self.extra}
+        """The ``results.json`` layout: the fields in order (an absent section left out), then the ``extra`` keys."""
+        out = super().to_dict()
+        return {**{k: v for k, v in out.items() if not (k in ("audit", "forget") and v is None)}, **self.extra}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, path: str = "results.json") -> "RunResults":

@@ -91,9 +91,16 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
          "use a torch.nn.Module class such as mia_torch.models.MLP"),
     Kind("attack", "mia_torch.attacks.base:Attack", "an Attack",
          "subclass mia_torch.attacks.base.Attack and implement score(logits, labels)"),
+    Kind("dataset", "mia_torch.data.loader:DatasetLoader", "a DatasetLoader",
+         "subclass mia_torch.data.loader.DatasetLoader and implement load(*, root, download, seed, **options)"),
+    Kind("defense", "mia_torch.training.defense:Defense", "a Defense",
+         "subclass mia_torch.training.defense.Defense (a dataclass) and override train(model, x, y, member_idx, "
+         "cfg, *, seed, ...)"),
     Kind("callback", "hydra.experimental.callback:Callback", "a Hydra callback",
          "subclass hydra.experimental.callback.Callback"),
     Kind("preprocess", None, "a function", "name an importable function that maps the inputs"),
+    Kind("encoder", None, "a function",
+         "name an importable function that maps the DataFrame of the feature columns to features [rows, F]"),
 )}
 
 
