@@ -52,7 +52,7 @@ def test_undecodable_and_incomplete_artifacts_are_listed_moved_aside_and_rebuilt
     assert all(Path(p).is_dir() and ".corrupt-" in p for p in second.corrupt_artifacts)  # kept, not deleted
     np.testing.assert_array_equal(np.load(tmp_path / "first" / "signals.npy"),
                                   np.load(tmp_path / "second" / "signals.npy"))  # rebuilt bitwise (CPU)
-    assert second["attacks"]["loss"]["pooled"]["auc"] == first["attacks"]["loss"]["pooled"]["auc"]
+    assert second.attacks["loss"].pooled.auc == first.attacks["loss"].pooled.auc
 
 
 def test_a_run_trains_what_nobody_holds_then_waits_for_and_reuses_the_rest(tmp_path):

@@ -141,7 +141,7 @@ def plan_audit(ctx: Context) -> tuple[AuditPlan, Context]:
                      members=members, references=ctx.splits.reference_ids[target], skipped=skipped, outputs=outputs)
     if plan.no_report:
         print(f"note: {plan.no_report}", flush=True)
-    return plan, replace(ctx, splits=replace(ctx.splits, keep=keep))
+    return plan, ctx.for_splits(replace(ctx.splits, keep=keep))
 
 
 def _audited_metrics(ctx: Context, plan: AuditPlan, served: torch.Tensor) -> dict[str, Any]:

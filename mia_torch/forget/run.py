@@ -26,7 +26,7 @@ from mia_torch.forget.verdict import INDISTINGUISHABLE, separations, write_forge
 from mia_torch.locks import build_missing
 from mia_torch.report.check_results import ForgetAttack, ForgetResult, ForgetUtility, ModelUtility
 from mia_torch.stages.attacks import AttackOutputs, reference_signals, score_attacks
-from mia_torch.stages.context import Context, build, digest_row, is_defended, model_seed
+from mia_torch.stages.context import Context, build, digest_row, is_defended, key_of, model_seed
 from mia_torch.stages.signals import query
 from mia_torch.stages.train import model_with_weights, stored_model, train_stage
 from mia_torch.store import digest, state_dict_from_bytes, state_dict_to_bytes
@@ -81,7 +81,7 @@ def _retrained(ctx: Context, plan: ForgetPlan) -> tuple[nn.Module, dict[str, Any
     """The target trained from scratch, same seed and recipe, without the forgotten records (a stored model)."""
     keep = ctx.splits.keep.copy()
     keep[plan.target] = _retained(ctx, plan)
-    after = replace(ctx, splits=replace(ctx.splits, keep=keep), trained=[], reused=[], model_keys={})
+    after = ctx.for_splits(replace(ctx.splits, keep=keep))
     meta = train_stage(after, [plan.target])[0]
     return stored_model(after, plan.target), {**meta, "trained": bool(after.trained)}
 
@@ -93,7 +93,7 @@ def _unlearned(ctx: Context, plan: ForgetPlan, before: nn.Module) -> tuple[nn.Mo
     lr, ascent_lr = f.lr or s.train.lr, f.ascent_lr or s.train.lr
     forgotten = np.zeros(len(data.y), dtype=bool)
     forgotten[plan.forgotten] = True
-    key = digest({"before": ctx.model_keys[t], "method": f.method, "forgotten": digest_row(forgotten),
+    key = digest({"before": key_of(ctx, t), "method": f.method, "forgotten": digest_row(forgotten),
                   "epochs": f.epochs, "lr": lr, "ascent_epochs": f.ascent_epochs, "ascent_lr": ascent_lr,
                   "code": code_digest("models")})
     retained = torch.from_numpy(np.flatnonzero(_retained(ctx, plan)))

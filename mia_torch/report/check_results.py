@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mia_torch.report.json_record import Record
+from mia_torch.report.roc_metrics import Interval
 
 __all__ = ["AuditRecord", "AuditResult", "ForgetAttack", "ForgetResult", "ForgetUtility", "ModelUtility",
            "Separation"]
-
-Interval = tuple[float, float]
 
 
 @dataclass

@@ -1,13 +1,12 @@
 """What the stages share: settings, data, splits, store; seeds and content keys of models and signals.
 
-Each model's key is computed once, by the train stage (:func:`model_key`), and kept in
-``Context.model_keys``: everything after it (loading a model, its place in the store, its
-signals' key) reads it from there.
+Each model's key is computed once per context (:func:`key_of`, kept in ``Context.model_keys``):
+training it, loading it, its place in the store and its signals' key all read that one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,16 @@ from mia_torch.settings.load import Settings
 from mia_torch.store import ArtifactStore, digest
 from mia_torch.training.build import build_model
 
-__all__ = ["Context", "build", "digest_row", "is_defended", "model_key", "model_seed", "signal_key", "stored_path"]
+__all__ = ["Context", "build", "digest_row", "is_defended", "key_of", "model_key", "model_seed", "signal_key",
+           "stored_path"]
 
 
 @dataclass
 class Context:
     """What the stages share: settings, data, splits, store, what was (re)built and the models' keys.
 
-    ``model_keys[m]`` is model m's store key, set by the train stage when it makes sure the
-    model exists. A context for other splits (e.g. a forget check's retrained target) starts
-    with its own empty ``trained``, ``reused`` and ``model_keys``.
+    ``model_keys[m]`` is model m's store key (see :func:`key_of`). A context for other splits
+    (:meth:`for_splits`) starts with its own empty ``trained``, ``reused`` and ``model_keys``.
     """
 
     settings: Settings
@@ -41,6 +40,10 @@ class Context:
     trained: list[int] = field(default_factory=list)
     reused: list[int] = field(default_factory=list)
     model_keys: dict[int, str] = field(default_factory=dict)
+
+    def for_splits(self, splits: Splits) -> "Context":
+        """This run's context for other membership ``splits`` (its models have other keys)."""
+        return replace(self, splits=splits, trained=[], reused=[], model_keys={})
 
 
 def model_seed(settings: Settings, index: int) -> int:
@@ -88,9 +91,16 @@ def model_key(ctx: Context, index: int) -> str:
     return digest(spec)
 
 
+def key_of(ctx: Context, index: int) -> str:
+    """Model ``index``'s store key (:func:`model_key`), computed once per context and kept in ``ctx.model_keys``."""
+    if index not in ctx.model_keys:
+        ctx.model_keys[index] = model_key(ctx, index)
+    return ctx.model_keys[index]
+
+
 def stored_path(ctx: Context, index: int) -> Path:
     """Where model ``index``'s weights (a ``torch.save``-d state dict) lie in the store, e.g. for ``audit.checkpoint``."""
-    return ctx.store.payload_path("models", ctx.model_keys[index])
+    return ctx.store.payload_path("models", key_of(ctx, index))
 
 
 def signal_key(settings: Settings, model: str) -> str:

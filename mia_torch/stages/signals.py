@@ -12,7 +12,7 @@ from mia_torch.locks import build_missing
 from mia_torch.signals.collect import collect_logits
 from mia_torch.signals.collect_many import collect_logits_many
 from mia_torch.signals.output import serve, serve_array
-from mia_torch.stages.context import Context, build, is_defended, model_seed, signal_key
+from mia_torch.stages.context import Context, build, is_defended, key_of, model_seed, signal_key
 from mia_torch.stages.train import group_size, stored_model
 from mia_torch.store import array_from_bytes, array_to_bytes
 
@@ -20,8 +20,7 @@ __all__ = ["query", "signals_stage", "untrained_logits"]
 
 
 def signals_stage(ctx: Context, indices: Sequence[int] | None = None) -> np.ndarray:
-    """Served outputs ``[M, N, Q, C]`` of models ``indices`` (default: all; the train stage made sure they
-    exist), reusing stored signals.
+    """Served outputs ``[M, N, Q, C]`` of models ``indices`` (default: all), reusing stored signals.
 
     The store holds raw logits, so changing ``output`` reuses models and signals; the
     served transform is applied after loading. Missing logits are collected
@@ -38,7 +37,7 @@ def signals_stage(ctx: Context, indices: Sequence[int] | None = None) -> np.ndar
             raise ValueError(f"signals of shape {array.shape} for a population of {num_examples}")
         return array
 
-    keys = {index: signal_key(s, ctx.model_keys[index]) for index in indices}
+    keys = {index: signal_key(s, key_of(ctx, index)) for index in indices}
 
     def collect(chunk: list[int]) -> None:
         models = [stored_model(ctx, index) for index in chunk]

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from mia_torch.locks import build_missing
-from mia_torch.stages.context import Context, build, is_defended, model_key, model_seed
+from mia_torch.stages.context import Context, build, is_defended, key_of, model_seed
 from mia_torch.store import state_dict_from_bytes, state_dict_to_bytes
 from mia_torch.training.ensemble import train_models
 from mia_torch.training.stacking import resolve_strategy
@@ -21,7 +21,7 @@ __all__ = ["load_trained_model", "model_with_weights", "stored_model", "train_gr
 
 def load_trained_model(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[str, Any]] | None:
     """Model ``index`` from the store (weights_only load), or None when absent or corrupt (moved aside)."""
-    key = ctx.model_keys[index]
+    key = key_of(ctx, index)
     found = ctx.store.load("models", key, decode=state_dict_from_bytes)
     if found is None:
         return None
@@ -57,7 +57,7 @@ def save_trained(ctx: Context, index: int, model: torch.nn.Module, result: Train
             f"model {index} diverged (train loss {result.metrics['train_loss']}): lower train.lr or add warmup"
         )
     meta = {"model": index, **result.metrics}
-    ctx.store.save("models", ctx.model_keys[index], state_dict_to_bytes(model.state_dict()), meta)
+    ctx.store.save("models", key_of(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
     if index in ctx.reused:  # found earlier in this run, then rebuilt: it counts as trained only
         ctx.reused.remove(index)
     if index not in ctx.trained:
@@ -122,13 +122,9 @@ def train_stage(ctx: Context, indices: list[int]) -> list[dict[str, Any]]:
     Missing models are locked and trained in groups (:func:`group_size`); models another
     process is training are waited for and reused (:func:`mia_torch.locks.build_missing`).
     A stored model is reused only when its weights fit the configured architecture
-    (:func:`fitting_weights`); otherwise it is moved aside and retrained. Each model's key is
-    computed here, once, into ``ctx.model_keys``.
+    (:func:`fitting_weights`); otherwise it is moved aside and retrained.
     """
-    for index in indices:
-        if index not in ctx.model_keys:
-            ctx.model_keys[index] = model_key(ctx, index)
-    keys = {index: ctx.model_keys[index] for index in indices}
+    keys = {index: key_of(ctx, index) for index in indices}
     with tqdm(desc="train", disable=not ctx.settings.progress, unit="model", leave=False) as bar:
         outcome = build_missing(ctx.store, "models", keys, lambda chunk: train_group(ctx, chunk),
                                 group=group_size(ctx), decode=fitting_weights(ctx, indices), on_built=bar.update)
