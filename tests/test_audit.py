@@ -113,11 +113,11 @@ def test_a_checkpoint_of_another_architecture_lists_the_keys(study, tmp_path):
 def test_members_covering_every_candidate_say_why_there_is_no_report(study, capsys):
     """No known non-member among the candidates: no ROC, and the run says so (printed and in results.json)."""
     root, results = study
-    checkpoint = results["targets"]["0"]["checkpoint"]
+    checkpoint = results.targets[0].checkpoint
     audit = run_experiment(root, [*TINY, ATTACKS, f"audit.checkpoint={checkpoint}", "audit.candidates=[0,1,2]",
                                   "audit.members=[0,1,2,3]"], name="all_members")
     out = capsys.readouterr().out
-    assert audit["attacks"] == {}
-    reason = audit["audit"]["no_report"]
+    assert audit.attacks == {}
+    reason = audit.audit.no_report
     assert "audit.members lists every one of the 3 candidate records" in reason and "no known non-member" in reason
     assert out.count(reason) == 2  # when planned, before any work, and with the answer

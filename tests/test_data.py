@@ -26,8 +26,7 @@ from mia_torch.data import (
 from mia_torch.data.builtin import Digits, Synthetic
 from mia_torch.data.npz import NpzImages
 from mia_torch.data.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST
-from mia_torch.settings.load import build_configured
-from mia_torch.settings.trusted import is_package_class
+from mia_torch.settings import trusted
 from fixtures_torchvision import MNIST_FILES, write_cifar, write_mnist
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -173,7 +172,7 @@ def test_every_shipped_dataset_config_names_a_loader_class_of_the_package():
             "'mia_torch.data.builtin' in sys.modules)")
     for path in sorted((CONFIGS / "dataset").glob("*.yaml")):
         target = OmegaConf.load(path)["_target_"]
-        assert is_package_class(target), path
+        assert trusted.is_package_target(target, [trusted.KINDS["dataset"]]), path
         if path.stem == "synthetic":  # a fresh process finds the class by its name alone
             out = subprocess.run([sys.executable, "-c", code, target], capture_output=True, text=True, timeout=120,
                                  check=True).stdout
@@ -185,8 +184,8 @@ def test_unknown_option_is_rejected(tmp_path):
         Digits(num_examples=10)
     with pytest.raises(ValueError, match=r"dataset cannot be built: dataset 'digits' does not take option\(s\) "
                                          r"num_examples.*it accepts: num_test, plus name, population_size"):
-        build_configured("dataset", {"_target_": "mia_torch.data.builtin.Digits", "name": "digits",
-                                     "num_examples": 10}, DatasetLoader, implement="implement load")
+        trusted.build({"_target_": "mia_torch.data.builtin.Digits", "name": "digits", "num_examples": 10},
+                      kind="dataset", key="dataset")
 
 
 class _Tiny(DatasetLoader):
@@ -199,16 +198,15 @@ class _Tiny(DatasetLoader):
 
 
 def test_a_loader_class_of_your_own_loads_and_is_refused_when_it_is_no_loader(tmp_path):
-    loader = build_configured("dataset", {"_target_": f"{__name__}._Tiny", "name": "tiny", "n": 6}, DatasetLoader,
-                              implement="implement load")
+    loader = trusted.build({"_target_": f"{__name__}._Tiny", "name": "tiny", "n": 6}, kind="dataset", key="dataset")
     data = load_dataset(loader, root=tmp_path)
     assert data.x.shape == (6, 1, 2, 2) and data.indices.tolist() == list(range(6)) and loader.name == "tiny"
     assert loader.describe() == f"dataset 'tiny' (loader {__name__}._Tiny)"
     with pytest.raises(ValueError, match=r"dataset\._target_=collections\.OrderedDict builds a collections\.OrderedDict, "
                                          r"which is not a DatasetLoader: subclass mia_torch\.data\.loader\.DatasetLoader"):
-        build_configured("dataset", {"_target_": "collections.OrderedDict"}, DatasetLoader, implement="implement load")
+        trusted.build({"_target_": "collections.OrderedDict"}, kind="dataset", key="dataset")
     with pytest.raises(ValueError, match=r"dataset has no _target_"):
-        build_configured("dataset", {"name": "digits"}, DatasetLoader, implement="implement load")
+        trusted.build({"name": "digits"}, kind="dataset", key="dataset")
     with pytest.raises(TypeError, match="kind must be one of"):
         type("Text", (DatasetLoader,), {"kind": "text"})
 

@@ -16,7 +16,8 @@ from mia_torch.report.json_file import read_json
 from mia_torch.report.types import RunResults
 from mia_torch.training import TrainConfig
 from mia_torch.training.config import EarlyStoppingConfig
-from mia_torch.settings.load import build_configured, load_settings
+from mia_torch.settings import trusted
+from mia_torch.settings.load import load_settings
 from mia_torch.training.defense import Defense, NoDefense
 from mia_torch.training.dp import DPSGD, make_private_compatible, noise_multiplier, train_private
 
@@ -204,7 +205,7 @@ def test_bad_defense_values_are_refused_before_training(tmp_path, overrides, key
 
 
 def _defense(**values) -> Defense:
-    return build_configured("defense", values, Defense, implement="override train")
+    return trusted.build(values, kind="defense", key="defense")
 
 
 def test_defense_keys_of_another_defense_are_refused_by_name(tmp_path):
@@ -217,11 +218,15 @@ def test_defense_keys_of_another_defense_are_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="defense has no _target_"):
         _defense(name="dpsgd")
     assert _defense(_target_="mia_torch.training.dp.DPSGD", epsilon=2) == DPSGD(epsilon=2)
-    # runs saved before the group existed: no defense
+    # runs saved before the group existed: no defense; before it named its _target_: the shipped option's
     config = make_config(tmp_path, TINY)
     with open_dict(config):
         del config["defense"]
     assert load_settings(config).defense == NoDefense()
+    config = make_config(tmp_path, [*TINY, "defense=dpsgd", "defense.epsilon=2"])
+    with open_dict(config):
+        del config["defense"]["_target_"]
+    assert load_settings(config).defense == DPSGD(epsilon=2)
 
 
 @pytest.mark.slow

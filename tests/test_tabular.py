@@ -193,10 +193,10 @@ def test_one_text_cell_in_a_numeric_column_is_refused_or_read_as_missing(tmp_pat
     rows[321] = "abc," + rows[321].split(",", 1)[1]
     write(tmp_path / "typo.csv", "\n".join(["age,city,label", *rows]) + "\n")
     write(tmp_path / "test.csv", "age,city,label\n40,a,0\n50,b,1\n")
-    options = dict(root=tmp_path, path="typo.csv", test_path="test.csv", label="label")
+    options = dict(path="typo.csv", test_path="test.csv", label="label")
     with pytest.raises(ValueError, match=r"column `age` of .*typo\.csv is numeric .* 1 of 500 rows: row 321: 'abc'"):
-        load_dataset("csv", **options)
-    coerced = load_dataset("csv", **options, non_numeric="missing")
+        load_dataset(CsvRecords(**options), root=tmp_path)
+    coerced = load_dataset(CsvRecords(**options, non_numeric="missing"), root=tmp_path)
     assert coerced.feature_names == ("num__age", "cat__city_a", "cat__city_b")
     known = np.delete(ages, 321).astype(np.float64)
     imputed = np.insert(known, 321, np.median(known))
@@ -206,7 +206,7 @@ def test_one_text_cell_in_a_numeric_column_is_refused_or_read_as_missing(tmp_pat
 def test_a_mostly_text_column_stays_categorical(tmp_path):
     """More text than numbers: the column is categorical, numbers among its categories, as before."""
     write(tmp_path / "sizes.csv", "size,label\nS,0\nM,1\nL,0\n42,1\nXL,0\nS,1\n")
-    data = load_dataset("csv", root=tmp_path, path="sizes.csv", label="label", test_fraction=0.2)
+    data = load_dataset(CsvRecords(path="sizes.csv", label="label", test_fraction=0.2), root=tmp_path)
     assert all(name.startswith("cat__size_") for name in data.feature_names)
 
 

@@ -72,12 +72,6 @@ class AuditResult(Record):
         """What was audited: the checkpoint's path, or the outputs file's."""
         return str(self.checkpoint if self.outputs is None else self.outputs)
 
-    @property
-    def expected_by_chance(self) -> float:
-        """Records flagged at ``fpr`` if none of the candidates had been used: ``fpr`` x candidates."""
-        return self.fpr * self.candidates
-
-
 _OPTIONAL_AUDIT_KEYS = frozenset({"checkpoint", "checkpoint_sha256", "outputs", "outputs_sha256", "output_kind",
                                   "saturated_rows", "proxy_references", "no_report"})
 

@@ -238,7 +238,9 @@ def load_settings(cfg: DictConfig) -> Settings:
              "null or an integer >= 1")
     if not c["attack"] and c["stage"] == "all":
         raise ValueError("attack is empty: choose attacks, e.g. attack=[loss,lira_online]")
-    dataset = trusted.build(_with_shipped_target(c["dataset"], "dataset"), kind="dataset", key="dataset")
+    # options reach the loader as plain values; a nested _target_ (dataset.encoder) is the loader's to resolve
+    dataset = trusted.build(_with_shipped_target(c["dataset"], "dataset"), kind="dataset", key="dataset",
+                            _recursive_=False, _convert_="all")
     kind = dataset.kind
     queries = tuple(parse_queries(c["queries"], kind=kind))
     check_requested_population(c, queries=len(queries))
