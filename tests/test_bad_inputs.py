@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import CONFIG_DIR, REPO, TINY, make_config, run_experiment
+from helpers import CONFIG_DIR, TINY, make_config, run_experiment
 from mia_torch.data import Dataset, DatasetLoader, load_dataset
 from mia_torch.data.npz import NpzImages
 from mia_torch.data.validate import MIN_TRAIN_EXAMPLES, DataValidationError, read_npz
@@ -74,17 +74,13 @@ def _file_in_the_way(tmp: Path) -> None:
     (tmp / "a_file").write_text("not a directory")
 
 
-#: What :class:`BadLoader` replaces in valid data (set by a case's setup).
-BAD_DATA: dict = {}
+BAD_DATA: dict = {}  # what BadLoader puts in valid data (set by a case's setup)
 
 
 class BadLoader(DatasetLoader):
-    """Dataset ``bad_loader``: valid data with ``x`` / ``y`` replaced by :data:`BAD_DATA`'s."""
-
     def load(self, *, root, download, seed, **options):
         x, y, num_classes = BAD_DATA["x"], BAD_DATA["y"], BAD_DATA["num_classes"]
-        gen = torch.Generator().manual_seed(0)
-        images = torch.randn(40, 1, 4, 4, generator=gen) if x is None else x
+        images = torch.randn(40, 1, 4, 4, generator=torch.Generator().manual_seed(0)) if x is None else x
         labels = torch.arange(40) % num_classes if y is None else y
         return Dataset("bad_loader", images, labels, images[:8], labels[:8], num_classes)
 

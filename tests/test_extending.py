@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ import torch
 
 from helpers import REPO, TINY, run_experiment
 from mia_torch.evaluation import load_scores
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 from mia_torch.reproduce import main as reproduce
 
 #: The README's Extending section: every ```python / ```yaml block whose first line names its file.
@@ -23,6 +26,9 @@ FILES = {match["name"]: match["body"] for match in re.finditer(
     r"```(?:python|yaml)\n# (?P<name>my_[\w/.]+)\n(?P<body>.*?)```", EXTENDING, flags=re.S)}
 #: What the README's rerun command allows.
 ALLOWED = ["my_data.Digits4", "my_models.TinyNet", "my_defenses.Flooding", "my_attacks.LogitMargin"]
+#: The README's commands and the modules they run; where its run goes (relative to the folder it runs in).
+ENTRY_POINTS = {"mia-run": "mia_torch.cli", "mia-reproduce": "mia_torch.reproduce"}
+RUN_DIR = "outputs/runs/mine"
 
 
 @pytest.fixture
@@ -44,30 +50,36 @@ def test_the_readme_shows_each_extension_point_with_its_config():
         assert f"--allow-target {target}" in EXTENDING
 
 
+def _readme_commands() -> list[list[str]]:
+    """The README's shell commands (the ```bash block of the section), each as its words."""
+    block = EXTENDING.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
 def test_the_readme_extensions_run_together_and_replay_with_mia_reproduce(tmp_path, my_package):
-    """Dataset, model, defense and attack from outside the package; the rerun in a fresh process finds them."""
-    overrides = [f"hydra.searchpath=[file://{my_package / 'my_configs'}]", "dataset=digits4", "model=tiny",
-                 "model.width=32", "defense=flooding", "defense.level=1.5", "defense.apply_to=target",
-                 "attack=[loss,logit_margin]",
-                 "dataset.population_size=600", "num_models=4", "train.epochs=12", "bootstrap=0",
-                 "sanity_check=false", "progress=false"]
-    results = run_experiment(tmp_path, overrides)
+    """Dataset, model, defense and attack from outside the package, run by the README's own commands in a folder
+    outside the repository (smaller, by overrides appended to its mia-run); the replay finds them by name."""
+    (run_cmd, rerun_cmd) = _readme_commands()
+    assert run_cmd[:2] == ["PYTHONPATH=.", "mia-run"] and rerun_cmd[:3] == ["PYTHONPATH=.", "mia-reproduce", RUN_DIR]
+    smaller = ["model.width=32", "defense.level=1.5", "defense.apply_to=target", "dataset.population_size=600",
+               "num_models=4", "train.epochs=12", "bootstrap=0", "sanity_check=false", "progress=false"]
+    env = {**os.environ, "PYTHONPATH": ".", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("MIA_STORE_DIR", None)
+    for command in ([*run_cmd[1:], *smaller], rerun_cmd[1:]):
+        done = subprocess.run([sys.executable, "-m", ENTRY_POINTS[command[0]], *command[1:]], cwd=my_package,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "MATCH: the rerun reproduces" in done.stdout
+    run_dir = my_package / RUN_DIR
+    results = RunResults.from_dict(read_json(run_dir / "results.json"))
     assert results.dataset == {"name": "digits4", "population": 600, "test": 297, "num_classes": 10}
-    assert np.load(tmp_path / "run" / "signals.npy").shape == (4, 600, 2, 10)
-    assert set(results.attacks) == {"loss", "logit_margin"}
+    assert np.load(run_dir / "signals.npy").shape == (4, 600, 2, 10)
+    assert set(results.attacks) == {"loss", "lira_online", "logit_margin"}
     assert results.config["defense"]["_target_"] == "my_defenses.Flooding"
     # The flooded target's training loss stays at the flood level; its references (apply_to=target), trained
     # by the same recipe without it, go below.
     target, references = results.models[0], results.models[1:]
     assert target["train_loss"] > 0.9 * 1.5 > max(m["train_loss"] for m in references)
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(my_package), str(REPO), os.environ.get("PYTHONPATH", "")])}
-    rerun = subprocess.run([sys.executable, "-m", "mia_torch.reproduce", str(tmp_path / "run"), "--out",
-                            str(tmp_path / "again"), *(arg for t in ALLOWED for arg in ("--allow-target", t))],
-                           env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "MATCH: the rerun reproduces" in rerun.stdout
 
 
 def test_reproduce_refuses_the_extensions_unless_each_is_allowed(tmp_path, my_package, capsys):

@@ -234,12 +234,14 @@ def test_weight_decay_sweep_writes_summary_table_plot_and_hparams(tmp_path):
                        "lira_online/tpr@0.001fpr", "lira_online/empirical_epsilon", "dir"]
     assert [(r["job"], r["train.weight_decay"], r["status"]) for r in rows] == [("0", "0", "ok"), ("1", "0.01", "ok")]
     for row in rows:
-        results = json.loads((sweep / row["job"] / "results.json").read_text())
-        assert results["config"]["train"]["weight_decay"] == float(row["train.weight_decay"])
+        results = RunResults.from_dict(json.loads((sweep / row["job"] / "results.json").read_text()))
+        assert results.config["train"]["weight_decay"] == float(row["train.weight_decay"])
         for attack in ("loss", "lira_online"):
-            for metric in ("auc", "tpr@0.01fpr", "tpr@0.001fpr"):
-                assert float(row[f"{attack}/{metric}"]) == pytest.approx(results["attacks"][attack]["pooled"][metric])
-        train, test = results["targets"]["0"]["train_acc"], results["targets"]["0"]["test_acc"]
+            pooled = results.attacks[attack].pooled
+            for metric, value in (("auc", pooled.auc), ("tpr@0.01fpr", pooled.tpr[0.01]),
+                                  ("tpr@0.001fpr", pooled.tpr[0.001])):
+                assert float(row[f"{attack}/{metric}"]) == pytest.approx(value)
+        train, test = results.targets[0].train_acc, results.targets[0].test_acc
         assert float(row["target_train_acc"]) == pytest.approx(train)
         assert float(row["generalization_gap"]) == pytest.approx(train - test)
         # Each job's TensorBoard run carries its hyperparameters for the HParams view.
