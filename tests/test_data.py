@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -166,17 +164,9 @@ def test_synthetic_is_seeded_configurable_and_learnable(tmp_path):
 
 
 def test_every_shipped_dataset_config_names_a_loader_class_of_the_package():
-    """What ``_target_`` names is all a process needs to load a dataset: no import of the loaders beforehand."""
-    code = ("import hydra.utils, sys; from mia_torch.data.loader import DatasetLoader; "
-            "loader = hydra.utils.get_class(sys.argv[1]); print(issubclass(loader, DatasetLoader), "
-            "'mia_torch.data.builtin' in sys.modules)")
+    """What ``_target_`` names is all a process needs to load a dataset, and a replay may build it."""
     for path in sorted((CONFIGS / "dataset").glob("*.yaml")):
-        target = OmegaConf.load(path)["_target_"]
-        assert trusted.is_package_target(target, [trusted.KINDS["dataset"]]), path
-        if path.stem == "synthetic":  # a fresh process finds the class by its name alone
-            out = subprocess.run([sys.executable, "-c", code, target], capture_output=True, text=True, timeout=120,
-                                 check=True).stdout
-            assert out.split()[:2] == ["True", "True"]
+        assert trusted.is_package_target(OmegaConf.load(path)["_target_"], [trusted.KINDS["dataset"]]), path
 
 
 def test_unknown_option_is_rejected(tmp_path):
