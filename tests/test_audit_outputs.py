@@ -15,6 +15,7 @@ from helpers import TINY, run_experiment
 from mia_torch.audit.outputs import SUM_TOLERANCE, read_outputs, to_logits
 from mia_torch.evaluation import load_scores
 from mia_torch.report.table import PROXY_CAVEAT
+from mia_torch.report.types import RunResults
 from mia_torch.signals.stats import logit_scaled_confidence
 
 NO_DATA = [o for o in TINY if not o.startswith("dataset")]
@@ -147,7 +148,7 @@ def trained_outside(tmp_path_factory) -> Path:
     return root
 
 
-def _audit(root: Path, name: str, source: list[str]) -> dict:
+def _audit(root: Path, name: str, source: list[str]) -> RunResults:
     return run_experiment(root, [*NO_DATA, "dataset=npz_features", f"dataset.path={root / 'features.npz'}",
                                  "model.hidden_sizes=[32]", "train=adam", "train.epochs=6",
                                  "attack=[loss,lira_offline,rmia]", *source], name=name)
@@ -165,19 +166,20 @@ def test_outputs_give_the_scores_of_the_checkpoint_with_references_of_its_archit
     printed = capsys.readouterr().out
     expected = load_scores(root / "checkpoint" / "scores.npz")
     for kind, results in runs.items():
-        assert results["trained_models"] == []  # the same stand-in references, from the store
+        assert results.trained_models == []  # the same stand-in references, from the store
         scores = load_scores(root / kind / "scores.npz")
         for attack in ("loss", "lira_offline", "rmia"):
             if kind == "logits":  # the very numbers the checkpoint's query gives
                 np.testing.assert_array_equal(scores[attack][0], expected[attack][0], err_msg=attack)
             else:
                 np.testing.assert_allclose(scores[attack][0], expected[attack][0], rtol=1e-4, atol=1e-6, err_msg=kind)
-        target = results["targets"]["0"]
-        assert target["proxy_references"] is True and target["outputs"] == str(root / f"{kind}.npy")
-        assert results["audit"]["output_kind"] == kind and results["audit"]["saturated_rows"] == 0
-    assert from_checkpoint["targets"]["0"]["proxy_references"] is False
+        target = results.targets[0]
+        assert target.proxy_references is True and target.outputs == str(root / f"{kind}.npy")
+        assert results.audit.output_kind == kind and results.audit.saturated_rows == 0
+        assert results.audit.checkpoint is None and results.audit.outputs == str(root / f"{kind}.npy")
+    assert from_checkpoint.targets[0].proxy_references is False and from_checkpoint.audit.outputs is None
     full = runs["logits"]
-    assert full["attacks"]["loss"]["pooled"]["auc"] > 0.5 and full["targets"]["0"]["train_acc"] == 1.0
+    assert full.attacks["loss"].pooled.auc > 0.5 and full.targets[0].train_acc == 1.0
     assert printed.count(PROXY_CAVEAT) == 3 and printed.count("known membership:") == 1
 
 

@@ -24,7 +24,8 @@ import torch
 import yaml
 
 from helpers import CONFIG_DIR, TINY, make_config, run_experiment
-from mia_torch.data import DATASETS, Dataset, load_dataset
+from mia_torch.data import Dataset, DatasetLoader, load_dataset
+from mia_torch.data.npz import NpzImages
 from mia_torch.data.validate import MIN_TRAIN_EXAMPLES, DataValidationError, read_npz
 from mia_torch.settings.load import check_attacks, load_settings
 
@@ -73,15 +74,21 @@ def _file_in_the_way(tmp: Path) -> None:
     (tmp / "a_file").write_text("not a directory")
 
 
+BAD_DATA: dict = {}  # what BadLoader puts in valid data (set by a case's setup)
+
+
+class BadLoader(DatasetLoader):
+    def load(self, *, root, download, seed, **options):
+        x, y, num_classes = BAD_DATA["x"], BAD_DATA["y"], BAD_DATA["num_classes"]
+        images = torch.randn(40, 1, 4, 4, generator=torch.Generator().manual_seed(0)) if x is None else x
+        labels = torch.arange(40) % num_classes if y is None else y
+        return Dataset("bad_loader", images, labels, images[:8], labels[:8], num_classes)
+
+
 def _loader(x=None, y=None, num_classes: int = 3) -> Callable[[Path], None]:
-    """Setup that registers dataset ``bad_loader`` returning valid data with ``x`` / ``y`` replaced."""
+    """Setup that makes :class:`BadLoader` return valid data with ``x`` / ``y`` replaced."""
     def register(tmp: Path) -> None:
-        def load(*, root, download, seed, **options):
-            gen = torch.Generator().manual_seed(0)
-            images = torch.randn(40, 1, 4, 4, generator=gen) if x is None else x
-            labels = torch.arange(40) % num_classes if y is None else y
-            return Dataset("bad_loader", images, labels, images[:8], labels[:8], num_classes)
-        DATASETS["bad_loader"] = load
+        BAD_DATA.update(x=x, y=y, num_classes=num_classes)
     return register
 
 
@@ -112,7 +119,7 @@ class Case:
 
 NPZ = [*NO_DATA, "dataset=npz", "dataset.path={tmp}/bad.npz"]
 CSV = [*NO_DATA, "dataset=csv", "dataset.path={tmp}/records.csv", "dataset.label=label"]
-LOADER = [*NO_DATA, "dataset=npz", "dataset.name=bad_loader"]
+LOADER = [*NO_DATA, "dataset=npz", "dataset.name=bad_loader", f"dataset._target_={__name__}.BadLoader"]
 NAN = float("nan")
 
 CASES = [
@@ -234,7 +241,7 @@ def _store_is_empty(store: Path) -> bool:
 @pytest.fixture
 def clean_registry():
     yield
-    DATASETS.pop("bad_loader", None)
+    BAD_DATA.clear()
 
 
 def refused(tmp_path: Path, overrides: list[str], monkeypatch, capsys, *, run_name: str = "run") -> tuple[int, str]:
@@ -332,7 +339,7 @@ def test_near_misses_are_accepted(tmp_path):
     np.savez(tmp_path / "ok.npz", **arrays)
     read = read_npz(tmp_path / "ok.npz")
     assert read.num_classes == 5 and read.y_train.dtype == np.int64 and read.y_train.shape == (64,)
-    data = load_dataset("npz", root=tmp_path, path="ok.npz")
+    data = load_dataset(NpzImages(path="ok.npz"), root=tmp_path)
     assert data.num_classes == 5 and sorted(data.y.unique().tolist()) == [1, 2, 3, 4]
 
 

@@ -42,17 +42,17 @@ def test_the_overfit_mlp_leaks_from_its_weights_and_the_feature_route_agrees(ban
     assert figures["mlp_train_acc"] > figures["mlp_test_acc"] + 0.05  # the bank's model overfits
     known = [f"audit.checkpoint={root / 'bank' / 'fraud_mlp.pt'}", f"audit.members={root / 'bank' / 'members.npy'}"]
     results = _audit(root, "mlp", known)
-    offline = {name: a["pooled"] for name, a in results["attacks"].items()}
-    best = max(offline, key=lambda name: offline[name]["auc"])
-    assert offline[best]["ci"]["auc"][0] > 0.5, offline[best]
-    assert all(a["sanity"]["chance_in_ci"] for a in results["attacks"].values())
-    assert results["targets"]["0"]["proxy_references"] is False
+    offline = {name: a.pooled for name, a in results.attacks.items()}
+    best = max(offline, key=lambda name: offline[name].auc)
+    assert offline[best].ci["auc"][0] > 0.5, offline[best]
+    assert all(a.sanity.chance_in_ci for a in results.attacks.values())
+    assert results.targets[0].proxy_references is False
     matrix = ["dataset=npz_features", f"dataset.path={root / 'bank' / 'features.npz'}"]
     features = _audit(root, "features", [*known, *matrix], setup=RECIPE)
     same, other = load_scores(root / "mlp" / "scores.npz"), load_scores(root / "features" / "scores.npz")
     for name in offline:  # identical features and recipe: identical references and scores
         np.testing.assert_array_equal(same[name][0], other[name][0], err_msg=name)
-    assert features["attacks"][best]["pooled"]["auc"] == offline[best]["auc"]
+    assert features.attacks[best].pooled.auc == offline[best].auc
 
 
 def test_scikit_learn_models_are_audited_from_predict_proba_with_the_proxy_caveat(bank, capsys):
@@ -61,7 +61,7 @@ def test_scikit_learn_models_are_audited_from_predict_proba_with_the_proxy_cavea
         results = _audit(root, model, [f"audit.outputs={root / 'bank' / f'{model}_proba.npy'}",
                                        "audit.output_kind=probabilities",
                                        f"audit.members={root / 'bank' / 'members.npy'}"])
-        assert results["targets"]["0"]["proxy_references"] is True and results["audit"]["proxy_references"]
-        assert max(a["pooled"]["auc"] for a in results["attacks"].values()) > 0.5
+        assert results.targets[0].proxy_references is True and results.audit.proxy_references
+        assert max(a.pooled.auc for a in results.attacks.values()) > 0.5
         assert "a proxy for the audited model's own architecture" in capsys.readouterr().out
-    assert results["audit"]["saturated_rows"] > 0  # fully grown trees that all agree: probabilities of exactly 1
+    assert results.audit.saturated_rows > 0  # fully grown trees that all agree: probabilities of exactly 1

@@ -28,7 +28,7 @@ def test_a_one_run_audit_adds_canaries_to_the_target_only_and_reports_typed_boun
     results = RunResults.from_dict(json.loads((run / "results.json").read_text()))
     audit = results.dp_audit
     assert audit is not None and audit.kind == "mislabeled" and audit.canaries == 60 and audit.score == "loss"
-    assert out["trained_models"] == [0]  # the loss needs no reference models
+    assert out.trained_models == [0]  # the loss needs no reference models
     with np.load(run / "canaries.npz") as saved:
         columns, included, labels, source = (saved[k] for k in ("columns", "included", "labels", "source_ids"))
     keep, eval_mask = np.load(run / "keep.npy"), np.load(run / "eval_mask.npy")
@@ -75,8 +75,8 @@ def _study_reads_the_audits_back(tmp_path, out):
     """A sweep of two seeds (the run above, its results.json written again as seed 1)."""
     for seed in (0, 1):
         (tmp_path / "sweep" / str(seed)).mkdir(parents=True)
-        (tmp_path / "sweep" / str(seed) / "results.json").write_text(json.dumps({**out, "config": {
-            **out["config"], "seed": seed}}))
+        (tmp_path / "sweep" / str(seed) / "results.json").write_text(json.dumps({**out.to_dict(), "config": {
+            **out.config, "seed": seed}}))
     points, missing = audit_points(collect_jobs(tmp_path / "sweep"))
     assert [(p.setting, p.kind, p.seed) for p in points] == [("no DP", "mislabeled", 0), ("no DP", "mislabeled", 1)]
     assert not missing and all(p.accountant is None and not p.exceeds for p in points)

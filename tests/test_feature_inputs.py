@@ -17,6 +17,8 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 
 from helpers import TINY, make_config, run_experiment
 from mia_torch.data import load_dataset
+from mia_torch.data.npz import NpzFeatures, NpzImages
+from mia_torch.data.tabular import CsvRecords
 from mia_torch.settings.load import load_settings
 
 NO_DATA = [o for o in TINY if not o.startswith("dataset")]
@@ -61,8 +63,8 @@ def bank(tmp_path) -> dict[str, Path]:
 
 
 def _csv(bank: dict[str, Path], **options):
-    return load_dataset("csv", root=bank["dir"], path="population.csv", test_path="holdout.csv", label="fraud",
-                        drop=["transaction_id"], **options)
+    return load_dataset(CsvRecords(path="population.csv", test_path="holdout.csv", label="fraud",
+                                   drop=["transaction_id"], **options), root=bank["dir"])
 
 
 def bank_features(frame: pd.DataFrame, *, encoder: str) -> np.ndarray:
@@ -86,7 +88,7 @@ def doubled(x):
 
 
 def test_the_encoder_route_and_the_feature_matrix_route_give_identical_features(bank):
-    from_features = load_dataset("npz_features", root=bank["dir"], path="features.npz")
+    from_features = load_dataset(NpzFeatures(path="features.npz"), root=bank["dir"])
     from_skops = _csv(bank, encoder="encoder.skops")
     from_callable = _csv(bank, encoder={"_target_": f"{__name__}.bank_features", "encoder": str(bank["encoder"])})
     for data in (from_skops, from_callable):
@@ -104,7 +106,7 @@ def test_feature_matrices_are_tabular_with_the_tabular_defaults(bank, tmp_path):
     assert settings.queries == ("identity",)
     with pytest.raises(ValueError, match="train.augment.flip"):
         load_settings(make_config(tmp_path, [*NO_DATA, "dataset=npz_features", "train.augment.flip=true"]))
-    data = load_dataset("npz_features", root=bank["dir"], path="features.npz")
+    data = load_dataset(NpzFeatures(path="features.npz"), root=bank["dir"])
     raw = np.load(bank["features"])["x_train"]
     assert np.array_equal(data.x.numpy(), raw.astype(np.float32))  # used unchanged: no scaling
     assert data.mean == () and data.input_shape == (raw.shape[1],)
@@ -112,7 +114,7 @@ def test_feature_matrices_are_tabular_with_the_tabular_defaults(bank, tmp_path):
 
 def test_a_feature_matrix_given_as_images_points_to_npz_features(bank):
     with pytest.raises(ValueError, match="dataset=npz_features"):
-        load_dataset("npz", root=bank["dir"], path="features.npz")
+        load_dataset(NpzImages(path="features.npz"), root=bank["dir"])
 
 
 def test_images_given_as_features_are_refused(tmp_path):
@@ -120,7 +122,7 @@ def test_images_given_as_features_are_refused(tmp_path):
     labels = np.arange(10) % 2
     np.savez(tmp_path / "images.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
     with pytest.raises(ValueError, match=r"x_train.*\[N, F\].*dataset=npz"):
-        load_dataset("npz_features", root=tmp_path, path="images.npz")
+        load_dataset(NpzFeatures(path="images.npz"), root=tmp_path)
 
 
 # --------------------------------------------------------------------------- bad encoders

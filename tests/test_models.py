@@ -13,6 +13,8 @@ from torch import nn
 
 from fixtures_torchvision import write_mnist
 from mia_torch.data import load_dataset
+from mia_torch.data.builtin import Digits
+from mia_torch.data.torchvision_sets import MNIST
 from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
@@ -145,12 +147,12 @@ def _fit_small_cnn(data, *, batch: int, steps: int = 100) -> float:
 
 def test_small_cnn_learns_the_written_mnist_fixture(tmp_path):
     write_mnist(tmp_path, num_train=600, num_test=200, seed=0)
-    acc = _fit_small_cnn(load_dataset("mnist", root=tmp_path), batch=32)
+    acc = _fit_small_cnn(load_dataset(MNIST(), root=tmp_path), batch=32)
     assert acc > 0.6, acc  # chance is 0.1
 
 
 def test_small_cnn_learns_digits(tmp_path):
-    acc = _fit_small_cnn(load_dataset("digits", root=tmp_path, seed=0), batch=64)
+    acc = _fit_small_cnn(load_dataset(Digits(), root=tmp_path, seed=0), batch=64)
     assert acc > 0.7, acc
 
 

@@ -38,7 +38,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     study = run_experiment(root, [*TINY, ATTACKS], name="study")
     members = root / "members.npy"
     np.save(members, np.flatnonzero(np.load(root / "study" / "keep.npy")[0]))
-    run_experiment(root, [*TINY, ATTACKS, f"audit.checkpoint={study['targets']['0']['checkpoint']}",
+    run_experiment(root, [*TINY, ATTACKS, f"audit.checkpoint={study.targets[0].checkpoint}",
                           f"audit.members={members}"], name="audit")
     run_experiment(root, [*TINY, ATTACKS, "forget.method=retrain", "forget.count=40"], name="forget")
     return {kind: root / kind for kind in KINDS}

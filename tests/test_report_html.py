@@ -201,7 +201,9 @@ def test_the_forget_answer_needs_the_records_seen_before_and_unseen_after(tmp_pa
     saved["forget"] = {"method": "retrain", "target": 0, "forgotten": 40, "never_seen": 200, "retained": 160,
                        "forgotten_ids": list(range(40)), "fpr": 0.01, "still_flagged": [3],
                        "attacks": {"loss": {"before": side(before), "after": side(after)}},
-                       "verdict": side(after)["verdict"], "utility": {}, "records_csv": "forget.csv"}
+                       "verdict": side(after)["verdict"], "records_csv": "forget.csv", "after_model": {},
+                       "utility": {moment: {"test_acc": 0.9, "retained_acc": 1.0, "forgotten_acc": acc}
+                                   for moment, acc in (("before", 1.0), ("after", 0.95))}}
     write_json(run_dir / "results.json", saved)
     html = write_run_html(run_dir).read_text()
     answer = re.search(r'<p class="verdict [a-z]+" id="forget-verdict">\s*<strong>([^<]+)</strong>', html)

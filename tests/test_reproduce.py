@@ -17,6 +17,8 @@ import yaml
 from helpers import REPO, TINY
 from results_fixtures import make_results
 from mia_torch.evaluation import load_scores, save_scores
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 
 
 SCRIPT = ["-m", "mia_torch.reproduce"]  # mia-reproduce
@@ -63,9 +65,9 @@ def test_reproduce_matches_a_finished_run_then_catches_tampered_scores(finished_
     assert "WARNING: config.yaml" not in out  # its ${oc.env:...} data_dir is text, never resolved nor flagged
     # A fresh store: every model was retrained, none read from the original store.
     assert "empty: every model is retrained" in out
-    rerun = json.loads((tmp_path / "again" / "results.json").read_text())
-    assert rerun["trained_models"] == [0, 1, 2, 3]
-    assert rerun["config"]["store_dir"] == str(tmp_path / "again" / "store")
+    rerun = RunResults.from_dict(read_json(tmp_path / "again" / "results.json"))
+    assert rerun.trained_models == [0, 1, 2, 3]
+    assert rerun.config["store_dir"] == str(tmp_path / "again" / "store")
     report = json.loads((tmp_path / "again" / "reproduce_report.json").read_text())
     assert report["verdict"] == "MATCH" and report["mode"] == "exact"
 

@@ -30,10 +30,11 @@ from mia_torch.audit.ids import read_ids
 from mia_torch.audit.outputs import PROXY_P_VALUES, AuditedOutputs, outputs_metrics, read_outputs, warn_if_unordered
 from mia_torch.audit.summary import MAX_PRINTED, describe_records, write_records_csv
 from mia_torch.evaluation import save_scores
+from mia_torch.report.check_results import AuditRecord, AuditResult
 from mia_torch.report.html import finish_run_html
 from mia_torch.report.json_file import write_json
 from mia_torch.report.table import PROXY_CAVEAT
-from mia_torch.report.types import TargetResult
+from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.settings.load import build_attack
 from mia_torch.signals.output import serve
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
@@ -140,7 +141,7 @@ def plan_audit(ctx: Context) -> tuple[AuditPlan, Context]:
                      members=members, references=ctx.splits.reference_ids[target], skipped=skipped, outputs=outputs)
     if plan.no_report:
         print(f"note: {plan.no_report}", flush=True)
-    return plan, replace(ctx, splits=replace(ctx.splits, keep=keep))
+    return plan, ctx.for_splits(replace(ctx.splits, keep=keep))
 
 
 def _audited_metrics(ctx: Context, plan: AuditPlan, served: torch.Tensor) -> dict[str, Any]:
@@ -161,24 +162,24 @@ def _audited_metrics(ctx: Context, plan: AuditPlan, served: torch.Tensor) -> dic
     return metrics
 
 
-def _audit_summary(ctx: Context, plan: AuditPlan, evidence: RecordEvidence) -> dict[str, Any]:
-    """The ``audit`` entry of ``results.json``."""
+def _audit_summary(ctx: Context, plan: AuditPlan, evidence: RecordEvidence) -> AuditResult:
+    """The run's ``audit`` section."""
     fpr = ctx.settings.audit.fpr
     flagged = verdicts(evidence.p_gaussian, fpr) == "member"
     shown = plan.candidates[:MAX_PRINTED]
-    source = ({"checkpoint": str(plan.checkpoint), "checkpoint_sha256": _sha256(plan.checkpoint)}
+    source = (dict(checkpoint=str(plan.checkpoint), checkpoint_sha256=_sha256(plan.checkpoint))
               if plan.outputs is None else
-              {"outputs": str(plan.checkpoint), "outputs_sha256": _sha256(plan.checkpoint),
-               "output_kind": plan.outputs.kind, "saturated_rows": plan.outputs.saturated, "proxy_references": True})
-    return {
+              dict(outputs=str(plan.checkpoint), outputs_sha256=_sha256(plan.checkpoint),
+                   output_kind=plan.outputs.kind, saturated_rows=plan.outputs.saturated, proxy_references=True))
+    return AuditResult(
         **source,
-        "preprocess": ctx.settings.audit.preprocess, "references": list(plan.references),
-        "online": ctx.settings.audit.online, "skipped_attacks": plan.skipped, "fpr": fpr,
-        "candidates": int(len(plan.candidates)), "flagged": int(flagged.sum()), "records_csv": "records.csv",
-        **({"no_report": plan.no_report} if plan.no_report else {}),
-        "records": [{"id": int(i), "p_gaussian": float(evidence.p_gaussian[k]), "p_rank": float(evidence.p_rank[k]),
-                     "verdict": "member" if flagged[k] else "no evidence"} for k, i in enumerate(shown)],
-    }
+        preprocess=ctx.settings.audit.preprocess, references=list(plan.references),
+        online=ctx.settings.audit.online, skipped_attacks=plan.skipped, fpr=fpr,
+        candidates=int(len(plan.candidates)), flagged=int(flagged.sum()), records_csv="records.csv",
+        no_report=plan.no_report or None,
+        records=[AuditRecord(id=int(i), p_gaussian=float(evidence.p_gaussian[k]), p_rank=float(evidence.p_rank[k]),
+                             verdict="member" if flagged[k] else "no evidence") for k, i in enumerate(shown)],
+    )
 
 
 def _served(ctx: Context, plan: AuditPlan) -> torch.Tensor:
@@ -197,7 +198,7 @@ def _audited_line(plan: AuditPlan, metrics: dict[str, Any]) -> str:
             f"{metrics['population_acc']:.3f}\n{PROXY_CAVEAT}")
 
 
-def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
+def run_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
     """Train (or reuse) the references, score the user's model and answer per record."""
     plan, ctx = plan_audit(ctx)
     s, t = ctx.settings, plan.target
@@ -221,18 +222,18 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
                       source_ids=ctx.data.indices.numpy()[plan.candidates], classes=classes, evidence=evidence,
                       scores=candidate_scores, fpr=s.audit.fpr, members=known)
     target_metrics = _audited_metrics(ctx, plan, served)
-    extra = {"audit": _audit_summary(ctx, plan, evidence)}
+    section = _audit_summary(ctx, plan, evidence)
     models = [*ref_metrics, target_metrics]
     if plan.ground_truth:
         mask = np.zeros(len(ctx.data.y), dtype=bool)
         mask[plan.candidates] = True
         results = report_study(ctx, cfg, started, model_metrics=models, target_metrics={t: target_metrics},
                                served={t: served.cpu().numpy()}, outputs=outputs, keep=ctx.splits.keep,
-                               eval_mask=mask, extra=extra)
+                               eval_mask=mask, audit=section)
     else:
         save_scores(ctx.run_dir / "scores.npz", outputs.scores)
         targets = {t: TargetResult.from_dict(target_metrics, path="audited model")}
-        results = run_results(ctx, cfg, started, targets=targets, models=models, attacks={}, extra=extra)
+        results = run_results(ctx, cfg, started, targets=targets, models=models, attacks={}, audit=section)
         write_json(ctx.run_dir / "results.json", results.to_dict())
         finish_run_html(ctx.run_dir)
         print(_audited_line(plan, target_metrics) + (f"\nnote: {plan.no_report}" if plan.no_report else ""),
@@ -244,4 +245,4 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
     if plan.outputs is not None:
         print(f"  {PROXY_P_VALUES}", flush=True)
     print(f"records: {ctx.run_dir / 'records.csv'}", flush=True)
-    return results.to_dict()
+    return results

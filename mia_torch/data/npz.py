@@ -15,17 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mia_torch.data.datasets import (
-    Dataset,
-    DatasetNotFoundError,
-    channel_stats,
-    data_file,
-    normalize,
-    register_dataset,
-)
+from mia_torch.data.datasets import Dataset, DatasetNotFoundError, channel_stats, data_file, normalize
+from mia_torch.data.loader import DatasetLoader
 from mia_torch.data.validate import DataValidationError, NpzArrays, read_npz, validate_dataset
 
-__all__ = ["check_feature_array"]
+__all__ = ["NpzFeatures", "NpzImages", "check_feature_array"]
 
 #: Optional array of a feature file: one name per column of ``x_train``.
 FEATURE_NAMES_KEY = "feature_names"
@@ -63,7 +57,6 @@ def _checked(data_fn, file: Path) -> Dataset:
     return data
 
 
-@register_dataset("npz")
 def _npz(*, root: Path | None, download: bool, seed: int, path: str | None = None) -> Dataset:
     """Your own images: ``x_train, y_train, x_test, y_test`` in a ``.npz`` file (no pickle).
 
@@ -125,7 +118,6 @@ def _feature_names(file: Path) -> tuple[str, ...]:
     return tuple(str(n) for n in names)
 
 
-@register_dataset("npz_features", kind="tabular")
 def _npz_features(*, root: Path | None, download: bool, seed: int, path: str | None = None) -> Dataset:
     """Your own feature matrix: ``x_train [N, F]``, ``y_train``, ``x_test [M, F]``, ``y_test`` in a ``.npz`` file.
 
@@ -148,3 +140,16 @@ def _npz_features(*, root: Path | None, download: bool, seed: int, path: str | N
     return _checked(lambda: Dataset(name="npz_features", x=x, y=torch.from_numpy(arrays.y_train), x_test=x_test,
                                     y_test=torch.from_numpy(arrays.y_test), num_classes=arrays.num_classes,
                                     kind="tabular", feature_names=names), file)
+
+
+class NpzImages(DatasetLoader):
+    """``dataset=npz``: your own images and labels, from a ``.npz`` file; its options are :func:`_npz`'s."""
+
+    load = staticmethod(_npz)
+
+
+class NpzFeatures(DatasetLoader):
+    """``dataset=npz_features``: your own feature matrix, from a ``.npz`` file; see :func:`_npz_features`."""
+
+    kind = "tabular"
+    load = staticmethod(_npz_features)

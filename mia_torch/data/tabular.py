@@ -42,15 +42,16 @@ from mia_torch.data.datasets import (
     Dataset,
     data_file,
     is_int_in,
-    register_dataset,
     split_rows,
 )
+from mia_torch.data.loader import DatasetLoader
 from mia_torch.data.user_encoder import UserEncoder, encode_tables, load_encoder
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["MISSING_CATEGORY", "MISSING_POLICIES", "NON_NUMERIC_POLICIES", "read_csv", "tabular_dataset"]
+__all__ = ["MISSING_CATEGORY", "MISSING_POLICIES", "NON_NUMERIC_POLICIES", "BreastCancer", "CsvRecords", "read_csv",
+           "tabular_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,6 @@ def _own_encoding(population: "pd.DataFrame", test: "pd.DataFrame", *, categoric
             tuple(str(f) for f in encoder.get_feature_names_out()))
 
 
-@register_dataset("csv", kind="tabular")
 def _csv(
     *,
     root: Path | None,
@@ -222,7 +222,6 @@ def _csv(
     )
 
 
-@register_dataset("breast_cancer", kind="tabular")
 def _breast_cancer(*, root: Path | None, download: bool, seed: int, num_test: int = 100) -> Dataset:
     """scikit-learn's bundled Wisconsin diagnostic breast cancer records (569 patients, offline).
 
@@ -245,6 +244,20 @@ def _breast_cancer(*, root: Path | None, download: bool, seed: int, num_test: in
         source="the breast_cancer records", test_source="the breast_cancer test records",
         indices=pop_rows, test_indices=test_rows,
     )
+
+
+class CsvRecords(DatasetLoader):
+    """``dataset=csv``: your records, from a CSV file; its options are :func:`_csv`'s."""
+
+    kind = "tabular"
+    load = staticmethod(_csv)
+
+
+class BreastCancer(DatasetLoader):
+    """``dataset=breast_cancer``: scikit-learn's bundled breast cancer records; see :func:`_breast_cancer`."""
+
+    kind = "tabular"
+    load = staticmethod(_breast_cancer)
 
 
 # --------------------------------------------------------------------------- helpers

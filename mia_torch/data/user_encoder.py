@@ -19,7 +19,6 @@ float32's range, with as many columns for the test rows as for the population.
 
 from __future__ import annotations
 
-import functools
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,15 +52,11 @@ class UserEncoder:
 
 
 def _from_target(spec: Mapping[str, Any]) -> UserEncoder:
-    import hydra
+    """The function ``spec`` names, through the guarded builder (:func:`mia_torch.settings.trusted.bound_callable`)."""
+    from mia_torch.settings import trusted
 
-    target = spec["_target_"]
-    try:
-        fn = hydra.utils.get_method(str(target))
-    except Exception as err:  # noqa: BLE001 - re-raised naming the key
-        raise ValueError(f"{ENCODER_KEY}._target_={target!r} cannot be imported: {err}") from err
-    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-    return UserEncoder(functools.partial(fn, **kwargs) if kwargs else fn, f"{ENCODER_KEY}._target_={target}")
+    fn = trusted.bound_callable(spec, kind="encoder", key=ENCODER_KEY)
+    return UserEncoder(fn, f"{ENCODER_KEY}._target_={spec['_target_']}")
 
 
 def _refuse_pickle(file: Path) -> None:

@@ -11,28 +11,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_write_bytes
-from mia_torch.data.datasets import describe_dataset
 from mia_torch.data.validate import check_training_sets
 from mia_torch.dp_audit.canaries import Canaries, add_canaries, draw_canaries
 from mia_torch.dp_audit.config import INPUT_KINDS
 from mia_torch.dp_audit.gradient import train_with_gradient_canaries
 from mia_torch.dp_audit.guesses import audit_scores, precision_curve
 from mia_torch.dp_audit.result import DpAuditResult
+from mia_torch.report.types import RunResults
 from mia_torch.settings.load import build_attack
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
-from mia_torch.stages.context import Context, build, is_private, model_seed, stored_path
+from mia_torch.stages.context import Context, build, is_defended, model_seed, stored_path
 from mia_torch.stages.report import report_study
 from mia_torch.stages.signals import query, signals_stage
 from mia_torch.stages.train import train_stage
 from mia_torch.store import array_to_bytes
 from mia_torch.training.canary_gradients import num_trainable
+from mia_torch.training.dp import DPSGD
 
 __all__ = ["DpAuditPlan", "plan_dp_audit", "run_dp_audit"]
 
@@ -52,9 +52,8 @@ def plan_dp_audit(ctx: Context) -> DpAuditPlan:
     """Draw the canaries and check that they, the score and the training sets fit the run (naming the key)."""
     s = ctx.settings
     audit, target = s.dp_audit, s.target_ids[0]
-    if audit.delta is not None and s.defense.delta is None:  # one delta: DP-SGD's, the bounds', the pooled epsilon's
-        s = replace(s, defense=replace(s.defense, delta=audit.delta))
-        ctx = replace(ctx, settings=s)
+    if audit.delta is not None and isinstance(s.defense, DPSGD) and s.defense.delta is None:
+        s = replace(s, defense=replace(s.defense, delta=audit.delta))  # one delta: DP-SGD's, the bounds', the pooled ε's
     attacks = {name: build_attack(name, cfg) for name, cfg in s.attacks.items()}
     if audit.kind in INPUT_KINDS and attacks[audit.score_name].needs_in_references:
         raise ValueError(f"dp_audit.score={audit.score_name} is an online attack: its references would have to train "
@@ -64,12 +63,13 @@ def plan_dp_audit(ctx: Context) -> DpAuditPlan:
         else ()
     parameters = None
     if audit.kind == "gradient":
-        parameters = num_trainable(build(s, ctx.data, model_seed(s, target), private=is_private(s, target)))
+        parameters = num_trainable(build(s, ctx.data, model_seed(s, target), defended=is_defended(s, target)))
     canaries = draw_canaries(audit, ctx.data, seed=s.seed, num_parameters=parameters)
     data, splits = add_canaries(ctx.data, ctx.splits, canaries, target=target, seed=s.seed)
     check_training_sets(splits.keep[[target, *references]], threat_model=s.threat_model,
-                        source=describe_dataset(s.dataset["name"], s.dataset) + f" with {len(canaries)} canaries")
-    return DpAuditPlan(ctx=replace(ctx, data=data, splits=splits), canaries=canaries, target=target,
+                        source=f"{s.dataset.describe()} with {len(canaries)} canaries")
+    # the models' keys follow the canaries (and the delta): a context of its own
+    return DpAuditPlan(ctx=replace(ctx.for_splits(splits), settings=s, data=data), canaries=canaries, target=target,
                        references=references)
 
 
@@ -105,9 +105,9 @@ def _score_target(ctx: Context, target: int, served: torch.Tensor, references: l
     return out
 
 
-def run_dp_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
-    """Train the target with its canaries (and any references), report the study and the audit; the
-    ``results.json`` dict (its ``dp_audit`` entry: :class:`~mia_torch.dp_audit.result.DpAuditResult`)."""
+def run_dp_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
+    """Train the target with its canaries (and any references), report the study and the audit; the typed
+    results (their ``dp_audit`` section: :class:`~mia_torch.dp_audit.result.DpAuditResult`)."""
     plan = plan_dp_audit(ctx)
     ctx, target, canaries = plan.ctx, plan.target, plan.canaries
     s, references = ctx.settings, list(plan.references)
@@ -132,4 +132,4 @@ def run_dp_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any
     results = report_study(ctx, cfg, started, model_metrics=model_metrics, target_metrics={target: target_meta},
                            served={target: served.cpu().numpy()}, outputs=outputs, keep=ctx.splits.keep,
                            eval_mask=ctx.splits.eval_mask, dp_audit=result)
-    return results.to_dict()
+    return results

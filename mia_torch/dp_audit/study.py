@@ -24,7 +24,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_open
-from mia_torch.report.sweep import SweepJob, collect_jobs, csv_text, report_after_sweep
+from mia_torch.report.sweep import csv_text, report_after_sweep
+from mia_torch.report.sweep_jobs import SweepJob, collect_jobs
 
 __all__ = ["AuditPoint", "DpAuditStudyCallback", "audit_points", "describe_audit_study", "write_dp_audit_study"]
 

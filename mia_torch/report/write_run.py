@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from mia_torch.evaluation import Scores, empirical_p_values, pooled
 from mia_torch.report.dp_audit_plot import dp_audit_figure
 from mia_torch.report.html import REPORT_NAME, finish_run_html
 from mia_torch.report.pictures import ImageSource, confidence_figure, exposed_records_figure, slices_figure
@@ -20,7 +19,7 @@ from mia_torch.report.vulnerability import write_vulnerability_csv
 from mia_torch.report.json_file import write_json
 from mia_torch.report.table import format_summary
 from mia_torch.report.tensorboard import write_report
-from mia_torch.report.types import RunResults
+from mia_torch.report.types import RunResults, Scores
 from mia_torch.signals.stats import confidence, logit_scaled_confidence
 
 log = logging.getLogger(__name__)
@@ -39,15 +38,17 @@ def exposed_records(
     results: RunResults, target: int, *, scores: Scores, keep: np.ndarray, eval_mask: np.ndarray,
     labels: np.ndarray, images: ImageSource, size: int = GALLERY_SIZE,
 ) -> Figure | None:
-    """Gallery of the target's members that the strongest attack scores highest, with their p-values."""
+    """Gallery of the target's members that the strongest attack scores highest, with their p-values
+    (from the attack's evaluation on that target)."""
     attack = results.strongest_attack()
     if attack is None:
         return None
+    evaluation = next(m for m in results.attacks[attack].per_target if m.target == target)
     ids = np.flatnonzero(eval_mask)
     score, members = scores[attack][target][eval_mask].astype(np.float64), keep[target][eval_mask]
     order = np.argsort(-score[members], kind="stable")[:size]
     top = ids[members][order]
-    p_values = empirical_p_values(score[members][order], score[~members])
+    p_values = evaluation.p_values[members][order]
     return exposed_records_figure(
         images.get(top), labels=labels[top].tolist(), scores=score[members][order].tolist(),
         p_values=p_values.tolist(), record_ids=top.tolist(),
@@ -115,7 +116,8 @@ def write_run_report(
     write_report(
         run_dir / "tensorboard",
         results,
-        pooled_scores={name: pooled(per_target, keep, eval_mask) for name, per_target in scores.items()},
+        pooled_scores={name: (a.pooled.sample.scores, a.pooled.sample.members) for name, a in results.attacks.items()
+                       if a.pooled.sample is not None},
         images={f"{FIGURE_CATEGORY}/{stem}": image for stem, image in pixels.items()},
         hparams={k: config[k] for k in HPARAM_SECTIONS if k in config},
     )

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mia_torch.attacks.base import Attack
 from mia_torch.audit.config import AuditConfig
 from mia_torch.data.queries import parse_queries
-from mia_torch.data.datasets import dataset_kind
+from mia_torch.data.loader import DatasetLoader
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.dp_audit.config import DpAuditConfig
 from mia_torch.forget.config import ForgetConfig
@@ -25,7 +25,8 @@ from mia_torch.settings.limits import check_requested_population
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.signals.output import ServedOutput
 from mia_torch.training.config import AUGMENT_ALIASES, TrainConfig
-from mia_torch.training.dp import DefenseConfig
+from mia_torch.training.defense import Defense, NoDefense
+from mia_torch.training.dp import DPSGD
 from mia_torch.training.stacking import STRATEGIES
 
 STAGES = ("all", "train")
@@ -63,8 +64,8 @@ class Settings:
     parallel_models: int
     parallel_strategy: str
     train: TrainConfig
-    defense: DefenseConfig
-    dataset: dict[str, Any]
+    defense: Defense
+    dataset: DatasetLoader
     model: dict[str, Any]
     attacks: dict[str, dict[str, Any]]
     output: ServedOutput = ServedOutput()
@@ -117,6 +118,15 @@ def shipped_options(group: str) -> tuple[str, ...]:
     if not folder.is_dir():
         return ()
     return tuple(sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml")))
+
+
+def _with_shipped_target(node: Any, group: str) -> Any:
+    """Config group ``group``'s ``node``, with the ``_target_`` of the shipped option it names when it has none:
+    a run recorded before ``dataset`` and ``defense`` named their ``_target_`` still replays as it ran."""
+    if not isinstance(node, dict) or "_target_" in node or node.get("name") not in shipped_options(group):
+        return node
+    shipped = OmegaConf.create((importlib.resources.files(CONFIG_PACKAGE) / group / f"{node['name']}.yaml").read_text())
+    return {"_target_": shipped["_target_"], **node}
 
 
 def unknown_keys_message(unknown: list[str], known: Iterable[str], *, parent: str = "") -> str:
@@ -228,19 +238,24 @@ def load_settings(cfg: DictConfig) -> Settings:
              "null or an integer >= 1")
     if not c["attack"] and c["stage"] == "all":
         raise ValueError("attack is empty: choose attacks, e.g. attack=[loss,lira_online]")
-    kind = dataset_kind(c["dataset"].get("name"))
+    # options reach the loader as plain values; a nested _target_ (dataset.encoder) is the loader's to resolve
+    dataset = trusted.build(_with_shipped_target(c["dataset"], "dataset"), kind="dataset", key="dataset",
+                            _recursive_=False, _convert_="all")
+    kind = dataset.kind
     queries = tuple(parse_queries(c["queries"], kind=kind))
     check_requested_population(c, queries=len(queries))
     train = TrainConfig.from_mapping(c["train"])
     if kind == "tabular":
-        _check_no_image_augmentation(train, c["dataset"]["name"])
-    defense = DefenseConfig.from_mapping(c.get("defense"))  # runs saved before the group existed: none
+        _check_no_image_augmentation(train, dataset.name)
+    defense = NoDefense() if c.get("defense") is None else trusted.build(  # runs saved before the group existed
+        _with_shipped_target(c["defense"], "defense"), kind="defense", key="defense")
     defense.check_training(train)
     audit, forget = AuditConfig.from_mapping(c.get("audit")), ForgetConfig.from_mapping(c.get("forget"))
     _check_single_target_mode(audit, forget, targets=targets, threat_model=c["threat_model"], stage=c["stage"])
     dp_audit = DpAuditConfig.from_mapping(c.get("dp_audit"))
-    dp_audit.check_run(attacks=list(c["attack"]), private=defense.private, defense_delta=defense.delta, data_kind=kind,
-                       dataset=c["dataset"]["name"], target_ids=targets, stage=c["stage"],
+    dp_audit.check_run(attacks=list(c["attack"]), private=isinstance(defense, DPSGD),
+                       defense_delta=defense.delta if isinstance(defense, DPSGD) else None, data_kind=kind,
+                       dataset=dataset.name, target_ids=targets, stage=c["stage"],
                        other_mode="audit.checkpoint" if audit.enabled else "forget.method" if forget.enabled else None)
     return Settings(
         seed=c["seed"],
@@ -266,7 +281,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         parallel_strategy=c["parallel_strategy"],
         train=train,
         defense=defense,
-        dataset=c["dataset"],
+        dataset=dataset,
         model=c["model"],
         attacks=c["attack"],
         output=ServedOutput.from_config(c.get("output")),

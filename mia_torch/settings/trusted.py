@@ -26,6 +26,7 @@ it with ``build(node, kind=..., key=...)`` (or take the callable with ``resolve_
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
 from collections.abc import Iterable, Iterator, Mapping
@@ -34,7 +35,8 @@ from types import ModuleType
 from typing import Any
 
 __all__ = [
-    "KINDS", "PACKAGE", "TRUSTED", "Kind", "TargetPolicy", "UnsafeConfigError", "active_policy", "build",
+    "KINDS", "PACKAGE", "TRUSTED", "Kind", "TargetPolicy", "UnsafeConfigError", "active_policy", "bound_callable",
+    "build",
     "check_plain_data", "check_targets", "find_targets", "is_package_target", "policy_in_effect", "resolve_target",
 ]
 
@@ -91,9 +93,16 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
          "use a torch.nn.Module class such as mia_torch.models.MLP"),
     Kind("attack", "mia_torch.attacks.base:Attack", "an Attack",
          "subclass mia_torch.attacks.base.Attack and implement score(logits, labels)"),
+    Kind("dataset", "mia_torch.data.loader:DatasetLoader", "a DatasetLoader",
+         "subclass mia_torch.data.loader.DatasetLoader and implement load(*, root, download, seed, **options)"),
+    Kind("defense", "mia_torch.training.defense:Defense", "a Defense",
+         "subclass mia_torch.training.defense.Defense (a dataclass) and override train(model, x, y, member_idx, "
+         "cfg, *, seed, ...)"),
     Kind("callback", "hydra.experimental.callback:Callback", "a Hydra callback",
          "subclass hydra.experimental.callback.Callback"),
     Kind("preprocess", None, "a function", "name an importable function that maps the inputs"),
+    Kind("encoder", None, "a function",
+         "name an importable function that maps the DataFrame of the feature columns to features [rows, F]"),
 )}
 
 
@@ -275,17 +284,32 @@ def _checked_node(node: Any, *, kind: Kind, key: str, policy: TargetPolicy) -> d
     return dict(node)
 
 
-def resolve_target(node: Any, *, kind: str, key: str, policy: TargetPolicy | None = None) -> Any:
-    """The class or function that ``node``'s ``_target_`` names, after the checks of :func:`build`; nothing is
-    called (e.g. to read its signature, or to call it later with data)."""
+def _target_of(plain: Mapping[str, Any], key: str) -> Any:
     import hydra
 
-    spec = KINDS[kind]
-    plain = _checked_node(node, kind=spec, key=key, policy=policy or active_policy())
     try:
         return hydra.utils.get_object(str(plain["_target_"]))
     except Exception as err:  # noqa: BLE001 - re-raised naming the key
         raise ValueError(f"{key}._target_={plain['_target_']!r} cannot be imported: {err}") from err
+
+
+def resolve_target(node: Any, *, kind: str, key: str, policy: TargetPolicy | None = None) -> Any:
+    """The class or function that ``node``'s ``_target_`` names, after the checks of :func:`build`; nothing is
+    called (e.g. to read its signature, or to call it later with data)."""
+    return _target_of(_checked_node(node, kind=KINDS[kind], key=key, policy=policy or active_policy()), key)
+
+
+def bound_callable(node: Any, *, kind: str, key: str, policy: TargetPolicy | None = None) -> Any:
+    """The function ``node``'s ``_target_`` names (:func:`resolve_target`), with ``node``'s other keys bound as
+    keyword arguments: what a config names to be called later with data. Refused naming ``key`` when it is not
+    callable."""
+    plain = _checked_node(node, kind=KINDS[kind], key=key, policy=policy or active_policy())
+    fn = _target_of(plain, key)
+    if not callable(fn):
+        raise ValueError(f"{key}._target_={plain['_target_']!r} names a {type(fn).__name__}, not a function: "
+                         f"{KINDS[kind].hint}")
+    kwargs = {k: v for k, v in plain.items() if k != "_target_"}
+    return functools.partial(fn, **kwargs) if kwargs else fn
 
 
 def build(node: Any, *, kind: str, key: str, policy: TargetPolicy | None = None, **kwargs: Any) -> Any:
@@ -304,8 +328,9 @@ def build(node: Any, *, kind: str, key: str, policy: TargetPolicy | None = None,
     check_plain_data(kwargs, source=f"the arguments given to {key}")
     try:
         built = hydra.utils.instantiate(plain, **kwargs)
-    except Exception as err:  # noqa: BLE001 - re-raised naming the key
-        raise ValueError(f"{key} cannot be built: {err}") from err
+    except Exception as err:  # noqa: BLE001 - re-raised naming the key, with the constructor's own message
+        cause = err.__cause__ if isinstance(err.__cause__, (TypeError, ValueError)) else err
+        raise ValueError(f"{key} cannot be built: {cause}") from err
     base = spec.base_class()
     if base is not None and not isinstance(built, base):
         raise ValueError(f"{key}._target_={plain['_target_']} builds a {type(built).__module__}."

@@ -13,6 +13,7 @@ from mia_torch.dp_audit.result import DpAuditResult
 from mia_torch.evaluation import evaluate_attacks, overconfidence, save_scores
 from mia_torch.provenance import environment_versions
 from mia_torch.report.pictures import ImageSource
+from mia_torch.report.check_results import AuditResult, ForgetResult
 from mia_torch.report.write_run import write_run_report
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult
 from mia_torch.stages.attacks import AttackOutputs
@@ -29,17 +30,18 @@ def run_results(
     targets: dict[int, TargetResult],
     models: list[dict[str, Any]],
     attacks: dict[str, AttackEvaluation],
-    extra: dict[str, Any] | None = None,
+    audit: AuditResult | None = None,
+    forget: ForgetResult | None = None,
     dp_audit: DpAuditResult | None = None,
 ) -> RunResults:
-    """The run's :class:`RunResults`: ``targets``, ``models`` and ``attacks`` (and a one-run ``dp_audit``) with
-    the config, versions, dataset, the models trained and reused, the corrupt artifacts and the seconds since
-    ``started``."""
+    """The run's :class:`RunResults`: ``targets``, ``models`` and ``attacks`` (and an ``audit``, ``forget`` or
+    one-run ``dp_audit`` section) with the config, versions, dataset, the models trained and reused, the corrupt
+    artifacts and the seconds since ``started``."""
     s = ctx.settings
     return RunResults(
         config=OmegaConf.to_container(cfg, resolve=True),
         versions=environment_versions(__version__),
-        dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
+        dataset={"name": s.dataset.name, "population": int(len(ctx.data.y)),
                  "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
         target_ids=list(targets),
         targets=targets,
@@ -50,7 +52,8 @@ def run_results(
         seconds=round(time.time() - started, 2),
         attacks=attacks,
         dp_audit=dp_audit,
-        extra=dict(extra or {}),
+        audit=audit,
+        forget=forget,
     )
 
 
@@ -65,7 +68,8 @@ def report_study(
     outputs: AttackOutputs,
     keep: np.ndarray,
     eval_mask: np.ndarray,
-    extra: dict[str, Any] | None = None,
+    audit: AuditResult | None = None,
+    forget: ForgetResult | None = None,
     dp_audit: DpAuditResult | None = None,
 ) -> RunResults:
     """Evaluate the attacks' scores against membership ``keep`` and write the run's report.
@@ -88,8 +92,8 @@ def report_study(
     for t in s.target_ids:  # over-confidence of the served output, on the evaluated members and non-members
         calibration = overconfidence(target_logits[t][eval_mask], labels[eval_mask], keep[t][eval_mask])
         targets[t] = TargetResult.from_dict({**target_metrics[t], **calibration}, path=f"model {t}")
-    results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, extra=extra,
-                          dp_audit=dp_audit)
+    results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, audit=audit,
+                          forget=forget, dp_audit=dp_audit)
     write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=keep, eval_mask=eval_mask, labels=labels,
                      target_logits=target_logits, images=ImageSource.of(ctx.data))
     return results

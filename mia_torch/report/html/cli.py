@@ -59,7 +59,8 @@ def rebuild(directory: Path, *, fpr: float | None = None, accuracy_budget: float
     from mia_torch.report.html.render import write_page
     from mia_torch.report.html.sweeps import write_sweep_html
     from mia_torch.report.privacy_utility import CSV_NAME, read_privacy_utility
-    from mia_torch.report.sweep import collect_jobs, summary_table
+    from mia_torch.report.sweep import summary_table
+    from mia_torch.report.sweep_jobs import collect_jobs
 
     if not _is_sweep(directory):
         page = build_run_page(directory)

@@ -1,8 +1,8 @@
 """The answers of the two per-record questions: an audit (``audit``) and a forget check (``forget``).
 
-Both are read from ``results.json``'s ``audit`` and ``forget`` entries as written by
-:mod:`mia_torch.audit.run` and :mod:`mia_torch.forget.run`; a field is read by attribute or by key,
-so the same code reads a typed entry and a plain mapping.
+Both are read from the run's typed sections (``RunResults.audit``, :class:`~mia_torch.report.check_results.AuditResult`;
+``RunResults.forget``, :class:`~mia_torch.report.check_results.ForgetResult`), as ``RunResults.from_dict`` reads them
+from ``results.json``.
 """
 from __future__ import annotations
 
@@ -10,29 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mia_torch.report.check_results import AuditRecord, ForgetUtility, Separation
 from mia_torch.report.types import RunResults
 
-__all__ = ["AuditAnswer", "ForgetAnswer", "ForgetAttack", "audit_answer", "forget_answer", "entry_of"]
+__all__ = ["AuditAnswer", "ForgetAnswer", "ForgetAttack", "audit_answer", "forget_answer"]
 
 #: The forget check's verdict when every attack's interval contains 0.5 (:mod:`mia_torch.forget.verdict`).
 INDISTINGUISHABLE = "indistinguishable from never-seen"
 
 
-def _get(entry: Any, name: str, default: Any = None) -> Any:
-    if isinstance(entry, dict):
-        return entry.get(name, default)
-    return getattr(entry, name, default)
-
-
-def _file_name(entry: Any, default: str) -> str:
-    """The entry's ``records_csv``, a file in the run directory: only its name is used (never a path elsewhere)."""
-    return Path(str(_get(entry, "records_csv", default))).name or default
-
-
-def entry_of(results: RunResults, name: str) -> Any:
-    """The run's ``name`` entry (``audit``, ``forget``): a typed field when the results have one, else ``extra``."""
-    typed = getattr(results, name, None)
-    return typed if typed is not None else results.extra.get(name)
+def _file_name(records_csv: str, default: str) -> str:
+    """A section's ``records_csv``, a file in the run directory: only its name is used (never a path elsewhere)."""
+    return Path(str(records_csv or default)).name or default
 
 
 @dataclass(frozen=True)
@@ -42,7 +31,7 @@ class AuditAnswer:
     fpr: float
     candidates: int
     flagged: int
-    records: list[Any]
+    records: list[AuditRecord]
     checkpoint: str
     checkpoint_sha256: str | None
     preprocess: Any
@@ -63,16 +52,16 @@ class AuditAnswer:
 
 
 def audit_answer(results: RunResults) -> AuditAnswer | None:
-    """The audit's answer, or None when the run is not an audit."""
-    entry = entry_of(results, "audit")
-    if entry is None:
+    """The audit's answer, or None when the run is not an audit. The audited model is its checkpoint, or the file
+    of its outputs (``audit.outputs``)."""
+    audit = results.audit
+    if audit is None:
         return None
     return AuditAnswer(
-        fpr=float(_get(entry, "fpr")), candidates=int(_get(entry, "candidates")), flagged=int(_get(entry, "flagged")),
-        records=list(_get(entry, "records", [])), checkpoint=str(_get(entry, "checkpoint", "")),
-        checkpoint_sha256=_get(entry, "checkpoint_sha256"), preprocess=_get(entry, "preprocess"),
-        references=list(_get(entry, "references", [])), online=bool(_get(entry, "online")),
-        skipped=dict(_get(entry, "skipped_attacks", {}) or {}), records_csv=_file_name(entry, "records.csv"))
+        fpr=audit.fpr, candidates=audit.candidates, flagged=audit.flagged, records=list(audit.records),
+        checkpoint=audit.source, checkpoint_sha256=audit.checkpoint_sha256 or audit.outputs_sha256,
+        preprocess=audit.preprocess, references=list(audit.references), online=audit.online,
+        skipped=dict(audit.skipped_attacks), records_csv=_file_name(audit.records_csv, "records.csv"))
 
 
 @dataclass(frozen=True)
@@ -80,13 +69,13 @@ class ForgetAttack:
     """One attack's AUC of forgotten vs never-seen records, before and after removal (``auc``, ``auc_ci``, ``verdict``)."""
 
     name: str
-    before: Any
-    after: Any
+    before: Separation
+    after: Separation
 
     @property
     def still_distinguishes(self) -> bool:
         """Whether the after-removal interval excludes 0.5."""
-        return _get(self.after, "verdict") != INDISTINGUISHABLE
+        return self.after.verdict != INDISTINGUISHABLE
 
 
 @dataclass(frozen=True)
@@ -102,7 +91,7 @@ class ForgetAnswer:
     verdict: str
     attacks: list[ForgetAttack]
     still_flagged: list[int]
-    utility: Any
+    utility: ForgetUtility
     records_csv: str
 
     @property
@@ -113,7 +102,7 @@ class ForgetAnswer:
     @property
     def revealed_before(self) -> bool:
         """Whether some attack told the records apart from never-seen ones before removal (else the check is blind)."""
-        return any(_get(a.before, "verdict") != INDISTINGUISHABLE for a in self.attacks)
+        return any(a.before.verdict != INDISTINGUISHABLE for a in self.attacks)
 
     @property
     def expected_by_chance(self) -> float:
@@ -123,19 +112,17 @@ class ForgetAnswer:
     @property
     def strongest_after(self) -> ForgetAttack | None:
         """The attack that separates the forgotten records best after removal (highest AUC)."""
-        return max(self.attacks, key=lambda a: _get(a.after, "auc"), default=None)
+        return max(self.attacks, key=lambda a: a.after.auc, default=None)
 
 
 def forget_answer(results: RunResults) -> ForgetAnswer | None:
     """The forget check's answer, or None when the run is not one."""
-    entry = entry_of(results, "forget")
-    if entry is None:
+    forget = results.forget
+    if forget is None:
         return None
-    attacks = _get(entry, "attacks", {}) or {}
     return ForgetAnswer(
-        method=str(_get(entry, "method")), target=int(_get(entry, "target")), forgotten=int(_get(entry, "forgotten")),
-        never_seen=int(_get(entry, "never_seen")), retained=int(_get(entry, "retained")),
-        fpr=float(_get(entry, "fpr")), verdict=str(_get(entry, "verdict")),
-        attacks=[ForgetAttack(name, _get(a, "before"), _get(a, "after")) for name, a in attacks.items()],
-        still_flagged=list(_get(entry, "still_flagged", [])), utility=_get(entry, "utility", {}),
-        records_csv=_file_name(entry, "forget.csv"))
+        method=forget.method, target=forget.target, forgotten=forget.forgotten, never_seen=forget.never_seen,
+        retained=forget.retained, fpr=forget.fpr, verdict=forget.verdict,
+        attacks=[ForgetAttack(name, a.before, a.after) for name, a in forget.attacks.items()],
+        still_flagged=list(forget.still_flagged), utility=forget.utility,
+        records_csv=_file_name(forget.records_csv, "forget.csv"))
