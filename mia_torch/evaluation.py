@@ -36,11 +36,11 @@ from mia_torch.report.types import (
     RocCurve,
     RocMetrics,
     SanityCheck,
+    ScoredSample,
+    Scores,
     SliceResult,
     TargetAttackMetrics,
 )
-
-Scores = Mapping[str, Mapping[int, np.ndarray]]
 
 #: Confidence of the sanity check's interval: wide enough that checking a dozen attacks
 #: rarely raises a false alarm on a target that truly carries no membership information.
@@ -66,7 +66,7 @@ def measure(
 
     ``threshold`` is the attack's calibrated decision threshold (balanced accuracy is
     measured there; without it, at the best threshold). ``keep_curve`` keeps the ROC curve
-    in memory (``RocMetrics.curve``) for figures.
+    and the scores it was measured on in memory (``RocMetrics.curve``, ``.sample``) for figures.
     """
     roc = roc_curve(scores, members)
     raw = membership_metrics(scores, members, fpr_targets=fpr_targets, threshold=threshold, roc=roc)
@@ -83,6 +83,7 @@ def measure(
         num_nonmembers=raw["num_nonmembers"], tpr=tpr, ci=ci, confidence=confidence,
         tpr_exact_ci={f: (float(lo), float(hi)) for f, lo, hi in zip(tpr, np.atleast_1d(low), np.atleast_1d(high))},
         curve=RocCurve(*roc) if keep_curve else None,
+        sample=ScoredSample(np.asarray(scores), np.asarray(members)) if keep_curve else None,
     )
 
 
@@ -167,9 +168,11 @@ def evaluate_attacks(
         for target in sorted(per_target):
             fitted = dict((fitted_params or {}).get(name, {}).get(target, {}))
             threshold = fitted.get("threshold")
-            m = measure(per_target[target][eval_mask], keep[target][eval_mask], fpr_targets=fpr_targets,
-                        bootstrap=bootstrap, seed=seed, threshold=threshold)
-            rows.append(TargetAttackMetrics(**vars(m), target=target, threshold=threshold, fitted_params=fitted))
+            evaluated, members = per_target[target][eval_mask], keep[target][eval_mask]
+            m = measure(evaluated, members, fpr_targets=fpr_targets, bootstrap=bootstrap, seed=seed,
+                        threshold=threshold)
+            rows.append(TargetAttackMetrics(**vars(m), target=target, threshold=threshold, fitted_params=fitted,
+                                            p_values=empirical_p_values(evaluated, evaluated[~members])))
         all_scores, all_members = pooled(per_target, keep, eval_mask)
         entry = AttackEvaluation(
             per_target=rows,

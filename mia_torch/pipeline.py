@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -13,16 +13,20 @@ from omegaconf import DictConfig
 from mia_torch.atomic import atomic_write_bytes
 from mia_torch.audit.preprocess import preprocess_dataset
 from mia_torch.audit.run import run_audit
-from mia_torch.data.datasets import describe_dataset, load_dataset
+from mia_torch.data.loader import load_dataset
+from mia_torch.data.queries import check_views_fit
 from mia_torch.data.splits import carve_validation, make_splits
 from mia_torch.data.validate import check_training_sets
+from mia_torch.dp_audit.run import run_dp_audit
 from mia_torch.forget.run import plan_forget, print_forget_summary, run_forget
+from mia_torch.report.types import RunResults
+from mia_torch.settings.limits import check_run_size
 from mia_torch.settings.load import check_attacks, check_writable, load_settings
 from mia_torch.signals.source import SignalSource
 from mia_torch.stages.attack_runs import feature_table
 from mia_torch.stages.attack_shards import load_shards, missing_shards, save_shard, shard_targets
 from mia_torch.stages.attacks import AttackOutputs, attack_stage
-from mia_torch.stages.context import Context, build, model_seed, stored_path
+from mia_torch.stages.context import Context, build, is_defended, model_seed, stored_path
 from mia_torch.stages.report import identity_query, report_study
 from mia_torch.stages.signals import record_signals, signals_stage
 from mia_torch.stages.train import train_stage
@@ -61,19 +65,22 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     attacks = check_attacks(settings)
     check_writable(settings.store_dir, key="store_dir")
     check_writable(run_dir, key="hydra.run.dir")
-    data = load_dataset(**settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
+    data = load_dataset(settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
     if settings.audit.enabled:  # the audited model's own input; references are trained on it too
         data = preprocess_dataset(data, settings.audit.preprocess)
     settings.output.check_classes(data.num_classes)
-    build(settings, data, 0, private=settings.defense.private)(data.x[:2])  # fits the data (and DP-SGD)
+    # the model fits the data (and, as a target trains, the defense)
+    probe = build(settings, data, 0, defended=is_defended(settings, settings.target_ids[0]))
+    probe(data.x[:2])
+    check_views_fit(settings.queries, data.input_shape)
+    check_run_size(settings, data, probe)
     splits = make_splits(settings.num_models, len(data.y), seed=settings.seed,
                          target_ids=settings.target_ids, threat_model=settings.threat_model)
     stopping = settings.train.early_stopping
     if stopping.enabled:  # membership is what each model actually trains on: its half minus its validation
         seeds = [model_seed(settings, m) for m in range(settings.num_models)]
         splits = carve_validation(splits, fraction=stopping.validation_fraction, seeds=seeds)
-    check_training_sets(splits.keep, source=describe_dataset(settings.dataset["name"], settings.dataset),
-                        threat_model=settings.threat_model)
+    check_training_sets(splits.keep, source=settings.dataset.describe(), threat_model=settings.threat_model)
     return Context(settings=settings, run_dir=run_dir, data=data.to(settings.device), splits=splits,
                    store=ArtifactStore(settings.store_dir), attacks=attacks)
 
@@ -85,34 +92,54 @@ def attack_outputs(ctx: Context, source: SignalSource, *, keep_fitted: tuple[int
     return attack_stage(ctx, table, source, targets=targets, keep_fitted=keep_fitted)
 
 
-def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
-    """Run the configured experiment end to end; returns what ``results.json`` holds.
+@dataclass(frozen=True)
+class TrainedShard:
+    """What a ``stage=train`` job did: the models it trained and those it found in the store."""
+
+    trained_models: list[int]
+    reused_models: list[int]
+
+
+@dataclass(frozen=True)
+class AttackShard:
+    """What a ``stage=attack`` job did: its shard and the targets it scored into the store."""
+
+    shard: int
+    targets: list[int]
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResults | TrainedShard | AttackShard:
+    """Run the configured experiment end to end; returns its typed results (what ``results.json`` holds).
 
     A study (the default) trains every model and attacks each target; ``audit.checkpoint``
-    audits a user's model instead (:mod:`mia_torch.audit`) and ``forget.method`` checks
-    that removed records left a target (:mod:`mia_torch.forget`). A sharded study runs
+    audits a user's model instead (:mod:`mia_torch.audit`), ``forget.method`` checks
+    that removed records left a target (:mod:`mia_torch.forget`) and ``dp_audit.kind`` tests
+    a DP claim in one training run (:mod:`mia_torch.dp_audit`). A sharded study runs
     ``stage=train`` (a shard of the models, trained and queried), ``stage=attack`` (a shard of
     the targets, scored into the store) and ``stage=report`` (every shard's scores, merged
-    into the report) as separate jobs on one store.
+    into the report) as separate jobs on one store; a shard's job returns what it did.
     """
     started = time.time()
     ctx = prepare(cfg, run_dir or output_dir())
     s = ctx.settings
     if s.audit.enabled:
         return run_audit(ctx, cfg, started)
+    if s.dp_audit.enabled:
+        return run_dp_audit(ctx, cfg, started)
+    forget = plan_forget(ctx) if s.forget.enabled else None  # checks its inputs before anything is written
     save_splits(ctx)
     if s.stage == "train":
         shard_models = [m for m in range(s.num_models) if m % s.num_shards == s.shard]
         train_stage(ctx, shard_models)
         signals_stage(ctx, shard_models)
         log.info("shard %d/%d: trained %s, reused %s", s.shard, s.num_shards, ctx.trained, ctx.reused)
-        return {"stage": "train", "trained_models": ctx.trained, "reused_models": ctx.reused}
+        return TrainedShard(trained_models=ctx.trained, reused_models=ctx.reused)
     if s.stage == "attack":
-        save_shard(ctx, attack_outputs(ctx, signals_stage(ctx), targets=shard_targets(ctx, s.shard)))
-        return {"stage": "attack", "shard": s.shard, "targets": shard_targets(ctx, s.shard)}
+        targets = shard_targets(ctx, s.shard)
+        save_shard(ctx, attack_outputs(ctx, signals_stage(ctx), targets=targets))
+        return AttackShard(shard=s.shard, targets=targets)
     if s.stage == "report" and missing_shards(ctx):
         load_shards(ctx)  # names the missing shards before any other work
-    forget = plan_forget(ctx) if s.forget.enabled else None  # checks its inputs before any training
     model_metrics = train_stage(ctx, list(range(s.num_models)))
     source = signals_stage(ctx)
     record_signals(ctx, source)
@@ -120,12 +147,12 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> dict[str, Any]:
         outputs = load_shards(ctx)
     else:
         outputs = attack_outputs(ctx, source, keep_fitted=() if forget is None else (forget.target,))
-    extra = run_forget(ctx, forget, source, outputs) if forget is not None else None
+    forgotten = run_forget(ctx, forget, source, outputs) if forget is not None else None
     results = report_study(ctx, cfg, started, model_metrics=model_metrics,
                            target_metrics={t: {**model_metrics[t], "checkpoint": str(stored_path(ctx, t))}
                                            for t in s.target_ids},
                            target_logits=source.query_view(identity_query(s)), outputs=outputs,
-                           keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask, extra=extra)
-    if forget is not None:
-        print_forget_summary(results.extra["forget"], ctx.run_dir)
-    return results.to_dict()
+                           keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask, forget=forgotten)
+    if forgotten is not None:
+        print_forget_summary(forgotten, ctx.run_dir)
+    return results

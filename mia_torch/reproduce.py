@@ -3,11 +3,13 @@
 Usage:
     mia-reproduce <run_dir> [--out DIR] [--store-dir DIR] [--atol X] [--exact] [--allow-target T ...]
 
-The config comes from ``<run_dir>/.hydra/config.yaml`` (what Hydra saved; without it,
-from the resolved config recorded in ``results.json``). Interpolations are resolved as
-in the original job (``${hydra:...}`` from ``.hydra/hydra.yaml``); a value that now
-resolves differently from what ``results.json`` recorded (e.g. one read from an
-environment variable) is reported and the recorded value is used.
+The config is the resolved config the run recorded in ``results.json`` (what it actually
+used). Everything in a run directory is read as data (:mod:`mia_torch.run_dir`): JSON with
+:mod:`json`, ``.hydra/config.yaml`` with a YAML loader that refuses tags, and no interpolation
+is ever resolved. ``.hydra/config.yaml`` holds the config *before* resolution (e.g.
+``data_dir: ${oc.env:MIA_DATA_DIR,data}``), so resolving it again here could give other values
+or, in a crafted directory, build and call code; it is only cross-checked against the recorded
+config (a differing plain value is reported, the recorded one replayed).
 
 The rerun goes to ``<run_dir>/reproduce_<timestamp>/`` (or ``--out``) with a fresh,
 empty artifact store (``<out>/store``) unless ``--store-dir`` is given, so every model
@@ -31,11 +33,15 @@ check and a final ``MATCH`` or ``MISMATCH``; writes the same as JSON to
 ``<out>/reproduce_report.json``. Exit status: 0 on MATCH, 1 on MISMATCH, 2 when the run
 cannot be reproduced (missing files, invalid config, a failing rerun).
 
-A run directory is untrusted input: before anything is built, every ``_target_`` of
-its config must name a class defined in mia_torch (:mod:`mia_torch.settings.trusted`);
-others are refused (exit status 2) unless allowed one by one with
-``--allow-target <dotted.path>``, e.g. ``--allow-target my_pkg.models.MyNet`` for a
-run that used your own model.
+A run directory is untrusted input. Before anything is rerun: any string in ``results.json``
+that OmegaConf would resolve (``${...}``, escaped or nested) is refused, naming its key; every
+``_target_`` of the config must name a class of a buildable kind defined in mia_torch
+(:mod:`mia_torch.settings.trusted`), others are refused unless allowed one by one with
+``--allow-target <dotted.path>`` (e.g. ``--allow-target my_pkg.models.MyNet`` for a run that
+used your own model), and the rerun builds under that same policy; the config's values are
+validated; and every file the comparison reads is checked (``np.load`` without pickle, dtypes
+and shapes against the config). Any refusal exits with status 2 naming the key or file
+(``MIA_DEBUG=1`` shows the traceback).
 
 The Hydra-native alternative reruns the saved config without the comparison:
     mia-run --config-path <abs run_dir>/.hydra --config-name config \\
@@ -49,80 +55,27 @@ config before mia_torch sees it, so use it only on runs you made yourself.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from mia_torch.settings.trusted import UnsafeConfigError, check_targets
+from mia_torch.refusal import debugging, message_of, status_of
 from mia_torch.report.types import RunResults
-from mia_torch.run_compare import compare_arrays, compare_metrics, flatten, version_warnings
+from mia_torch.run_compare import compare_arrays, compare_metrics, version_warnings
+from mia_torch.run_dir import check_run_files, read_json_data, recorded_config
+from mia_torch.settings.trusted import TargetPolicy, check_targets, policy_in_effect
 
 #: Default tolerance on pooled AUC and target accuracy when a run used CUDA.
 DEFAULT_ATOL = 0.01
-#: Config keys that may differ between the runs without changing any number.
-NOT_COMPARED = ("store_dir", "progress")
+PROG = "mia-reproduce"
 
 
-class ReproduceError(Exception):
-    """The run cannot be reproduced (missing files, unresolvable config)."""
-
-
-# ---------------------------------------------------------------- config
-
-
-@contextlib.contextmanager
-def _hydra_context(run_dir: Path) -> Iterator[None]:
-    """Hydra's resolvers, with ``${hydra:...}`` read from the original job's ``.hydra/hydra.yaml``.
-
-    Hydra's own resolvers are registered again on exit, so importing this module and
-    calling :func:`reproduce` in a process that also runs Hydra leaves no trace.
-    """
-    from hydra.core.utils import setup_globals
-
-    setup_globals()
-    hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    try:
-        if hydra_file.is_file():
-            hydra_node = OmegaConf.load(hydra_file).get("hydra")
-            OmegaConf.register_new_resolver("hydra", lambda path: OmegaConf.select(hydra_node, path), replace=True)
-        yield
-    finally:
-        setup_globals()
-
-
-def load_run_config(run_dir: Path, recorded: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
-    """The run's resolved config and notes about where values came from."""
-    notes: list[str] = []
-    saved = run_dir / ".hydra" / "config.yaml"
-    if saved.is_file():
-        try:
-            with _hydra_context(run_dir):
-                config = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-        except Exception as err:  # noqa: BLE001
-            raise ReproduceError(f"cannot resolve {saved}: {err}") from err
-        notes.append(f"config: {saved}")
-    elif recorded is not None:
-        config = dict(recorded)
-        notes.append(f"config: {run_dir / 'results.json'} (no .hydra/config.yaml; using the recorded config)")
-    else:
-        raise ReproduceError(f"{run_dir} has neither .hydra/config.yaml nor a results.json config")
-    assert isinstance(config, dict)
-    if recorded is not None:
-        now, then = dict(flatten(config)), dict(flatten(recorded))
-        differ = [k for k in sorted(set(now) | set(then))
-                  if k.split(".")[0].split("[")[0] not in NOT_COMPARED and now.get(k) != then.get(k)]
-        for key in differ:
-            notes.append(f"WARNING: config {key} resolves to {now.get(key)!r} here but the run recorded "
-                         f"{then.get(key)!r}")
-        if differ:
-            notes.append("using the config recorded in results.json (what the run actually used)")
-            config = {k: v for k, v in recorded.items()}
-    return config, notes
+class ReproduceError(ValueError):
+    """The run cannot be reproduced (missing files, invalid config, a failing rerun)."""
 
 
 def _device_is_cuda(config: Mapping[str, Any], versions: Mapping[str, Any] | None) -> bool:
@@ -138,10 +91,8 @@ def _device_is_cuda(config: Mapping[str, Any], versions: Mapping[str, Any] | Non
 def read_results(path: Path, raw: Any = None) -> RunResults:
     """A finished run's ``results.json`` (or its already-read JSON ``raw``) as :class:`RunResults`;
     ``ReproduceError`` when it is not one."""
-    from mia_torch.report.json_file import read_json
-
     try:
-        return RunResults.from_dict(read_json(path) if raw is None else raw, path=str(path))
+        return RunResults.from_dict(read_json_data(path) if raw is None else raw, path=str(path))
     except (OSError, ValueError) as err:
         raise ReproduceError(f"{path} is not a finished run's results: {err}") from err
 
@@ -150,30 +101,39 @@ def _count_models(store: Path) -> int:
     return sum(1 for p in (store / "models").glob("*/meta.json")) if (store / "models").is_dir() else 0
 
 
+def _checked_inputs(run_dir: Path, allow_targets: Sequence[str]) -> tuple[dict[str, Any], list[str], RunResults]:
+    """The config to replay, notes about it and the original results, after every check on the run directory:
+    plain data, permitted ``_target_``s, valid values, and the files the comparison reads."""
+    from mia_torch.settings.load import load_settings
+
+    results_file = run_dir / "results.json"
+    if not results_file.is_file():
+        raise ReproduceError(f"{results_file} is missing: reproduce needs a finished run (stage=all)")
+    raw = read_json_data(results_file)
+    config, notes = recorded_config(run_dir, raw)
+    check_targets(config, allowed=allow_targets, source=f"the config of {run_dir}")
+    original = read_results(results_file, raw)
+    try:
+        settings = load_settings(OmegaConf.create(config))
+    except ValueError as err:
+        raise ReproduceError(f"the config recorded in {results_file} is not valid here: {message_of(err)}") from err
+    check_run_files(run_dir, num_models=settings.num_models, queries=len(settings.queries),
+                    targets=set(settings.target_ids), attacks=set(settings.attacks),
+                    population=(original.dataset or {}).get("population"))
+    return config, notes, original
+
+
 def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: float, exact: bool,
               allow_targets: Sequence[str] = ()) -> int:
     """Rerun ``run_dir`` into ``out`` and compare; returns the exit status.
 
     ``allow_targets`` are ``_target_`` strings outside mia_torch that the config may build.
-    The config is checked for unsafe ``_target_``s before anything else is read or built.
+    Everything read from ``run_dir`` is checked before anything is built or rerun, and the
+    rerun builds under the same policy (:class:`~mia_torch.settings.trusted.TargetPolicy`).
     """
-    from mia_torch.report.json_file import read_json, write_json
+    from mia_torch.report.json_file import write_json
 
-    results_file = run_dir / "results.json"
-    if not results_file.is_file():
-        raise ReproduceError(f"{results_file} is missing: reproduce needs a finished run (stage=all)")
-    try:
-        raw = read_json(results_file)
-    except (OSError, ValueError) as err:
-        raise ReproduceError(f"{results_file} is not readable JSON: {err}") from err
-    if not isinstance(raw, dict):
-        raise ReproduceError(f"{results_file} does not hold a run's results (a JSON object)")
-    config, notes = load_run_config(run_dir, raw.get("config"))
-    try:
-        check_targets(config, allowed=allow_targets, source=f"the config of {run_dir}")
-    except UnsafeConfigError as err:
-        raise ReproduceError(str(err)) from err
-    original = read_results(results_file, raw)
+    config, notes, original = _checked_inputs(run_dir, allow_targets)
     out = out or run_dir / f"reproduce_{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and any(out.iterdir()):
         raise ReproduceError(f"{out} exists and is not empty: choose another --out")
@@ -195,11 +155,15 @@ def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: 
     except OSError as err:
         raise ReproduceError(f"cannot create the rerun directory {out} (--out): {err}") from err
     OmegaConf.save(cfg, out / "reproduce_config.yaml")
+    policy = TargetPolicy.replay(allow_targets, source=f"the config of {run_dir}")
     try:
-        run(cfg, run_dir=out)
+        with policy_in_effect(policy):
+            run(cfg, run_dir=out)
         new = read_results(out / "results.json")
     except Exception as err:  # noqa: BLE001 - reported as "cannot reproduce"
-        raise ReproduceError(f"the rerun failed: {type(err).__name__}: {err}") from err
+        if debugging():
+            raise
+        raise ReproduceError(f"the rerun failed: {type(err).__name__}: {message_of(err)}") from err
 
     cuda = _device_is_cuda(original.config or config, original.versions) or (
         resolve_device(str(config.get("device", "auto"))).type == "cuda")
@@ -231,8 +195,12 @@ def reproduce(run_dir: Path, *, out: Path | None, store_dir: Path | None, atol: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``mia-reproduce``); returns the exit status (0 match, 1 mismatch, 2 error)."""
-    parser = argparse.ArgumentParser(description="Rerun a finished run from its saved config and compare.")
+    """Command-line entry point (``mia-reproduce``); returns the exit status (0 match, 1 mismatch, 2 error).
+
+    Any error, a refusal of the run directory or a failure of the rerun, exits with 2 and one
+    message (the traceback with ``MIA_DEBUG=1``): 1 always means MISMATCH.
+    """
+    parser = argparse.ArgumentParser(prog=PROG, description="Rerun a finished run from its saved config and compare.")
     parser.add_argument("run_dir", type=Path, help="a finished run's output directory (holds results.json)")
     parser.add_argument("--out", type=Path, default=None, help="rerun directory (default <run_dir>/reproduce_<time>)")
     parser.add_argument("--store-dir", type=Path, default=None,
@@ -246,12 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.atol >= 0:
         parser.error("--atol must be >= 0")
-    try:
-        return reproduce(args.run_dir, out=args.out, store_dir=args.store_dir, atol=args.atol, exact=args.exact,
-                         allow_targets=args.allow_target)
-    except ReproduceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return status_of(PROG, lambda: reproduce(args.run_dir, out=args.out, store_dir=args.store_dir, atol=args.atol,
+                                             exact=args.exact, allow_targets=args.allow_target),
+                     refusals=(Exception,))
 
 
 def cli() -> None:

@@ -110,7 +110,7 @@ def build_store(spec: dict[str, Any]) -> None:
     import numpy as np
 
     from mia_torch.pipeline import prepare
-    from mia_torch.stages.context import signal_key
+    from mia_torch.stages.context import key_of, signal_key
     from mia_torch.store import array_to_bytes
 
     ctx = prepare(compose(spec, "[0]"), Path(spec["store"]) / "builder")
@@ -119,7 +119,7 @@ def build_store(spec: dict[str, Any]) -> None:
     difficulty = np.random.default_rng([spec["seed"], 0]).normal(0.0, 1.0, n).astype(np.float32)
     dtype = np.float16 if spec["dtype"] == "float16" else np.float32
     for m in range(spec["models"]):
-        key = signal_key(ctx, m)
+        key = signal_key(ctx.settings, key_of(ctx, m))
         if ctx.store.contains("signals", key):
             continue
         rng = np.random.default_rng([spec["seed"], 1, m])

@@ -27,9 +27,10 @@ DATASETS = {"synthetic-cifar": (3, 32, 32), "synthetic-mnist": (1, 28, 28), "dig
 def make_data(name: str, num_train: int, num_test: int, seed: int) -> tuple[torch.Tensor, ...]:
     """``x, y, x_test, y_test`` (CPU float32, normalised), 10 classes: prototypes plus noise."""
     if name == "digits":
-        from mia_torch.data.datasets import load_dataset
+        from mia_torch.data.builtin import Digits
+        from mia_torch.data.loader import load_dataset
 
-        data = load_dataset("digits", root=None, seed=seed)
+        data = load_dataset(Digits(), root=None, seed=seed)
         x, y = data.x[:num_train], data.y[:num_train]
         return x, y, data.x_test[:num_test], data.y_test[:num_test]
     shape = DATASETS[name]

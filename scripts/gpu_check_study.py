@@ -126,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     train_module.train_group = _log_groups(train_module.train_group, timer)
     results = pipeline.run(cfg, run_dir=args.run_dir)
     timer.extra |= {
-        "total_s": results.get("seconds"),
-        "trained_models": len(results.get("trained_models", [])),
-        "reused_models": len(results.get("reused_models", [])),
+        "total_s": results.seconds,
+        "trained_models": len(results.trained_models),
+        "reused_models": len(results.reused_models),
     }
     timer.write()
     log.info("study done in %.1f s: %s", time.perf_counter() - timer.started, timer.seconds)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mia_torch.refusal import status_of  # noqa: E402
 from mia_torch.report.privacy_utility import STUDY_FPR, describe_study, write_privacy_utility  # noqa: E402
 
 
@@ -27,13 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fpr", type=float, default=STUDY_FPR,
                         help=f"compare attacks by their TPR at this FPR (default {STUDY_FPR}; must be in fpr_targets)")
     args = parser.parse_args(argv)
-    try:
-        study = write_privacy_utility(args.sweep_dir, fpr=args.fpr)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(describe_study(study))
-    return 0
+    return status_of("privacy_utility", lambda: print(describe_study(write_privacy_utility(args.sweep_dir,
+                                                                                           fpr=args.fpr))))
 
 
 if __name__ == "__main__":

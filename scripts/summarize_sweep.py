@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mia_torch.refusal import status_of  # noqa: E402
 from mia_torch.report.sweep import describe, write_sweep_summary  # noqa: E402
 
 
@@ -25,13 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="the sweep's hydra.sweep.dir (holds one folder per job)")
     args = parser.parse_args(argv)
-    try:
-        summary = write_sweep_summary(args.sweep_dir)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(describe(summary))
-    return 0
+    return status_of("summarize_sweep", lambda: print(describe(write_sweep_summary(args.sweep_dir))))
 
 
 if __name__ == "__main__":

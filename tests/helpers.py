@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from mia_torch.settings.schemas import register_configs
+from mia_torch.report.types import RunResults
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -34,8 +35,8 @@ def make_config(tmp_path: Path, overrides: Sequence[str] = ()) -> DictConfig:
         return compose("config", overrides=[f"store_dir={tmp_path / 'store'}", *overrides])
 
 
-def run_experiment(tmp_path: Path, overrides: Sequence[str] = (), name: str = "run") -> dict[str, Any]:
-    """Run the pipeline with ``overrides`` into ``tmp_path/name``; returns the results dict."""
+def run_experiment(tmp_path: Path, overrides: Sequence[str] = (), name: str = "run") -> RunResults:
+    """Run the pipeline with ``overrides`` into ``tmp_path/name``; returns its typed results."""
     from mia_torch.pipeline import run
 
     return run(make_config(tmp_path, overrides), run_dir=tmp_path / name)

@@ -1,14 +1,14 @@
 """Audit mode end to end: a study's own target, audited from its checkpoint, gets the study's scores."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from helpers import TINY, run_experiment
 from mia_torch.evaluation import load_scores
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 
 ATTACKS = "attack=[loss,lira_offline,lira_online,rmia]"
 
@@ -24,34 +24,33 @@ def test_auditing_a_studys_target_reproduces_its_scores(study, tmp_path):
     root, results = study
     keep = np.load(root / "run" / "keep.npy")
     np.save(tmp_path / "members.npy", np.flatnonzero(keep[0]))
-    checkpoint = results["targets"]["0"]["checkpoint"]
+    checkpoint = results.targets[0].checkpoint
     audit = run_experiment(root, [*TINY, ATTACKS, "sanity_check=false", f"audit.checkpoint={checkpoint}",
                                   f"audit.members={tmp_path / 'members.npy'}", "audit.online=true"], name="audit")
-    assert audit["trained_models"] == []  # the references are the study's, from the store
+    assert audit.trained_models == []  # the references are the study's, from the store
     study_scores, audit_scores = load_scores(root / "run" / "scores.npz"), load_scores(root / "audit" / "scores.npz")
     for name in ("loss", "lira_offline", "lira_online", "rmia"):
         np.testing.assert_array_equal(audit_scores[name][0], study_scores[name][0], err_msg=name)
-        assert audit["attacks"][name]["pooled"]["auc"] == results["attacks"][name]["pooled"]["auc"]
-    assert audit["audit"]["candidates"] == 400 and audit["targets"]["0"]["train_acc"] == pytest.approx(
-        results["targets"]["0"]["train_acc"])
+        assert audit.attacks[name].pooled.auc == results.attacks[name].pooled.auc
+    assert audit.audit.candidates == 400 and audit.targets[0].train_acc == pytest.approx(results.targets[0].train_acc)
 
 
 def test_one_record_query_answers_per_record_offline(study, tmp_path, capsys):
     root, results = study
-    checkpoint = results["targets"]["0"]["checkpoint"]
+    checkpoint = results.targets[0].checkpoint
     member = int(np.flatnonzero(np.load(root / "run" / "keep.npy")[0])[0])
     audit = run_experiment(root, [*TINY, ATTACKS, f"audit.checkpoint={checkpoint}", f"audit.candidates=[{member}]"],
                            name="one")
     out = capsys.readouterr().out
-    assert set(audit["audit"]["skipped_attacks"]) == {"lira_online"}  # online needs audit.online=true
-    assert audit["attacks"] == {}  # no ground truth: the answer is per record
+    assert set(audit.audit.skipped_attacks) == {"lira_online"}  # online needs audit.online=true
+    assert audit.attacks == {}  # no ground truth: the answer is per record
     assert f"record {member} (class" in out and "not proof of absence" in out
     rows = (root / "one" / "records.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[0].startswith("id,source_id,class,loss_score,lira_offline_score,rmia_score,phi")
-    record = audit["audit"]["records"][0]
-    assert record["id"] == member and 0 < record["p_gaussian"] <= 1 and record["verdict"] in ("member", "no evidence")
+    record = audit.audit.records[0]
+    assert record.id == member and 0 < record.p_gaussian <= 1 and record.verdict in ("member", "no evidence")
     # references have 2 of 4 models: the rank p-value cannot go below 1/2 for a record one reference did not train on
-    assert 1 / 3 <= record["p_rank"] <= 1
+    assert 1 / 3 <= record.p_rank <= 1
 
 
 def test_a_pickled_checkpoint_is_refused_before_training(tmp_path):
@@ -72,7 +71,7 @@ def test_exported_program_is_audited(study, tmp_path):
     from mia_torch.audit.checkpoint import read_state_dict
     from mia_torch.models import MLP
 
-    state = read_state_dict(results["targets"]["0"]["checkpoint"])
+    state = read_state_dict(results.targets[0].checkpoint)
     net = MLP(input_shape=(1, 8, 8), num_classes=10)
     net.load_state_dict(state)
     example = torch.zeros(3, 1, 8, 8)
@@ -82,7 +81,8 @@ def test_exported_program_is_audited(study, tmp_path):
                                   f"audit.checkpoint={tmp_path / 'model.pt2'}"], name="export")
     study_scores, audit_scores = load_scores(root / "run" / "scores.npz"), load_scores(root / "export" / "scores.npz")
     np.testing.assert_allclose(audit_scores["lira_offline"][0], study_scores["lira_offline"][0], rtol=1e-5, atol=1e-6)
-    assert json.loads((root / "export" / "results.json").read_text())["audit"]["checkpoint"].endswith("model.pt2")
+    saved = RunResults.from_dict(read_json(root / "export" / "results.json"))
+    assert saved.audit.checkpoint.endswith("model.pt2") and saved.audit == audit.audit
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -97,7 +97,7 @@ def test_exported_program_is_audited(study, tmp_path):
     (["audit.members=[1,2]"], "audit.checkpoint"),
 ])
 def test_bad_audit_input_is_refused_before_training(study, tmp_path, overrides, key):
-    checkpoint = study[1]["targets"]["0"]["checkpoint"]
+    checkpoint = study[1].targets[0].checkpoint
     overrides = [o.replace("{ckpt}", checkpoint) for o in overrides]
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         run_experiment(tmp_path, [*TINY, "attack=[loss]", *overrides])
@@ -105,6 +105,19 @@ def test_bad_audit_input_is_refused_before_training(study, tmp_path, overrides, 
 
 
 def test_a_checkpoint_of_another_architecture_lists_the_keys(study, tmp_path):
-    checkpoint = study[1]["targets"]["0"]["checkpoint"]
+    checkpoint = study[1].targets[0].checkpoint
     with pytest.raises(ValueError, match=r"does not fit the configured architecture.*missing from the checkpoint"):
         run_experiment(tmp_path, [*TINY, "attack=[loss]", "model=small_cnn", f"audit.checkpoint={checkpoint}"])
+
+
+def test_members_covering_every_candidate_say_why_there_is_no_report(study, capsys):
+    """No known non-member among the candidates: no ROC, and the run says so (printed and in results.json)."""
+    root, results = study
+    checkpoint = results.targets[0].checkpoint
+    audit = run_experiment(root, [*TINY, ATTACKS, f"audit.checkpoint={checkpoint}", "audit.candidates=[0,1,2]",
+                                  "audit.members=[0,1,2,3]"], name="all_members")
+    out = capsys.readouterr().out
+    assert audit.attacks == {}
+    reason = audit.audit.no_report
+    assert "audit.members lists every one of the 3 candidate records" in reason and "no known non-member" in reason
+    assert out.count(reason) == 2  # when planned, before any work, and with the answer

@@ -1,9 +1,12 @@
-"""Bad input stops before any training, with a message naming the config key or the file; the store stays empty.
+"""Bad input stops before any training, with one message naming the config key or the file; the store stays empty.
 
-One table: every case composes the tiny test experiment with its overrides (after
-writing any file it needs), runs the pipeline, and checks that the error is a clear
-one (not a crash deep inside training), that its message holds the expected key or
-path, and that nothing was written to the store.
+One table: every case composes the tiny test experiment with its overrides (after writing
+any file it needs) and runs the pipeline inside ``mia-run``'s refusal handling (what its
+``main`` wraps around Hydra, without Hydra's run directory and logging set-up, which
+``test_mia_run_itself_...`` and the console-script test cover), and checks that it is refused
+with exit status 2 and one clean message (no traceback without ``MIA_DEBUG=1``, and a
+pointer to that switch), that the message holds the expected key or path, and that nothing
+was written to the store.
 """
 
 from __future__ import annotations
@@ -19,16 +22,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hydra.errors import HydraException
 
-from helpers import CONFIG_DIR, REPO, TINY, make_config, run_experiment
-from mia_torch.data import DATASETS, Dataset, load_dataset
+from helpers import CONFIG_DIR, TINY, make_config, run_experiment
+from mia_torch.data import Dataset, DatasetLoader, load_dataset
+from mia_torch.data.npz import NpzImages
 from mia_torch.data.validate import MIN_TRAIN_EXAMPLES, DataValidationError, read_npz
 from mia_torch.settings.load import check_attacks, load_settings
 
 #: TINY without its dataset, for cases that choose another one.
 NO_DATA = [o for o in TINY if not o.startswith("dataset")]
-CLEAR_ERRORS = (ValueError, FileNotFoundError, HydraException)
 
 
 def _arrays(n: int = 64, n_test: int = 16) -> dict[str, np.ndarray]:
@@ -72,16 +74,36 @@ def _file_in_the_way(tmp: Path) -> None:
     (tmp / "a_file").write_text("not a directory")
 
 
+BAD_DATA: dict = {}  # what BadLoader puts in valid data (set by a case's setup)
+
+
+class BadLoader(DatasetLoader):
+    def load(self, *, root, download, seed, **options):
+        x, y, num_classes = BAD_DATA["x"], BAD_DATA["y"], BAD_DATA["num_classes"]
+        images = torch.randn(40, 1, 4, 4, generator=torch.Generator().manual_seed(0)) if x is None else x
+        labels = torch.arange(40) % num_classes if y is None else y
+        return Dataset("bad_loader", images, labels, images[:8], labels[:8], num_classes)
+
+
 def _loader(x=None, y=None, num_classes: int = 3) -> Callable[[Path], None]:
-    """Setup that registers dataset ``bad_loader`` returning valid data with ``x`` / ``y`` replaced."""
+    """Setup that makes :class:`BadLoader` return valid data with ``x`` / ``y`` replaced."""
     def register(tmp: Path) -> None:
-        def load(*, root, download, seed, **options):
-            gen = torch.Generator().manual_seed(0)
-            images = torch.randn(40, 1, 4, 4, generator=gen) if x is None else x
-            labels = torch.arange(40) % num_classes if y is None else y
-            return Dataset("bad_loader", images, labels, images[:8], labels[:8], num_classes)
-        DATASETS["bad_loader"] = load
+        BAD_DATA.update(x=x, y=y, num_classes=num_classes)
     return register
+
+
+def _records(*, typo_row: int | None = None, header: str = "age,city,label") -> Callable[[Path], None]:
+    """Setup that writes ``records.csv``: 60 records, ``abc`` as the age of row ``typo_row``."""
+    def write(tmp: Path) -> None:
+        rows = [f"{20 + i % 50},{'ab'[i % 2]},{i % 3 % 2}" for i in range(60)]
+        if typo_row is not None:
+            rows[typo_row] = "abc" + rows[typo_row][2:]
+        (tmp / "records.csv").write_text("\n".join([header, *rows]) + "\n")
+    return write
+
+
+def _text_file(tmp: Path) -> None:
+    (tmp / "model.txt").write_text("these are not weights\n")
 
 
 @dataclass
@@ -92,17 +114,21 @@ class Case:
     setup: Callable[[Path], None] | None = None
     base: list[str] = field(default_factory=lambda: list(TINY))
     run_name: str = "run"
+    absent: list[str] = field(default_factory=list)  # substrings the message must not hold
 
 
 NPZ = [*NO_DATA, "dataset=npz", "dataset.path={tmp}/bad.npz"]
-LOADER = [*NO_DATA, "dataset=npz", "dataset.name=bad_loader"]
+CSV = [*NO_DATA, "dataset=csv", "dataset.path={tmp}/records.csv", "dataset.label=label"]
+LOADER = [*NO_DATA, "dataset=npz", "dataset.name=bad_loader", f"dataset._target_={__name__}.BadLoader"]
 NAN = float("nan")
 
 CASES = [
     # ---- the config (Hydra composition, then our checks)
     Case("unknown group option", ["attack=[loss,nonexistent]"], ["attack/nonexistent"]),
-    Case("mistyped key", ["num_modles=3"], ["num_modles"]),
+    Case("mistyped key", ["num_modles=3"], ["num_modles", "did you mean num_models?", "Valid keys"], absent=["+"]),
     Case("mistyped key added with +", ["+num_modles=3"], ["num_modles", "did you mean num_models?", "Valid keys"]),
+    Case("mistyped nested key", ["train.epocs=3"], ["train.epocs", "did you mean train.epochs?"], absent=["+"]),
+    Case("malformed override", ["num_models=[1"], ["num_models=[1"]),
     Case("unknown top-level key", ["+unknown_key=1"], ["unknown_key", "Valid keys", "store_dir", "attack"]),
     Case("wrong type (structured)", ["train.epochs=many"], ["train.epochs"]),
     Case("out of range: optimizer", ["train.optimizer=rmsprop"], ["train.optimizer"]),
@@ -121,6 +147,16 @@ CASES = [
     Case("disjoint attacker with RMIA online", ["threat_model=disjoint", "num_models=5", "attack=[rmia_online]"],
          ["threat_model=disjoint", "rmia_online"]),
     Case("attack option out of range", ["attack=[rmia]", "attack.rmia.gamma=-1"], ["attack.rmia", "gamma"]),
+    Case("allow_large not a boolean", ["allow_large=maybe"], ["allow_large='maybe'"]),
+    # ---- sizes no study means: refused with their cost before any work
+    Case("a million models", ["num_models=1000000"],
+         ["num_models=1000000 is above 1024", "keep matrix", "signals", "training about", "allow_large=true"]),
+    Case("1e8 bootstrap resamples", ["bootstrap=100000000"],
+         ["bootstrap=100000000 is above 10000", "bootstrap about", "allow_large=true"]),
+    Case("a population of 1e8 records", ["dataset.num_examples=100000000"],
+         ["dataset.num_examples=100000000", "allow_large=true"]),
+    Case("a shift that leaves nothing of the image", ["queries=[identity,shift_100_100]"],
+         ["queries", "shift_100_100", "blank", "|dx| < 8"]),
     # ---- the environment
     Case("store_dir not writable", ["store_dir={tmp}/a_file/store"], ["store_dir=", "{tmp}/a_file/store"],
          setup=_file_in_the_way),
@@ -178,17 +214,24 @@ CASES = [
     Case("registered loader with float labels", [], ["dataset 'bad_loader'", "int64"],
          base=LOADER, setup=_loader(y=(torch.arange(40) % 3).float())),
 ]
+CASES += [
+    # ---- CSV cells that would change what a column means
+    Case("one text cell in a numeric CSV column", [], ["records.csv", "`age`", "row 7: 'abc'",
+                                                      "dataset.non_numeric=missing"], base=CSV,
+         setup=_records(typo_row=7)),
+    Case("two CSV columns of one name", [], ["records.csv", "duplicate column names", "'age' in columns [0, 1]"],
+         base=CSV, setup=_records(header="age,age,label")),
+    # ---- a model file given to audit or forget
+    Case("a text file as audit.checkpoint", ["audit.checkpoint={tmp}/model.txt"],
+         ["{tmp}/model.txt (audit.checkpoint)", "not a readable PyTorch checkpoint"], setup=_text_file),
+    Case("a directory as audit.checkpoint", ["audit.checkpoint={tmp}"], ["audit.checkpoint=", "is a directory"],
+         absent=["does not exist"]),
+    Case("a text file as forget.checkpoint", ["forget.method=checkpoint", "forget.checkpoint={tmp}/model.txt"],
+         ["{tmp}/model.txt (forget.checkpoint)", "not a readable PyTorch checkpoint"], absent=["audit.checkpoint"],
+         setup=_text_file),
+]
 if not torch.cuda.is_available():
     CASES.append(Case("CUDA without CUDA", ["device=cuda"], ["device='cuda'", "CUDA is not available"]))
-
-
-def _messages(err: BaseException) -> str:
-    """The message of ``err`` and of every exception it was raised from."""
-    parts = []
-    while err is not None:
-        parts.append(str(err))
-        err = err.__cause__ or err.__context__
-    return "\n".join(parts)
 
 
 def _store_is_empty(store: Path) -> bool:
@@ -198,37 +241,66 @@ def _store_is_empty(store: Path) -> bool:
 @pytest.fixture
 def clean_registry():
     yield
-    DATASETS.pop("bad_loader", None)
+    BAD_DATA.clear()
+
+
+def refused(tmp_path: Path, overrides: list[str], monkeypatch, capsys, *, run_name: str = "run") -> tuple[int, str]:
+    """The tiny run with ``overrides`` inside mia-run's refusal handling: (exit status, stderr)."""
+    from mia_torch.cli import PROG, explain_hydra_error
+    from mia_torch.refusal import clean_refusals
+
+    monkeypatch.delenv("MIA_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info, clean_refusals(PROG, translate=explain_hydra_error):
+        run_experiment(tmp_path, overrides, name=run_name)
+    return info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_stops_before_training_naming_the_key_or_file(tmp_path, case, clean_registry):
+def test_bad_input_stops_before_training_with_one_message(tmp_path, case, clean_registry, monkeypatch, capsys):
     if case.setup is not None:
         case.setup(tmp_path)
     overrides = [o.replace("{tmp}", str(tmp_path)) for o in (*case.base, *case.overrides)]
-    with pytest.raises(CLEAR_ERRORS) as info:
-        run_experiment(tmp_path, overrides, name=case.run_name)
-    message = _messages(info.value)
+    code, message = refused(tmp_path, overrides, monkeypatch, capsys, run_name=case.run_name)
+    assert code == 2, message
+    assert message.startswith("mia-run: error: ") and "Traceback" not in message and "MIA_DEBUG=1" in message
     for expected in case.expected:
         assert expected.replace("{tmp}", str(tmp_path)) in message, message
+    for unexpected in case.absent:
+        assert unexpected not in message, message
     assert _store_is_empty(tmp_path / "store")
     assert not (tmp_path / "run" / "keep.npy").exists()
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("+unknown_key=1", ["unknown_key", "Valid keys"]),
-    ("dataset=mnist", ["nowhere", "download=true"]),
+    ("num_modles=3", "unknown top-level key(s) num_modles: no config defines it; did you mean num_models?"),
+    ("num_models=1", "num_models=1 is invalid"),
 ])
-def test_the_command_line_reports_bad_input_without_training(tmp_path, override, expected):
-    """Through ``mia-run`` (``python -m mia_torch.cli``): Hydra's `+key` path reaches our check; a missing dataset names the folder."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "mia_torch.cli", *NO_DATA, override, f"data_dir={tmp_path / 'nowhere'}",
-         f"store_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode != 0
-    for text in expected:
-        assert text in proc.stderr + proc.stdout
+def test_mia_run_itself_refuses_hydra_and_pipeline_errors_with_one_message(tmp_path, monkeypatch, capsys, override,
+                                                                           expected):
+    """``mia-run``'s main in-process: Hydra raises its errors to it (and a single run's task refuses itself)."""
+    from mia_torch import cli
+
+    monkeypatch.setattr(sys, "argv", ["mia-run", *TINY, override, f"store_dir={tmp_path / 'store'}",
+                                      f"hydra.run.dir={tmp_path / 'run'}"])
+    monkeypatch.delenv("MIA_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(f"mia-run: error: {expected}") and "Traceback" not in err
+    assert "HYDRA_FULL_ERROR" not in os.environ and _store_is_empty(tmp_path / "store")
+
+
+def test_the_console_script_prints_one_message_and_the_debug_switch_the_traceback(tmp_path):
+    """As a process: exit 2 and the message alone; with MIA_DEBUG=1 the traceback too."""
+    command = [sys.executable, "-m", "mia_torch.cli", *NO_DATA, "dataset=mnist", f"data_dir={tmp_path / 'nowhere'}",
+               f"store_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MIA_DEBUG", "HYDRA_FULL_ERROR")}
+    for debug in (False, True):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                              env={**env, "OMP_NUM_THREADS": "1", **({"MIA_DEBUG": "1"} if debug else {})})
+        assert proc.returncode == (1 if debug else 2), proc.stderr[-2000:]
+        assert str(tmp_path / "nowhere") in proc.stderr and "download=true" in proc.stderr
+        assert ("Traceback" in proc.stderr) == debug, proc.stderr[-2000:]
     assert _store_is_empty(tmp_path / "store")
 
 
@@ -267,7 +339,7 @@ def test_near_misses_are_accepted(tmp_path):
     np.savez(tmp_path / "ok.npz", **arrays)
     read = read_npz(tmp_path / "ok.npz")
     assert read.num_classes == 5 and read.y_train.dtype == np.int64 and read.y_train.shape == (64,)
-    data = load_dataset("npz", root=tmp_path, path="ok.npz")
+    data = load_dataset(NpzImages(path="ok.npz"), root=tmp_path)
     assert data.num_classes == 5 and sorted(data.y.unique().tolist()) == [1, 2, 3, 4]
 
 
@@ -282,3 +354,47 @@ def test_a_population_just_large_enough_runs_through_prepare(tmp_path):
     with pytest.raises(DataValidationError, match="population of 14 examples"):
         _npz(n=2 * MIN_TRAIN_EXAMPLES - 2)(tmp_path)
         prepare(cfg, tmp_path / "run")
+
+
+# ---------------------------------------------------------------- stored models that are not what they claim
+
+
+def test_a_stored_model_with_a_forged_checksum_and_a_misshaped_tensor_is_retrained_not_reused(tmp_path):
+    """Its checksum matches (forged), so only the shapes betray it: moved aside and retrained, never recorded as
+    reused, and the stored checkpoint a run reports then loads into the configured model (as an audit does)."""
+    from mia_torch.audit.checkpoint import load_checkpoint_model
+    from mia_torch.pipeline import prepare
+    from mia_torch.stages.context import build, model_key, stored_path
+    from mia_torch.stages.train import train_stage
+    from mia_torch.store import state_dict_from_bytes, state_dict_to_bytes
+    from test_store import _plant
+
+    cfg = make_config(tmp_path, [*TINY, "stage=train"])
+    first = prepare(cfg, tmp_path / "run")
+    train_stage(first, [0])
+    key = model_key(first, 0)
+    state = state_dict_from_bytes(first.store.payload_path("models", key).read_bytes())
+    name = next(iter(state))
+    state[name] = torch.zeros(*state[name].shape[:-1], state[name].shape[-1] + 1)
+    _plant(first.store, "models", key, state_dict_to_bytes(state))
+    again = prepare(cfg, tmp_path / "run")
+    train_stage(again, [0])
+    assert again.trained == [0] and again.reused == []
+    assert len(again.store.corrupt) == 1
+    model = load_checkpoint_model(stored_path(again, 0), lambda: build(again.settings, again.data, 0))
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_a_model_reused_then_rebuilt_in_the_same_run_is_listed_as_trained_only(tmp_path):
+    from mia_torch.pipeline import prepare
+    from mia_torch.stages.context import stored_path
+    from mia_torch.stages.train import stored_model, train_stage
+
+    cfg = make_config(tmp_path, [*TINY, "stage=train"])
+    train_stage(prepare(cfg, tmp_path / "run"), [0])
+    ctx = prepare(cfg, tmp_path / "run")
+    train_stage(ctx, [0])
+    assert ctx.reused == [0]
+    stored_path(ctx, 0).write_bytes(b"truncated")  # corrupted between the stages: rebuilt when loaded
+    stored_model(ctx, 0)
+    assert ctx.trained == [0] and ctx.reused == []

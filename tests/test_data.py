@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +11,24 @@ import torch
 from omegaconf import OmegaConf
 
 from mia_torch.data import (
-    DATASETS,
     QUERY_NAMES,
     Dataset,
+    DatasetLoader,
     DatasetNotFoundError,
     apply_queries,
     apply_query,
     load_dataset,
     parse_queries,
     random_crop_flip,
-    register_dataset,
 )
+from mia_torch.data.builtin import Digits, Synthetic
+from mia_torch.data.npz import NpzImages
+from mia_torch.data.torchvision_sets import CIFAR10, CIFAR100, MNIST, FashionMNIST
+from mia_torch.settings import trusted
 from fixtures_torchvision import MNIST_FILES, write_cifar, write_mnist
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+LOADERS = {"mnist": MNIST, "fashion_mnist": FashionMNIST, "cifar10": CIFAR10, "cifar100": CIFAR100}
 
 
 def _denormalise(x: torch.Tensor, data: Dataset) -> torch.Tensor:
@@ -44,7 +46,7 @@ def _denormalise(x: torch.Tensor, data: Dataset) -> torch.Tensor:
 )
 def test_mnist_like_loads_written_idx_files(tmp_path, kind, name, mean, std):
     written = write_mnist(tmp_path, num_train=50, num_test=20, seed=3, kind=kind)
-    data = load_dataset(name, root=tmp_path)
+    data = load_dataset({"MNIST": MNIST, "FashionMNIST": FashionMNIST}[kind](name=name), root=tmp_path)
     assert data.name == name and data.num_classes == 10
     assert data.x.shape == (50, 1, 28, 28) and data.x_test.shape == (20, 1, 28, 28)
     assert data.x.dtype == torch.float32 and data.y.dtype == torch.int64
@@ -61,13 +63,13 @@ def test_mnist_like_loads_written_idx_files(tmp_path, kind, name, mean, std):
 
 def test_mnist_download_true_with_files_present_stays_offline(tmp_path):
     written = write_mnist(tmp_path, num_train=20, num_test=10, seed=0)
-    data = load_dataset("mnist", root=str(tmp_path), download=True)
+    data = load_dataset(MNIST(), root=str(tmp_path), download=True)
     assert torch.equal(data.y, torch.from_numpy(written.y_train))
 
 
 def test_root_pointing_at_the_dataset_folder_itself_works(tmp_path):
     written = write_mnist(tmp_path, num_train=20, num_test=10, seed=0)
-    data = load_dataset("mnist", root=tmp_path / "MNIST")
+    data = load_dataset(MNIST(), root=tmp_path / "MNIST")
     assert torch.equal(data.y_test, torch.from_numpy(written.y_test))
 
 
@@ -75,7 +77,7 @@ def test_root_pointing_at_the_dataset_folder_itself_works(tmp_path):
                                               ("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
 def test_missing_files_raise_dataset_not_found_with_our_message(tmp_path, name, folder):
     with pytest.raises(DatasetNotFoundError) as info:
-        load_dataset(name, root=tmp_path, download=False)
+        load_dataset(LOADERS[name](), root=tmp_path, download=False)
     msg = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
     assert str(tmp_path) in msg and str(tmp_path / folder) in msg
@@ -87,7 +89,7 @@ def test_partially_present_mnist_names_the_missing_file(tmp_path):
     written = write_mnist(tmp_path, num_train=20, num_test=10, seed=0)
     (written.folder / MNIST_FILES["test_labels"]).unlink()
     with pytest.raises(DatasetNotFoundError, match="t10k-labels-idx1-ubyte") as info:
-        load_dataset("mnist", root=tmp_path)
+        load_dataset(MNIST(), root=tmp_path)
     assert "train-images-idx3-ubyte" not in str(info.value)
 
 
@@ -98,7 +100,7 @@ def test_cifar_loads_pickled_batches_channels_first(tmp_path, monkeypatch, kind,
     # torchvision checks the official MD5 sums, which tiny files cannot match
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
     written = write_cifar(tmp_path, num_train=30, num_test=12, seed=1, kind=kind)
-    data = load_dataset(name, root=tmp_path)
+    data = load_dataset(LOADERS[name](), root=tmp_path)
     assert data.x.shape == (30, 3, 32, 32) and data.x_test.shape == (12, 3, 32, 32)
     assert data.num_classes == num_classes and data.x.dtype == torch.float32
     assert torch.equal(data.y, torch.from_numpy(written.y_train))
@@ -109,10 +111,10 @@ def test_cifar_loads_pickled_batches_channels_first(tmp_path, monkeypatch, kind,
 
 def test_population_and_test_size_take_seeded_subsets(tmp_path):
     write_mnist(tmp_path, num_train=60, num_test=30, seed=0)
-    full = load_dataset("mnist", root=tmp_path)
-    a = load_dataset("mnist", root=tmp_path, population_size=20, test_size=10, seed=5)
-    b = load_dataset("mnist", root=tmp_path, population_size=20, test_size=10, seed=5)
-    c = load_dataset("mnist", root=tmp_path, population_size=20, test_size=10, seed=6)
+    full = load_dataset(MNIST(), root=tmp_path)
+    a = load_dataset(MNIST(population_size=20, test_size=10), root=tmp_path, seed=5)
+    b = load_dataset(MNIST(population_size=20, test_size=10), root=tmp_path, seed=5)
+    c = load_dataset(MNIST(population_size=20, test_size=10), root=tmp_path, seed=6)
     assert a.x.shape[0] == 20 and a.x_test.shape[0] == 10
     assert torch.equal(a.indices, b.indices) and torch.equal(a.test_indices, b.test_indices)
     assert not torch.equal(a.indices, c.indices)
@@ -120,18 +122,18 @@ def test_population_and_test_size_take_seeded_subsets(tmp_path):
     assert torch.equal(a.x, full.x[a.indices]) and torch.equal(a.y, full.y[a.indices])
     assert torch.equal(a.y_test, full.y_test[a.test_indices])
     with pytest.raises(ValueError, match="population_size"):
-        load_dataset("mnist", root=tmp_path, population_size=61)
+        load_dataset(MNIST(population_size=61), root=tmp_path)
     with pytest.raises(ValueError, match="test_size"):
-        load_dataset("mnist", root=tmp_path, test_size=0)
+        load_dataset(MNIST(test_size=0), root=tmp_path)
 
 
 # --------------------------------------------------------------------------- offline datasets
 
 
 def test_digits_loads_offline_with_seeded_split(tmp_path):
-    a = load_dataset("digits", root=tmp_path / "nothing-here", seed=0)
-    b = load_dataset("digits", root=tmp_path, seed=0)
-    c = load_dataset("digits", root=tmp_path, seed=1)
+    a = load_dataset(Digits(), root=tmp_path / "nothing-here", seed=0)
+    b = load_dataset(Digits(), root=tmp_path, seed=0)
+    c = load_dataset(Digits(), root=tmp_path, seed=1)
     assert a.x.shape == (1500, 1, 8, 8) and a.x_test.shape == (297, 1, 8, 8)
     assert a.num_classes == 10 and a.input_shape == (1, 8, 8)
     assert a.x.dtype == torch.float32 and a.y.dtype == torch.int64
@@ -141,15 +143,15 @@ def test_digits_loads_offline_with_seeded_split(tmp_path):
     assert set(a.indices.tolist()).isdisjoint(a.test_indices.tolist())
     assert len(set(a.indices.tolist()) | set(a.test_indices.tolist())) == 1797
     assert abs(a.x.mean().item()) < 1e-4 and abs(a.x.std().item() - 1) < 1e-3
-    smaller = load_dataset("digits", root=tmp_path, num_test=97, population_size=1000, test_size=50)
+    smaller = load_dataset(Digits(num_test=97, population_size=1000, test_size=50), root=tmp_path)
     assert smaller.x.shape[0] == 1000 and smaller.x_test.shape[0] == 50
 
 
 def test_synthetic_is_seeded_configurable_and_learnable(tmp_path):
     opts = dict(num_examples=300, num_test=100, num_classes=4, channels=3, image_size=6, noise=1.0)
-    a = load_dataset("synthetic", root=tmp_path, seed=2, **opts)
-    b = load_dataset("synthetic", root=tmp_path, seed=2, **opts)
-    c = load_dataset("synthetic", root=tmp_path, seed=3, **opts)
+    a = load_dataset(Synthetic(**opts), root=tmp_path, seed=2)
+    b = load_dataset(Synthetic(**opts), root=tmp_path, seed=2)
+    c = load_dataset(Synthetic(**opts), root=tmp_path, seed=3)
     assert a.x.shape == (300, 3, 6, 6) and a.x_test.shape == (100, 3, 6, 6) and a.num_classes == 4
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
     assert not torch.equal(a.x, c.x)
@@ -157,63 +159,67 @@ def test_synthetic_is_seeded_configurable_and_learnable(tmp_path):
     means = torch.stack([a.x[a.y == k].mean(0) for k in range(4)]).flatten(1)
     pred = torch.cdist(a.x_test.flatten(1), means).argmin(1)
     assert (pred == a.y_test).float().mean() > 0.9
-    noisy = load_dataset("synthetic", root=tmp_path, seed=2, label_noise=0.5, **opts)
+    noisy = load_dataset(Synthetic(label_noise=0.5, **opts), root=tmp_path, seed=2)
     assert torch.equal(noisy.x, a.x) and (noisy.y != a.y).float().mean() > 0.2
 
 
-def test_unknown_dataset_name_lists_registered_names(tmp_path):
-    with pytest.raises(ValueError, match="`dataset`") as info:
-        load_dataset("imagenet", root=tmp_path)
-    for name in ("mnist", "fashion_mnist", "cifar10", "cifar100", "digits", "synthetic"):
-        assert name in str(info.value)
-
-
-def test_importing_the_registry_alone_registers_every_loader_and_config():
-    """Every dataset with a config is loadable after ``import mia_torch.data.datasets`` alone (a fresh process)."""
-    code = "import mia_torch.data.datasets as d, mia_torch.data as p; print(sorted(d.DATASETS), p.DATASETS is d.DATASETS)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
-    configured = sorted(path.stem for path in (CONFIGS / "dataset").glob("*.yaml"))
-    assert out.split("\n")[0] == f"{configured} True"
+def test_every_shipped_dataset_config_names_a_loader_class_of_the_package():
+    """What ``_target_`` names is all a process needs to load a dataset, and a replay may build it."""
+    for path in sorted((CONFIGS / "dataset").glob("*.yaml")):
+        assert trusted.is_package_target(OmegaConf.load(path)["_target_"], [trusted.KINDS["dataset"]]), path
 
 
 def test_unknown_option_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="num_examples"):
-        load_dataset("digits", root=tmp_path, num_examples=10)
+        Digits(num_examples=10)
+    with pytest.raises(ValueError, match=r"dataset cannot be built: dataset 'digits' does not take option\(s\) "
+                                         r"num_examples.*it accepts: num_test, plus name, population_size"):
+        trusted.build({"_target_": "mia_torch.data.builtin.Digits", "name": "digits", "num_examples": 10},
+                      kind="dataset", key="dataset")
 
 
-def test_register_dataset_adds_a_loadable_name(tmp_path):
-    @register_dataset("tiny_test_set")
-    def _tiny(*, root, download, seed, n: int = 4):
+class _Tiny(DatasetLoader):
+    """A loader as a user writes one: its options are the keyword options of ``load``."""
+
+    def load(self, *, root, download, seed, n: int = 4):
         x = torch.zeros(n, 1, 2, 2)
         labels = torch.arange(n) % 2  # two classes: a single-class population is refused
         return Dataset("tiny_test_set", x, labels, x[:1], labels[:1], 2)
 
-    try:
-        data = load_dataset("tiny_test_set", root=tmp_path, n=6)
-        assert data.x.shape == (6, 1, 2, 2) and data.indices.tolist() == list(range(6))
-        with pytest.raises(ValueError, match="already registered"):
-            register_dataset("tiny_test_set")(_tiny)
-    finally:
-        DATASETS.pop("tiny_test_set", None)
+
+def test_a_loader_class_of_your_own_loads_and_is_refused_when_it_is_no_loader(tmp_path):
+    loader = trusted.build({"_target_": f"{__name__}._Tiny", "name": "tiny", "n": 6}, kind="dataset", key="dataset")
+    data = load_dataset(loader, root=tmp_path)
+    assert data.x.shape == (6, 1, 2, 2) and data.indices.tolist() == list(range(6)) and loader.name == "tiny"
+    assert loader.describe() == f"dataset 'tiny' (loader {__name__}._Tiny)"
+    with pytest.raises(ValueError, match=r"dataset\._target_=collections\.OrderedDict builds a collections\.OrderedDict, "
+                                         r"which is not a DatasetLoader: subclass mia_torch\.data\.loader\.DatasetLoader"):
+        trusted.build({"_target_": "collections.OrderedDict"}, kind="dataset", key="dataset")
+    with pytest.raises(ValueError, match=r"dataset has no _target_"):
+        trusted.build({"name": "digits"}, kind="dataset", key="dataset")
+    with pytest.raises(TypeError, match="kind must be one of"):
+        type("Text", (DatasetLoader,), {"kind": "text"})
 
 
 def test_dataset_to_moves_tensors():
-    data = load_dataset("synthetic", root=".", num_examples=10, num_test=5)
+    data = load_dataset(Synthetic(num_examples=10, num_test=5), root=".")
     moved = data.to("meta")
     assert moved.x.device.type == "meta" and moved.y_test.device.type == "meta"
     assert data.x.device.type == "cpu" and moved.num_classes == data.num_classes
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "dataset").glob("*.yaml")), ids=lambda p: p.stem)
-def test_dataset_configs_hold_only_keys_load_dataset_accepts(tmp_path, path):
-    cfg = OmegaConf.load(path)
-    assert cfg.name == path.stem and "population_size" in cfg and "test_size" in cfg
+def test_dataset_configs_hold_only_keys_their_loader_accepts(tmp_path, path):
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    assert cfg["name"] == path.stem and "population_size" in cfg and "test_size" in cfg
+    loader = trusted.build(cfg, kind="dataset", key="dataset")
+    assert loader.name == path.stem
     try:
-        data = load_dataset(**cfg, root=tmp_path, download=False, seed=0)
+        data = load_dataset(loader, root=tmp_path, download=False, seed=0)
     except DatasetNotFoundError:
-        assert cfg.name in ("mnist", "fashion_mnist", "cifar10", "cifar100")
+        assert cfg["name"] in ("mnist", "fashion_mnist", "cifar10", "cifar100")
     except ValueError as err:  # npz / csv without a path: a config error naming the key
-        assert cfg.name in ("npz", "csv") and "dataset.path" in str(err)
+        assert cfg["name"] in ("npz", "npz_features", "csv") and "dataset.path" in str(err)
     else:
         assert len(data.x) > 0
 
@@ -339,9 +345,9 @@ def test_apply_query_rejects_invalid_names():
 
 
 def test_data_dir_none_works_for_digits_and_is_explained_for_file_datasets():
-    assert len(load_dataset("digits", root=None)) == 1500
+    assert len(load_dataset(Digits(), root=None)) == 1500
     with pytest.raises(DatasetNotFoundError, match="data_dir"):
-        load_dataset("mnist", root=None)
+        load_dataset(MNIST(), root=None)
 
 
 def test_npz_dataset_loads_user_arrays_in_any_layout(tmp_path):
@@ -350,7 +356,7 @@ def test_npz_dataset_loads_user_arrays_in_any_layout(tmp_path):
     x_test = rng.integers(0, 256, size=(10, 12, 12, 3), dtype=np.uint8)
     y_train, y_test = rng.integers(0, 5, 40), np.arange(10) % 5
     np.savez(tmp_path / "mine.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-    data = load_dataset("npz", root=tmp_path, path="mine.npz")
+    data = load_dataset(NpzImages(path="mine.npz"), root=tmp_path)
     assert data.x.shape == (40, 3, 12, 12) and data.x_test.shape == (10, 3, 12, 12)
     assert data.num_classes == 5 and torch.equal(data.y, torch.from_numpy(y_train))
     # Channel 1 of image 0, pixel (2, 3), after scaling to [0, 1] and normalising.
@@ -358,7 +364,7 @@ def test_npz_dataset_loads_user_arrays_in_any_layout(tmp_path):
     assert float(data.x[0, 1, 2, 3]) == pytest.approx(expected, rel=1e-5)
     assert abs(float(data.x[:, 0].mean())) < 1e-4
     with pytest.raises(DatasetNotFoundError, match="dataset.path"):
-        load_dataset("npz", root=tmp_path, path="other.npz")
+        load_dataset(NpzImages(path="other.npz"), root=tmp_path)
     np.savez(tmp_path / "bad.npz", x_train=x_train)
     with pytest.raises(ValueError, match="y_train"):
-        load_dataset("npz", root=tmp_path, path="bad.npz")
+        load_dataset(NpzImages(path="bad.npz"), root=tmp_path)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 
 import pytest
 import torch
+from omegaconf import open_dict
 from torch import nn
 
 from helpers import TINY, digits_tensors, make_config, run_experiment
 from mia_torch.models import MLP, SmallCNN
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 from mia_torch.training import TrainConfig
 from mia_torch.training.config import EarlyStoppingConfig
-from mia_torch.training.dp import DefenseConfig, make_private_compatible, noise_multiplier, train_private
+from mia_torch.settings import trusted
+from mia_torch.settings.load import load_settings
+from mia_torch.training.defense import Defense, NoDefense
+from mia_torch.training.dp import DPSGD, make_private_compatible, noise_multiplier, train_private
 
 pytest.importorskip("opacus")
 
@@ -24,8 +29,8 @@ def digits():
     return digits_tensors()
 
 
-def dpsgd(**values) -> DefenseConfig:
-    return DefenseConfig.from_mapping({"name": "dpsgd", **values})
+def dpsgd(**values) -> DPSGD:
+    return DPSGD(**values)
 
 
 def test_more_noise_spends_less_epsilon_and_the_calibrated_noise_hits_the_target():
@@ -47,7 +52,7 @@ def test_more_noise_spends_less_epsilon_and_the_calibrated_noise_hits_the_target
         noise_multiplier(1e-9, delta=1e-12, sample_rate=1.0, steps=10_000)
 
 
-def _train(digits, defense: DefenseConfig, cfg: TrainConfig, *, seed: int = 0, model=None, **kw):
+def _train(digits, defense: DPSGD, cfg: TrainConfig, *, seed: int = 0, model=None, **kw):
     x, y = digits
     torch.manual_seed(0)
     model = make_private_compatible(model or MLP(input_shape=(1, 8, 8), num_classes=10, hidden_sizes=(32,)))
@@ -141,15 +146,15 @@ def test_tiny_dp_run_end_to_end(tmp_path, model):
     overrides = [*TINY, *model, "train.batch_size=20", "defense=dpsgd", "defense.epsilon=2", "attack=[loss]",
                  "sanity_check=false"]
     results = run_experiment(tmp_path, overrides)
-    for m in results["models"]:
+    for m in results.models:
         assert 1.98 <= m["dp_epsilon"] <= 2.0 and m["dp_delta"] == 1 / 400
-    saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert 1.98 <= saved["targets"]["0"]["dp_epsilon"] <= 2.0
-    assert saved["targets"]["0"]["dp_noise_multiplier"] > 0
+    saved = RunResults.from_dict(read_json(tmp_path / "run" / "results.json"))
+    assert 1.98 <= saved.targets[0].dp_epsilon <= 2.0
+    assert saved.targets[0].dp_noise_multiplier > 0
     # the models are rebuilt DP-compatible to load their weights: querying them again reuses them
     again = run_experiment(tmp_path, [*overrides, "queries=[identity]"], name="again")
-    assert again["trained_models"] == []
-    assert again["targets"]["0"]["test_acc"] == results["targets"]["0"]["test_acc"]
+    assert again.trained_models == []
+    assert again.targets[0].test_acc == results.targets[0].test_acc
 
 
 def test_apply_to_target_trains_references_without_dp_and_reuses_them(tmp_path):
@@ -157,10 +162,10 @@ def test_apply_to_target_trains_references_without_dp_and_reuses_them(tmp_path):
     plain = run_experiment(tmp_path, common, name="plain")
     weaker = run_experiment(tmp_path, [*common, "defense=dpsgd", "defense.epsilon=2", "defense.apply_to=target"],
                             name="weaker")
-    assert "dp_epsilon" in weaker["models"][0]
-    assert not any("dp_epsilon" in m for m in weaker["models"][1:])
-    assert weaker["trained_models"] == [0]  # references are the no-defense run's models
-    assert weaker["models"][1:] == plain["models"][1:]
+    assert "dp_epsilon" in weaker.models[0]
+    assert not any("dp_epsilon" in m for m in weaker.models[1:])
+    assert weaker.trained_models == [0]  # references are the no-defense run's models
+    assert weaker.models[1:] == plain.models[1:]
 
 
 def test_store_key_includes_every_defense_setting(tmp_path):
@@ -199,14 +204,29 @@ def test_bad_defense_values_are_refused_before_training(tmp_path, overrides, key
     assert not (tmp_path / "store" / "models").exists()
 
 
-def test_defense_keys_without_dpsgd_are_refused_by_name():
-    with pytest.raises(ValueError, match="defense.epsilon.*defense=dpsgd"):
-        DefenseConfig.from_mapping({"name": "none", "epsilon": 1.0})
-    with pytest.raises(ValueError, match="defense.name"):
-        DefenseConfig.from_mapping({"name": "dp"})
-    with pytest.raises(ValueError, match="defense.noise"):
-        DefenseConfig.from_mapping({"name": "dpsgd", "noise": 1.0})
-    assert DefenseConfig.from_mapping(None) == DefenseConfig()  # runs saved before the group existed
+def _defense(**values) -> Defense:
+    return trusted.build(values, kind="defense", key="defense")
+
+
+def test_defense_keys_of_another_defense_are_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="defense cannot be built: .*unexpected keyword argument 'epsilon'"):
+        _defense(_target_="mia_torch.training.defense.NoDefense", name="none", epsilon=1.0)
+    with pytest.raises(ValueError, match="defense cannot be built: .*unexpected keyword argument 'noise'"):
+        _defense(_target_="mia_torch.training.dp.DPSGD", noise=1.0)
+    with pytest.raises(ValueError, match=r"defense\._target_=collections\.OrderedDict builds .* not a Defense"):
+        _defense(_target_="collections.OrderedDict")
+    with pytest.raises(ValueError, match="defense has no _target_"):
+        _defense(name="dpsgd")
+    assert _defense(_target_="mia_torch.training.dp.DPSGD", epsilon=2) == DPSGD(epsilon=2)
+    # runs saved before the group existed: no defense; before it named its _target_: the shipped option's
+    config = make_config(tmp_path, TINY)
+    with open_dict(config):
+        del config["defense"]
+    assert load_settings(config).defense == NoDefense()
+    config = make_config(tmp_path, [*TINY, "defense=dpsgd", "defense.epsilon=2"])
+    with open_dict(config):
+        del config["defense"]["_target_"]
+    assert load_settings(config).defense == DPSGD(epsilon=2)
 
 
 @pytest.mark.slow
@@ -219,13 +239,13 @@ def test_dp_sgd_at_epsilon_1_cuts_the_leakage_of_the_digits_recipe(tmp_path):
                              name="dp")
 
     def best(results):
-        name = max(results["attacks"], key=lambda a: results["attacks"][a]["pooled"]["auc"])
-        pooled = results["attacks"][name]["pooled"]
-        return pooled["auc"], pooled["ci"]["auc"]
+        name = max(results.attacks, key=lambda a: results.attacks[a].pooled.auc)
+        pooled = results.attacks[name].pooled
+        return pooled.auc, pooled.ci["auc"]
 
     auc_plain, ci_plain = best(plain)
     auc_dp, ci_dp = best(private)
     assert ci_plain[0] > 0.55  # without DP the recipe memorises and leaks
     assert ci_dp[1] < ci_plain[0]  # DP-SGD at epsilon = 1: clearly less
     assert auc_dp < 0.54
-    assert all(t["test_acc"] > 0.8 for t in private["targets"].values())  # and still a useful model
+    assert all(t.test_acc > 0.8 for t in private.targets.values())  # and still a useful model

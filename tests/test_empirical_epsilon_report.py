@@ -33,16 +33,16 @@ def test_every_attack_gets_the_bound_of_its_pooled_roc_at_one_over_the_populatio
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     for name in ("loss", "lira_online"):
-        attack = results["attacks"][name]
-        bound = attack["epsilon_bound"]
-        assert bound["delta"] == 1 / 400 and bound["confidence"] == 0.95 and bound["correction"] == "bonferroni"
+        attack = results.attacks[name]
+        bound = attack.epsilon_bound
+        assert bound.delta == 1 / 400 and bound.confidence == 0.95 and bound.correction == "bonferroni"
         all_scores, members = pooled(scores[name], keep, eval_mask)  # both targets' examples
         assert len(members) == 800
         expected = empirical_epsilon(all_scores, members, delta=1 / 400)
-        assert attack["empirical_epsilon"] == pytest.approx(expected.epsilon) == pytest.approx(bound["epsilon"])
-        assert bound["num_thresholds"] == expected.num_thresholds
+        assert attack.empirical_epsilon == pytest.approx(expected.epsilon) == pytest.approx(bound.epsilon)
+        assert bound.num_thresholds == expected.num_thresholds
         assert events.Scalars(f"attack/{name}/empirical_epsilon")[0].value == pytest.approx(expected.epsilon, abs=1e-6)
-    summary = format_summary(RunResults.from_dict(results))
+    summary = format_summary(results)
     assert summary.splitlines()[0] == "defense: none; output: logits"
     assert "privacy at δ = 0.0025: no accountant's ε (not trained with DP-SGD); empirical ε" in summary
     assert "emp. ε" in summary.splitlines()[3]  # a column of the attack table
@@ -51,15 +51,15 @@ def test_every_attack_gets_the_bound_of_its_pooled_roc_at_one_over_the_populatio
 def test_the_lower_bound_never_exceeds_the_accountants_epsilon_on_dp_sgd_models(tmp_path):
     """The same data with and without DP-SGD at ε = 2: without it the bound exceeds 2 (so the check can fail)."""
     leaky = run_experiment(tmp_path, [*LEAKY, "train.epochs=40"], name="leaky")
-    assert max(a["empirical_epsilon"] for a in leaky["attacks"].values()) > 2.0
+    assert max(a.empirical_epsilon for a in leaky.attacks.values()) > 2.0
     private = run_experiment(tmp_path, [*LEAKY, "train.epochs=10", "train.batch_size=20", "defense=dpsgd",
                                         "defense.epsilon=2", "defense.delta=1e-3"], name="private")
-    spent = [t["dp_epsilon"] for t in private["targets"].values()]
+    spent = [t.dp_epsilon for t in private.targets.values()]
     assert all(1.98 <= e <= 2.0 for e in spent)
-    for name, attack in private["attacks"].items():
-        assert attack["epsilon_bound"]["delta"] == 1e-3  # defense.delta, as the accountant used
-        assert 0.0 <= attack["empirical_epsilon"] <= min(spent), name
-    summary = format_summary(RunResults.from_dict(private))
+    for name, attack in private.attacks.items():
+        assert attack.epsilon_bound.delta == 1e-3  # defense.delta, as the accountant used
+        assert 0.0 <= attack.empirical_epsilon <= min(spent), name
+    summary = format_summary(private)
     assert summary.splitlines()[0] == ("defense: dpsgd (epsilon 2, delta 0.001, max_grad_norm 1.0, applied to all "
                                        "models); output: logits")
     assert "privacy at δ = 0.001: accountant's ε 2.00 (DP-SGD, largest over targets); empirical ε ≥" in summary

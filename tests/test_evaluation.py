@@ -163,7 +163,8 @@ def test_a_reported_field_reaches_json_summary_tensorboard_and_sweep_without_oth
     """What another quantity (a Brier score per target, an ε per attack) needs: a field, nothing else."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from mia_torch.report.sweep import SweepJob, summary_table
+    from mia_torch.report.sweep import summary_table
+    from mia_torch.report.sweep_jobs import SweepJob
     from mia_torch.report.table import format_summary
     from mia_torch.report.tensorboard import write_report
 

@@ -2,6 +2,8 @@
 
 import dataclasses
 import hashlib
+import importlib
+import pkgutil
 import shutil
 
 import numpy as np
@@ -10,7 +12,10 @@ import torch
 
 from helpers import TINY, make_config, run_experiment
 from mia_torch import fingerprint
-from mia_torch.data.datasets import DATASETS, Dataset, load_dataset, register_dataset
+from mia_torch.data.builtin import Synthetic
+from mia_torch.data.datasets import Dataset
+from mia_torch.data.loader import DatasetLoader, load_dataset
+from mia_torch.data.torchvision_sets import MNIST
 from mia_torch.fingerprint import ARTIFACT_CODE, code_digest, covered_files, dataset_digest, tensor_digest
 from mia_torch.signals.manifest import load_run_signals
 
@@ -41,10 +46,13 @@ def _edit(path, text="\n# edited\n"):
         ("signals/collect.py", False, True),
         ("signals/output.py", False, True),
         ("data/datasets.py", False, False),  # the data digest covers what it loads
+        ("data/loader.py", False, False),
         ("data/torchvision_sets.py", False, False),
         ("data/builtin.py", False, False),
         ("data/npz.py", False, False),
         ("data/tabular.py", False, False),
+        ("data/csv_cells.py", False, False),  # reads the CSV the tabular loader encodes
+        ("data/user_encoder.py", False, False),  # its product (the features) is in the data digest
         ("data/splits.py", False, False),  # the keep row is in the key
         ("signals/stats.py", False, False),
         ("signals/features.py", False, False),  # derived from stored logits
@@ -78,10 +86,20 @@ def test_code_digest_returns_when_an_edit_is_undone_and_covers_the_installed_pac
     assert not {"data/datasets.py", "attacks/lira.py", "pipeline.py"} & names
 
 
-def test_every_module_that_registers_a_dataset_is_left_out_of_the_model_digest():
+def _subclasses(cls: type) -> set[type]:
+    return {sub for child in cls.__subclasses__() for sub in (child, *_subclasses(child))}
+
+
+def test_every_module_that_defines_a_dataset_loader_is_left_out_of_the_model_digest():
     """A loader's product is in the key through the dataset digest, so its code need not be."""
+    import mia_torch
+
+    for module in pkgutil.walk_packages(mia_torch.__path__, "mia_torch."):  # every loader class gets defined
+        importlib.import_module(module.name)
+
     covered = {p.relative_to(fingerprint.PACKAGE_DIR).as_posix() for p in covered_files(ARTIFACT_CODE["models"])}
-    modules = {loader.__module__ for loader in DATASETS.values() if loader.__module__.startswith("mia_torch.")}
+    modules = {cls.__module__ for cls in _subclasses(DatasetLoader) if cls.__module__.startswith("mia_torch.")}
+    modules |= {DatasetLoader.__module__, Dataset.__module__}
     loaders = {module.removeprefix("mia_torch.").replace(".", "/") + ".py" for module in modules}
     assert {"data/torchvision_sets.py", "data/builtin.py", "data/npz.py", "data/tabular.py"} <= loaders
     assert not loaders & covered
@@ -93,13 +111,18 @@ def test_an_edit_to_training_code_changes_model_and_signal_keys(tmp_path, packag
 
     ctx = prepare(make_config(tmp_path, TINY), tmp_path / "run")
     monkeypatch.setattr(fingerprint, "PACKAGE_DIR", package_copy)
-    keys = (model_key(ctx, 0), signal_key(ctx, 0))
+
+    def keys() -> tuple[str, str]:
+        model = model_key(ctx, 0)
+        return model, signal_key(ctx.settings, model)
+
+    before = keys()
     _edit(package_copy / "attacks" / "rmia.py")
-    assert (model_key(ctx, 0), signal_key(ctx, 0)) == keys
+    assert keys() == before
     _edit(package_copy / "signals" / "collect.py")
-    assert model_key(ctx, 0) == keys[0] and signal_key(ctx, 0) != keys[1]
+    assert keys()[0] == before[0] and keys()[1] != before[1]
     _edit(package_copy / "training" / "trainer.py")
-    assert model_key(ctx, 0) != keys[0]
+    assert model_key(ctx, 0) != before[0]
 
 
 def test_tensor_digest_is_sha256_of_the_bytes_and_sensitive_to_every_element():
@@ -123,7 +146,7 @@ def test_tensor_digest_chunks_agree_with_a_plain_hash(monkeypatch):
 
 
 def _synthetic(**options):
-    return load_dataset("synthetic", root=None, num_examples=50, num_test=10, **options)
+    return load_dataset(Synthetic(num_examples=50, num_test=10, **options), root=None)
 
 
 def test_dataset_digest_follows_the_content_not_the_object():
@@ -150,27 +173,25 @@ def test_dataset_digest_survives_device_moves_but_not_replacement():
     assert dataset_digest(swapped) != data.content_digest
 
 
-def test_registered_loaders_get_a_digest(tmp_path):
-    @register_dataset("digest_test_set")
-    def _tiny(*, root, download, seed, label: int = 0):
+class _Tiny(DatasetLoader):
+    def load(self, *, root, download, seed, label: int = 0):
         x = torch.zeros(4, 1, 2, 2)
         y = (torch.arange(4) + label) % 2  # two classes; `label` swaps them
         return Dataset("digest_test_set", x, y, x[:2], y[:2], 2)
 
-    try:
-        zero, one = load_dataset("digest_test_set", root=None), load_dataset("digest_test_set", root=None, label=1)
-        assert zero.content_digest and one.content_digest and zero.content_digest != one.content_digest
-    finally:
-        DATASETS.pop("digest_test_set", None)
+
+def test_loaders_of_your_own_get_a_digest(tmp_path):
+    zero, one = load_dataset(_Tiny(), root=None), load_dataset(_Tiny(label=1), root=None)
+    assert zero.content_digest and one.content_digest and zero.content_digest != one.content_digest
 
 
 def test_torchvision_datasets_get_a_digest_of_their_files(tmp_path):
     from fixtures_torchvision import write_mnist
 
     write_mnist(tmp_path, num_train=30, num_test=10, seed=0)
-    first = load_dataset("mnist", root=tmp_path)
+    first = load_dataset(MNIST(), root=tmp_path)
     write_mnist(tmp_path, num_train=30, num_test=10, seed=1)
-    second = load_dataset("mnist", root=tmp_path)
+    second = load_dataset(MNIST(), root=tmp_path)
     assert first.content_digest and second.content_digest and first.content_digest != second.content_digest
 
 
@@ -191,15 +212,15 @@ def test_rewritten_npz_retrains_instead_of_reusing_stale_models(tmp_path):
                  "bootstrap=0", "sanity_check=false"]
     _write_npz(npz, labels_shift=0)
     first = run_experiment(tmp_path, overrides, name="first")
-    assert first["trained_models"] == [0, 1, 2]
+    assert first.trained_models == [0, 1, 2]
     labels = _write_npz(npz, labels_shift=1)  # rewritten in place: same path and shapes, other labels
     second = run_experiment(tmp_path, overrides, name="second")
-    assert second["trained_models"] == [0, 1, 2] and second["reused_models"] == []
+    assert second.trained_models == [0, 1, 2] and second.reused_models == []
     saved = np.load(tmp_path / "second" / "labels.npy")
     np.testing.assert_array_equal(saved, labels)
     signals = load_run_signals(tmp_path / "second")
     accuracy = (signals[:, :, 0].argmax(-1) == saved).mean()
     assert accuracy > 0.9  # models of the new labels (stale ones would score about 0 on them)
-    assert second["targets"]["0"]["train_acc"] > 0.9
+    assert second.targets[0].train_acc > 0.9
     third = run_experiment(tmp_path, overrides, name="third")  # unchanged file: everything reused
-    assert third["trained_models"] == []
+    assert third.trained_models == []

@@ -2,7 +2,6 @@
 import itertools
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,8 @@ from helpers import TINY, attack_stage_on, make_config, run_experiment
 from mia_torch.attacks import RMIA, Attack, ReferenceSignals
 from mia_torch.attacks.rmia import _count_auc
 from mia_torch.pipeline import prepare
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 from test_attacks import CONFIG_DIR, make_signals
 
 
@@ -114,10 +115,10 @@ def test_fitted_knobs_and_scores_do_not_depend_on_the_targets_membership(tmp_pat
 
 def test_results_json_records_fitted_params(tmp_path):
     run_experiment(tmp_path, [*TINY, "attack=[loss,rmia]"])
-    saved = json.loads(Path(tmp_path / "run" / "results.json").read_text())
-    rmia = saved["attacks"]["rmia"]["per_target"][0]
-    assert rmia["target"] == 0
-    fitted = rmia["fitted_params"]
+    saved = RunResults.from_dict(read_json(tmp_path / "run" / "results.json"))
+    rmia = saved.attacks["rmia"].per_target[0]
+    assert rmia.target == 0
+    fitted = rmia.fitted_params
     assert fitted["temperature"] in (1.0, 2.0, 4.0, 8.0) and fitted["a"] in [i / 10 for i in range(11)]
-    assert fitted["threshold"] == rmia["threshold"]
-    assert set(saved["attacks"]["loss"]["per_target"][0]["fitted_params"]) == {"threshold"}
+    assert fitted["threshold"] == rmia.threshold
+    assert set(saved.attacks["loss"].per_target[0].fitted_params) == {"threshold"}

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from helpers import TINY, run_experiment
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 
 # A target that memorises: 30% random labels can only be learned by heart.
 LEAKY = [*TINY, "dataset.num_examples=800", "train.epochs=30", "dataset.label_noise=0.3",
@@ -22,19 +24,20 @@ def retrained(tmp_path_factory):
 
 def test_retraining_without_the_records_makes_them_look_never_seen(retrained):
     root, results = retrained
-    entry = results["forget"]
-    assert entry["forgotten"] == 100 and entry["never_seen"] == 400 and entry["retained"] == 300
+    entry = results.forget
+    assert entry.forgotten == 100 and entry.never_seen == 400 and entry.retained == 300
     keep = np.load(root / "run" / "keep.npy")
-    assert keep[0, entry["forgotten_ids"]].all()  # only members of the target can be forgotten
-    attacks = entry["attacks"].values()
-    assert max(a["before"]["auc_ci"][0] for a in attacks) > 0.55  # memorised: clearly flagged before removal
+    assert keep[0, entry.forgotten_ids].all()  # only members of the target can be forgotten
+    attacks = entry.attacks.values()
+    assert max(a.before.auc_ci[0] for a in attacks) > 0.55  # memorised: clearly flagged before removal
     for attack in attacks:
-        low, high = attack["after"]["auc_ci"]
-        assert low <= 0.5 <= high and attack["after"]["verdict"] == "indistinguishable from never-seen"
-    assert entry["after_model"]["trained"]
-    assert entry["utility"]["before"]["forgotten_acc"] > 0.9 > entry["utility"]["after"]["forgotten_acc"]
+        low, high = attack.after.auc_ci
+        assert low <= 0.5 <= high and attack.after.verdict == "indistinguishable from never-seen"
+    assert entry.after_model["trained"]
+    assert entry.utility.before.forgotten_acc > 0.9 > entry.utility.after.forgotten_acc
+    assert RunResults.from_dict(read_json(root / "run" / "results.json")).forget == entry  # written as it was made
     rows = list(csv.DictReader((root / "run" / "forget.csv").open()))
-    assert [int(r["id"]) for r in rows] == entry["forgotten_ids"]
+    assert [int(r["id"]) for r in rows] == entry.forgotten_ids
     assert {"loss_before", "loss_after", "p_gaussian_before", "p_gaussian_after"} <= set(rows[0])
     before = np.array([float(r["p_gaussian_before"]) for r in rows])
     after = np.array([float(r["p_gaussian_after"]) for r in rows])
@@ -44,22 +47,22 @@ def test_retraining_without_the_records_makes_them_look_never_seen(retrained):
 def test_the_retrained_model_is_a_stored_artifact(retrained, tmp_path):
     root, _ = retrained
     again = run_experiment(root, [*LEAKY, "forget.method=retrain", "forget.count=100"], name="again")
-    assert again["trained_models"] == [] and not again["forget"]["after_model"]["trained"]
-    assert again["forget"]["attacks"] == retrained[1]["forget"]["attacks"]
+    assert again.trained_models == [] and not again.forget.after_model["trained"]
+    assert again.forget.attacks == retrained[1].forget.attacks
 
 
 def test_finetune_and_user_checkpoint_are_reported(retrained, tmp_path):
     root, results = retrained
     tuned = run_experiment(root, [*LEAKY, "forget.method=finetune", "forget.count=100", "forget.epochs=2"],
                            name="finetune")
-    assert set(tuned["forget"]["attacks"]["loss"]["after"]) == {"auc", "auc_ci", "verdict"}
+    assert tuned.forget.method == "finetune" and set(tuned.forget.attacks) == {"loss", "lira_offline"}
     # method=checkpoint: the user's "after" model; here the target itself, so nothing was forgotten
-    checkpoint = results["targets"]["0"]["checkpoint"]
+    checkpoint = results.targets[0].checkpoint
     same = run_experiment(root, [*LEAKY, "forget.method=checkpoint", "forget.count=100",
                                  f"forget.checkpoint={checkpoint}"], name="same")
-    loss = same["forget"]["attacks"]["loss"]
-    assert loss["after"]["auc"] == pytest.approx(loss["before"]["auc"])
-    assert same["forget"]["verdict"] == "still distinguishable from never-seen"
+    loss = same.forget.attacks["loss"]
+    assert loss.after.auc == pytest.approx(loss.before.auc)
+    assert same.forget.verdict == "still distinguishable from never-seen"
 
 
 @pytest.mark.parametrize("override, key", [
@@ -89,8 +92,8 @@ def test_forget_check_on_the_bundled_digits():
 
     with tempfile.TemporaryDirectory() as tmp:
         results = run_experiment(Path(tmp), ["experiment=forget", "progress=false"])
-    attacks = results["forget"]["attacks"]
-    best = max(attacks, key=lambda a: attacks[a]["before"]["auc"])
-    assert attacks[best]["before"]["auc_ci"][0] > 0.52
-    assert all(e["after"]["auc_ci"][0] <= 0.5 <= e["after"]["auc_ci"][1] for e in attacks.values())
+    attacks = results.forget.attacks
+    best = max(attacks, key=lambda a: attacks[a].before.auc)
+    assert attacks[best].before.auc_ci[0] > 0.52
+    assert all(e.after.auc_ci[0] <= 0.5 <= e.after.auc_ci[1] for e in attacks.values())
     torch.manual_seed(0)

@@ -126,12 +126,13 @@ def test_decoder_returns_the_jpeg_pixels_and_labels(tmp_path):
 
 
 def test_decoded_file_loads_as_npz_dataset(tmp_path):
-    from mia_torch.data.datasets import load_dataset
+    from mia_torch.data.loader import load_dataset
+    from mia_torch.data.npz import NpzImages
 
     decoder = load_script("decode_cifar10_jpeg")
     decoder.write_synthetic(tmp_path / "c.npz", num_train=40, num_test=10)
     decoder.decode(tmp_path / "c.npz", tmp_path / "d.npz")
-    data = load_dataset("npz", path=str(tmp_path / "d.npz"), root=None, download=False, seed=0)
+    data = load_dataset(NpzImages(path=str(tmp_path / "d.npz")), root=None, download=False, seed=0)
     assert data.x.shape == (40, 3, 32, 32) and data.x_test.shape == (10, 3, 32, 32) and data.num_classes == 10
     assert abs(float(data.x.mean())) < 1e-3  # normalised per channel
 

@@ -9,7 +9,6 @@ invisible: the only mia_torch the fresh venv can import is the wheel's.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -20,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 
 PACKAGING_INPUTS = ("pyproject.toml", "README.md", "mia_torch", "configs")
 
@@ -78,7 +79,9 @@ def test_installed_mia_run_composes_and_runs_from_outside_the_checkout(installed
           "model=mlp", "num_models=4", "train.epochs=1", "attack=[loss,rmia]", "bootstrap=0", "sanity_check=false",
           "progress=false", "num_threads=1", f"store_dir={tmp_path / 'store'}", f"hydra.run.dir={tmp_path / 'run'}"],
          cwd=tmp_path, env=env)
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["trained_models"] == [0, 1, 2, 3]
-    assert set(results["attacks"]) == {"loss", "rmia"}
-    assert results["versions"] and not (tmp_path / "outputs").exists()  # everything went where it was told
+    results = RunResults.from_dict(read_json(tmp_path / "run" / "results.json"))
+    assert results.trained_models == [0, 1, 2, 3]
+    assert set(results.attacks) == {"loss", "rmia"}
+    assert results.versions and not (tmp_path / "outputs").exists()  # everything went where it was told
+    assert 'id="study-verdict"' in (tmp_path / "run" / "report.html").read_text()  # the templates ship in the wheel
+    assert "usage: mia-report" in _run([venv / "bin" / "mia-report", "--help"], cwd=tmp_path, env=env).stdout

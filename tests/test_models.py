@@ -13,6 +13,8 @@ from torch import nn
 
 from fixtures_torchvision import write_mnist
 from mia_torch.data import load_dataset
+from mia_torch.data.builtin import Digits
+from mia_torch.data.torchvision_sets import MNIST
 from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
@@ -145,12 +147,12 @@ def _fit_small_cnn(data, *, batch: int, steps: int = 100) -> float:
 
 def test_small_cnn_learns_the_written_mnist_fixture(tmp_path):
     write_mnist(tmp_path, num_train=600, num_test=200, seed=0)
-    acc = _fit_small_cnn(load_dataset("mnist", root=tmp_path), batch=32)
+    acc = _fit_small_cnn(load_dataset(MNIST(), root=tmp_path), batch=32)
     assert acc > 0.6, acc  # chance is 0.1
 
 
 def test_small_cnn_learns_digits(tmp_path):
-    acc = _fit_small_cnn(load_dataset("digits", root=tmp_path, seed=0), batch=64)
+    acc = _fit_small_cnn(load_dataset(Digits(), root=tmp_path, seed=0), batch=64)
     assert acc > 0.7, acc
 
 
@@ -239,5 +241,6 @@ def test_build_model_passes_only_the_data_arguments_a_class_takes():
     first, again = (build_model({"_target_": "mia_torch.models.MLP"}, input_shape=(1, 4, 4), num_classes=2, seed=3)
                     for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
-    with pytest.raises(ValueError, match=r"model\._target_=collections\.OrderedDict builds a OrderedDict"):
+    with pytest.raises(ValueError, match=r"model\._target_=collections\.OrderedDict builds a collections\.OrderedDict, "
+                                         r"which is not a torch\.nn\.Module"):
         build_model({"_target_": "collections.OrderedDict"}, input_shape=(1, 4, 4), num_classes=2, seed=0)

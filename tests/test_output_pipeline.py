@@ -35,12 +35,12 @@ def test_changing_the_output_reuses_models_and_signals_and_saves_what_attacks_sa
     first = run_experiment(tmp_path, [*TINY, "attack=[loss]", "sanity_check=false"], name="logits")
     second = run_experiment(tmp_path, [*TINY, "attack=[loss]", "output=topk", "output.k=1",
                                        "sanity_check=false"], name="top1")
-    assert first["trained_models"] == [0, 1, 2, 3] and second["trained_models"] == []
+    assert first.trained_models == [0, 1, 2, 3] and second.trained_models == []
     raw = load_run_signals(tmp_path / "logits")
     served = load_run_signals(tmp_path / "top1")
     np.testing.assert_array_equal(served, serve_array(raw, ServedOutput("topk", k=1)))
     assert not np.array_equal(served, raw)
-    assert second["config"]["output"] == {"name": "topk", "k": 1}
+    assert second.config["output"] == {"name": "topk", "k": 1}
 
 
 def test_label_output_run_with_label_only_attacks(tmp_path):
@@ -54,11 +54,11 @@ def test_label_output_run_with_label_only_attacks(tmp_path):
     # What the attacks saw is labels only: each row is one served class above one shared floor.
     ordered = np.sort(signals, axis=-1)
     assert (ordered[..., :-1] == ordered[..., :1]).all() and (ordered[..., -1] > ordered[..., 0]).all()
-    gap, label_only = results["attacks"]["gap"]["pooled"], results["attacks"]["label_only"]["pooled"]
-    assert label_only["tpr@0.01fpr"] > max(0.05, gap["tpr@0.01fpr"])
-    assert label_only["auc"] > 0.6 and gap["auc"] > 0.6
+    gap, label_only = results.attacks["gap"].pooled, results.attacks["label_only"].pooled
+    assert label_only.tpr[0.01] > max(0.05, gap.tpr[0.01])
+    assert label_only.auc > 0.6 and gap.auc > 0.6
     for name in ("gap", "label_only"):
-        assert results["attacks"][name]["sanity"]["chance_in_ci"], name
+        assert results.attacks[name].sanity.chance_in_ci, name
 
 
 def test_label_only_experiment_composes(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -11,6 +10,8 @@ import torch
 
 from helpers import TINY, run_experiment
 from mia_torch.evaluation import overconfidence
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 from mia_torch.signals.manifest import load_run_signals
 
 
@@ -44,7 +45,7 @@ def test_a_side_without_examples_is_left_out():
 
 def _true_class_probability(run_dir, target: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """p_y of the target's served output on the identity query, and its membership, from the run's own files."""
-    config = json.loads((run_dir / "results.json").read_text())["config"]
+    config = RunResults.from_dict(read_json(run_dir / "results.json")).config
     served = load_run_signals(run_dir, models=[target])[0, :, config["queries"].index("identity")]
     labels = np.load(run_dir / "labels.npy")
     keep = np.load(run_dir / "keep.npy")[target]
@@ -59,23 +60,23 @@ def test_calibration_is_measured_on_the_served_output_and_reported(tmp_path):
     common = [*TINY, "attack=[loss]", "sanity_check=false"]
     plain = run_experiment(tmp_path, common, name="logits")
     warm = run_experiment(tmp_path, [*common, "output=temperature", "output.t=4"], name="temperature")
-    assert warm["trained_models"] == []  # the same models, served differently
+    assert warm.trained_models == []  # the same models, served differently
     for result, name in ((plain, "logits"), (warm, "temperature")):
         p, members = _true_class_probability(tmp_path / name)
-        target = result["targets"]["0"]
-        assert target["member_confidence"] == pytest.approx(p[members].mean(), rel=1e-6)
-        assert target["nonmember_confidence"] == pytest.approx(p[~members].mean(), rel=1e-6)
-        assert target["confidence_gap"] == pytest.approx(p[members].mean() - p[~members].mean(), rel=1e-6, abs=1e-9)
-        assert 0 <= target["ece"] <= 1 and 0 <= target["ece_members"] <= 1
-    assert warm["targets"]["0"]["member_confidence"] < plain["targets"]["0"]["member_confidence"]
-    assert warm["targets"]["0"]["ece"] != plain["targets"]["0"]["ece"]
+        target = result.targets[0]
+        assert target.member_confidence == pytest.approx(p[members].mean(), rel=1e-6)
+        assert target.nonmember_confidence == pytest.approx(p[~members].mean(), rel=1e-6)
+        assert target.confidence_gap == pytest.approx(p[members].mean() - p[~members].mean(), rel=1e-6, abs=1e-9)
+        assert 0 <= target.ece <= 1 and 0 <= target.ece_members <= 1
+    assert warm.targets[0].member_confidence < plain.targets[0].member_confidence
+    assert warm.targets[0].ece != plain.targets[0].ece
 
-    saved = json.loads((tmp_path / "logits" / "results.json").read_text())["targets"]["0"]
-    assert {"ece", "ece_members", "member_confidence", "nonmember_confidence", "confidence_gap"} <= set(saved)
+    saved = RunResults.from_dict(read_json(tmp_path / "logits" / "results.json")).targets[0]
+    assert saved == plain.targets[0]  # every over-confidence field is written and read back
     events = EventAccumulator(str(tmp_path / "logits" / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
-    assert events.Scalars("target/0/ece")[0].value == pytest.approx(saved["ece"], rel=1e-5)
-    assert events.Scalars("target/0/confidence_gap")[0].value == pytest.approx(saved["confidence_gap"], rel=1e-5)
+    assert events.Scalars("target/0/ece")[0].value == pytest.approx(saved.ece, rel=1e-5)
+    assert events.Scalars("target/0/confidence_gap")[0].value == pytest.approx(saved.confidence_gap, rel=1e-5)
 
 
 # An overfit model: a 2-layer MLP memorises 200 records of which 30% carry a wrong label
@@ -88,15 +89,15 @@ OVERFIT = ["dataset=synthetic", "dataset.num_examples=400", "dataset.num_test=10
 @pytest.fixture(scope="module")
 def smoothing_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoothing")
-    return {ls: run_experiment(tmp, [*OVERFIT, f"train.label_smoothing={ls}"], name=f"ls{ls}")["targets"]["0"]
+    return {ls: run_experiment(tmp, [*OVERFIT, f"train.label_smoothing={ls}"], name=f"ls{ls}").targets[0]
             for ls in (0.0, 0.1, 0.5)}
 
 
 def test_label_smoothing_lowers_the_calibration_error_of_an_overfit_model(smoothing_runs):
     """Measured (seeds 0, 1, 2): ECE on non-members 0.27 / 0.18 / 0.23 without smoothing, 0.12 / 0.12 / 0.17 at 0.1."""
     plain, smoothed = smoothing_runs[0.0], smoothing_runs[0.1]
-    assert plain["train_acc"] == 1.0 and plain["member_confidence"] > 0.95  # memorised, over-confident
-    assert smoothed["ece"] < plain["ece"] - 0.05
+    assert plain.train_acc == 1.0 and plain.member_confidence > 0.95  # memorised, over-confident
+    assert smoothed.ece < plain.ece - 0.05
 
 
 def test_strong_label_smoothing_narrows_the_member_nonmember_confidence_gap(smoothing_runs):
@@ -107,5 +108,5 @@ def test_strong_label_smoothing_narrows_the_member_nonmember_confidence_gap(smoo
     (at 0.1 it widened it in all three seeds, while lowering the ECE).
     """
     plain, strong = smoothing_runs[0.0], smoothing_runs[0.5]
-    assert strong["member_confidence"] < 0.6
-    assert strong["confidence_gap"] < plain["confidence_gap"] - 0.1
+    assert strong.member_confidence < 0.6
+    assert strong.confidence_gap < plain.confidence_gap - 0.1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import math
 import os
 import subprocess
@@ -17,7 +16,8 @@ from omegaconf import OmegaConf
 from helpers import CONFIG_DIR, REPO, make_config
 from results_fixtures import make_results
 from mia_torch.report.privacy_utility import PrivacyUtilityCallback, write_privacy_utility
-from mia_torch.report.json_file import write_json
+from mia_torch.report.json_file import read_json, write_json
+from mia_torch.report.types import RunResults
 
 SETTINGS = sorted(p.stem for p in (CONFIG_DIR / "setting").glob("*.yaml"))
 STUDIES = ["privacy_utility", "privacy_utility_cifar10"]
@@ -95,10 +95,27 @@ def test_one_point_per_setting_with_its_strongest_attack_and_intervals(sweep):
     assert study.figure is not None and study.figure.stat().st_size > 10_000
 
 
+def test_the_page_recommends_the_most_private_setting_within_the_accuracy_budget(sweep, capsys):
+    from mia_torch.report.html.cli import main as mia_report
+    from mia_torch.report.privacy_utility_points import recommend
+
+    root, _ = sweep
+    study = write_privacy_utility(root)  # budget 0.02: test accuracy >= 0.93, so none or label_only
+    assert study.recommended.setting == "label_only"  # its attack's shift (1.0) is smaller than LiRA's on none (1.5)
+    assert [recommend(study.points, accuracy_budget=b).setting for b in (0.0, 0.06, 0.2)] == \
+        ["label_only", "dpsgd_eps_inf", "dpsgd_eps_1"]  # >= 0.95; + 0.90 (shifts 2.0, 0.8); + 0.81 (shift 0.3)
+    assert [p.setting for p in study.paying_for_nothing()] == ["weight_decay_5e-2"]
+    assert study.html == root / "report.html"
+    assert '<strong>label_only</strong>' in study.html.read_text().split('id="recommended"')[1].split("</p>")[0]
+    assert mia_report([str(root), "--accuracy-budget", "0.2"]) == 0 and "wrote" in capsys.readouterr().out
+    assert '<strong>dpsgd_eps_1</strong>' in study.html.read_text().split('id="recommended"')[1].split("</p>")[0]
+    assert mia_report([str(root), "--accuracy-budget", "-1"]) == 2 and "accuracy_budget" in capsys.readouterr().err
+
+
 def test_the_figure_labels_every_setting_and_the_dp_epsilons(sweep):
-    from mia_torch.report.privacy_utility import study_points
+    from mia_torch.report.privacy_utility_points import study_points
     from mia_torch.report.privacy_utility_plot import privacy_utility_figure
-    from mia_torch.report.sweep import collect_jobs
+    from mia_torch.report.sweep_jobs import collect_jobs
 
     points, _ = study_points(collect_jobs(sweep[0]))
     figure = privacy_utility_figure(points, fpr=0.01)
@@ -220,6 +237,6 @@ def test_a_tiny_study_runs_end_to_end_as_a_multirun(tmp_path):
     assert [r["setting"] for r in rows] == ["none", "weight_decay_5e-2", "label_only"]
     assert rows[2]["output"] == "label" and rows[2]["attack"] in {"gap", "label_only"}
     assert rows[2]["test_acc"] == rows[0]["test_acc"]
-    label_only = json.loads((sweep / "2" / "results.json").read_text())
-    assert label_only["trained_models"] == [] and label_only["reused_models"] == [0, 1, 2, 3]
+    label_only = RunResults.from_dict(read_json(sweep / "2" / "results.json"))
+    assert label_only.trained_models == [] and label_only.reused_models == [0, 1, 2, 3]
     assert (sweep / "privacy_utility.png").stat().st_size > 10_000

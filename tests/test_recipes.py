@@ -7,7 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import CONFIG_DIR
-from mia_torch.data.datasets import load_dataset
+from mia_torch.data.builtin import Digits
+from mia_torch.data.loader import load_dataset
 from mia_torch.models import FastCifarCNN
 from mia_torch.training import TrainConfig, train_model
 
@@ -25,7 +26,7 @@ def smoothed_loss_floor(label_smoothing: float, num_classes: int) -> float:
 
 
 def fit_digits(widths: tuple[int, ...] | None = None) -> dict:
-    data = load_dataset("digits", root=None, seed=0)
+    data = load_dataset(Digits(), root=None, seed=0)
     torch.manual_seed(0)
     options = {} if widths is None else {"widths": widths}
     model = FastCifarCNN(input_shape=data.input_shape, num_classes=data.num_classes, **options)

@@ -231,10 +231,10 @@ def test_early_stopping_run_uses_each_models_effective_membership(tmp_path, monk
         np.testing.assert_array_equal(members.numpy(), np.flatnonzero(keep[m]))
         np.testing.assert_array_equal(val.numpy(), np.flatnonzero(validation[m]))
     np.testing.assert_array_equal(seen["refs"][0], keep[[2, 3]])  # references' keep rows: effective
-    row = results["attacks"]["loss"]["per_target"][0]
-    assert row["num_members"] == keep[0].sum() == 160  # the target's held-out records count as non-members
-    assert all(m["stopped_epoch"] < 30 and m["best_epoch"] >= 1 for m in results["models"])
-    assert results["targets"]["0"]["stopped_epoch"] == results["models"][0]["stopped_epoch"]
+    row = results.attacks["loss"].per_target[0]
+    assert row.num_members == keep[0].sum() == 160  # the target's held-out records count as non-members
+    assert all(m["stopped_epoch"] < 30 and m["best_epoch"] >= 1 for m in results.models)
+    assert results.targets[0].stopped_epoch == results.models[0]["stopped_epoch"]
 
 
 def test_regularization_keys_enter_the_store_key(tmp_path):

@@ -6,6 +6,7 @@ import copy
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,8 @@ import yaml
 from helpers import REPO, TINY
 from results_fixtures import make_results
 from mia_torch.evaluation import load_scores, save_scores
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 
 
 SCRIPT = ["-m", "mia_torch.reproduce"]  # mia-reproduce
@@ -54,16 +57,17 @@ def test_reproduce_matches_a_finished_run_then_catches_tampered_scores(finished_
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert "MATCH: the rerun reproduces" in out and "MISMATCH" not in out
-    for name in ("keep.npy", "signals.npy", "scores loss/target_0", "scores lira_online/target_0",
+    for name in ("keep.npy", "signals", "scores loss/target_0", "scores lira_online/target_0",
                  "results.json metrics"):
         assert f"MATCH     {name}" in out, name
     assert "versions:" in out and "torch" in out
-    assert f"config: {run_dir / '.hydra' / 'config.yaml'}" in out
+    assert f"config: {run_dir / 'results.json'} (the resolved config the run recorded)" in out
+    assert "WARNING: config.yaml" not in out  # its ${oc.env:...} data_dir is text, never resolved nor flagged
     # A fresh store: every model was retrained, none read from the original store.
     assert "empty: every model is retrained" in out
-    rerun = json.loads((tmp_path / "again" / "results.json").read_text())
-    assert rerun["trained_models"] == [0, 1, 2, 3]
-    assert rerun["config"]["store_dir"] == str(tmp_path / "again" / "store")
+    rerun = RunResults.from_dict(read_json(tmp_path / "again" / "results.json"))
+    assert rerun.trained_models == [0, 1, 2, 3]
+    assert rerun.config["store_dir"] == str(tmp_path / "again" / "store")
     report = json.loads((tmp_path / "again" / "reproduce_report.json").read_text())
     assert report["verdict"] == "MATCH" and report["mode"] == "exact"
 
@@ -137,6 +141,8 @@ def _crafted_run(root, finished, *, key: str, target: str, args: list[str]):
     node[key.split(".")[-1]] = {"_target_": target, "_args_": args}
     run_dir = root / "crafted"
     (run_dir / ".hydra").mkdir(parents=True)
+    for name in ("keep.npy", "eval_mask.npy", "labels.npy", "signals.json", "scores.npz"):
+        shutil.copy(finished / "run" / name, run_dir / name)
     OmegaConf.save(OmegaConf.create(config), run_dir / ".hydra" / "config.yaml")
     (run_dir / "results.json").write_text(json.dumps({**results, "config": config}))
     return run_dir
@@ -166,6 +172,7 @@ def test_the_script_exits_2_on_a_crafted_run_directory(finished_run, tmp_path):
                           env=_env(), timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "attack.loss._target_" in proc.stderr and not marker.exists()
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("mia-reproduce: error: ")
 
 
 def test_allow_target_lets_a_trusted_target_be_built(finished_run, tmp_path, capsys):

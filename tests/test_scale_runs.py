@@ -31,11 +31,11 @@ def study(tmp_path_factory):
 
 def test_every_model_is_a_target_with_knobs_from_the_other_half(study):
     root, results = study
-    assert results["target_ids"] == [0, 1, 2, 3] and results["config"]["target_ids"] == "all"
-    rows = results["attacks"]["rmia"]["per_target"]
-    assert [row["target"] for row in rows] == [0, 1, 2, 3]
+    assert results.target_ids == [0, 1, 2, 3] and results.config["target_ids"] == "all"
+    rows = results.attacks["rmia"].per_target
+    assert [row.target for row in rows] == [0, 1, 2, 3]
     # pairs (0, 1) and (2, 3) sit in different halves: each pair's knobs come from the other pair
-    assert rows[0]["fitted_params"] == rows[1]["fitted_params"] != rows[2]["fitted_params"]
+    assert rows[0].fitted_params == rows[1].fitted_params != rows[2].fitted_params
     assert (root / "whole" / "records_target3.csv").is_file()
 
 
@@ -95,11 +95,11 @@ def test_sharded_attack_stage_merges_into_the_unsharded_results(study, tmp_path)
     assert "shard 1/2: scored targets [1, 3]" in (tmp_path / "sweep" / "1" / "mia-run.log").read_text()
     assert "stage=attack (scores its targets" in (tmp_path / "sweep" / "sweep_summary.md").read_text()
     merged = run_experiment(root, [*OVERRIDES, "stage=report", "num_shards=2"], name="merged")
-    assert merged["trained_models"] == []
+    assert merged.trained_models == []
     a, b = load_scores(root / "whole" / "scores.npz"), load_scores(root / "merged" / "scores.npz")
     assert a.keys() == b.keys()
     for name in a:
         for target in a[name]:
             np.testing.assert_array_equal(a[name][target], b[name][target], err_msg=f"{name}/{target}")
-    assert merged["attacks"] == whole["attacks"]
-    assert merged["targets"] == whole["targets"]
+    assert merged.to_dict()["attacks"] == whole.to_dict()["attacks"]
+    assert merged.to_dict()["targets"] == whole.to_dict()["targets"]

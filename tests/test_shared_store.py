@@ -17,6 +17,8 @@ import torch
 from helpers import TINY, make_config, run_experiment
 from mia_torch.evaluation import load_scores
 from mia_torch.pipeline import prepare, run
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 from mia_torch.stages.context import model_key
 from mia_torch.stages.train import train_group
 from mia_torch.store import ArtifactStore
@@ -45,12 +47,12 @@ def test_undecodable_and_incomplete_artifacts_are_listed_moved_aside_and_rebuilt
     _plant(store, "signals", _artifact_of(root, "signals", 2), buf.getvalue())  # needs pickle
     second = run_experiment(tmp_path, overrides, name="second")
     assert not (tmp_path / "pwned").exists()
-    assert second["trained_models"] == [0, 1]
-    assert len(second["corrupt_artifacts"]) == 3
-    assert all(Path(p).is_dir() and ".corrupt-" in p for p in second["corrupt_artifacts"])  # kept, not deleted
+    assert second.trained_models == [0, 1]
+    assert len(second.corrupt_artifacts) == 3
+    assert all(Path(p).is_dir() and ".corrupt-" in p for p in second.corrupt_artifacts)  # kept, not deleted
     np.testing.assert_array_equal(np.load(tmp_path / "first" / "signals.npy"),
                                   np.load(tmp_path / "second" / "signals.npy"))  # rebuilt bitwise (CPU)
-    assert second["attacks"]["loss"]["pooled"]["auc"] == first["attacks"]["loss"]["pooled"]["auc"]
+    assert second.attacks["loss"].pooled.auc == first.attacks["loss"].pooled.auc
 
 
 def test_a_run_trains_what_nobody_holds_then_waits_for_and_reuses_the_rest(tmp_path):
@@ -79,11 +81,11 @@ def test_a_run_trains_what_nobody_holds_then_waits_for_and_reuses_the_rest(tmp_p
     finally:
         thread.join(timeout=120)
     assert failures == []
-    assert results["trained_models"] == [0, 2, 3] and results["reused_models"] == [1]
+    assert results.trained_models == [0, 2, 3] and results.reused_models == [1]
     assert other.trained == [1]
 
 
-# One run of the tiny experiment that starts when the file argv[2] appears; results to argv[3].
+# One run of the tiny experiment that starts when the file argv[2] appears, into tmp/name; argv[3] marks it done.
 RUNNER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
@@ -96,8 +98,8 @@ RUNNER = textwrap.dedent("""
     Path(str(out) + ".ready").touch()
     while not go.exists():
         time.sleep(0.01)
-    results = run(cfg, run_dir=tmp / name)
-    out.write_text(json.dumps({k: results[k] for k in ("trained_models", "reused_models", "corrupt_artifacts")}))
+    run(cfg, run_dir=tmp / name)
+    out.write_text("finished")
 """)
 
 
@@ -117,12 +119,12 @@ def test_two_runs_on_one_store_train_each_model_once_and_agree(tmp_path):
         time.sleep(0.05)
     go.touch()  # both start at once
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
-    a, b = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("a", "b"))
-    print("trained by a:", a["trained_models"], "by b:", b["trained_models"])
-    assert sorted(a["trained_models"] + b["trained_models"]) == list(range(8))  # each model exactly once
-    assert sorted(a["trained_models"] + a["reused_models"]) == list(range(8))
-    assert sorted(b["trained_models"] + b["reused_models"]) == list(range(8))
-    assert a["corrupt_artifacts"] == b["corrupt_artifacts"] == []
+    a, b = (RunResults.from_dict(read_json(tmp_path / name / "results.json")) for name in ("a", "b"))
+    print("trained by a:", a.trained_models, "by b:", b.trained_models)
+    assert sorted(a.trained_models + b.trained_models) == list(range(8))  # each model exactly once
+    assert sorted(a.trained_models + a.reused_models) == list(range(8))
+    assert sorted(b.trained_models + b.reused_models) == list(range(8))
+    assert a.corrupt_artifacts == b.corrupt_artifacts == []
     scores_a, scores_b = load_scores(tmp_path / "a" / "scores.npz"), load_scores(tmp_path / "b" / "scores.npz")
     for attack in ("loss", "lira_offline"):
         np.testing.assert_array_equal(scores_a[attack][0], scores_b[attack][0])

@@ -28,9 +28,10 @@ from helpers import CONFIG_DIR, REPO, TINY, make_config, run_experiment
 from results_fixtures import make_results
 from mia_torch.evaluation import load_scores
 from mia_torch.report.json_file import read_json, write_json
-from mia_torch.report.sweep import SweepSummaryCallback, collect_jobs, write_sweep_summary
+from mia_torch.report.sweep import SweepSummaryCallback, write_sweep_summary
+from mia_torch.report.sweep_jobs import collect_jobs
 from mia_torch.report.sweep_plot import _axis
-from mia_torch.report.types import TargetResult
+from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.store import ArtifactStore
 
 
@@ -86,8 +87,8 @@ def reference(tmp_path_factory):
     with FileLock(str(shared / "sweeps_reference.lock")):
         if not (root / "run" / "results.json").is_file():
             results = run_experiment(root, OVERRIDES)
-            assert results["trained_models"] == list(range(NUM_MODELS))
-    results = json.loads((root / "run" / "results.json").read_text())
+            assert results.trained_models == list(range(NUM_MODELS))
+    results = RunResults.from_dict(read_json(root / "run" / "results.json"))
     return root, results, load_scores(root / "run" / "scores.npz")
 
 
@@ -106,8 +107,8 @@ def test_two_joblib_shards_then_attack_stage_equal_the_unsharded_run(tmp_path, r
     assert "stage=train" in (sweep / "sweep_summary.md").read_text()
 
     final = run_experiment(tmp_path, [*OVERRIDES, "stage=all"])  # same store (tmp_path / "store")
-    assert final["trained_models"] == []
-    assert final["reused_models"] == list(range(NUM_MODELS))
+    assert final.trained_models == []
+    assert final.reused_models == list(range(NUM_MODELS))
     _assert_same_scores(load_scores(tmp_path / "run" / "scores.npz"), reference[2])
 
 
@@ -169,14 +170,14 @@ def test_run_killed_after_k_models_resumes_with_only_the_missing_ones(tmp_path, 
     assert not (tmp_path / "killed" / "results.json").exists()
 
     results = run_experiment(tmp_path, OVERRIDES)
-    assert results["trained_models"] == sorted(set(range(NUM_MODELS)) - set(done))
-    assert results["reused_models"] == done
-    assert results["corrupt_artifacts"] == []
+    assert results.trained_models == sorted(set(range(NUM_MODELS)) - set(done))
+    assert results.reused_models == done
+    assert results.corrupt_artifacts == []
     _assert_same_scores(load_scores(tmp_path / "run" / "scores.npz"), reference[2])
 
 
 def test_truncated_model_and_signals_are_detected_and_rebuilt(tmp_path, reference):
-    root, original, scores = reference
+    root, _, scores = reference
     store = tmp_path / "store"
     shutil.copytree(root / "store", store)
     model_dir, signals_dir = _stored_models(store)[1], _stored_signals(store)[2]
@@ -186,14 +187,13 @@ def test_truncated_model_and_signals_are_detected_and_rebuilt(tmp_path, referenc
         payload.write_bytes(data[: len(data) // 2])
 
     results = run_experiment(tmp_path, OVERRIDES)
-    corrupt = sorted(results["corrupt_artifacts"])
+    corrupt = sorted(results.corrupt_artifacts)
     assert len(corrupt) == 2, corrupt
     assert Path(corrupt[0]).parent == store / "models" and Path(corrupt[0]).name.startswith(model_dir.name)
     assert Path(corrupt[1]).parent == store / "signals" and Path(corrupt[1]).name.startswith(signals_dir.name)
-    assert results["trained_models"] == [1]  # the truncated model; model 2's signals came from its stored model
+    assert results.trained_models == [1]  # the truncated model; model 2's signals came from its stored model
     _assert_same_scores(load_scores(tmp_path / "run" / "scores.npz"), scores)
-    saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert saved["attacks"] == original["attacks"]
+    assert read_json(tmp_path / "run" / "results.json")["attacks"] == read_json(root / "run" / "results.json")["attacks"]
     # Both artifacts were rebuilt in place and verify again.
     fresh = ArtifactStore(store)
     assert fresh.load("models", model_dir.name) is not None
@@ -234,12 +234,14 @@ def test_weight_decay_sweep_writes_summary_table_plot_and_hparams(tmp_path):
                        "lira_online/tpr@0.001fpr", "lira_online/empirical_epsilon", "dir"]
     assert [(r["job"], r["train.weight_decay"], r["status"]) for r in rows] == [("0", "0", "ok"), ("1", "0.01", "ok")]
     for row in rows:
-        results = json.loads((sweep / row["job"] / "results.json").read_text())
-        assert results["config"]["train"]["weight_decay"] == float(row["train.weight_decay"])
+        results = RunResults.from_dict(json.loads((sweep / row["job"] / "results.json").read_text()))
+        assert results.config["train"]["weight_decay"] == float(row["train.weight_decay"])
         for attack in ("loss", "lira_online"):
-            for metric in ("auc", "tpr@0.01fpr", "tpr@0.001fpr"):
-                assert float(row[f"{attack}/{metric}"]) == pytest.approx(results["attacks"][attack]["pooled"][metric])
-        train, test = results["targets"]["0"]["train_acc"], results["targets"]["0"]["test_acc"]
+            pooled = results.attacks[attack].pooled
+            for metric, value in (("auc", pooled.auc), ("tpr@0.01fpr", pooled.tpr[0.01]),
+                                  ("tpr@0.001fpr", pooled.tpr[0.001])):
+                assert float(row[f"{attack}/{metric}"]) == pytest.approx(value)
+        train, test = results.targets[0].train_acc, results.targets[0].test_acc
         assert float(row["target_train_acc"]) == pytest.approx(train)
         assert float(row["generalization_gap"]) == pytest.approx(train - test)
         # Each job's TensorBoard run carries its hyperparameters for the HParams view.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,16 +10,12 @@ import pytest
 import torch
 
 from helpers import make_config, run_experiment
-from mia_torch.data import (
-    DATASETS,
-    Dataset,
-    DatasetNotFoundError,
-    dataset_kind,
-    load_dataset,
-    parse_queries,
-    register_dataset,
-)
+from mia_torch.data import Dataset, DatasetLoader, DatasetNotFoundError, load_dataset, parse_queries
+from mia_torch.data.builtin import Digits
+from mia_torch.data.tabular import BreastCancer, CsvRecords
 from mia_torch.models import MLP, FastCifarCNN, ResNet18, SmallCNN, WideResNet
+from mia_torch.report.json_file import read_json
+from mia_torch.report.types import RunResults
 from mia_torch.settings.load import load_settings
 from mia_torch.signals.collect import collect_logits
 from mia_torch.training.config import TrainConfig
@@ -60,8 +55,7 @@ def standardised(values: list[float], population: list[float]) -> np.ndarray:
 def test_csv_encoding_is_fitted_on_the_population_only(tmp_path):
     write(tmp_path / "pop.csv", POPULATION)
     write(tmp_path / "test.csv", TEST)
-    data = load_dataset("csv", root=tmp_path, path="pop.csv", test_path="test.csv", label="outcome",
-                        categorical=["smoker"])
+    data = load_dataset(CsvRecords(path="pop.csv", test_path="test.csv", label="outcome", categorical=["smoker"]), root=tmp_path)
     assert data.kind == "tabular" and data.input_shape == (len(data.feature_names),)
     assert set(data.feature_names) == {"num__age", "num__score", "cat__city_<missing>", "cat__city_a", "cat__city_b",
                                        "cat__smoker_0", "cat__smoker_1"}
@@ -90,7 +84,7 @@ def test_numeric_labels_sort_as_numbers_and_text_columns_are_categorical(tmp_pat
                                      [("red", 1, 10), ("blue", 2, 2), ("red", 3, 2), ("blue", 4, 10), ("red", 5, 3)]]
     write(tmp_path / "grades.csv", "\n".join(rows) + "\n")
     write(tmp_path / "grades_test.csv", "colour,size,grade\nblue,2,3\n")
-    data = load_dataset("csv", root=tmp_path, path="grades.csv", test_path="grades_test.csv", label="grade")
+    data = load_dataset(CsvRecords(path="grades.csv", test_path="grades_test.csv", label="grade"), root=tmp_path)
     assert data.class_names == ("2", "3", "10")  # numerically, not "10" < "2"
     assert data.y.tolist() == [2, 0, 0, 2, 1] and data.y_test.tolist() == [1]
     assert set(data.feature_names) == {"num__size", "cat__colour_blue", "cat__colour_red"}
@@ -99,9 +93,9 @@ def test_numeric_labels_sort_as_numbers_and_text_columns_are_categorical(tmp_pat
 def test_test_fraction_split_is_seeded_and_indices_are_file_rows(tmp_path):
     rows = ["row,group,label"] + [f"{i},{'xy'[i % 2]},{i % 3}" for i in range(50)]
     write(tmp_path / "rows.csv", "\n".join(rows) + "\n")
-    data = load_dataset("csv", root=tmp_path, path="rows.csv", label="label", test_fraction=0.2, seed=1)
-    again = load_dataset("csv", root=tmp_path, path="rows.csv", label="label", test_fraction=0.2, seed=1)
-    other = load_dataset("csv", root=tmp_path, path="rows.csv", label="label", test_fraction=0.2, seed=2)
+    data = load_dataset(CsvRecords(path="rows.csv", label="label", test_fraction=0.2), root=tmp_path, seed=1)
+    again = load_dataset(CsvRecords(path="rows.csv", label="label", test_fraction=0.2), root=tmp_path, seed=1)
+    other = load_dataset(CsvRecords(path="rows.csv", label="label", test_fraction=0.2), root=tmp_path, seed=2)
     assert len(data.y) == 40 and len(data.y_test) == 10
     assert torch.equal(data.test_indices, again.test_indices) and not torch.equal(data.test_indices, other.test_indices)
     assert sorted(data.indices.tolist() + data.test_indices.tolist()) == list(range(50))
@@ -111,7 +105,7 @@ def test_test_fraction_split_is_seeded_and_indices_are_file_rows(tmp_path):
     pop_rows = data.indices.double()
     restored = rows_back * pop_rows.std(unbiased=False) + pop_rows.mean()
     np.testing.assert_allclose(restored, data.test_indices.double(), atol=1e-4)
-    default = load_dataset("csv", root=tmp_path, path="rows.csv", label="label")
+    default = load_dataset(CsvRecords(path="rows.csv", label="label"), root=tmp_path)
     assert len(default.y_test) == 10  # 0.2 of the rows without test_path
 
 
@@ -119,11 +113,11 @@ def test_drop_removes_columns_and_identifier_like_columns_are_warned_about(tmp_p
     rows = ["patient,value,label"] + [f"p{i},{i % 7},{i % 2}" for i in range(40)]
     write(tmp_path / "ids.csv", "\n".join(rows) + "\n")
     with caplog.at_level(logging.WARNING, logger="mia_torch.data.tabular"):
-        load_dataset("csv", root=tmp_path, path="ids.csv", label="label")
+        load_dataset(CsvRecords(path="ids.csv", label="label"), root=tmp_path)
     assert "`patient`" in caplog.text and "dataset.drop=[patient]" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mia_torch.data.tabular"):
-        data = load_dataset("csv", root=tmp_path, path="ids.csv", label="label", drop=["patient"])
+        data = load_dataset(CsvRecords(path="ids.csv", label="label", drop=["patient"]), root=tmp_path)
     assert data.feature_names == ("num__value",) and not caplog.text
 
 
@@ -160,8 +154,17 @@ GOOD = "a,b,label\n1,x,0\n2,y,1\n3,x,0\n4,y,1\n5,x,0\n"
          ["new.csv", "`label`", "'7'"]),
         ({"path": "good.csv", "label": "label", "test_path": "short.csv"}, {"short.csv": "a,label\n1,0\n"},
          ["short.csv", "'b'"]),
-        ({"path": "good.csv", "label": "label", "test_path": "text.csv"}, {"text.csv": "a,b,label\nmany,x,0\n"},
-         ["text.csv", "`a`", "'many'", "dataset.categorical"]),
+        ({"path": "good.csv", "label": "label", "test_path": "text.csv"}, {"text.csv": "a,b,label\n1,x,0\nmany,x,0\n"},
+         ["text.csv", "`a`", "row 1: 'many'", "dataset.non_numeric=missing", "dataset.categorical"]),
+        ({"path": "typo.csv", "label": "label"}, {"typo.csv": "a,b,label\n1,x,0\n2,y,1\nabc,x,0\n4,y,1\n5,x,0\n"},
+         ["typo.csv", "`a`", "1 of", "row 2: 'abc'", "dataset.non_numeric=missing"]),
+        ({"path": "dup.csv", "label": "label"}, {"dup.csv": "a,b, a,label\n1,x,2,0\n2,y,3,1\n3,x,4,0\n"},
+         ["dup.csv", "duplicate column names", "'a' in columns [0, 2]"]),
+        ({"path": "good.csv", "label": "label", "test_path": "dup.csv"}, {"dup.csv": "a,b,b,label\n1,x,x,0\n"},
+         ["dup.csv", "dataset.test_path", "'b' in columns [1, 2]"]),
+        ({"path": "good.csv", "label": "label", "non_numeric": "skip"}, {}, ["dataset.non_numeric", "'skip'"]),
+        ({"path": "good.csv", "label": "label", "non_numeric": "missing", "missing": "error"}, {},
+         ["dataset.non_numeric", "dataset.missing=impute"]),
         ({"path": "gap.csv", "label": "label", "missing": "error"},
          {"gap.csv": "a,b,label\n1,x,0\n,y,1\n3,x,0\n4,y,1\n"},
          ["gap.csv", "'a'", "dataset.missing"]),
@@ -176,17 +179,44 @@ def test_bad_csv_inputs_are_refused_naming_the_file_column_or_key(tmp_path, opti
     for name, text in files.items():
         write(tmp_path / name, text)
     with pytest.raises((ValueError, DatasetNotFoundError)) as info:
-        load_dataset("csv", root=tmp_path, **options)
+        load_dataset(CsvRecords(**options), root=tmp_path)
     for needle in needles:
         assert needle in str(info.value), (needle, str(info.value))
+
+
+def test_one_text_cell_in_a_numeric_column_is_refused_or_read_as_missing(tmp_path):
+    """One ``abc`` among 500 ages: refused naming column, row and value; with non_numeric=missing the cell is a
+    missing value (imputed with the population median), so the column stays one standardised feature."""
+    rng = np.random.default_rng(0)
+    ages = rng.integers(18, 90, 500)
+    rows = [f"{age},{city},{label}" for age, city, label in zip(ages, rng.choice(["a", "b"], 500),
+                                                                 rng.integers(0, 2, 500))]
+    rows[321] = "abc," + rows[321].split(",", 1)[1]
+    write(tmp_path / "typo.csv", "\n".join(["age,city,label", *rows]) + "\n")
+    write(tmp_path / "test.csv", "age,city,label\n40,a,0\n50,b,1\n")
+    options = dict(path="typo.csv", test_path="test.csv", label="label")
+    with pytest.raises(ValueError, match=r"column `age` of .*typo\.csv is numeric .* 1 of 500 rows: row 321: 'abc'"):
+        load_dataset(CsvRecords(**options), root=tmp_path)
+    coerced = load_dataset(CsvRecords(**options, non_numeric="missing"), root=tmp_path)
+    assert coerced.feature_names == ("num__age", "cat__city_a", "cat__city_b")
+    known = np.delete(ages, 321).astype(np.float64)
+    imputed = np.insert(known, 321, np.median(known))
+    np.testing.assert_allclose(coerced.x[:, 0].numpy(), (imputed - imputed.mean()) / imputed.std(), atol=1e-5)
+
+
+def test_a_mostly_text_column_stays_categorical(tmp_path):
+    """More text than numbers: the column is categorical, numbers among its categories, as before."""
+    write(tmp_path / "sizes.csv", "size,label\nS,0\nM,1\nL,0\n42,1\nXL,0\nS,1\n")
+    data = load_dataset(CsvRecords(path="sizes.csv", label="label", test_fraction=0.2), root=tmp_path)
+    assert all(name.startswith("cat__size_") for name in data.feature_names)
 
 
 # --------------------------------------------------------------------------- breast_cancer, queries, models
 
 
 def test_breast_cancer_records_load_standardised_with_a_seeded_split():
-    data = load_dataset("breast_cancer", root=None)
-    assert data.kind == "tabular" and dataset_kind("breast_cancer") == "tabular"
+    data = load_dataset(BreastCancer(), root=None)
+    assert data.kind == "tabular" and BreastCancer.kind == "tabular"
     assert data.x.shape == (469, 30) and data.x_test.shape == (100, 30) and data.input_shape == (30,)
     assert data.class_names == ("benign", "malignant") and data.num_classes == 2
     # The Wisconsin diagnostic data set: 569 patients, 212 malignant and 357 benign.
@@ -194,29 +224,29 @@ def test_breast_cancer_records_load_standardised_with_a_seeded_split():
     assert sorted(data.indices.tolist() + data.test_indices.tolist()) == list(range(569))
     torch.testing.assert_close(data.x.mean(0), torch.zeros(30), atol=1e-5, rtol=0)
     torch.testing.assert_close(data.x.std(0, unbiased=False), torch.ones(30), atol=1e-4, rtol=0)
-    assert not torch.equal(data.test_indices, load_dataset("breast_cancer", root=None, seed=1).test_indices)
+    assert not torch.equal(data.test_indices, load_dataset(BreastCancer(), root=None, seed=1).test_indices)
     with pytest.raises(ValueError, match="dataset.num_test"):
-        load_dataset("breast_cancer", root=None, num_test=569)
-    subset = load_dataset("breast_cancer", root=None, population_size=100)
+        load_dataset(BreastCancer(num_test=569), root=None)
+    subset = load_dataset(BreastCancer(population_size=100), root=None)
     assert subset.x.shape == (100, 30) and set(subset.indices.tolist()) <= set(data.indices.tolist())
 
 
-def test_registered_kind_is_known_before_loading_and_checked_after():
-    def records(*, root, download, seed, kind: str = "tabular"):
+class _Records(DatasetLoader):
+    """A tabular loader whose ``kind`` option makes it return image data instead."""
+
+    kind = "tabular"
+
+    def load(self, *, root, download, seed, kind: str = "tabular"):
         x = torch.zeros(6, 3) if kind == "tabular" else torch.zeros(6, 1, 2, 2)
         y = torch.tensor([0, 1] * 3)
         return Dataset("tiny_records", x, y, x[:2], y[:2], 2, kind=kind)
 
-    register_dataset("tiny_records", kind="tabular")(records)
-    try:
-        assert dataset_kind("tiny_records") == "tabular" and dataset_kind("digits") == "image"
-        assert load_dataset("tiny_records", root=None).input_shape == (3,)
-        with pytest.raises(ValueError, match="registered as tabular"):
-            load_dataset("tiny_records", root=None, kind="image")
-    finally:
-        DATASETS.pop("tiny_records", None)
-    with pytest.raises(ValueError, match="kind"):
-        register_dataset("tiny_records", kind="text")
+
+def test_a_loaders_kind_is_known_before_loading_and_checked_after():
+    assert _Records.kind == "tabular" and Digits.kind == "image"
+    assert load_dataset(_Records(), root=None).input_shape == (3,)
+    with pytest.raises(ValueError, match="declared as tabular data but its loader returned image"):
+        load_dataset(_Records(kind="image"), root=None)
     with pytest.raises(ValueError, match=r"records \[N, F\]"):
         Dataset("bad", torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.int64), torch.zeros(1, 1, 2, 2),
                 torch.zeros(1, dtype=torch.int64), 2, kind="tabular")
@@ -271,7 +301,7 @@ def test_mlp_takes_feature_vectors():
 
 def test_models_trained_together_on_records_match_one_by_one():
     """The multi-model trainer and querying take [N, F] records too (the path CUDA uses by default)."""
-    data = load_dataset("breast_cancer", root=None)
+    data = load_dataset(BreastCancer(), root=None)
     members = [torch.arange(0, 469, 2), torch.arange(1, 469, 2)]
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05)
     results = {}
@@ -315,16 +345,15 @@ def test_csv_runs_end_to_end_and_a_memorising_target_leaks(tmp_path):
         "attack=[loss,lira_offline,rmia]", "bootstrap=50", "progress=false",
     ])
     run_dir = tmp_path / "run"
-    saved = json.loads((run_dir / "results.json").read_text())
-    assert saved["config"]["queries"] == ["identity"] and saved["dataset"]["population"] == 160
+    saved = RunResults.from_dict(read_json(run_dir / "results.json"))
+    assert saved.config["queries"] == ["identity"] and saved.dataset["population"] == 160
     assert load_run_signals(run_dir).shape == (4, 160, 1, 2)
     assert (run_dir / "records_target0.csv").is_file()
-    for target in ("0", "1"):
-        assert results["targets"][target]["train_acc"] > 0.95  # memorised random labels
-    loss = results["attacks"]["loss"]
-    assert loss["pooled"]["auc"] > 0.7  # members are the records it memorised
-    for name, entry in results["attacks"].items():
-        assert abs(entry["sanity"]["auc"] - 0.5) < 0.12, name  # an untrained target carries no membership
+    for target in (0, 1):
+        assert results.targets[target].train_acc > 0.95  # memorised random labels
+    assert results.attacks["loss"].pooled.auc > 0.7  # members are the records it memorised
+    for name, entry in results.attacks.items():
+        assert abs(entry.sanity.auc - 0.5) < 0.12, name  # an untrained target carries no membership
 
 
 def test_medical_records_experiment_composes_and_runs(tmp_path):
@@ -334,6 +363,6 @@ def test_medical_records_experiment_composes_and_runs(tmp_path):
     assert {"loss", "lira_online", "lira_offline", "rmia"} <= set(cfg.attack)
     results = run_experiment(tmp_path, ["experiment=medical_records", "num_models=4", "target_ids=[0,1]",
                                         "train.epochs=20", "bootstrap=20", "progress=false"])
-    assert set(results["attacks"]) == set(cfg.attack)
-    for target in ("0", "1"):
-        assert results["targets"][target]["test_acc"] > 0.9  # the diagnosis is learnable from the records
+    assert set(results.attacks) == set(cfg.attack)
+    for target in (0, 1):
+        assert results.targets[target].test_acc > 0.9  # the diagnosis is learnable from the records

@@ -55,8 +55,12 @@ class ReferenceFeatures:
     @classmethod
     def from_signals(cls, ref: ReferenceSignals, features: Sequence[Feature]) -> ReferenceFeatures:
         """The ``features`` of reference signals ``ref`` (logits ``[R, N, Q, C]``), one model at a time."""
-        per_model = [compute_features(z, ref.labels, features) for z in ref.logits]
         names = unique(features)
+        if len(ref.logits) == 0:  # no reference model (an attack that needs none): [0, N, ...] of the right shape
+            blank = compute_features(ref.logits.new_zeros(ref.logits.shape[1:]), ref.labels, features)
+            return cls({name: blank[name][None][:0] for name in names}, ref.keep, ref.labels,
+                       int(ref.logits.shape[-1]))
+        per_model = [compute_features(z, ref.labels, features) for z in ref.logits]
         stacked = {name: torch.stack([f[name] for f in per_model]) for name in names}
         return cls(stacked, ref.keep, ref.labels, int(ref.logits.shape[-1]))
 

@@ -44,9 +44,9 @@ def _weights_only_loads() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
-def _refused(path: Path, err: BaseException) -> CheckpointError:
+def _refused(path: Path, err: BaseException, key: str) -> CheckpointError:
     return CheckpointError(
-        f"{path} (audit.checkpoint) holds pickled Python objects, not only tensors, so it was refused without "
+        f"{path} ({key}) holds pickled Python objects, not only tensors, so it was refused without "
         f"running anything ({type(err).__name__}: {str(err).splitlines()[0][:200]}). Save the weights with "
         "`torch.save(model.state_dict(), path)` or the program with `torch.export.save`."
     )
@@ -59,21 +59,22 @@ def _tensor_dict(obj: object) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, *, key: str = "audit.checkpoint") -> dict[str, torch.Tensor]:
     """The tensors of a ``torch.save``-d state dict (also nested under ``state_dict``/``model``; a
-    ``module.`` prefix from DataParallel is removed)."""
+    ``module.`` prefix from DataParallel is removed). ``key`` names the config key in errors."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise _refused(path, err) from err
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path} (audit.checkpoint) is not a readable PyTorch checkpoint: {err}") from err
+        raise _refused(path, err, key) from err
+    except Exception as err:  # noqa: BLE001 - torch.load fails on other files in many ways (IndexError on text)
+        raise CheckpointError(f"{path} ({key}) is not a readable PyTorch checkpoint ({type(err).__name__}: "
+                              f"{str(err)[:200]}): save it with `torch.save(model.state_dict(), path)`") from err
     state = _tensor_dict(obj)
     if state is None and isinstance(obj, Mapping):
         state = next((s for k in _NESTED_KEYS if (s := _tensor_dict(obj.get(k))) is not None), None)
     if state is None:
         raise CheckpointError(
-            f"{path} (audit.checkpoint) is not a state dict of tensors (got {type(obj).__name__}): save it with "
+            f"{path} ({key}) is not a state dict of tensors (got {type(obj).__name__}): save it with "
             "`torch.save(model.state_dict(), path)`"
         )
     if all(k.startswith("module.") for k in state):
@@ -96,14 +97,14 @@ def _mismatch_report(model: nn.Module, state: Mapping[str, torch.Tensor]) -> lis
     return lines
 
 
-def load_state_dict_model(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
+def load_state_dict_model(path: Path, build: Callable[[], nn.Module], *, key: str = "audit.checkpoint") -> nn.Module:
     """Build the configured architecture and load ``path`` into it, listing every mismatching key."""
-    state = read_state_dict(path)
+    state = read_state_dict(path, key=key)
     model = build()
     problems = _mismatch_report(model, state)
     if problems:
         raise CheckpointError(
-            f"{path} (audit.checkpoint) does not fit the configured architecture (config group `model`): "
+            f"{path} ({key}) does not fit the configured architecture (config group `model`): "
             + "; ".join(problems) + ". Choose the `model` (and its options) the checkpoint was trained with."
         )
     model.load_state_dict(state)
@@ -147,39 +148,43 @@ def _static_batch_size(module: nn.Module) -> int | None:
     return None
 
 
-def load_exported_model(path: Path) -> ExportedModel:
+def load_exported_model(path: Path, *, key: str = "audit.checkpoint") -> ExportedModel:
     """Load a ``.pt2`` program saved with ``torch.export.save``, refusing pickled constants."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"{path} (audit.checkpoint) is not a torch.export archive (.pt2): {err}") from err
+        raise CheckpointError(f"{path} ({key}) is not a torch.export archive (.pt2): {err}") from err
     pickled = [n for n in names if Path(n).name.startswith(_PICKLED_CONSTANT_PREFIXES)]
     if pickled:
         raise CheckpointError(
-            f"{path} (audit.checkpoint) carries pickled Python objects ({', '.join(pickled[:_LISTED])}): refused "
+            f"{path} ({key}) carries pickled Python objects ({', '.join(pickled[:_LISTED])}): refused "
             "without loading them. Export a model whose constants are tensors only."
         )
     try:
         with _weights_only_loads():
             program = torch.export.load(path)
     except pickle.UnpicklingError as err:
-        raise _refused(path, err) from err
+        raise _refused(path, err, key) from err
     except Exception as err:  # noqa: BLE001 - torch.export raises many types; report with the path
-        raise CheckpointError(f"{path} (audit.checkpoint) could not be loaded as a torch.export program: {err}") from err
+        raise CheckpointError(f"{path} ({key}) could not be loaded as a torch.export program: {err}") from err
     module = program.module()
     return ExportedModel(module, _static_batch_size(module))
 
 
-def load_checkpoint_model(path: str | os.PathLike, build: Callable[[], nn.Module]) -> nn.Module:
-    """The audited model from ``path``: a ``.pt2`` export program, else a state dict for ``build()``.
+def load_checkpoint_model(path: str | os.PathLike, build: Callable[[], nn.Module], *,
+                          key: str = "audit.checkpoint") -> nn.Module:
+    """The model from ``path``: a ``.pt2`` export program, else a state dict for ``build()``.
 
     ``build`` constructs the configured architecture (config group ``model``); it is only
-    called for state dicts. Raises :class:`CheckpointError` naming the file and the problem.
+    called for state dicts. Raises :class:`CheckpointError` naming the file, the config ``key``
+    that gave it (``audit.checkpoint``, ``forget.checkpoint``) and the problem.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"{key}={str(path)!r} is a directory: give the path of your model file in it")
     if not path.is_file():
-        raise CheckpointError(f"audit.checkpoint={str(path)!r} does not exist: give the path of your model file")
+        raise CheckpointError(f"{key}={str(path)!r} does not exist: give the path of your model file")
     if path.suffix == ".pt2":
-        return load_exported_model(path)
-    return load_state_dict_model(path, build)
+        return load_exported_model(path, key=key)
+    return load_state_dict_model(path, build, key=key)

@@ -15,15 +15,14 @@ Reference models are trained on the same preprocessed inputs, so they copy the t
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-import hydra
 import torch
 
 from mia_torch.data.datasets import Dataset
+from mia_torch.settings import trusted
 
 __all__ = ["PREPROCESS_NAMES", "preprocess_dataset", "unit_range"]
 
@@ -69,12 +68,7 @@ def _transform(spec: Any, channels: int) -> Transform | None:
     if spec == "none":
         return lambda x01: x01
     if isinstance(spec, Mapping) and "_target_" in spec:
-        try:
-            fn = hydra.utils.get_method(str(spec["_target_"]))
-        except Exception as err:  # noqa: BLE001 - re-raised naming the key
-            raise ValueError(f"audit.preprocess._target_={spec['_target_']!r} cannot be imported: {err}") from err
-        kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-        return functools.partial(fn, **kwargs) if kwargs else fn
+        return trusted.bound_callable(spec, kind="preprocess", key="audit.preprocess")
     if isinstance(spec, Mapping):
         return _normaliser(spec, channels)
     raise ValueError(f"audit.preprocess={spec!r} is invalid: expected one of {PREPROCESS_NAMES}, "

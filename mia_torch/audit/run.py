@@ -1,11 +1,15 @@
-"""Audit a model you own (``audit.checkpoint``): was a record in its training set?
+"""Audit a model you own (``audit.checkpoint``, or only its outputs: ``audit.outputs``): was a record in
+its training set?
 
 Reference models copy the stated recipe (``dataset``, ``model``, ``train``) on seeded random
 halves of the population, exactly as a study's references, so they are cached in the
 store and shared with any study or audit of the same recipe: an audit of a study's own
 target with its member ids reproduces the study's scores. Each record is tested offline,
 against the references that did not train on it; online attacks, which also use the
-references that did, run when ``audit.online=true``.
+references that did, run when ``audit.online=true``. Audited from its outputs, the model's
+served outputs come from the file (:mod:`~mia_torch.audit.outputs`) instead of a query,
+and its references are stand-ins: the result is a lower bound on what an attacker with
+references of the model's own architecture could do.
 """
 from __future__ import annotations
 
@@ -23,10 +27,15 @@ from mia_torch.atomic import atomic_write_bytes
 from mia_torch.audit.checkpoint import CheckpointError, load_checkpoint_model
 from mia_torch.audit.evidence import RecordEvidence, record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
+from mia_torch.audit.outputs import PROXY_P_VALUES, AuditedOutputs, outputs_metrics, read_outputs, warn_if_unordered
 from mia_torch.audit.summary import MAX_PRINTED, describe_records, write_records_csv
 from mia_torch.evaluation import save_scores
+from mia_torch.report.check_results import AuditRecord, AuditResult
+from mia_torch.report.html import finish_run_html
 from mia_torch.report.json_file import write_json
-from mia_torch.report.types import TargetResult
+from mia_torch.report.table import PROXY_CAVEAT
+from mia_torch.report.types import RunResults, TargetResult
+from mia_torch.signals.output import serve
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, model_seed
 from mia_torch.stages.report import identity_query, report_study, run_results
@@ -43,12 +52,13 @@ class AuditPlan:
     """What an audit asks and with what, checked before any training."""
 
     target: int
-    model: nn.Module
-    checkpoint: Path
+    model: nn.Module | None  # None when audited from its outputs
+    checkpoint: Path  # the audited file: the checkpoint, or the outputs
     candidates: np.ndarray
     members: np.ndarray | None
     references: tuple[int, ...]
     skipped: dict[str, str]
+    outputs: AuditedOutputs | None = None
 
     @property
     def ground_truth(self) -> bool:
@@ -57,6 +67,17 @@ class AuditPlan:
             return False
         inside = np.isin(self.candidates, self.members)
         return bool(inside.any() and not inside.all())
+
+    @property
+    def no_report(self) -> str | None:
+        """Why known members give no membership report (ROC, AUC): the candidates must hold both kinds."""
+        if self.members is None or self.ground_truth:
+            return None
+        every = bool(np.isin(self.candidates, self.members).all())
+        return (f"audit.members lists {'every one' if every else 'none'} of the {len(self.candidates)} candidate "
+                f"records, so there is no known {'non-member' if every else 'member'} to compare with and no ROC/AUC report "
+                "is made (each record still gets its p-value and verdict); for the report, give audit.candidates "
+                "that hold both records the model trained on and records it did not")
 
 
 def _sha256(path: Path) -> str:
@@ -109,15 +130,29 @@ def plan_audit(ctx: Context) -> tuple[AuditPlan, Context]:
     keep[target] = False
     if members is not None:
         keep[target, members] = True
-    plan = AuditPlan(target=target, model=load_audited_model(ctx, target), checkpoint=Path(audit.checkpoint),
-                     candidates=candidates, members=members, references=ctx.splits.reference_ids[target],
-                     skipped=skipped)
-    return plan, replace(ctx, splits=replace(ctx.splits, keep=keep))
+    outputs = None if audit.outputs is None else read_outputs(
+        audit.outputs, kind=audit.output_kind, num_records=n, num_classes=ctx.data.num_classes, queries=s.queries,
+        data_dir=s.data_dir)
+    if outputs is not None:
+        warn_if_unordered(outputs, ctx.data.y.cpu().numpy())
+    plan = AuditPlan(target=target, model=load_audited_model(ctx, target) if outputs is None else None,
+                     checkpoint=Path(audit.checkpoint) if outputs is None else outputs.file, candidates=candidates,
+                     members=members, references=ctx.splits.reference_ids[target], skipped=skipped, outputs=outputs)
+    if plan.no_report:
+        print(f"note: {plan.no_report}", flush=True)
+    return plan, ctx.for_splits(replace(ctx.splits, keep=keep))
 
 
-def _audited_metrics(ctx: Context, plan: AuditPlan) -> dict[str, Any]:
-    """Test accuracy and loss of the audited model (and on its members, when known)."""
+def _audited_metrics(ctx: Context, plan: AuditPlan, served: torch.Tensor) -> dict[str, Any]:
+    """Test accuracy and loss of the audited model (and on its members, when known).
+
+    Audited from its outputs, only the population's outputs are known: the members' accuracy
+    and loss are train accuracy and loss, the other population records' are test accuracy and loss.
+    """
     data = ctx.data
+    if plan.outputs is not None:
+        return {"model": plan.target, "outputs": str(plan.checkpoint), "proxy_references": True,
+                **outputs_metrics(served, data.y, plan.members)}
     metrics: dict[str, Any] = {"model": plan.target, "checkpoint": str(plan.checkpoint)}
     metrics["test_loss"], metrics["test_acc"] = evaluate(plan.model, data.x_test, data.y_test)
     if plan.members is not None:
@@ -126,22 +161,43 @@ def _audited_metrics(ctx: Context, plan: AuditPlan) -> dict[str, Any]:
     return metrics
 
 
-def _audit_summary(ctx: Context, plan: AuditPlan, evidence: RecordEvidence) -> dict[str, Any]:
-    """The ``audit`` entry of ``results.json``."""
+def _audit_summary(ctx: Context, plan: AuditPlan, evidence: RecordEvidence) -> AuditResult:
+    """The run's ``audit`` section."""
     fpr = ctx.settings.audit.fpr
     flagged = verdicts(evidence.p_gaussian, fpr) == "member"
     shown = plan.candidates[:MAX_PRINTED]
-    return {
-        "checkpoint": str(plan.checkpoint), "checkpoint_sha256": _sha256(plan.checkpoint),
-        "preprocess": ctx.settings.audit.preprocess, "references": list(plan.references),
-        "online": ctx.settings.audit.online, "skipped_attacks": plan.skipped, "fpr": fpr,
-        "candidates": int(len(plan.candidates)), "flagged": int(flagged.sum()), "records_csv": "records.csv",
-        "records": [{"id": int(i), "p_gaussian": float(evidence.p_gaussian[k]), "p_rank": float(evidence.p_rank[k]),
-                     "verdict": "member" if flagged[k] else "no evidence"} for k, i in enumerate(shown)],
-    }
+    source = (dict(checkpoint=str(plan.checkpoint), checkpoint_sha256=_sha256(plan.checkpoint))
+              if plan.outputs is None else
+              dict(outputs=str(plan.checkpoint), outputs_sha256=_sha256(plan.checkpoint),
+                   output_kind=plan.outputs.kind, saturated_rows=plan.outputs.saturated, proxy_references=True))
+    return AuditResult(
+        **source,
+        preprocess=ctx.settings.audit.preprocess, references=list(plan.references),
+        online=ctx.settings.audit.online, skipped_attacks=plan.skipped, fpr=fpr,
+        candidates=int(len(plan.candidates)), flagged=int(flagged.sum()), records_csv="records.csv",
+        no_report=plan.no_report or None,
+        records=[AuditRecord(id=int(i), p_gaussian=float(evidence.p_gaussian[k]), p_rank=float(evidence.p_rank[k]),
+                             verdict="member" if flagged[k] else "no evidence") for k, i in enumerate(shown)],
+    )
 
 
-def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
+def _served(ctx: Context, plan: AuditPlan) -> torch.Tensor:
+    """The audited model's served output ``[N, Q, C]``: queried from the model, or read from ``audit.outputs``
+    (the ``output`` group applies to both, as to the references)."""
+    if plan.outputs is None:
+        return query(ctx, plan.model)
+    return serve(plan.outputs.logits.to(ctx.settings.device), ctx.settings.output).float()
+
+
+def _audited_line(plan: AuditPlan, metrics: dict[str, Any]) -> str:
+    """The printed line about the audited model when membership is not known."""
+    if plan.outputs is None:
+        return f"audited model {plan.checkpoint}: test acc {metrics['test_acc']:.3f}"
+    return (f"audited outputs {plan.checkpoint} ({plan.outputs.kind}): accuracy on the population records "
+            f"{metrics['population_acc']:.3f}\n{PROXY_CAVEAT}")
+
+
+def run_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
     """Train (or reuse) the references, score the user's model and answer per record."""
     plan, ctx = plan_audit(ctx)
     s, t = ctx.settings, plan.target
@@ -151,7 +207,7 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
     source = signals_stage(ctx, refs)
     reference = reference_signals(ctx, torch.from_numpy(source.dense()).to(s.device).float(), refs)
     labels = ctx.data.y.to(s.device)
-    served = query(ctx, plan.model)
+    served = _served(ctx, plan)
     record_signals(ctx, source)  # the references' signals, by reference; the audited model's own below
     atomic_write_bytes(ctx.run_dir / "target_signals.npy", array_to_bytes(served.cpu().numpy()))
     attacks = fit_attacks({n: a for n, a in ctx.attacks.items() if n not in plan.skipped}, reference)
@@ -160,27 +216,32 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> dict[str, Any]:
     evidence = record_evidence(served, labels, reference, online=s.audit.online).subset(plan.candidates)
     classes = ctx.data.y.cpu().numpy()[plan.candidates]
     candidate_scores = {n: v[t][plan.candidates] for n, v in outputs.scores.items()}
+    known = None if plan.members is None else np.isin(plan.candidates, plan.members)
     write_records_csv(ctx.run_dir / "records.csv", ids=plan.candidates,
                       source_ids=ctx.data.indices.numpy()[plan.candidates], classes=classes, evidence=evidence,
-                      scores=candidate_scores, fpr=s.audit.fpr,
-                      members=None if plan.members is None else np.isin(plan.candidates, plan.members))
-    target_metrics = _audited_metrics(ctx, plan)
-    extra = {"audit": _audit_summary(ctx, plan, evidence)}
+                      scores=candidate_scores, fpr=s.audit.fpr, members=known)
+    target_metrics = _audited_metrics(ctx, plan, served)
+    section = _audit_summary(ctx, plan, evidence)
     models = [*ref_metrics, target_metrics]
     if plan.ground_truth:
         mask = np.zeros(len(ctx.data.y), dtype=bool)
         mask[plan.candidates] = True
         results = report_study(ctx, cfg, started, model_metrics=models, target_metrics={t: target_metrics},
                                target_logits={t: served.cpu().numpy()[:, identity_query(s)]}, outputs=outputs,
-                               keep=ctx.splits.keep, eval_mask=mask, extra=extra)
+                               keep=ctx.splits.keep, eval_mask=mask, audit=section)
     else:
         save_scores(ctx.run_dir / "scores.npz", outputs.scores)
         targets = {t: TargetResult.from_dict(target_metrics, path="audited model")}
-        results = run_results(ctx, cfg, started, targets=targets, models=models, attacks={}, extra=extra)
+        results = run_results(ctx, cfg, started, targets=targets, models=models, attacks={}, audit=section)
         write_json(ctx.run_dir / "results.json", results.to_dict())
-        print(f"audited model {plan.checkpoint}: test acc {target_metrics['test_acc']:.3f}", flush=True)
+        finish_run_html(ctx.run_dir)
+        print(_audited_line(plan, target_metrics) + (f"\nnote: {plan.no_report}" if plan.no_report else ""),
+              flush=True)
     if plan.skipped:
         print(f"skipped (offline audit): {', '.join(plan.skipped)}: allow online attacks with audit.online=true")
-    print(describe_records(plan.candidates, classes, evidence, fpr=s.audit.fpr, scores=candidate_scores), flush=True)
+    print(describe_records(plan.candidates, classes, evidence, fpr=s.audit.fpr, scores=candidate_scores,
+                           members=known), flush=True)
+    if plan.outputs is not None:
+        print(f"  {PROXY_P_VALUES}", flush=True)
     print(f"records: {ctx.run_dir / 'records.csv'}", flush=True)
-    return results.to_dict()
+    return results

@@ -52,12 +52,18 @@ def write_records_csv(
 
 def describe_records(
     ids: np.ndarray, classes: np.ndarray, evidence: RecordEvidence, *, fpr: float,
-    scores: Mapping[str, np.ndarray] | None = None,
+    scores: Mapping[str, np.ndarray] | None = None, members: np.ndarray | None = None,
 ) -> str:
-    """Lines for the printed summary: each record with its attack scores (few candidates), or the count flagged."""
+    """Lines for the printed summary: each record with its attack scores (few candidates), or the count flagged;
+    with ``members`` (whether each candidate is a known member), the verdict's measured rates."""
     verdict = verdicts(evidence.p_gaussian, fpr)
     flagged = int(np.count_nonzero(verdict == "member"))
     lines = [f"audit at FPR {fpr:g}: {flagged} of {len(ids)} candidate record(s) flagged as member"]
+    if members is not None and members.any() and not members.all():
+        hit, false = (int(np.count_nonzero(verdict[m] == "member")) for m in (members, ~members))
+        lines.append(f"  known membership: {hit} of {int(members.sum())} members flagged; {false} of "
+                     f"{int((~members).sum())} non-members flagged, a measured false-positive rate of "
+                     f"{false / int((~members).sum()):.3g} for a verdict aimed at {fpr:g}")
     if len(ids) <= MAX_PRINTED:
         for i in range(len(ids)):
             lr = f", log LR {_fmt(evidence.log_lr[i])}" if evidence.log_lr is not None else ""

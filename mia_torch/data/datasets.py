@@ -1,48 +1,30 @@
-"""Dataset registry: every dataset becomes a pair of normalised float32 tensors.
+"""What every dataset becomes: a :class:`Dataset` of normalised float32 tensors, and helpers its loaders share.
 
 A :class:`Dataset` holds the *population* (``x``, ``y``: the pool of MIA candidates that
 the keep matrix splits among models) and a *held-out test split* (``x_test``,
 ``y_test``: used only to report model test accuracy). Everything is loaded straight
 into tensors (no per-item PIL loop), so the whole dataset can live on the compute device
-and batches are index gathers.
-
-The loaders live in their own modules and register themselves when ``mia_torch.data``
-is imported:
-
-- ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: :mod:`mia_torch.data.torchvision_sets`;
-- ``digits`` (the offline default), ``synthetic``: :mod:`mia_torch.data.builtin`;
-- ``npz`` (your own arrays): :mod:`mia_torch.data.npz`;
-- ``csv``, ``breast_cancer``: tabular records, :mod:`mia_torch.data.tabular`.
-
-Add a dataset with :func:`register_dataset`.
+and batches are index gathers. The loaders (what a ``dataset`` config builds) are
+:class:`mia_torch.data.loader.DatasetLoader` subclasses.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from mia_torch.data.validate import validate_dataset
-from mia_torch.fingerprint import dataset_digest
-
 __all__ = [
-    "DATASETS",
     "DATASET_KINDS",
     "Dataset",
     "DatasetNotFoundError",
     "channel_stats",
-    "dataset_kind",
     "data_file",
-    "describe_dataset",
     "is_int_in",
-    "load_dataset",
     "normalize",
-    "register_dataset",
     "split_rows",
 ]
 
@@ -67,7 +49,8 @@ class Dataset:
     ``indices[i]`` is the position of population row ``i`` in the source's training
     split (useful to map per-record results back to the original data) and
     ``test_indices`` likewise for the test split. ``content_digest`` is the digest of
-    all of it (:func:`mia_torch.fingerprint.dataset_digest`), set by :func:`load_dataset`.
+    all of it (:func:`mia_torch.fingerprint.dataset_digest`), set by
+    :func:`mia_torch.data.loader.load_dataset`.
     """
 
     name: str
@@ -127,109 +110,10 @@ class Dataset:
         return moved
 
 
-DatasetLoader = Callable[..., Dataset]
-
-#: Registered dataset loaders by name. A loader is called as
-#: ``loader(root=Path | None, download=bool, seed=int, **options)`` and returns the full
-#: :class:`Dataset`; :func:`load_dataset` then applies ``population_size``/``test_size``.
-DATASETS: dict[str, DatasetLoader] = {}
-_KINDS: dict[str, str] = {}
-
-
-def register_dataset(
-    name: str, *, kind: str = "image", replace_existing: bool = False
-) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Decorator that registers a dataset loader under ``name`` (the config's ``dataset.name``).
-
-    The loader takes keyword arguments ``root`` (a :class:`~pathlib.Path`, or ``None``), ``download``,
-    ``seed`` and its own options, and returns the full :class:`Dataset` of ``kind``
-    (``"image"`` or ``"tabular"``, see :data:`DATASET_KINDS`) as float32 tensors on the CPU.
-    The kind is known before loading, so the config's ``queries`` are checked first.
-    Registering a taken name raises unless ``replace_existing``.
-    """
-    if kind not in DATASET_KINDS:
-        raise ValueError(f"dataset kind must be one of {DATASET_KINDS}, got {kind!r}")
-
-    def decorator(fn: DatasetLoader) -> DatasetLoader:
-        if name in DATASETS and not replace_existing:
-            raise ValueError(f"a dataset named {name!r} is already registered")
-        DATASETS[name] = fn
-        _KINDS[name] = kind
-        return fn
-
-    return decorator
-
-
-def _registered(name: str) -> DatasetLoader:
-    if name not in DATASETS:
-        raise ValueError(
-            f"unknown dataset {name!r} (config key `dataset`, i.e. `dataset.name`); "
-            f"registered datasets: {', '.join(sorted(DATASETS))}"
-        )
-    return DATASETS[name]
-
-
-def dataset_kind(name: str) -> str:
-    """The kind (``"image"`` or ``"tabular"``) of the registered dataset ``name``, without loading it."""
-    _registered(name)
-    return _KINDS.get(name, "image")
-
-
 def data_file(path: str | Path, root: Path | None) -> Path:
     """``path`` with ``~`` expanded, under ``root`` (``data_dir``) unless absolute."""
     file = Path(path).expanduser()
     return Path(root) / file if not file.is_absolute() and root is not None else file
-
-
-def load_dataset(
-    name: str,
-    *,
-    root: str | Path | None,
-    download: bool = False,
-    population_size: int | None = None,
-    test_size: int | None = None,
-    seed: int = 0,
-    **options: Any,
-) -> Dataset:
-    """Load the registered dataset ``name`` as normalised CPU tensors.
-
-    ``root`` is the data directory (config key ``data_dir``; ``None`` is fine for datasets
-    that need no files, e.g. ``digits``); ``download`` lets torchvision
-    datasets fetch missing files into it. ``population_size`` / ``test_size``, when set,
-    keep a seeded random subset of that many population / test examples (in their
-    original order). ``options`` go to the dataset's loader (e.g. ``num_examples`` for
-    ``synthetic``); unknown options raise ``ValueError``. The result is checked by
-    :func:`mia_torch.data.validate.validate_dataset` (finite images, labels in range, two
-    classes or more), whatever the loader.
-    """
-    loader = _registered(name)
-    _check_options(name, loader, options)
-    path = Path(root).expanduser() if root is not None else None
-    data = loader(root=path, download=bool(download), seed=int(seed), **options)
-    if data.kind != dataset_kind(name):
-        raise ValueError(
-            f"dataset {name!r} is registered as {dataset_kind(name)} data but its loader returned {data.kind}"
-        )
-    if population_size is not None:
-        keep = _subset(len(data.x), population_size, seed=seed, stream=1, key="population_size", name=name)
-        data = replace(data, x=data.x[keep], y=data.y[keep], indices=data.indices[keep])
-    if test_size is not None:
-        keep = _subset(len(data.x_test), test_size, seed=seed, stream=2, key="test_size", name=name)
-        data = replace(data, x_test=data.x_test[keep], y_test=data.y_test[keep], test_indices=data.test_indices[keep])
-    validate_dataset(data, source=describe_dataset(name, options))
-    dataset_digest(data)  # once, on the CPU tensors: the store keys artifacts by it
-    return data
-
-
-def describe_dataset(name: str, options: dict[str, Any]) -> str:
-    """How error messages name a dataset: its name, its file (``dataset.path``) and a registered loader."""
-    text = f"dataset {name!r}"
-    if options.get("path"):
-        text += f" (dataset.path={options['path']})"
-    loader = DATASETS.get(name)
-    if loader is not None and not loader.__module__.startswith("mia_torch."):
-        text += f" (loader {loader.__module__}.{loader.__qualname__})"
-    return text
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -247,19 +131,6 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
-def _check_options(name: str, loader: DatasetLoader, options: dict[str, Any]) -> None:
-    params = inspect.signature(loader).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = sorted(k for k in params if k not in ("root", "download", "seed"))
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"dataset {name!r} does not take option(s) {', '.join(unknown)} (config group `dataset`); "
-            f"it accepts: {', '.join(accepted) or 'no options'}, plus population_size and test_size"
-        )
-
-
 def is_int_in(value: Any, low: int, high: int | None = None) -> bool:
     """Whether ``value`` is an integer (Python or NumPy, not a bool) in ``[low, high]`` (no upper bound if None)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -272,17 +143,7 @@ def split_rows(total: int, num_test: int, *, seed: int, stream: int = 0) -> tupl
 
     The test rows are the first ``num_test`` of ``default_rng([seed, stream]).permutation(total)``.
     Loaders split with stream 0; the ``population_size`` and ``test_size`` subsets of
-    :func:`load_dataset` are the test rows of streams 1 and 2.
+    :func:`mia_torch.data.loader.load_dataset` are the test rows of streams 1 and 2.
     """
     order = np.random.default_rng([int(seed), stream]).permutation(total)
     return np.sort(order[num_test:]), np.sort(order[:num_test])
-
-
-def _subset(total: int, size: int, *, seed: int, stream: int, key: str, name: str) -> torch.Tensor:
-    """Sorted indices of a seeded random subset of ``size`` out of ``total``."""
-    if not is_int_in(size, 1):
-        raise ValueError(f"`dataset.{key}` must be a positive integer or null, got {size!r}")
-    if size > total:
-        raise ValueError(f"`dataset.{key}`={size} but dataset {name!r} has only {total} examples there")
-    _, keep = split_rows(total, size, seed=seed, stream=stream)
-    return torch.from_numpy(keep)

@@ -34,6 +34,7 @@ __all__ = [
     "QUERY_NAMES",
     "apply_queries",
     "apply_query",
+    "check_views_fit",
     "parse_queries",
 ]
 
@@ -98,6 +99,23 @@ def parse_queries(names: Sequence[str] | None, *, kind: str = "image") -> list[s
             f"use queries=[identity], or leave `queries` unset (null) for the dataset's default"
         )
     return out
+
+
+def check_views_fit(names: Sequence[str], input_shape: Sequence[int]) -> None:
+    """Refuse a view that leaves nothing of an image of ``input_shape`` (``(C, H, W)``): a shift of at least the
+    image's width or height gives a blank image, identical for every record and model, whose signal measures
+    nothing. Records that are not images (``(F,)``) are only queried as themselves."""
+    if len(input_shape) < 2:
+        return
+    height, width = int(input_shape[-2]), int(input_shape[-1])
+    shifts = {name: _parse(name)[1:] for name in names}
+    blank = [name for name, (dx, dy) in shifts.items() if abs(dx) >= width or abs(dy) >= height]
+    if blank:
+        raise ValueError(
+            f"config key `queries`: {', '.join(blank)} shift(s) {height}x{width} images by at least their size, so "
+            f"nothing of the image is left (every such query is a blank image, the same for every record): use "
+            f"shifts with |dx| < {width} and |dy| < {height}, e.g. shift_1_0"
+        )
 
 
 def _shift(x: Tensor, dx: int, dy: int) -> Tensor:

@@ -4,8 +4,11 @@ Both loaders hand a population table and a test table (pandas DataFrames) to
 :func:`tabular_dataset`, which encodes them into a :class:`Dataset` of kind ``"tabular"``
 (``x`` is float32 ``[N, F]``), with every encoding fitted on the population rows only:
 
-- a feature column is *numeric* when each of its values parses as a number, otherwise
-  *categorical*; ``categorical=[...]`` makes more columns categorical (integer codes);
+- a feature column is *numeric* when more than half of its values in the population parse
+  as numbers, otherwise *categorical*; ``categorical=[...]`` makes more columns categorical
+  (integer codes). A numeric column holding some text (``abc`` among ages) is refused, naming
+  the column, rows and values, in the population and the test rows alike, unless
+  ``non_numeric="missing"`` makes such cells missing values;
 - numeric columns: a missing value becomes the population's median of that column
   (``SimpleImputer(strategy="median")``), then the column is standardised with the
   population's mean and std (``StandardScaler``);
@@ -15,6 +18,9 @@ Both loaders hand a population table and a test table (pandas DataFrames) to
   (``OneHotEncoder(handle_unknown="ignore")``);
 - the label column becomes class ids ``0..C-1`` in sorted order of its values (numbers
   numerically, text alphabetically); ``Dataset.class_names`` keeps the values.
+
+With ``encoder`` (``dataset.encoder``) the user's own encoding replaces these column rules
+(:mod:`mia_torch.data.user_encoder`); the label is encoded as above.
 
 Refused, with the file, column or config key named: a missing file, a missing label
 column or label value, a column with no value in the population, a label with a single
@@ -31,19 +37,21 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
+from mia_torch.data.csv_cells import check_numbers, meant_numeric, read_csv
 from mia_torch.data.datasets import (
     Dataset,
-    DatasetNotFoundError,
     data_file,
     is_int_in,
-    register_dataset,
     split_rows,
 )
+from mia_torch.data.loader import DatasetLoader
+from mia_torch.data.user_encoder import UserEncoder, encode_tables, load_encoder
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["MISSING_CATEGORY", "MISSING_POLICIES", "read_csv", "tabular_dataset"]
+__all__ = ["MISSING_CATEGORY", "MISSING_POLICIES", "NON_NUMERIC_POLICIES", "BreastCancer", "CsvRecords", "read_csv",
+           "tabular_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,8 @@ log = logging.getLogger(__name__)
 MISSING_CATEGORY = "<missing>"
 #: ``dataset.missing``: ``impute`` (median / own category) or ``error`` (refuse any missing value).
 MISSING_POLICIES = ("impute", "error")
+#: ``dataset.non_numeric``: text in a numeric column is an ``error`` or becomes a ``missing`` value.
+NON_NUMERIC_POLICIES = ("error", "missing")
 DEFAULT_TEST_FRACTION = 0.2
 
 
@@ -62,21 +72,30 @@ def tabular_dataset(
     label: str,
     categorical: Sequence[str] = (),
     missing: str = "impute",
+    non_numeric: str = "error",
     source: str,
     test_source: str,
     indices: np.ndarray | None = None,
     test_indices: np.ndarray | None = None,
+    encoder: UserEncoder | None = None,
 ) -> Dataset:
     """Encode a population table and a test table into a tabular :class:`Dataset` (see the module doc).
 
     ``label`` is the class column; every other column of ``population`` is a feature, and
     ``test`` must hold the same columns. ``categorical`` names numeric columns to one-hot
-    encode anyway. ``missing`` is ``"impute"`` or ``"error"``. ``source`` and
+    encode anyway. ``missing`` is ``"impute"`` or ``"error"``; ``non_numeric`` is ``"error"`` or
+    ``"missing"`` (text in a numeric column becomes a missing value). ``source`` and
     ``test_source`` name where the tables came from, for error messages; ``indices`` /
-    ``test_indices`` are the rows' positions in that source.
+    ``test_indices`` are the rows' positions in that source. ``encoder`` (``dataset.encoder``)
+    replaces mia_torch's encoding by the user's own (:mod:`mia_torch.data.user_encoder`).
     """
     if missing not in MISSING_POLICIES:
         raise ValueError(f"`dataset.missing` must be one of {MISSING_POLICIES}, got {missing!r}")
+    if non_numeric not in NON_NUMERIC_POLICIES:
+        raise ValueError(f"`dataset.non_numeric` must be one of {NON_NUMERIC_POLICIES}, got {non_numeric!r}")
+    if non_numeric == "missing" and missing == "error":
+        raise ValueError("`dataset.non_numeric`=missing makes text cells of numeric columns missing values, which "
+                         "`dataset.missing`=error refuses: set dataset.missing=impute, or dataset.non_numeric=error")
     _check_labels(population, label, source)
     _check_labels(test, label, test_source)
     features = [c for c in population.columns if c != label]
@@ -85,7 +104,10 @@ def tabular_dataset(
     lacking = [c for c in features if c not in test.columns]
     if lacking:
         raise ValueError(f"{test_source} lacks column(s) {lacking} that {source} has")
-    for column in features:
+    if encoder is not None and categorical:
+        raise ValueError("`dataset.categorical` chooses columns for mia_torch's own encoding, but `dataset.encoder` "
+                         "encodes the columns: remove dataset.categorical")
+    for column in features if encoder is None else ():
         if population[column].isna().all():
             raise ValueError(
                 f"column `{column}` of {source} has no value in any population row: "
@@ -99,54 +121,46 @@ def tabular_dataset(
                     f"column(s) {gaps} of {where} have missing values and dataset.missing=error: fill them in, or "
                     f"set dataset.missing=impute (numeric: the population median; categorical: a category of its own)"
                 )
-    categories = set(categorical) | {c for c in features if not _parses_as_numbers(population[c])}
-    numeric = [c for c in features if c not in categories]
-    categoric = [c for c in features if c in categories]
-    _warn_identifier_like(population, categoric, source)
-    pop_x = _typed(population, numeric, categoric, source)
-    test_x = _typed(test, numeric, categoric, test_source)
-    encoder = _encoder(numeric, categoric).fit(pop_x)
+    if encoder is None:
+        x, x_test, feature_names = _own_encoding(population[features], test[features], categorical=categorical,
+                                                 non_numeric=non_numeric, source=source, test_source=test_source)
+    else:
+        numeric = [c for c in features if _parses_as_numbers(population[c])]
+        x, x_test, feature_names = encode_tables(encoder, population[features], test[features], numeric=numeric,
+                                                 source=source, test_source=test_source)
     y, y_test, class_names = _encode_labels(population[label], test[label], label=label, source=source,
                                             test_source=test_source)
     return Dataset(
         name=name,
-        x=torch.as_tensor(np.asarray(encoder.transform(pop_x), dtype=np.float32)),
+        x=torch.as_tensor(x),
         y=y,
-        x_test=torch.as_tensor(np.asarray(encoder.transform(test_x), dtype=np.float32)),
+        x_test=torch.as_tensor(x_test),
         y_test=y_test,
         num_classes=len(class_names),
         indices=None if indices is None else torch.as_tensor(indices, dtype=torch.int64),
         test_indices=None if test_indices is None else torch.as_tensor(test_indices, dtype=torch.int64),
         kind="tabular",
-        feature_names=tuple(str(f) for f in encoder.get_feature_names_out()),
+        feature_names=feature_names,
         class_names=class_names,
     )
 
 
-def read_csv(file: Path, *, key: str) -> "pd.DataFrame":
-    """Every cell of the CSV ``file`` (header row, one record per row) as text; empty cells are missing.
-
-    ``key`` is the config key that names the file, for error messages.
-    """
-    import pandas as pd
-
-    if not file.is_file():
-        raise DatasetNotFoundError(
-            f"{file} not found: set `{key}` (relative to `data_dir` unless absolute) to your CSV file"
-        )
-    try:
-        frame = pd.read_csv(file, dtype=str, skipinitialspace=True)
-    except pd.errors.EmptyDataError as err:
-        raise ValueError(f"{file} (`{key}`) is empty: it needs a header row and one row per record") from err
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file} (`{key}`) cannot be read as CSV: {err}") from err
-    if frame.empty:
-        raise ValueError(f"{file} (`{key}`) has a header row but no records")
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+def _own_encoding(population: "pd.DataFrame", test: "pd.DataFrame", *, categorical: Sequence[str],
+                  non_numeric: str, source: str, test_source: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """mia_torch's encoding of the feature columns (see the module doc), fitted on the population."""
+    features = list(population.columns)
+    categories = set(categorical) | {c for c in features if not meant_numeric(population[c])}
+    numeric = [c for c in features if c not in categories]
+    categoric = [c for c in features if c in categories]
+    _warn_identifier_like(population, categoric, source)
+    pop_x = _typed(population, numeric, categoric, source, non_numeric=non_numeric)
+    test_x = _typed(test, numeric, categoric, test_source, non_numeric=non_numeric)
+    encoder = _encoder(numeric, categoric).fit(pop_x)
+    return (np.asarray(encoder.transform(pop_x), dtype=np.float32),
+            np.asarray(encoder.transform(test_x), dtype=np.float32),
+            tuple(str(f) for f in encoder.get_feature_names_out()))
 
 
-@register_dataset("csv", kind="tabular")
 def _csv(
     *,
     root: Path | None,
@@ -159,6 +173,9 @@ def _csv(
     categorical: Sequence[str] | None = None,
     drop: Sequence[str] | None = None,
     missing: str = "impute",
+    non_numeric: str = "error",
+    encoder: Any = None,
+    encoder_trusted: Sequence[str] | None = None,
 ) -> Dataset:
     """Your records: a CSV file with a header row, one record per row, the class in column ``label``.
 
@@ -166,6 +183,8 @@ def _csv(
     come from ``test_path`` (same columns) or are a seeded ``test_fraction`` of the file's
     rows (default 0.2). ``drop`` lists columns to ignore (identifiers, free text).
     ``indices`` are the population's row positions in the file (0-based, header excluded).
+    ``encoder`` is your own encoding of the columns (see :mod:`mia_torch.data.user_encoder`;
+    ``encoder_trusted``: extra types its skops file may hold).
     """
     if not path:
         raise ValueError("dataset=csv needs `dataset.path`: the CSV file of records (a header row, one record per row)")
@@ -176,6 +195,7 @@ def _csv(
     frame = read_csv(file, key="dataset.path")
     _check_columns(frame, label=str(label), categorical=categorical, drop=drop, file=file)
     frame = frame.drop(columns=drop)
+    user_encoder = None if encoder is None else load_encoder(encoder, root=root, trusted=encoder_trusted)
     if test_path is not None:
         if test_fraction is not None:
             raise ValueError("set `dataset.test_path` or `dataset.test_fraction`, not both")
@@ -183,7 +203,8 @@ def _csv(
         test = read_csv(test_file, key="dataset.test_path")
         test = test.drop(columns=[c for c in drop if c in test.columns])
         return tabular_dataset("csv", frame, test, label=str(label), categorical=categorical, missing=missing,
-                               source=str(file), test_source=str(test_file))
+                               non_numeric=non_numeric, source=str(file), test_source=str(test_file),
+                               encoder=user_encoder)
     fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
     valid = isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1
     num_test = round(len(frame) * fraction) if valid else 0
@@ -195,12 +216,12 @@ def _csv(
     pop_rows, test_rows = split_rows(len(frame), num_test, seed=seed)
     return tabular_dataset(
         "csv", frame.iloc[pop_rows], frame.iloc[test_rows], label=str(label), categorical=categorical,
-        missing=missing, source=str(file), test_source=f"{file} (the rows held out by dataset.test_fraction)",
-        indices=pop_rows, test_indices=test_rows,
+        missing=missing, non_numeric=non_numeric, source=str(file),
+        test_source=f"{file} (the rows held out by dataset.test_fraction)", indices=pop_rows, test_indices=test_rows,
+        encoder=user_encoder,
     )
 
 
-@register_dataset("breast_cancer", kind="tabular")
 def _breast_cancer(*, root: Path | None, download: bool, seed: int, num_test: int = 100) -> Dataset:
     """scikit-learn's bundled Wisconsin diagnostic breast cancer records (569 patients, offline).
 
@@ -223,6 +244,20 @@ def _breast_cancer(*, root: Path | None, download: bool, seed: int, num_test: in
         source="the breast_cancer records", test_source="the breast_cancer test records",
         indices=pop_rows, test_indices=test_rows,
     )
+
+
+class CsvRecords(DatasetLoader):
+    """``dataset=csv``: your records, from a CSV file; its options are :func:`_csv`'s."""
+
+    kind = "tabular"
+    load = staticmethod(_csv)
+
+
+class BreastCancer(DatasetLoader):
+    """``dataset=breast_cancer``: scikit-learn's bundled breast cancer records; see :func:`_breast_cancer`."""
+
+    kind = "tabular"
+    load = staticmethod(_breast_cancer)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -271,19 +306,20 @@ def _parses_as_numbers(values: "pd.Series") -> bool:
     return bool(pd.to_numeric(values[present], errors="coerce").notna().all())
 
 
-def _typed(frame: "pd.DataFrame", numeric: list[str], categoric: list[str], source: str) -> "pd.DataFrame":
-    """Numeric columns as float64 (missing: NaN), categorical columns as text (missing: NaN)."""
+def _typed(frame: "pd.DataFrame", numeric: list[str], categoric: list[str], source: str, *,
+           non_numeric: str = "error") -> "pd.DataFrame":
+    """Numeric columns as float64 (missing: NaN), categorical columns as text (missing: NaN).
+
+    Text in a numeric column is refused, naming the column, rows and values, unless
+    ``non_numeric="missing"`` makes it a missing value.
+    """
     import pandas as pd
 
     out: dict[str, Any] = {}
     for column in numeric:
+        if non_numeric == "error":
+            check_numbers(frame[column], column=column, source=source)
         values = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-        bad = values.isna().to_numpy() & frame[column].notna().to_numpy()
-        if bad.any():
-            raise ValueError(
-                f"column `{column}` of {source} holds {frame[column][bad].iloc[0]!r}, but it is a numeric column "
-                f"(in the population): fix the value, or list the column in dataset.categorical"
-            )
         if np.isinf(values.to_numpy()).any():
             raise ValueError(f"column `{column}` of {source} holds an infinite value: fix it or leave the cell empty")
         out[column] = values

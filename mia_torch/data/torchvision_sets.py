@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from mia_torch.data.datasets import Dataset, DatasetLoader, DatasetNotFoundError, normalize, register_dataset
+from mia_torch.data.datasets import Dataset, DatasetNotFoundError, normalize
+from mia_torch.data.loader import DatasetLoader
 
-__all__: list[str] = []  # the loaders are reached through the registry
+__all__ = ["CIFAR10", "CIFAR100", "MNIST", "FashionMNIST"]
 
 
 @dataclass(frozen=True)
@@ -135,17 +136,35 @@ def _torchvision_tensors(ds: Any, src: _TorchvisionSource) -> tuple[torch.Tensor
     return x, y
 
 
-def _loader(key: str) -> DatasetLoader:
-    """The registered loader of torchvision set ``key``: it takes no options of its own."""
+class _TorchvisionLoader(DatasetLoader):
+    """A torchvision dataset: the train split is the population, the test split is held out. No options."""
 
-    def load(*, root: Path | None, download: bool, seed: int) -> Dataset:
-        return _load_torchvision(key, root, download)
+    key: ClassVar[str]  # of _SOURCES
 
-    src = _SOURCES[key]
-    load.__doc__ = f"{src.display} through torchvision: the train split is the population, the test split is held out."
-    load.__qualname__ = load.__name__ = f"load_{key}"
-    return load
+    def load(self, *, root: Path | None, download: bool, seed: int) -> Dataset:
+        """The dataset from ``root`` (``data_dir``), fetched first with ``download``."""
+        return _load_torchvision(self.key, root, download)
 
 
-for _key in _SOURCES:
-    register_dataset(_key)(_loader(_key))
+class MNIST(_TorchvisionLoader):
+    """``dataset=mnist``: MNIST (60k train, 10k test, 1x28x28)."""
+
+    key = "mnist"
+
+
+class FashionMNIST(_TorchvisionLoader):
+    """``dataset=fashion_mnist``: Fashion-MNIST (60k train, 10k test, 1x28x28)."""
+
+    key = "fashion_mnist"
+
+
+class CIFAR10(_TorchvisionLoader):
+    """``dataset=cifar10``: CIFAR-10 (50k train, 10k test, 3x32x32)."""
+
+    key = "cifar10"
+
+
+class CIFAR100(_TorchvisionLoader):
+    """``dataset=cifar100``: CIFAR-100 with its 100 fine labels (50k train, 10k test, 3x32x32)."""
+
+    key = "cifar100"

@@ -21,7 +21,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -65,7 +65,8 @@ def check_image_array(array: np.ndarray, *, source: str, key: str) -> None:
                                   f"integers or floats")
     if array.ndim < 3:
         raise DataValidationError(f"{source}: `{key}` has shape {array.shape}; images must be [N, H, W], "
-                                  f"[N, H, W, C] or [N, C, H, W]")
+                                  f"[N, H, W, C] or [N, C, H, W]"
+                                  + ("; a feature matrix [N, F] is dataset=npz_features" if array.ndim == 2 else ""))
     if array.dtype.kind == "f":
         bad = ~np.isfinite(array).all(axis=tuple(range(1, array.ndim)))  # per image; an empty array passes
         if bad.any():
@@ -153,11 +154,12 @@ def _read_array(npz: np.lib.npyio.NpzFile, key: str, file: Path) -> np.ndarray:
                                   f"the file may be truncated: write it again") from err
 
 
-def read_npz(file: Path) -> NpzArrays:
+def read_npz(file: Path, *, check_inputs: Callable[..., None] = check_image_array) -> NpzArrays:
     """Read and check ``x_train, y_train, x_test, y_test`` from ``file``; every error names the file.
 
     Refuses files that are not ``.npz`` archives (truncated ones included), missing or
-    object arrays, non-numeric or non-finite images, and labels that are strings,
+    object arrays, inputs that ``check_inputs(array, source=..., key=...)`` refuses
+    (default: non-numeric or non-finite images), and labels that are strings,
     fractions, negative, of the wrong length, or would create classes the training
     labels do not have.
     """
@@ -175,7 +177,7 @@ def read_npz(file: Path) -> NpzArrays:
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
         raise DataValidationError(f"{file} cannot be read as an .npz archive ({type(err).__name__}: {err})") from err
     for key in ("x_train", "x_test"):
-        check_image_array(arrays[key], source=str(file), key=key)
+        check_inputs(arrays[key], source=str(file), key=key)
     y_train = check_label_array(arrays["y_train"], source=str(file), key="y_train",
                                 num_examples=len(arrays["x_train"]))
     y_test = check_label_array(arrays["y_test"], source=str(file), key="y_test", num_examples=len(arrays["x_test"]))

@@ -24,9 +24,10 @@ from mia_torch.data.validate import MIN_TRAIN_EXAMPLES
 from mia_torch.fingerprint import code_digest
 from mia_torch.forget.verdict import INDISTINGUISHABLE, separations, write_forget_csv
 from mia_torch.locks import build_missing
+from mia_torch.report.check_results import ForgetAttack, ForgetResult, ForgetUtility, ModelUtility
 from mia_torch.signals.source import SignalSource
 from mia_torch.stages.attacks import AttackOutputs, reference_signals, score_attacks
-from mia_torch.stages.context import Context, build, digest_row, is_private, model_key, model_seed
+from mia_torch.stages.context import Context, build, digest_row, is_defended, key_of, model_seed
 from mia_torch.stages.signals import query
 from mia_torch.stages.train import model_with_weights, stored_model, train_stage
 from mia_torch.store import digest, state_dict_from_bytes, state_dict_to_bytes
@@ -66,7 +67,8 @@ def plan_forget(ctx: Context) -> ForgetPlan:
     after = None
     if forget.method == "checkpoint":
         after = load_checkpoint_model(forget.checkpoint, lambda: build(s, ctx.data, model_seed(s, target),
-                                                                       private=is_private(s, target)))
+                                                                       defended=is_defended(s, target)),
+                                      key="forget.checkpoint")
     return ForgetPlan(target=target, forgotten=ids, never_seen=never_seen, after_model=after)
 
 
@@ -80,7 +82,7 @@ def _retrained(ctx: Context, plan: ForgetPlan) -> tuple[nn.Module, dict[str, Any
     """The target trained from scratch, same seed and recipe, without the forgotten records (a stored model)."""
     keep = ctx.splits.keep.copy()
     keep[plan.target] = _retained(ctx, plan)
-    after = replace(ctx, splits=replace(ctx.splits, keep=keep), trained=[], reused=[])
+    after = ctx.for_splits(replace(ctx.splits, keep=keep))
     meta = train_stage(after, [plan.target])[0]
     return stored_model(after, plan.target), {**meta, "trained": bool(after.trained)}
 
@@ -92,7 +94,7 @@ def _unlearned(ctx: Context, plan: ForgetPlan, before: nn.Module) -> tuple[nn.Mo
     lr, ascent_lr = f.lr or s.train.lr, f.ascent_lr or s.train.lr
     forgotten = np.zeros(len(data.y), dtype=bool)
     forgotten[plan.forgotten] = True
-    key = digest({"before": model_key(ctx, t), "method": f.method, "forgotten": digest_row(forgotten),
+    key = digest({"before": key_of(ctx, t), "method": f.method, "forgotten": digest_row(forgotten),
                   "epochs": f.epochs, "lr": lr, "ascent_epochs": f.ascent_epochs, "ascent_lr": ascent_lr,
                   "code": code_digest("models")})
     retained = torch.from_numpy(np.flatnonzero(_retained(ctx, plan)))
@@ -121,15 +123,15 @@ def _accuracy(model: nn.Module, ctx: Context, ids: np.ndarray) -> float:
     return evaluate(model, ctx.data.x[idx], ctx.data.y[idx])[1]
 
 
-def _utility(ctx: Context, plan: ForgetPlan, model: nn.Module) -> dict[str, float]:
+def _utility(ctx: Context, plan: ForgetPlan, model: nn.Module) -> ModelUtility:
     """Test accuracy, and accuracy on the retained and on the forgotten records."""
-    return {"test_acc": evaluate(model, ctx.data.x_test, ctx.data.y_test)[1],
-            "retained_acc": _accuracy(model, ctx, np.flatnonzero(_retained(ctx, plan))),
-            "forgotten_acc": _accuracy(model, ctx, plan.forgotten)}
+    return ModelUtility(test_acc=evaluate(model, ctx.data.x_test, ctx.data.y_test)[1],
+                        retained_acc=_accuracy(model, ctx, np.flatnonzero(_retained(ctx, plan))),
+                        forgotten_acc=_accuracy(model, ctx, plan.forgotten))
 
 
-def run_forget(ctx: Context, plan: ForgetPlan, source: SignalSource, outputs: AttackOutputs) -> dict[str, Any]:
-    """Remove the records, score before and after, compare with never-seen records; the ``forget`` entry.
+def run_forget(ctx: Context, plan: ForgetPlan, source: SignalSource, outputs: AttackOutputs) -> ForgetResult:
+    """Remove the records, score before and after, compare with never-seen records; the run's ``forget`` section.
 
     ``source`` reads the served outputs of the study's models (the target before removal
     among them); ``outputs`` are the attack stage's, with the target's fitted attacks kept
@@ -160,37 +162,35 @@ def run_forget(ctx: Context, plan: ForgetPlan, source: SignalSource, outputs: At
                      source_ids=ctx.data.indices.numpy()[plan.forgotten],
                      classes=ctx.data.y.cpu().numpy()[plan.forgotten], scores=scores, evidence=evidence,
                      flagged=flagged, fpr=f.fpr)
-    attacks_entry = {name: {when: {"auc": compare[when][name].auc, "auc_ci": list(compare[when][name].auc_ci),
-                                   "verdict": compare[when][name].verdict} for when in served}
+    attacks_entry = {name: ForgetAttack(before=compare["before"][name], after=compare["after"][name])
                      for name in attacks}
-    indistinguishable = all(entry["after"]["verdict"] == INDISTINGUISHABLE for entry in attacks_entry.values())
-    return {"forget": {
-        "method": f.method, "target": t, "forgotten": int(len(plan.forgotten)),
-        "never_seen": int(len(plan.never_seen)), "retained": int(_retained(ctx, plan).sum()),
-        "forgotten_ids": plan.forgotten.tolist(), "fpr": f.fpr, "attacks": attacks_entry,
-        "verdict": INDISTINGUISHABLE if indistinguishable else "still distinguishable from never-seen",
-        "still_flagged": plan.forgotten[flagged].tolist(),
-        "utility": {"before": _utility(ctx, plan, before), "after": _utility(ctx, plan, after)},
-        "after_model": after_meta, "records_csv": "forget.csv",
-    }}
+    indistinguishable = all(entry.after.verdict == INDISTINGUISHABLE for entry in attacks_entry.values())
+    return ForgetResult(
+        method=f.method, target=t, forgotten=int(len(plan.forgotten)), never_seen=int(len(plan.never_seen)),
+        retained=int(_retained(ctx, plan).sum()), forgotten_ids=plan.forgotten.tolist(), fpr=f.fpr,
+        attacks=attacks_entry,
+        verdict=INDISTINGUISHABLE if indistinguishable else "still distinguishable from never-seen",
+        still_flagged=plan.forgotten[flagged].tolist(),
+        utility=ForgetUtility(before=_utility(ctx, plan, before), after=_utility(ctx, plan, after)),
+        after_model=after_meta, records_csv="forget.csv",
+    )
 
 
-def print_forget_summary(entry: dict[str, Any], run_dir) -> None:
+def print_forget_summary(result: ForgetResult, run_dir) -> None:
     """Print the forget check's answer."""
-    lines = [f"forget check (forget.method={entry['method']}): {entry['forgotten']} records removed from target "
-             f"{entry['target']} ({entry['retained']} retained), compared with {entry['never_seen']} records it "
-             "never saw"]
-    width = max(len(n) for n in entry["attacks"]) if entry["attacks"] else 6
+    lines = [f"forget check (forget.method={result.method}): {result.forgotten} records removed from target "
+             f"{result.target} ({result.retained} retained), compared with {result.never_seen} records it never saw"]
+    width = max(len(n) for n in result.attacks) if result.attacks else 6
     lines.append(f"  {'attack':<{width}}  {'AUC before [95% CI]':<24}  {'AUC after [95% CI]':<24}  after removal")
-    for name, e in entry["attacks"].items():
-        cells = [f"{e[w]['auc']:.3f} [{e[w]['auc_ci'][0]:.3f}, {e[w]['auc_ci'][1]:.3f}]" for w in ("before", "after")]
-        lines.append(f"  {name:<{width}}  {cells[0]:<24}  {cells[1]:<24}  {e['after']['verdict']}")
-    u = entry["utility"]
-    lines.append(f"  utility: test acc {u['before']['test_acc']:.3f} -> {u['after']['test_acc']:.3f}; forgotten "
-                 f"records' acc {u['before']['forgotten_acc']:.3f} -> {u['after']['forgotten_acc']:.3f}")
-    lines.append(f"  still flagged (p <= {entry['fpr']:g}): {len(entry['still_flagged'])} of {entry['forgotten']} "
-                 f"records (about {entry['fpr'] * entry['forgotten']:.1f} expected by chance)"
-                 + (f": {entry['still_flagged'][:10]}" if entry["still_flagged"] else ""))
-    lines.append(f"  verdict: {entry['verdict']} (under these attacks and reference models; not a proof)")
+    for name, e in result.attacks.items():
+        cells = [f"{s.auc:.3f} [{s.auc_ci[0]:.3f}, {s.auc_ci[1]:.3f}]" for s in (e.before, e.after)]
+        lines.append(f"  {name:<{width}}  {cells[0]:<24}  {cells[1]:<24}  {e.after.verdict}")
+    u = result.utility
+    lines.append(f"  utility: test acc {u.before.test_acc:.3f} -> {u.after.test_acc:.3f}; forgotten "
+                 f"records' acc {u.before.forgotten_acc:.3f} -> {u.after.forgotten_acc:.3f}")
+    lines.append(f"  still flagged (p <= {result.fpr:g}): {len(result.still_flagged)} of {result.forgotten} "
+                 f"records (about {result.fpr * result.forgotten:.1f} expected by chance)"
+                 + (f": {result.still_flagged[:10]}" if result.still_flagged else ""))
+    lines.append(f"  verdict: {result.verdict} (under these attacks and reference models; not a proof)")
     lines.append(f"  per record: {run_dir}/forget.csv")
     print("\n".join(lines), flush=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +20,12 @@ import numpy as np
 from mia_torch.atomic import atomic_open
 from mia_torch.audit.evidence import RecordEvidence
 from mia_torch.metrics import bootstrap_intervals, membership_metrics
+from mia_torch.report.check_results import Separation
 
-__all__ = ["INDISTINGUISHABLE", "STILL_DISTINGUISHABLE", "Separation", "separation", "separations",
-           "write_forget_csv"]
+__all__ = ["INDISTINGUISHABLE", "STILL_DISTINGUISHABLE", "separation", "separations", "write_forget_csv"]
 
 INDISTINGUISHABLE = "indistinguishable from never-seen"
 STILL_DISTINGUISHABLE = "distinguishable from never-seen"
-
-
-@dataclass(frozen=True)
-class Separation:
-    """How well one attack separates the forgotten records from never-seen ones on one model."""
-
-    auc: float
-    auc_ci: tuple[float, float]
-    confidence: float
-
-    @property
-    def verdict(self) -> str:
-        """:data:`INDISTINGUISHABLE` when the interval contains 0.5, else :data:`STILL_DISTINGUISHABLE`."""
-        low, high = self.auc_ci
-        return INDISTINGUISHABLE if low <= 0.5 <= high else STILL_DISTINGUISHABLE
 
 
 def separation(
@@ -53,13 +37,17 @@ def separation(
     seed: int,
     confidence: float = 0.95,
 ) -> Separation:
-    """AUC (with a stratified bootstrap interval) of ``scores[forgotten]`` vs ``scores[never_seen]``."""
+    """AUC (with a stratified bootstrap interval at ``confidence``) of ``scores[forgotten]`` vs
+    ``scores[never_seen]``; the verdict is :data:`INDISTINGUISHABLE` when the interval contains 0.5,
+    else :data:`STILL_DISTINGUISHABLE`."""
     values = np.concatenate([scores[forgotten], scores[never_seen]])
     labels = np.concatenate([np.ones(len(forgotten), bool), np.zeros(len(never_seen), bool)])
     auc = membership_metrics(values, labels, fpr_targets=())["auc"]
     ci = bootstrap_intervals(values, labels, fpr_targets=(), num_resamples=max(bootstrap, 200), seed=seed,
                              confidence=confidence)["auc"]
-    return Separation(auc=float(auc), auc_ci=(float(ci[0]), float(ci[1])), confidence=confidence)
+    low, high = float(ci[0]), float(ci[1])
+    return Separation(auc=float(auc), auc_ci=(low, high),
+                      verdict=INDISTINGUISHABLE if low <= 0.5 <= high else STILL_DISTINGUISHABLE)
 
 
 def separations(

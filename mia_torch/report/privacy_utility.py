@@ -3,7 +3,7 @@
 A study is a Hydra multirun whose jobs differ by their defense setting, e.g. the sweep over
 the ``setting`` group of ``experiment=privacy_utility`` (configs/setting/: one file per
 defense on top of a shared base recipe). :func:`write_privacy_utility` reads every job's
-``results.json`` (through :func:`mia_torch.report.sweep.collect_jobs`) and writes, into the
+``results.json`` (through :func:`mia_torch.report.sweep_jobs.collect_jobs`) and writes, into the
 sweep directory:
 
 - ``privacy_utility.csv`` and ``privacy_utility.md``: one row per setting: the targets'
@@ -23,8 +23,6 @@ A setting is named by its ``setting=`` override, or by the job's swept overrides
 
 from __future__ import annotations
 
-import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,63 +31,33 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mia_torch.atomic import atomic_open
-from mia_torch.metrics.roc import tpr_key
-from mia_torch.report.sweep import SweepJob, collect_jobs, csv_text, report_after_sweep, swept_keys
+from mia_torch.report.html.sweeps import write_sweep_html
+from mia_torch.report.privacy_utility_points import (
+    ACCURACY_BUDGET,
+    STUDY_FPR,
+    StudyPoint,
+    costs_more_than_it_buys,
+    recommend,
+    reference_point,
+    study_points,
+)
+from mia_torch.report.sweep import csv_text, report_after_sweep, summary_table
+from mia_torch.report.sweep_jobs import SweepJob, collect_jobs
 from mia_torch.report.table import format_interval, format_number
-from mia_torch.report.types import Interval
 
-__all__ = [
-    "PrivacyUtilityCallback",
-    "PrivacyUtilityStudy",
-    "StudyPoint",
-    "costs_more_than_it_buys",
-    "describe_study",
-    "reference_point",
-    "study_points",
-    "write_privacy_utility",
-]
+__all__ = ["PrivacyUtilityCallback", "PrivacyUtilityStudy", "describe_study", "read_privacy_utility",
+           "write_privacy_utility"]
 
 
 CSV_NAME = "privacy_utility.csv"
 MARKDOWN_NAME = "privacy_utility.md"
 FIGURE_NAME = "privacy_utility.png"
-#: The FPR at which the study compares attacks (the y axis of its figure).
-STUDY_FPR = 0.01
-
-
-@dataclass
-class StudyPoint:
-    """One setting of the study: its utility (target accuracy) and its leakage (strongest attack).
-
-    ``kind`` is ``none``, ``dp`` (DP-SGD), ``output`` (an output defense) or
-    ``regularization`` (any other training change). ``epsilon`` is the accountant's ε
-    (mean over targets; infinite without noise; None without DP-SGD) and
-    ``empirical_epsilon`` the largest lower bound on ε over the attacks.
-    """
-
-    setting: str
-    job: str
-    path: Path
-    kind: str
-    defense: str
-    output: str
-    train_acc: float | None
-    test_acc: float
-    test_acc_std: float
-    attack: str
-    tpr: float
-    tpr_ci: Interval
-    auc: float
-    auc_ci: Interval | None
-    epsilon: float | None
-    empirical_epsilon: float | None
-    ece: float | None
-    confidence_gap: float | None
 
 
 @dataclass
 class PrivacyUtilityStudy:
-    """What :func:`write_privacy_utility` wrote and found."""
+    """What :func:`write_privacy_utility` wrote and found; ``accuracy_budget`` is the accuracy a defense may cost
+    for :attr:`recommended` to pick it."""
 
     sweep_dir: Path
     fpr: float
@@ -98,75 +66,33 @@ class PrivacyUtilityStudy:
     csv: Path
     markdown: Path
     figure: Path | None
+    accuracy_budget: float = ACCURACY_BUDGET
+    html: Path | None = None
 
+    @property
+    def reference(self) -> StudyPoint | None:
+        """The undefended setting (:func:`reference_point`)."""
+        return reference_point(self.points)
 
-def _setting_name(job: SweepJob, swept: Sequence[str]) -> str:
-    if "setting" in job.overrides:
-        return job.overrides["setting"]
-    return ", ".join(f"{k}={job.overrides[k]}" for k in swept if k in job.overrides) or job.name
+    @property
+    def recommended(self) -> StudyPoint | None:
+        """The most private setting within the accuracy budget (:func:`recommend`)."""
+        return recommend(self.points, accuracy_budget=self.accuracy_budget)
 
+    @property
+    def accuracy_floor(self) -> float | None:
+        """The lowest test accuracy the budget allows (from no defense, else the most accurate setting)."""
+        base = self.reference or max(self.points, key=lambda p: p.test_acc, default=None)
+        return None if base is None else base.test_acc - self.accuracy_budget
 
-def _kind(config: dict[str, Any], setting: str) -> tuple[str, str, str]:
-    """``(kind, defense, output)`` of a job's resolved config."""
-    defense = (config.get("defense") or {}).get("name", "none")
-    output = dict(config.get("output") or {"name": "logits"})
-    served = output.pop("name", "logits")
-    output_text = served + "".join(f" {k}={v}" for k, v in output.items())
-    if defense == "dpsgd":
-        return "dp", defense, output_text
-    if served != "logits":
-        return "output", defense, output_text
-    return ("none" if setting == "none" else "regularization"), defense, output_text
+    def beyond_budget(self) -> list[StudyPoint]:
+        """Settings more private than the recommended one that cost more accuracy than the budget allows."""
+        best, floor = self.recommended, self.accuracy_floor
+        return [] if best is None or floor is None else [p for p in self.points if p.tpr < best.tpr and p.test_acc < floor]
 
-
-def _point(job: SweepJob, setting: str, fpr: float) -> StudyPoint | str:
-    """The study point of a finished job, or why it has none."""
-    results = job.results
-    assert results is not None
-    attack = results.strongest_at(fpr)
-    accuracies = [t.test_acc for t in results.targets.values() if t.test_acc is not None]
-    if attack is None:
-        return f"no attack measured {tpr_key(fpr)} (add {fpr} to fpr_targets)"
-    if not accuracies:
-        return "no target test accuracy in results.json"
-    pooled = results.attacks[attack].pooled
-    bounds = [a.empirical_epsilon for a in results.attacks.values() if a.empirical_epsilon is not None]
-    kind, defense, output = _kind(results.config, setting)
-    return StudyPoint(
-        setting=setting, job=job.name, path=job.path, kind=kind, defense=defense, output=output,
-        train_acc=results.mean_over_targets("train_acc"), test_acc=sum(accuracies) / len(accuracies),
-        test_acc_std=statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0, attack=attack, tpr=pooled.tpr[fpr],
-        tpr_ci=pooled.tpr_exact_ci.get(fpr, (math.nan, math.nan)), auc=pooled.auc, auc_ci=pooled.ci.get("auc"),
-        epsilon=results.mean_over_targets("dp_epsilon") if kind == "dp" else None,
-        empirical_epsilon=max(bounds) if bounds else None, ece=results.mean_over_targets("ece"),
-        confidence_gap=results.mean_over_targets("confidence_gap"),
-    )
-
-
-def study_points(jobs: Sequence[SweepJob], *, fpr: float = STUDY_FPR) -> tuple[list[StudyPoint], list[tuple[str, str]]]:
-    """``(points, missing)``: one point per finished job, and ``(setting, reason)`` for the others."""
-    swept = swept_keys(jobs)
-    points, missing = [], []
-    for job in jobs:
-        setting = _setting_name(job, swept)
-        point = _point(job, setting, fpr) if job.results is not None else job.missing_reason or "no results"
-        if isinstance(point, str):
-            missing.append((setting, point))
-        else:
-            points.append(point)
-    return points, missing
-
-
-def reference_point(points: Sequence[StudyPoint]) -> StudyPoint | None:
-    """The undefended setting (kind ``none``) the others are compared with, or None."""
-    return next((p for p in points if p.kind == "none"), None)
-
-
-def costs_more_than_it_buys(point: StudyPoint, reference: StudyPoint | None) -> bool:
-    """Whether ``point`` is less accurate than the undefended ``reference`` and its strongest attack does at
-    least as well there: accuracy paid, no privacy bought."""
-    return reference is not None and point is not reference and point.test_acc < reference.test_acc \
-        and point.tpr >= reference.tpr
+    def paying_for_nothing(self) -> list[StudyPoint]:
+        """Settings that :func:`costs_more_than_it_buys` against the undefended setting."""
+        return [p for p in self.points if costs_more_than_it_buys(p, self.reference)]
 
 
 CSV_COLUMNS = ["setting", "kind", "defense", "output", "train_acc", "test_acc", "test_acc_std", "attack",
@@ -223,17 +149,34 @@ def _markdown_text(study_dir: Path, points: Sequence[StudyPoint], missing: Seque
     return "\n".join(lines) + "\n"
 
 
-def write_privacy_utility(sweep_dir: str | Path, *, fpr: float = STUDY_FPR) -> PrivacyUtilityStudy:
-    """Write ``privacy_utility.{csv,md,png}`` into ``sweep_dir`` (see the module docstring).
-
-    The PNG is skipped (``figure=None``) when no setting has a point. Files are written
-    atomically. Raises like :func:`~mia_torch.report.sweep.collect_jobs` when there is no
-    sweep, and ``ValueError`` when ``fpr`` is not in (0, 1).
-    """
+def read_privacy_utility(sweep_dir: str | Path, jobs: Sequence[SweepJob], *, fpr: float = STUDY_FPR,
+                         accuracy_budget: float = ACCURACY_BUDGET) -> PrivacyUtilityStudy:
+    """The study of ``sweep_dir``'s ``jobs`` (:func:`~mia_torch.report.sweep.collect_jobs`), writing nothing: its
+    files are those already there. ``ValueError`` when ``fpr`` is not in (0, 1) or the budget is negative."""
     if not 0 < fpr < 1:
         raise ValueError(f"fpr={fpr!r} must lie in (0, 1)")
+    if not accuracy_budget >= 0:
+        raise ValueError(f"accuracy_budget={accuracy_budget!r} must be >= 0 (test accuracy a defense may cost)")
     sweep_dir = Path(sweep_dir)
-    points, missing = study_points(collect_jobs(sweep_dir), fpr=fpr)
+    points, missing = study_points(jobs, fpr=fpr)
+    figure = sweep_dir / FIGURE_NAME
+    return PrivacyUtilityStudy(sweep_dir=sweep_dir, fpr=fpr, points=points, missing=missing, csv=sweep_dir / CSV_NAME,
+                               markdown=sweep_dir / MARKDOWN_NAME, figure=figure if figure.is_file() else None,
+                               accuracy_budget=accuracy_budget)
+
+
+def write_privacy_utility(sweep_dir: str | Path, *, fpr: float = STUDY_FPR,
+                          accuracy_budget: float = ACCURACY_BUDGET) -> PrivacyUtilityStudy:
+    """Write ``privacy_utility.{csv,md,png}`` and ``report.html`` into ``sweep_dir`` (see the module docstring).
+
+    The PNG is skipped (``figure=None``) when no setting has a point. Files are written
+    atomically. Raises like :func:`~mia_torch.report.sweep_jobs.collect_jobs` when there is no
+    sweep, and like :func:`read_privacy_utility` for a bad ``fpr`` or ``accuracy_budget``.
+    """
+    sweep_dir = Path(sweep_dir)
+    jobs = collect_jobs(sweep_dir)
+    study = read_privacy_utility(sweep_dir, jobs, fpr=fpr, accuracy_budget=accuracy_budget)
+    points, missing = study.points, study.missing
     csv_path, md_path = sweep_dir / CSV_NAME, sweep_dir / MARKDOWN_NAME
     reference = reference_point(points)
     with atomic_open(csv_path, "w", newline="") as fh:
@@ -246,8 +189,9 @@ def write_privacy_utility(sweep_dir: str | Path, *, fpr: float = STUDY_FPR) -> P
         from mia_torch.report.privacy_utility_plot import privacy_utility_figure
 
         figure_path = save_figure(privacy_utility_figure(points, fpr=fpr), sweep_dir / FIGURE_NAME)
-    return PrivacyUtilityStudy(sweep_dir=sweep_dir, fpr=fpr, points=points, missing=missing, csv=csv_path,
-                               markdown=md_path, figure=figure_path)
+    study.figure = figure_path
+    study.html = write_sweep_html(sweep_dir, jobs, summary_table(jobs), study=study)
+    return study
 
 
 def describe_study(study: PrivacyUtilityStudy) -> str:
@@ -260,7 +204,10 @@ def describe_study(study: PrivacyUtilityStudy) -> str:
                      f"AUC {p.auc:.3f}" + ("  (accuracy paid, no privacy bought)"
                                            if costs_more_than_it_buys(p, reference) else ""))
     lines += [f"  missing {name}: {reason}" for name, reason in study.missing]
-    lines += [f"  {path}" for path in (study.csv, study.markdown, study.figure) if path is not None]
+    best = study.recommended
+    if best is not None:
+        lines.append(f"  recommended within {study.accuracy_budget:g} of test accuracy: {best.setting}")
+    lines += [f"  {path}" for path in (study.csv, study.markdown, study.figure, study.html) if path is not None]
     return "\n".join(lines)
 
 
@@ -268,15 +215,18 @@ class PrivacyUtilityCallback(Callback):
     """Hydra callback: write the privacy-utility study into ``hydra.sweep.dir`` when a multirun ends.
 
     Registered by ``experiment=privacy_utility`` (``hydra.callbacks.privacy_utility``);
-    ``fpr`` is the FPR of the comparison (default 1%). Single runs are untouched. A
+    ``fpr`` is the FPR of the comparison (default 1%), ``accuracy_budget`` the test accuracy a
+    defense may cost for the page to recommend it (default 0.02). Single runs are untouched. A
     failure is reported but does not fail the finished sweep; rerun it with
     ``scripts/privacy_utility.py <sweep_dir>``.
     """
 
-    def __init__(self, fpr: float = STUDY_FPR) -> None:
+    def __init__(self, fpr: float = STUDY_FPR, accuracy_budget: float = ACCURACY_BUDGET) -> None:
         self.fpr = float(fpr)
+        self.accuracy_budget = float(accuracy_budget)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write the study of the sweep that just finished and print its points."""
         report_after_sweep(config, "privacy-utility study", "scripts/privacy_utility.py",
-                           lambda sweep_dir: describe_study(write_privacy_utility(sweep_dir, fpr=self.fpr)))
+                           lambda sweep_dir: describe_study(write_privacy_utility(
+                               sweep_dir, fpr=self.fpr, accuracy_budget=self.accuracy_budget)))

@@ -12,7 +12,7 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from mia_torch.report.plots import new_figure
-from mia_torch.report.privacy_utility import StudyPoint, reference_point
+from mia_torch.report.privacy_utility_points import StudyPoint, reference_point
 from mia_torch.report.table import format_number
 
 __all__ = ["KIND_COLORS", "privacy_utility_figure"]

@@ -6,7 +6,7 @@ import math
 from typing import Any, Sequence
 
 from mia_torch.report.plots import new_figure
-from mia_torch.report.sweep import SweepJob, attack_metric_keys, attack_value, swept_keys
+from mia_torch.report.sweep_jobs import SweepJob, attack_metric_keys, attack_value, swept_keys
 from mia_torch.report.types import fpr_of_key
 
 __all__ = ["MAX_LINES_PER_PANEL", "sweep_figure"]

@@ -8,12 +8,15 @@ from typing import Any, Mapping, Sequence
 from mia_torch.report.types import RELIABLE_FALSE_POSITIVES, Interval, RocMetrics, RunResults, reported_values
 
 __all__ = ["describe_setting", "format_interval", "format_number", "format_percent", "format_summary", "format_table",
-           "tpr_mark", "UNRELIABLE_MARK", "UNRESOLVABLE_MARK"]
+           "tpr_mark", "PROXY_CAVEAT", "UNRELIABLE_MARK", "UNRESOLVABLE_MARK"]
 
 #: Appended to a TPR@FPR whose FPR is below 10/N (N non-members): fewer than 10 false positives.
 UNRELIABLE_MARK = "*"
 #: Appended instead when the FPR is below 1/N: the TPR at zero false positives.
 UNRESOLVABLE_MARK = "**"
+#: Printed when a target was audited from its outputs alone (``TargetResult.proxy_references``).
+PROXY_CAVEAT = ("references: stand-ins trained by mia_torch with the configured model and train recipe, a proxy for "
+                "the audited model's own architecture: every attack's strength is a lower bound")
 
 
 def format_percent(value: float, digits: int = 2) -> str:
@@ -178,10 +181,14 @@ def format_summary(results: RunResults) -> str:
     for target, info in results.targets.items():
         values = reported_values(info).values()
         lines.append(f"target {target}: " + ", ".join(f"{label} {format_number(v, fmt)}" for label, fmt, v in values))
+    if any(t.proxy_references for t in results.targets.values()):
+        lines.append(PROXY_CAVEAT)
     lines.append(format_table(results))
     lines += _footnotes(results)
     lines += _slices_line(results)
     lines += _privacy_lines(results)
+    if results.dp_audit is not None:
+        lines += results.dp_audit.summary_lines(results)
     checked = {n: a.sanity for n, a in results.attacks.items() if a.sanity is not None}
     if checked:
         failed = [n for n, s in checked.items() if not s.chance_in_ci]

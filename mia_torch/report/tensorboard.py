@@ -156,6 +156,9 @@ def write_report(
                     scalar(f"slice/{name}/{piece.name}/auc", piece.metrics.auc)
                     for fpr, value in piece.metrics.tpr.items():
                         scalar(f"slice/{name}/{piece.name}/{tpr_key(fpr)}", value)
+        if results.dp_audit is not None:
+            for key, value in results.dp_audit.scalars().items():
+                scalar(f"dp_audit/{key}", value)
         for name, (scores, members) in checked.items():
             writer.add_pr_curve(f"pr/{name}", members, rank_scale(scores), global_step=0)
             writer.add_histogram(f"scores/{name}/member", scores[members], global_step=0)

@@ -14,6 +14,11 @@ and read by the printed summary, ``results.json`` (:meth:`~Record.to_dict` /
         empirical_epsilon, epsilon_bound            lower bound on ε from the pooled ROC (EpsilonBound)
         sanity:     SanityCheck | None              an untrained target must score AUC 0.5
         slices:     [SliceResult]                   per class, correctly vs incorrectly classified
+      dp_audit: DpAuditResult | None                one-run DP audit: canaries, one-run and Gaussian-DP bounds
+      audit, forget: AuditResult, ForgetResult      the one-model checks' answers (or None)
+
+One ROC's records live in :mod:`~mia_torch.report.roc_metrics` and the audit and forget sections
+in :mod:`~mia_torch.report.check_results`; every name is importable from here.
 
 Adding a quantity is adding a field: a field made with :func:`reported` on
 :class:`TargetResult` or :class:`AttackEvaluation` is written to ``results.json``, printed in
@@ -27,8 +32,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mia_torch.metrics.roc import tpr_key
+from mia_torch.dp_audit.result import DpAuditResult
+from mia_torch.report.check_results import AuditResult, ForgetResult
 from mia_torch.report.json_record import Record
+from mia_torch.report.roc_metrics import (
+    RELIABLE_FALSE_POSITIVES,
+    Interval,
+    RocCurve,
+    RocMetrics,
+    ScoredSample,
+    TargetAttackMetrics,
+    fpr_of_key,
+)
 
 __all__ = [
     "RELIABLE_FALSE_POSITIVES",
@@ -40,6 +55,8 @@ __all__ = [
     "RocMetrics",
     "RunResults",
     "SanityCheck",
+    "ScoredSample",
+    "Scores",
     "SliceResult",
     "TargetAttackMetrics",
     "TargetResult",
@@ -48,11 +65,8 @@ __all__ = [
     "reported_values",
 ]
 
-#: A TPR at FPR f is marked unreliable when fewer than this many false positives are
-#: allowed at f, i.e. when f < RELIABLE_FALSE_POSITIVES / (number of non-members).
-RELIABLE_FALSE_POSITIVES = 10
-
-Interval = tuple[float, float]
+#: Every attack's scores per target: ``scores[attack][target]`` is float ``[N]`` (higher = member).
+Scores = Mapping[str, Mapping[int, np.ndarray]]
 
 
 def reported(label: str, *, fmt: str = ".3f") -> Any:
@@ -72,120 +86,6 @@ def reported_values(record: Any) -> dict[str, tuple[str, str, float]]:
         if "label" in f.metadata and isinstance(value, (int, float)) and not isinstance(value, bool):
             out[f.name] = (f.metadata["label"], f.metadata["fmt"], float(value))
     return out
-
-
-# ------------------------------------------------------------------ one ROC
-
-
-@dataclass
-class RocCurve:
-    """One ROC curve: ``fpr``, ``tpr`` (and ``thresholds``) as from :func:`mia_torch.metrics.roc_curve`."""
-
-    fpr: np.ndarray
-    tpr: np.ndarray
-    thresholds: np.ndarray
-
-
-@dataclass
-class RocMetrics(Record):
-    """Metrics of one ROC: one attack on one set of members and non-members.
-
-    ``tpr`` maps each FPR target to the TPR there (the best TPR with FPR <= target);
-    ``ci`` holds percentile bootstrap intervals (``auc``, ``advantage``, ``tpr@<f>fpr``;
-    empty without bootstrap) and ``tpr_exact_ci`` Clopper–Pearson intervals of each TPR,
-    both at level ``confidence``. The Clopper–Pearson interval treats the threshold as
-    fixed: it covers the members' sampling error only. In ``results.json`` the TPRs are
-    keys ``tpr@<f>fpr``; ``resolvable_fpr`` (1/N for N non-members), ``reliable_fpr``
-    (10/N), ``unreliable`` (the TPR keys whose FPR is below ``reliable_fpr``) and
-    ``unresolvable`` (those below ``resolvable_fpr``: the TPR at zero false positives) are
-    written for readers and recomputed when read.
-    """
-
-    auc: float
-    advantage: float
-    balanced_accuracy: float
-    balanced_accuracy_threshold: str
-    num_members: int
-    num_nonmembers: int
-    tpr: dict[float, float]
-    ci: dict[str, Interval] = field(default_factory=dict)
-    tpr_exact_ci: dict[float, Interval] = field(default_factory=dict)
-    confidence: float = 0.95
-    curve: RocCurve | None = field(default=None, repr=False, compare=False, metadata={"json": False})
-
-    @property
-    def resolvable_fpr(self) -> float:
-        """1/N: the smallest non-zero FPR that N non-members can measure."""
-        return 1.0 / self.num_nonmembers
-
-    @property
-    def reliable_fpr(self) -> float:
-        """``RELIABLE_FALSE_POSITIVES / N``: below it a TPR@FPR rests on fewer than that many false positives."""
-        return RELIABLE_FALSE_POSITIVES / self.num_nonmembers
-
-    def is_resolvable(self, fpr: float) -> bool:
-        """Whether ``fpr`` is at least 1/N; below it the TPR is the TPR at zero false positives."""
-        return fpr * self.num_nonmembers >= 1 - 1e-9
-
-    def is_reliable(self, fpr: float) -> bool:
-        """Whether the TPR at ``fpr`` rests on at least ``RELIABLE_FALSE_POSITIVES`` false positives."""
-        return fpr * self.num_nonmembers >= RELIABLE_FALSE_POSITIVES * (1 - 1e-9)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The flat, stable ``results.json`` layout (see the class docstring)."""
-        return {
-            "auc": self.auc,
-            "advantage": self.advantage,
-            "balanced_accuracy": self.balanced_accuracy,
-            "balanced_accuracy_threshold": self.balanced_accuracy_threshold,
-            **{tpr_key(f): v for f, v in self.tpr.items()},
-            "num_members": self.num_members,
-            "num_nonmembers": self.num_nonmembers,
-            "resolvable_fpr": self.resolvable_fpr,
-            "reliable_fpr": self.reliable_fpr,
-            "unreliable": [tpr_key(f) for f in self.tpr if not self.is_reliable(f)],
-            "unresolvable": [tpr_key(f) for f in self.tpr if not self.is_resolvable(f)],
-            "confidence": self.confidence,
-            "ci": {k: list(v) for k, v in self.ci.items()},
-            "clopper_pearson_ci": {tpr_key(f): list(v) for f, v in self.tpr_exact_ci.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, path: str = "") -> "RocMetrics":
-        """Read :meth:`to_dict`'s layout back (derived keys are recomputed, not read)."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
-        tpr = {k[4:-3]: v for k, v in data.items() if fpr_of_key(k) is not None}
-        exact = {k[4:-3]: v for k, v in (data.get("clopper_pearson_ci") or {}).items() if fpr_of_key(k) is not None}
-        return super().from_dict({**data, "tpr": tpr, "tpr_exact_ci": exact}, path=path)
-
-
-def fpr_of_key(key: Any) -> float | None:
-    """The FPR of a TPR key: ``0.01`` for ``"tpr@0.01fpr"``, else None."""
-    if not (isinstance(key, str) and key.startswith("tpr@") and key.endswith("fpr")):
-        return None
-    try:
-        return float(key[4:-3])
-    except ValueError:
-        return None
-
-
-@dataclass(kw_only=True)
-class TargetAttackMetrics(RocMetrics):
-    """An attack's metrics on one target, with what it fitted on that target's references.
-
-    ``threshold`` is its calibrated decision threshold; ``fitted_params`` every knob it fitted
-    (e.g. RMIA's ``a`` and ``temperature``), never on the target itself.
-    """
-
-    target: int
-    threshold: float | None = None
-    fitted_params: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"target": t, **metrics, "threshold": ..., "fitted_params": {...}}``."""
-        return {"target": self.target, **super().to_dict(), "threshold": self.threshold,
-                "fitted_params": dict(self.fitted_params)}
 
 
 @dataclass
@@ -287,7 +187,10 @@ class TargetResult(Record):
     probability of the true class on each, ``confidence_gap`` their difference.
     ``dp_epsilon`` is the ε DP-SGD's accountant says the target spent at ``dp_delta``
     (infinite without noise: ``null`` in ``results.json`` beside a zero
-    ``dp_noise_multiplier``, and read back as infinite).
+    ``dp_noise_multiplier``, and read back as infinite). ``proxy_references`` is true when
+    the target was audited from its ``outputs`` alone: its reference models were trained by
+    mia_torch with the configured model and recipe as stand-ins for an architecture that
+    may differ, so every attack's strength is a lower bound.
     """
 
     train_acc: float | None = reported("train acc")
@@ -306,6 +209,8 @@ class TargetResult(Record):
     nonmember_confidence: float | None = reported("non-members", fmt=".1%")
     confidence_gap: float | None = reported("gap", fmt=".1%")
     checkpoint: str | None = None  # its weights (a state dict): the store's payload, or the audited file
+    outputs: str | None = None  # audited from its outputs alone (audit.outputs): that file
+    proxy_references: bool = False  # its references are stand-ins, not its architecture: attacks are a lower bound
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, path: str = "") -> "TargetResult":
@@ -319,7 +224,9 @@ class TargetResult(Record):
 
 @dataclass
 class RunResults(Record):
-    """Everything ``results.json`` holds. Keys this version does not know are kept in ``extra``."""
+    """Everything ``results.json`` holds. An audit adds its ``audit`` section and a forget check its
+    ``forget`` section (:mod:`mia_torch.report.check_results`); keys this version does not know are
+    kept in ``extra``."""
 
     config: dict[str, Any]
     versions: dict[str, Any]
@@ -332,11 +239,15 @@ class RunResults(Record):
     corrupt_artifacts: list[str]
     seconds: float
     attacks: dict[str, AttackEvaluation]
+    dp_audit: DpAuditResult | None = None  # the one-run DP audit (experiment=dp_audit)
+    audit: AuditResult | None = None
+    forget: ForgetResult | None = None
     extra: dict[str, Any] = field(default_factory=dict, metadata={"json": False})
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``results.json`` layout: the fields in order, then the ``extra`` keys."""
-        return {**super().to_dict(), **self.extra}
+        """The ``results.json`` layout: the fields in order (an absent section left out), then the ``extra`` keys."""
+        out = super().to_dict()
+        return {**{k: v for k, v in out.items() if not (k in ("audit", "forget") and v is None)}, **self.extra}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, path: str = "results.json") -> "RunResults":

@@ -11,14 +11,15 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from mia_torch.evaluation import Scores, empirical_p_values, pooled
+from mia_torch.report.dp_audit_plot import dp_audit_figure
+from mia_torch.report.html import REPORT_NAME, finish_run_html
 from mia_torch.report.pictures import ImageSource, confidence_figure, exposed_records_figure, slices_figure
 from mia_torch.report.plots import figure_to_array, roc_figure, save_png
 from mia_torch.report.vulnerability import write_vulnerability_csv
 from mia_torch.report.json_file import write_json
 from mia_torch.report.table import format_summary
 from mia_torch.report.tensorboard import write_report
-from mia_torch.report.types import RunResults
+from mia_torch.report.types import RunResults, Scores
 from mia_torch.signals.stats import confidence, logit_scaled_confidence
 
 log = logging.getLogger(__name__)
@@ -40,15 +41,17 @@ def exposed_records(
     results: RunResults, target: int, *, scores: Scores, keep: np.ndarray, eval_mask: np.ndarray,
     labels: np.ndarray, images: ImageSource, size: int = GALLERY_SIZE,
 ) -> Figure | None:
-    """Gallery of the target's members that the strongest attack scores highest, with their p-values."""
+    """Gallery of the target's members that the strongest attack scores highest, with their p-values
+    (from the attack's evaluation on that target)."""
     attack = results.strongest_attack()
     if attack is None:
         return None
+    evaluation = next(m for m in results.attacks[attack].per_target if m.target == target)
     ids = np.flatnonzero(eval_mask)
     score, members = scores[attack][target][eval_mask].astype(np.float64), keep[target][eval_mask]
     order = np.argsort(-score[members], kind="stable")[:size]
     top = ids[members][order]
-    p_values = empirical_p_values(score[members][order], score[~members])
+    p_values = evaluation.p_values[members][order]
     return exposed_records_figure(
         images.get(top), labels=labels[top].tolist(), scores=score[members][order].tolist(),
         p_values=p_values.tolist(), record_ids=top.tolist(),
@@ -60,8 +63,9 @@ def report_figures(
     results: RunResults, *, scores: Scores, keep: np.ndarray, eval_mask: np.ndarray, labels: np.ndarray,
     target_logits: Mapping[int, np.ndarray], images: ImageSource | None,
 ) -> dict[str, Figure]:
-    """Every figure of the run by file stem: ``roc``, ``slices``, ``target<t>_confidence`` and
-    ``target<t>_exposed`` (image data only; both for the first :data:`FIGURE_TARGETS` targets)."""
+    """Every figure of the run by file stem: ``roc``, ``slices``, ``target<t>_confidence``,
+    ``target<t>_exposed`` (image data only; both for the first :data:`FIGURE_TARGETS` targets) and
+    ``dp_audit`` (a one-run DP audit)."""
     curves = {n: (a.pooled.curve.fpr, a.pooled.curve.tpr, a.pooled.auc) for n, a in results.attacks.items()
               if a.pooled.curve is not None}
     figures: dict[str, Figure] = {}
@@ -84,6 +88,8 @@ def report_figures(
     slices = slices_figure(results)
     if slices is not None:
         figures["slices"] = slices
+    if results.dp_audit is not None and results.dp_audit.curve is not None:
+        figures["dp_audit"] = dp_audit_figure(results)
     return figures
 
 
@@ -103,7 +109,7 @@ def write_run_report(
     ``labels`` are the population's classes, ``target_logits[t]`` target t's logits
     ``[N, C]`` on the identity query, ``images`` the population's images (None for
     non-image data: no gallery). ``results.json`` is written last, so its presence marks a
-    finished run.
+    finished run; ``report.html`` is then built from the run directory.
     """
     figures = report_figures(results, scores=scores, keep=keep, eval_mask=eval_mask, labels=labels,
                              target_logits=target_logits, images=images)
@@ -114,7 +120,8 @@ def write_run_report(
     write_report(
         run_dir / "tensorboard",
         results,
-        pooled_scores={name: pooled(per_target, keep, eval_mask) for name, per_target in scores.items()},
+        pooled_scores={name: (a.pooled.sample.scores, a.pooled.sample.members) for name, a in results.attacks.items()
+                       if a.pooled.sample is not None},
         images={f"{FIGURE_CATEGORY}/{stem}": image for stem, image in pixels.items()},
         hparams={k: config[k] for k in HPARAM_SECTIONS if k in config},
     )
@@ -128,5 +135,6 @@ def write_run_report(
             class_labels=labels[eval_mask],
         )
     write_json(run_dir / "results.json", results.to_dict())
-    print(format_summary(results) + f"\noutputs: {run_dir} (results.json, tensorboard/, "
+    finish_run_html(run_dir)
+    print(format_summary(results) + f"\noutputs: {run_dir} ({REPORT_NAME}, results.json, tensorboard/, "
           + ", ".join(f"{stem}.png" for stem in figures) + ")", flush=True)

@@ -8,22 +8,25 @@ import importlib.resources
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mia_torch.attacks.base import Attack
 from mia_torch.audit.config import AuditConfig
 from mia_torch.data.queries import parse_queries
-from mia_torch.data.datasets import dataset_kind
+from mia_torch.data.loader import DatasetLoader
 from mia_torch.data.splits import THREAT_MODELS
+from mia_torch.dp_audit.config import DpAuditConfig
 from mia_torch.forget.config import ForgetConfig
+from mia_torch.settings import trusted
+from mia_torch.settings.limits import check_requested_population
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.signals.output import ServedOutput
 from mia_torch.training.config import AUGMENT_ALIASES, TrainConfig
-from mia_torch.training.dp import DefenseConfig
+from mia_torch.training.defense import Defense, NoDefense
+from mia_torch.training.dp import DPSGD
 from mia_torch.training.stacking import STRATEGIES
 
 STAGES = ("all", "train", "attack", "report")
@@ -33,6 +36,8 @@ CALIBRATIONS = ("auto", "per_target", "halves")
 CONFIG_PACKAGE = "mia_torch.conf"
 #: Device types that run computations (``meta`` and the like hold no data).
 COMPUTE_DEVICES = ("cpu", "cuda", "mps", "xpu")
+#: Primary keys a config may lack (a run recorded before they existed): each then takes its default.
+ADDED_KEYS = frozenset({"allow_large", "dp_audit"})
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,8 @@ class Settings:
     parallel_models: int
     parallel_strategy: str
     train: TrainConfig
-    defense: DefenseConfig
-    dataset: dict[str, Any]
+    defense: Defense
+    dataset: DatasetLoader
     model: dict[str, Any]
     attacks: dict[str, dict[str, Any]]
     output: ServedOutput = ServedOutput()
@@ -70,6 +75,8 @@ class Settings:
     forget: ForgetConfig = ForgetConfig()
     save_signals: bool = False
     calibration: str = "per_target"
+    allow_large: bool = False
+    dp_audit: DpAuditConfig = DpAuditConfig()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,18 +116,41 @@ def shipped_keys() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(set(primary) - {"defaults", "hydra"}), frozenset(groups - {"hydra"})
 
 
+def shipped_options(group: str) -> tuple[str, ...]:
+    """The options that ship in config group ``group`` (``configs/<group>/*.yaml``), sorted."""
+    folder = importlib.resources.files(CONFIG_PACKAGE) / group
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml")))
+
+
+def _with_shipped_target(node: Any, group: str) -> Any:
+    """Config group ``group``'s ``node``, with the ``_target_`` of the shipped option it names when it has none:
+    a run recorded before ``dataset`` and ``defense`` named their ``_target_`` still replays as it ran."""
+    if not isinstance(node, dict) or "_target_" in node or node.get("name") not in shipped_options(group):
+        return node
+    shipped = OmegaConf.create((importlib.resources.files(CONFIG_PACKAGE) / group / f"{node['name']}.yaml").read_text())
+    return {"_target_": shipped["_target_"], **node}
+
+
+def unknown_keys_message(unknown: list[str], known: Iterable[str], *, parent: str = "") -> str:
+    """``unknown key(s) ...; did you mean ...? Valid keys: ...`` for keys of config node ``parent`` (top level: "")."""
+    known = sorted(str(k) for k in known)
+    full = [f"{parent}.{key}" if parent else key for key in unknown]
+    close = [f"{parent}.{match}" if parent else match
+             for key in unknown for match in difflib.get_close_matches(key, known, n=1)]
+    where = f"key(s) {', '.join(full)}" if parent else f"top-level key(s) {', '.join(full)}"
+    return (f"unknown {where}: no config defines it" + (f"; did you mean {', '.join(close)}?" if close else "")
+            + f" Valid keys{f' of {parent}' if parent else ''}: {', '.join(known)}")
+
+
 def check_top_level_keys(config: dict[str, Any]) -> None:
     """Refuse top-level keys no shipped config defines (e.g. ``+num_modles=3``) and missing primary keys."""
     primary, groups = shipped_keys()
-    known = primary | groups
-    unknown = sorted(set(config) - known)
+    unknown = sorted(set(config) - (primary | groups))
     if unknown:
-        close = [match for key in unknown for match in difflib.get_close_matches(key, known, n=1)]
-        raise ValueError(
-            f"unknown top-level key(s) {', '.join(unknown)} (added with +key=value?): mia_torch would ignore them"
-            + (f"; did you mean {', '.join(close)}?" if close else "") + f" Valid keys: {', '.join(sorted(known))}"
-        )
-    missing = sorted(primary - set(config))
+        raise ValueError(unknown_keys_message(unknown, primary | groups))
+    missing = sorted(primary - set(config) - ADDED_KEYS)
     if missing:
         raise ValueError(f"config key(s) {', '.join(missing)} missing: a config must define every key of "
                          f"configs/config.yaml")
@@ -139,20 +169,9 @@ def check_writable(directory: Path, *, key: str) -> None:
 
 
 def build_attack(name: str, attack_cfg: Any) -> Attack:
-    """Build ``attack.<name>`` and check that it is an :class:`Attack`, naming the key if not."""
-    target = attack_cfg.get("_target_") if isinstance(attack_cfg, dict) else None
-    if target is None:
-        raise ValueError(f"attack.{name} has no _target_: set attack.{name}._target_ to an Attack class, "
-                         f"e.g. +attack.{name}._target_=my_package.MyAttack")
-    try:
-        attack = hydra.utils.instantiate(attack_cfg)
-    except Exception as err:  # noqa: BLE001 - re-raised with the key that caused it
-        raise ValueError(f"attack.{name} cannot be built: {err}") from err
-    if not isinstance(attack, Attack):
-        raise ValueError(f"attack.{name}._target_={target} builds a {type(attack).__module__}."
-                         f"{type(attack).__qualname__}, which is not an Attack: subclass "
-                         f"mia_torch.attacks.base.Attack and implement score(logits, labels)")
-    return attack
+    """Build ``attack.<name>`` through the guarded builder (:func:`mia_torch.settings.trusted.build`), naming the
+    key if it has no ``_target_``, cannot be built, or is not an :class:`Attack`."""
+    return trusted.build(attack_cfg, kind="attack", key=f"attack.{name}")
 
 
 def check_attacks(settings: "Settings") -> dict[str, Attack]:
@@ -216,6 +235,8 @@ def load_settings(cfg: DictConfig) -> Settings:
              c["seed"], "an integer >= 0")
     for key in ("download", "progress", "sanity_check"):
         _require(isinstance(c[key], bool), key, c[key], "true or false")
+    allow_large = c.get("allow_large", False)  # runs recorded before the key existed: off
+    _require(isinstance(allow_large, bool), "allow_large", allow_large, "true or false")
     for key in ("data_dir", "store_dir"):
         _require(isinstance(c[key], str) and c[key] != "", key, c[key], "a directory path")
     threads = c["num_threads"]
@@ -223,14 +244,25 @@ def load_settings(cfg: DictConfig) -> Settings:
              "null or an integer >= 1")
     if not c["attack"] and c["stage"] != "train":
         raise ValueError("attack is empty: choose attacks, e.g. attack=[loss,lira_online]")
-    kind = dataset_kind(c["dataset"].get("name"))
+    # options reach the loader as plain values; a nested _target_ (dataset.encoder) is the loader's to resolve
+    dataset = trusted.build(_with_shipped_target(c["dataset"], "dataset"), kind="dataset", key="dataset",
+                            _recursive_=False, _convert_="all")
+    kind = dataset.kind
+    queries = tuple(parse_queries(c["queries"], kind=kind))
+    check_requested_population(c, queries=len(queries))
     train = TrainConfig.from_mapping(c["train"])
     if kind == "tabular":
-        _check_no_image_augmentation(train, c["dataset"]["name"])
-    defense = DefenseConfig.from_mapping(c.get("defense"))  # runs saved before the group existed: none
+        _check_no_image_augmentation(train, dataset.name)
+    defense = NoDefense() if c.get("defense") is None else trusted.build(  # runs saved before the group existed
+        _with_shipped_target(c["defense"], "defense"), kind="defense", key="defense")
     defense.check_training(train)
     audit, forget = AuditConfig.from_mapping(c.get("audit")), ForgetConfig.from_mapping(c.get("forget"))
     _check_single_target_mode(audit, forget, targets=targets, threat_model=c["threat_model"], stage=c["stage"])
+    dp_audit = DpAuditConfig.from_mapping(c.get("dp_audit"))
+    dp_audit.check_run(attacks=list(c["attack"]), private=isinstance(defense, DPSGD),
+                       defense_delta=defense.delta if isinstance(defense, DPSGD) else None, data_kind=kind,
+                       dataset=dataset.name, target_ids=targets, stage=c["stage"],
+                       other_mode="audit.checkpoint" if audit.enabled else "forget.method" if forget.enabled else None)
     return Settings(
         seed=c["seed"],
         device=resolve_device(str(c["device"])),
@@ -241,7 +273,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         num_models=c["num_models"],
         target_ids=tuple(targets),
         threat_model=c["threat_model"],
-        queries=tuple(parse_queries(c["queries"], kind=kind)),
+        queries=queries,
         signals_dtype=SIGNAL_DTYPES[c["signals_dtype"]],
         signal_batch_size=c["signal_batch_size"],
         fpr_targets=tuple(float(f) for f in fprs),
@@ -255,7 +287,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         parallel_strategy=c["parallel_strategy"],
         train=train,
         defense=defense,
-        dataset=c["dataset"],
+        dataset=dataset,
         model=c["model"],
         attacks=c["attack"],
         output=ServedOutput.from_config(c.get("output")),
@@ -263,6 +295,8 @@ def load_settings(cfg: DictConfig) -> Settings:
         forget=forget,
         save_signals=save_signals,
         calibration=_calibration(calibration, all_targets=c["target_ids"] == "all", threat_model=c["threat_model"]),
+        allow_large=allow_large,
+        dp_audit=dp_audit,
     )
 
 
@@ -293,8 +327,8 @@ def _check_single_target_mode(audit: AuditConfig, forget: ForgetConfig, *, targe
                               stage: str) -> None:
     """An audit and a forget check each ask about one model, against references from the shared population."""
     if audit.enabled and forget.enabled:
-        raise ValueError("audit.checkpoint and forget.method are two different runs: set one of them")
-    mode = "audit.checkpoint" if audit.enabled else "forget.method" if forget.enabled else None
+        raise ValueError(f"{audit.key} and forget.method are two different runs: set one of them")
+    mode = audit.key if audit.enabled else "forget.method" if forget.enabled else None
     if mode is None:
         return
     if len(targets) != 1:

@@ -13,7 +13,7 @@ import logging
 
 from mia_torch.fingerprint import code_digest
 from mia_torch.stages.attacks import AttackOutputs
-from mia_torch.stages.context import Context, signal_key
+from mia_torch.stages.context import Context, key_of, signal_key
 from mia_torch.store import digest
 
 __all__ = ["KIND", "missing_shards", "load_shards", "save_shard", "shard_targets"]
@@ -34,7 +34,7 @@ def shard_key(ctx: Context, shard: int) -> str:
     """Content key of shard ``shard``'s scores (see the module docstring)."""
     s = ctx.settings
     return digest({
-        "signals": [signal_key(ctx, m) for m in range(s.num_models)],
+        "signals": [signal_key(s, key_of(ctx, m)) for m in range(s.num_models)],
         "output": s.output.describe(),
         "attacks": s.attacks,
         "targets": shard_targets(ctx, shard),

@@ -10,9 +10,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mia_torch import __version__
+from mia_torch.dp_audit.result import DpAuditResult
 from mia_torch.evaluation import evaluate_attacks, overconfidence, save_scores
 from mia_torch.provenance import environment_versions
 from mia_torch.report.pictures import ImageSource
+from mia_torch.report.check_results import AuditResult, ForgetResult
 from mia_torch.report.write_run import write_run_report
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult
 from mia_torch.stages.attacks import AttackOutputs
@@ -30,15 +32,18 @@ def run_results(
     targets: dict[int, TargetResult],
     models: list[dict[str, Any]],
     attacks: dict[str, AttackEvaluation],
-    extra: dict[str, Any] | None = None,
+    audit: AuditResult | None = None,
+    forget: ForgetResult | None = None,
+    dp_audit: DpAuditResult | None = None,
 ) -> RunResults:
-    """The run's :class:`RunResults`: ``targets``, ``models`` and ``attacks`` with the config, versions,
-    dataset, the models trained and reused, the corrupt artifacts and the seconds since ``started``."""
+    """The run's :class:`RunResults`: ``targets``, ``models`` and ``attacks`` (and an ``audit``, ``forget`` or
+    one-run ``dp_audit`` section) with the config, versions, dataset, the models trained and reused, the corrupt
+    artifacts and the seconds since ``started``."""
     s = ctx.settings
     return RunResults(
         config=OmegaConf.to_container(cfg, resolve=True),
         versions=environment_versions(__version__),
-        dataset={"name": s.dataset.get("name"), "population": int(len(ctx.data.y)),
+        dataset={"name": s.dataset.name, "population": int(len(ctx.data.y)),
                  "test": int(len(ctx.data.y_test)), "num_classes": ctx.data.num_classes},
         target_ids=list(targets),
         targets=targets,
@@ -48,7 +53,9 @@ def run_results(
         corrupt_artifacts=[str(p) for p in ctx.store.corrupt],
         seconds=round(time.time() - started, 2),
         attacks=attacks,
-        extra=dict(extra or {}),
+        dp_audit=dp_audit,
+        audit=audit,
+        forget=forget,
     )
 
 
@@ -68,7 +75,9 @@ def report_study(
     outputs: AttackOutputs,
     keep: np.ndarray,
     eval_mask: np.ndarray,
-    extra: dict[str, Any] | None = None,
+    audit: AuditResult | None = None,
+    forget: ForgetResult | None = None,
+    dp_audit: DpAuditResult | None = None,
 ) -> RunResults:
     """Evaluate the attacks' scores against membership ``keep`` and write the run's report.
 
@@ -90,7 +99,8 @@ def report_study(
                                fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
                                fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
                                predictions=predictions, delta=s.defense.delta_for(len(labels)))
-    results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, extra=extra)
+    results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, audit=audit,
+                          forget=forget, dp_audit=dp_audit)
     write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=keep, eval_mask=eval_mask, labels=labels,
                      target_logits=target_logits, images=ImageSource.of(ctx.data))
     return results

@@ -15,7 +15,7 @@ from mia_torch.signals.collect import collect_logits
 from mia_torch.signals.collect_many import collect_logits_many
 from mia_torch.signals.output import serve
 from mia_torch.signals.source import SignalSource
-from mia_torch.stages.context import Context, build, is_private, model_seed, signal_key
+from mia_torch.stages.context import Context, build, is_defended, key_of, model_seed, signal_key
 from mia_torch.stages.train import group_size, stored_model
 from mia_torch.store import array_from_bytes, array_to_bytes
 
@@ -41,20 +41,20 @@ def signals_stage(ctx: Context, indices: Sequence[int] | None = None) -> SignalS
             raise ValueError(f"signals of shape {array.shape} for a population of {num_examples}")
         return array
 
+    keys = {index: signal_key(s, key_of(ctx, index)) for index in indices}
+
     def collect(chunk: list[int]) -> None:
         models = [stored_model(ctx, index) for index in chunk]
         logits = collect_logits_many(models, ctx.data.x, s.queries, batch_size=s.signal_batch_size,
                                      dtype=s.signals_dtype, strategy=s.parallel_strategy)
         for index, array in zip(chunk, logits.cpu().numpy()):
-            ctx.store.save("signals", signal_key(ctx, index), array_to_bytes(array),
-                           {"model": index, "shape": list(array.shape)})
+            ctx.store.save("signals", keys[index], array_to_bytes(array), {"model": index, "shape": list(array.shape)})
 
     def build(missing: list[int], group: int) -> None:
         with tqdm(desc="signals", disable=not s.progress, unit="model", leave=False) as bar:
             build_missing(ctx.store, "signals", {i: keys[i] for i in missing}, collect, group=group, decode=decode,
                           on_built=bar.update)
 
-    keys = {index: signal_key(ctx, index) for index in indices}
     missing = [i for i in indices if not ctx.store.contains("signals", keys[i])]
     if missing:
         build(missing, group_size(ctx))
@@ -81,4 +81,4 @@ def query(ctx: Context, model: torch.nn.Module) -> torch.Tensor:
 def untrained_logits(ctx: Context, target: int) -> torch.Tensor:
     """Served output of an untrained copy of ``target``: a model that carries no membership information."""
     s = ctx.settings
-    return query(ctx, build(s, ctx.data, model_seed(s, target) + 7919, private=is_private(s, target)))
+    return query(ctx, build(s, ctx.data, model_seed(s, target) + 7919, defended=is_defended(s, target)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -9,9 +10,8 @@ import torch
 from tqdm import tqdm
 
 from mia_torch.locks import build_missing
-from mia_torch.stages.context import Context, build, is_private, model_key, model_seed
+from mia_torch.stages.context import Context, build, is_defended, key_of, model_seed
 from mia_torch.store import state_dict_from_bytes, state_dict_to_bytes
-from mia_torch.training.dp import train_private
 from mia_torch.training.ensemble import train_models
 from mia_torch.training.stacking import resolve_strategy
 from mia_torch.training.trainer import TrainResult
@@ -21,7 +21,7 @@ __all__ = ["load_trained_model", "model_with_weights", "stored_model", "train_gr
 
 def load_trained_model(ctx: Context, index: int) -> tuple[torch.nn.Module, dict[str, Any]] | None:
     """Model ``index`` from the store (weights_only load), or None when absent or corrupt (moved aside)."""
-    key = model_key(ctx, index)
+    key = key_of(ctx, index)
     found = ctx.store.load("models", key, decode=state_dict_from_bytes)
     if found is None:
         return None
@@ -34,7 +34,7 @@ def model_with_weights(ctx: Context, index: int, weights: dict[str, torch.Tensor
     """Model ``index``'s architecture holding ``weights`` (stored as ``models/key``), on the device in eval mode;
     None when they do not fit the configured model (the artifact is then moved aside)."""
     s = ctx.settings
-    model = build(s, ctx.data, model_seed(s, index), private=is_private(s, index))
+    model = build(s, ctx.data, model_seed(s, index), defended=is_defended(s, index))
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
@@ -57,25 +57,27 @@ def save_trained(ctx: Context, index: int, model: torch.nn.Module, result: Train
             f"model {index} diverged (train loss {result.metrics['train_loss']}): lower train.lr or add warmup"
         )
     meta = {"model": index, **result.metrics}
-    ctx.store.save("models", model_key(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
-    ctx.trained.append(index)
+    ctx.store.save("models", key_of(ctx, index), state_dict_to_bytes(model.state_dict()), meta)
+    if index in ctx.reused:  # found earlier in this run, then rebuilt: it counts as trained only
+        ctx.reused.remove(index)
+    if index not in ctx.trained:
+        ctx.trained.append(index)
 
 
 def train_group(ctx: Context, indices: list[int]) -> None:
     """Train models ``indices`` and save each to the store.
 
-    DP-SGD models train one at a time (each saved when done); the others together
-    (``parallel_models`` at once).
+    Models under the training-time defense train one at a time, by the defense (each saved
+    when done); the others together (``parallel_models`` at once).
     """
     s, data = ctx.settings, ctx.data
-    for index in [i for i in indices if is_private(s, i)]:
-        model = build(s, data, model_seed(s, index), private=True)
+    for index in [i for i in indices if is_defended(s, i)]:
+        model = build(s, data, model_seed(s, index), defended=True)
         members, validation = member_rows(ctx, index)
-        result = train_private(model, data.x, data.y, members, s.train, s.defense, seed=model_seed(s, index),
-                               delta=s.defense.delta_for(len(data.y)), val_idx=validation,
-                               x_test=data.x_test, y_test=data.y_test)
+        result = s.defense.train(model, data.x, data.y, members, s.train, seed=model_seed(s, index),
+                                 val_idx=validation, x_test=data.x_test, y_test=data.y_test)
         save_trained(ctx, index, model, result)
-    plain = [i for i in indices if not is_private(s, i)]
+    plain = [i for i in indices if not is_defended(s, i)]
     if not plain:
         return
     seeds = [model_seed(s, i) for i in plain]
@@ -94,17 +96,39 @@ def group_size(ctx: Context) -> int:
     return s.parallel_models if resolve_strategy(s.parallel_strategy, s.device, s.parallel_models) == "vmap" else 1
 
 
+def _layout(state: dict[str, torch.Tensor]) -> frozenset[tuple[str, tuple[int, ...]]]:
+    return frozenset((name, tuple(tensor.shape)) for name, tensor in state.items())
+
+
+def fitting_weights(ctx: Context, indices: list[int]) -> Callable[[bytes], dict[str, torch.Tensor]]:
+    """A store decoder that also refuses weights whose names or shapes fit none of the architectures of models
+    ``indices`` (a payload can pass its checksum and still not be this model's): such an artifact is corrupt."""
+    s = ctx.settings
+    layouts = {_layout(build(s, ctx.data, 0, defended=defended).state_dict())
+               for defended in {is_defended(s, index) for index in indices}}
+
+    def decode(payload: bytes) -> dict[str, torch.Tensor]:
+        state = state_dict_from_bytes(payload)
+        if _layout(state) not in layouts:
+            raise ValueError("its tensors' names or shapes do not fit the configured model")
+        return state
+
+    return decode
+
+
 def train_stage(ctx: Context, indices: list[int]) -> list[dict[str, Any]]:
     """Make sure models ``indices`` exist in the store; train only the missing ones; their metrics.
 
     Missing models are locked and trained in groups (:func:`group_size`); models another
     process is training are waited for and reused (:func:`mia_torch.locks.build_missing`).
+    A stored model is reused only when its weights fit the configured architecture
+    (:func:`fitting_weights`); otherwise it is moved aside and retrained.
     """
-    keys = {index: model_key(ctx, index) for index in indices}
+    keys = {index: key_of(ctx, index) for index in indices}
     with tqdm(desc="train", disable=not ctx.settings.progress, unit="model", leave=False) as bar:
         outcome = build_missing(ctx.store, "models", keys, lambda chunk: train_group(ctx, chunk),
-                                group=group_size(ctx), decode=state_dict_from_bytes, on_built=bar.update)
-    ctx.reused.extend(outcome.reused)
+                                group=group_size(ctx), decode=fitting_weights(ctx, indices), on_built=bar.update)
+    ctx.reused.extend(i for i in outcome.reused if i not in ctx.reused and i not in ctx.trained)
     return [outcome.meta[i] for i in indices]
 
 

@@ -5,11 +5,10 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import hydra
 import torch
 from torch import nn
 
-from mia_torch.training.dp import make_private_compatible
+from mia_torch.settings import trusted
 
 __all__ = ["build_model", "data_arguments"]
 
@@ -33,21 +32,17 @@ def data_arguments(target: Any, *, input_shape: Sequence[int], num_classes: int)
 
 
 def build_model(
-    model_cfg: Mapping[str, Any], *, input_shape: Sequence[int], num_classes: int, seed: int, private: bool = False
+    model_cfg: Mapping[str, Any], *, input_shape: Sequence[int], num_classes: int, seed: int
 ) -> nn.Module:
-    """Instantiate the ``model`` config (its ``_target_``) for the data's shape, seeded by ``seed``.
+    """Build the ``model`` config (its ``_target_``, through :func:`mia_torch.settings.trusted.build`) for the
+    data's shape, seeded by ``seed``.
 
     ``input_shape`` and ``num_classes`` are passed when the class takes them (see
-    :func:`data_arguments`); values set in the config win. ``private`` (a DP-SGD-trained
-    model) makes it DP-compatible (GroupNorm for BatchNorm), both to train it and to
-    rebuild it for loading its saved weights.
+    :func:`data_arguments`); values set in the config win. A training-time defense adapts
+    the result (:meth:`mia_torch.training.defense.Defense.adapt`).
     """
-    target = hydra.utils.get_object(str(model_cfg["_target_"]))
+    target = trusted.resolve_target(model_cfg, kind="model", key="model")
     extra = {k: v for k, v in data_arguments(target, input_shape=input_shape, num_classes=num_classes).items()
              if k not in model_cfg}
     torch.manual_seed(seed)
-    model = hydra.utils.instantiate(model_cfg, **extra)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model._target_={model_cfg['_target_']} builds a {type(model).__name__}, not a "
-                         "torch.nn.Module")
-    return make_private_compatible(model) if private else model
+    return trusted.build(model_cfg, kind="model", key="model", **extra)

@@ -1,4 +1,4 @@
-"""DP-SGD through Opacus: the ``defense`` config group and a private trainer.
+"""DP-SGD through Opacus: ``defense=dpsgd`` (:class:`DPSGD`) and its private trainer.
 
 DP-SGD (Abadi et al. 2016) clips every example's gradient to L2 norm ``max_grad_norm``,
 sums the clipped gradients of a Poisson-sampled batch (each member joins each step
@@ -43,15 +43,16 @@ import functools
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mia_torch.settings.checks import check_values, known_keys
+from mia_torch.settings.checks import check_values
 from mia_torch.data.augment import augment_batch, draw_augment
 from mia_torch.training.config import TrainConfig
+from mia_torch.training.defense import Defense
 from mia_torch.training.trainer import (
     TrainResult,
     early_stopping_for,
@@ -61,10 +62,8 @@ from mia_torch.training.trainer import (
     make_scheduler,
 )
 
-__all__ = ["DEFENSES", "DefenseConfig", "make_private_compatible", "noise_multiplier", "train_private"]
+__all__ = ["DPSGD", "make_private_compatible", "noise_multiplier", "private_sample_rate", "train_private"]
 
-DEFENSES = ("none", "dpsgd")
-APPLY_TO = ("all", "target")
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 
 
@@ -75,37 +74,20 @@ def _require_opacus() -> None:
         raise ValueError("defense=dpsgd needs Opacus: pip install 'mia-torch[dp]' (or pip install opacus)") from err
 
 
-@dataclass(frozen=True)
-class DefenseConfig:
-    """The ``defense`` group: ``none`` (default) or ``dpsgd`` with its settings (see the module docstring)."""
+@dataclass(frozen=True, kw_only=True)
+class DPSGD(Defense):
+    """``defense=dpsgd``: DP-SGD through Opacus with its settings (see the module docstring)."""
 
-    name: str = "none"
+    name: str | None = "dpsgd"
     epsilon: float = 8.0  # target epsilon after train.epochs; inf = clipping without noise
     delta: float | None = None  # None = 1 / population
     max_grad_norm: float = 1.0  # per-example gradient clipping norm
     poisson_sampling: bool = True  # False: shuffled fixed-size batches (accounted as if Poisson, as Opacus does)
     accountant: str = "rdp"  # rdp | prv | gdp (Opacus accountants)
-    apply_to: str = "all"  # all: target and references alike | target: only the targets
 
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> "DefenseConfig":
-        """Validate the ``defense`` keys, naming the offending one (e.g. ``defense.epsilon``)."""
-        values = dict(values or {})
-        name = values.get("name", "none")
-        if name not in DEFENSES:
-            raise ValueError(f"defense.name={name!r} is invalid: expected one of {DEFENSES} (defense=<option>)")
-        known_keys(values, cls, "defense")
-        if name == "none":
-            extra = sorted(set(values) - {"name"})
-            if extra:
-                raise ValueError(f"defense.{extra[0]} is set but defense=none: choose defense=dpsgd")
-            return cls()
-        config = cls(**values)
-        config._check()
-        _require_opacus()
-        return config
+    def __post_init__(self) -> None:
+        super().__post_init__()
 
-    def _check(self) -> None:
         def number(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
@@ -116,17 +98,8 @@ class DefenseConfig:
             (number(self.max_grad_norm) and 0 < self.max_grad_norm < math.inf, "max_grad_norm", "a finite number > 0"),
             (isinstance(self.poisson_sampling, bool), "poisson_sampling", "true or false"),
             (self.accountant in ACCOUNTANTS, "accountant", f"one of {ACCOUNTANTS}"),
-            (self.apply_to in APPLY_TO, "apply_to", f"one of {APPLY_TO}"),
         ])
-
-    @property
-    def private(self) -> bool:
-        """Whether any model trains with DP-SGD."""
-        return self.name == "dpsgd"
-
-    def applies_to(self, index: int, target_ids: Sequence[int]) -> bool:
-        """Whether model ``index`` trains with DP-SGD (all models, or with ``apply_to=target`` only the targets)."""
-        return self.private and (self.apply_to == "all" or index in target_ids)
+        _require_opacus()
 
     def delta_for(self, population: int) -> float:
         """The delta used: ``defense.delta``, or 1 / population."""
@@ -141,10 +114,21 @@ class DefenseConfig:
 
     def check_training(self, train: TrainConfig) -> None:
         """Refuse training options that break DP-SGD's per-example accounting."""
-        if self.private and train.augment.mixes:
+        if train.augment.mixes:
             raise ValueError(
                 f"train.augment.mixup_alpha={train.augment.mixup_alpha} mixes examples, which DP-SGD's per-example "
                 "clipping does not account for: set train.augment.mixup_alpha=0 with defense=dpsgd")
+
+    def adapt(self, model: nn.Module) -> nn.Module:
+        """``model`` made DP-compatible (:func:`make_private_compatible`)."""
+        return make_private_compatible(model)
+
+    def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, member_idx: torch.Tensor, cfg: TrainConfig,
+              *, seed: int, val_idx: torch.Tensor | None = None, x_test: torch.Tensor | None = None,
+              y_test: torch.Tensor | None = None, step_hooks: Sequence[Callable[[Any], None]] = ()) -> TrainResult:
+        """:func:`train_private` at ``delta_for`` the population ``len(y)`` (``step_hooks``: see there)."""
+        return train_private(model, x, y, member_idx, cfg, self, seed=seed, delta=self.delta_for(len(y)),
+                             val_idx=val_idx, x_test=x_test, y_test=y_test, step_hooks=step_hooks)
 
 
 def make_private_compatible(model: nn.Module) -> nn.Module:
@@ -168,6 +152,11 @@ def make_private_compatible(model: nn.Module) -> nn.Module:
             raise ValueError(f"model module `{name}` ({type(module).__name__}) cannot be trained with "
                              f"defense=dpsgd: {errors[0]}; pick another model or model.norm")
     return fixed
+
+
+def private_sample_rate(num_members: int, batch_size: int) -> float:
+    """Poisson sample rate of DP-SGD: ``1 / round(num_members / batch_size)`` (one epoch's steps, at least 1)."""
+    return 1.0 / max(1, round(num_members / batch_size))
 
 
 @functools.lru_cache(maxsize=64)
@@ -246,13 +235,14 @@ def train_private(
     y: torch.Tensor,
     member_idx: torch.Tensor,
     cfg: TrainConfig,
-    defense: DefenseConfig,
+    defense: DPSGD,
     *,
     seed: int,
     delta: float,
     val_idx: torch.Tensor | None = None,
     x_test: torch.Tensor | None = None,
     y_test: torch.Tensor | None = None,
+    step_hooks: Sequence[Callable[[Any], None]] = (),
 ) -> TrainResult:
     """Train ``model`` (made compatible by :func:`make_private_compatible`) in place with DP-SGD.
 
@@ -261,7 +251,9 @@ def train_private(
     ``train.epochs * round(n / train.batch_size)`` steps at sample rate ``1 / steps per
     epoch``. Metrics add ``dp_epsilon`` (spent, at ``delta``), ``dp_epsilon_target``,
     ``dp_delta``, ``dp_noise_multiplier``, ``dp_max_grad_norm``, ``dp_sample_rate`` and
-    ``dp_steps`` (taken).
+    ``dp_steps`` (taken). ``step_hooks`` run after each step's clipping, noise and scaling,
+    before the update, with the DP optimizer (Opacus' step hook; e.g. gradient canaries,
+    :mod:`mia_torch.training.canary_gradients`).
     """
     _require_opacus()
     from opacus import GradSampleModule
@@ -274,8 +266,8 @@ def train_private(
         raise ValueError("a model has no training examples: the population is too small for the split")
     stopper = early_stopping_for(cfg, val_idx)
     defense.check_training(cfg)
-    steps_per_epoch = max(1, round(n / cfg.batch_size))
-    sample_rate = 1.0 / steps_per_epoch
+    sample_rate = private_sample_rate(n, cfg.batch_size)
+    steps_per_epoch = round(1.0 / sample_rate)
     sigma = noise_multiplier(defense.epsilon, delta=delta, sample_rate=sample_rate,
                              steps=cfg.epochs * steps_per_epoch, accountant=defense.accountant)
     model.to(device).train()
@@ -285,7 +277,8 @@ def train_private(
                             max_grad_norm=defense.max_grad_norm, expected_batch_size=max(1, round(n * sample_rate)),
                             generator=generator)
     accountant = create_accountant(mechanism=defense.accountant)
-    optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    hooks = [accountant.get_optimizer_hook_fn(sample_rate=sample_rate), *step_hooks]
+    optimizer.attach_step_hook(lambda opt: [hook(opt) for hook in hooks])
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     member_idx = member_idx.to(device)
     epoch_loss, epoch_acc = [], []
