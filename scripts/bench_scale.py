@@ -3,6 +3,7 @@
 
     python scripts/bench_scale.py                       # the grid below (writes up to 12 GB under --root)
     python scripts/bench_scale.py --models 16 64 --queries 2 --classes 10   # part of it
+    python scripts/bench_scale.py --configs 256:18:10 64:18:100   # chosen (M:Q:C) configurations only
     python scripts/bench_scale.py --quick               # tiny sizes: checks that the script works
 
 For each configuration (M models, N examples, Q queries, C classes) a builder process writes M
@@ -204,10 +205,14 @@ def measure_dense(spec: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------ the grid
 
 
-def _child(mode: str, spec: dict[str, Any]) -> dict[str, Any] | None:
-    """Run ``mode`` for ``spec`` in a fresh Python process; its JSON record (None on failure)."""
-    proc = subprocess.run([sys.executable, __file__, "--child", mode, json.dumps(spec)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+def _child(mode: str, spec: dict[str, Any], timeout: float | None = None) -> dict[str, Any] | None:
+    """Run ``mode`` for ``spec`` in a fresh Python process; its JSON record (None on failure or past ``timeout`` s)."""
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--child", mode, json.dumps(spec)], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  {mode} stopped after --child-timeout {timeout:g} s", file=sys.stderr)
+        return None
     sys.stderr.write(proc.stderr[-3000:] if proc.returncode else "".join(
         line + "\n" for line in proc.stderr.splitlines() if line.startswith("  ")))
     if proc.returncode:
@@ -217,21 +222,21 @@ def _child(mode: str, spec: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The (M, Q, C) grid; a store of more than ``--max-store-gb`` is skipped (said so)."""
+    """The (M, Q, C) grid, or the ``--configs`` asked for; a store of more than ``--max-store-gb`` is skipped
+    (said so)."""
     out = []
-    for c in args.classes:
-        for q in args.queries:
-            for m in args.models:
-                dtype = "float16" if c >= 100 else "float32"
-                size_gb = m * args.examples * q * c * (2 if dtype == "float16" else 4) / 1e9
-                spec = {"models": m, "examples": args.examples, "queries": q, "classes": c, "dtype": dtype,
-                        "bootstrap": args.bootstrap, "seed": 0, "store_gb": round(size_gb, 2),
-                        "store": str(Path(args.root) / f"M{m}_Q{q}_C{c}")}
-                if size_gb > args.max_store_gb:
-                    print(f"skipped M={m} Q={q} C={c}: its store would hold {size_gb:.1f} GB "
-                          f"(> --max-store-gb {args.max_store_gb:g})", file=sys.stderr)
-                    continue
-                out.append(spec)
+    grid = [(m, q, c) for c in args.classes for q in args.queries for m in args.models]
+    for m, q, c in [tuple(int(v) for v in text.split(":")) for text in args.configs] if args.configs else grid:
+        dtype = "float16" if c >= 100 else "float32"
+        size_gb = m * args.examples * q * c * (2 if dtype == "float16" else 4) / 1e9
+        spec = {"models": m, "examples": args.examples, "queries": q, "classes": c, "dtype": dtype,
+                "bootstrap": args.bootstrap, "seed": 0, "store_gb": round(size_gb, 2),
+                "store": str(Path(args.root) / f"M{m}_Q{q}_C{c}")}
+        if size_gb > args.max_store_gb:
+            print(f"skipped M={m} Q={q} C={c}: its store would hold {size_gb:.1f} GB "
+                  f"(> --max-store-gb {args.max_store_gb:g})", file=sys.stderr)
+            continue
+        out.append(spec)
     return out
 
 
@@ -296,7 +301,10 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=200)
     parser.add_argument("--all-targets", type=int, nargs="*", default=[256],
                         help="M values also run with target_ids=all (at Q = 2, C = 10)")
+    parser.add_argument("--configs", nargs="+", metavar="M:Q:C",
+                        help="run these (models:queries:classes) instead of the grid, e.g. 256:18:10 64:18:100")
     parser.add_argument("--max-store-gb", type=float, default=12.0)
+    parser.add_argument("--child-timeout", type=float, default=None, help="seconds per measured run")
     parser.add_argument("--root", default="/tmp/mia_bench_scale", help="stores go here (deleted when done)")
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that the script works")
@@ -324,7 +332,7 @@ def main() -> None:
             runs.append(("[0]", "dense"))
         for targets, path in runs:
             print(f"{label}: {path}, target_ids={targets}", file=sys.stderr, flush=True)
-            record = _child(path, {**spec, "targets": targets})
+            record = _child(path, {**spec, "targets": targets}, timeout=args.child_timeout)
             if record is not None:
                 rows.append({**spec, "targets": "all" if targets == "all" else "[0]", "path": path, **record})
         if not args.keep:
