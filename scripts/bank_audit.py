@@ -1,4 +1,4 @@
-"""The bank's side of the bank-transactions audit walkthrough (README: *Audit a bank's model end to end*).
+"""The bank's side of the bank-transactions audit walkthrough (docs/bank-audit.md).
 
 Writes, into ``--out`` (default ``data/bank``, where ``experiment=bank_audit`` looks):
 

@@ -66,7 +66,7 @@ def browser_missing() -> str | None:
     except ImportError:
         return "the Python driver is missing: pip install playwright (the dev extra)"
     if chromium() is None:
-        return "Chromium is missing: apt-get install -y chromium (see the README's Tests section)"
+        return "Chromium is missing: apt-get install -y chromium (see docs/tests.md)"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Extension points: the README's attack, model, dataset and defense, written from the README into a
+"""Extension points: the attack, model, dataset and defense of docs/extending.md, written from that page into a
 folder outside the package, run end to end and replay with ``mia-reproduce``; anything that builds
 the wrong kind of object is refused by its config key before any training."""
 
@@ -21,20 +21,20 @@ from mia_torch.report.types import RunResults
 from mia_torch.reproduce import main as reproduce
 from mia_torch.signals.manifest import load_run_signals
 
-#: The README's Extending section: every ```python / ```yaml block whose first line names its file.
-EXTENDING = REPO.joinpath("README.md").read_text().split("## Extending\n", 1)[1].split("\n## ", 1)[0]
+#: The Extending page: every ```python / ```yaml block whose first line names its file.
+EXTENDING = REPO.joinpath("docs", "extending.md").read_text()
 FILES = {match["name"]: match["body"] for match in re.finditer(
     r"```(?:python|yaml)\n# (?P<name>my_[\w/.]+)\n(?P<body>.*?)```", EXTENDING, flags=re.S)}
-#: What the README's rerun command allows.
+#: What the page's rerun command allows.
 ALLOWED = ["my_data.Digits4", "my_models.TinyNet", "my_defenses.Flooding", "my_attacks.LogitMargin"]
-#: The README's commands and the modules they run; where its run goes (relative to the folder it runs in).
+#: The page's commands and the modules they run; where its run goes (relative to the folder it runs in).
 ENTRY_POINTS = {"mia-run": "mia_torch.cli", "mia-reproduce": "mia_torch.reproduce"}
 RUN_DIR = "outputs/runs/mine"
 
 
 @pytest.fixture
 def my_package(tmp_path, monkeypatch):
-    """The README's files, in a folder outside the package that is on the import path."""
+    """The page's files, in a folder outside the package that is on the import path."""
     package = tmp_path / "pkg"
     for name, body in FILES.items():
         (package / name).parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def my_package(tmp_path, monkeypatch):
     return package
 
 
-def test_the_readme_shows_each_extension_point_with_its_config():
+def test_the_extending_page_shows_each_extension_point_with_its_config():
     assert set(FILES) == {"my_attacks.py", "my_models.py", "my_data.py", "my_defenses.py",
                           "my_configs/attack/logit_margin.yaml", "my_configs/model/tiny.yaml",
                           "my_configs/dataset/digits4.yaml", "my_configs/defense/flooding.yaml"}
@@ -51,16 +51,16 @@ def test_the_readme_shows_each_extension_point_with_its_config():
         assert f"--allow-target {target}" in EXTENDING
 
 
-def _readme_commands() -> list[list[str]]:
-    """The README's shell commands (the ```bash block of the section), each as its words."""
+def _page_commands() -> list[list[str]]:
+    """The page's shell commands (its ```bash block), each as its words."""
     block = EXTENDING.split("```bash\n", 1)[1].split("```", 1)[0]
     return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
-def test_the_readme_extensions_run_together_and_replay_with_mia_reproduce(tmp_path, my_package):
-    """Dataset, model, defense and attack from outside the package, run by the README's own commands in a folder
+def test_the_documented_extensions_run_together_and_replay_with_mia_reproduce(tmp_path, my_package):
+    """Dataset, model, defense and attack from outside the package, run by the page's own commands in a folder
     outside the repository (smaller, by overrides appended to its mia-run); the replay finds them by name."""
-    (run_cmd, rerun_cmd) = _readme_commands()
+    (run_cmd, rerun_cmd) = _page_commands()
     assert run_cmd[:2] == ["PYTHONPATH=.", "mia-run"] and rerun_cmd[:3] == ["PYTHONPATH=.", "mia-reproduce", RUN_DIR]
     smaller = ["model.width=32", "defense.level=1.5", "defense.apply_to=target", "dataset.population_size=600",
                "num_models=4", "train.epochs=12", "bootstrap=0", "sanity_check=false", "progress=false"]

@@ -86,7 +86,7 @@ def test_bad_forget_input_is_refused_before_training(tmp_path, override, key):
 
 @pytest.mark.slow
 def test_forget_check_on_the_bundled_digits():
-    """The README's measurement: an overfit digits target, 100 records removed by retraining."""
+    """The measurement in docs/forget.md: an overfit digits target, 100 records removed by retraining."""
     import tempfile
     from pathlib import Path
 

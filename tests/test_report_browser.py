@@ -2,8 +2,8 @@
 
 Three tiny runs share one store (the audit and the forget check reuse the study's models). The
 pages' numbers are checked against results.json with and without a browser; the browser tests
-skip, with the reason, where Chromium or its Python driver is missing (the README's Tests
-section says how to install them). Each browser test saves screenshots (the top of the page) under its
+skip, with the reason, where Chromium or its Python driver is missing (docs/tests.md
+says how to install them). Each browser test saves screenshots (the top of the page) under its
 tmp dir.
 """
 

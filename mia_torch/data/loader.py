@@ -6,7 +6,7 @@ loaders are :mod:`mia_torch.data.torchvision_sets` (``mnist``, ``fashion_mnist``
 ``cifar10``, ``cifar100``), :mod:`mia_torch.data.builtin` (``digits``, the offline default,
 and ``synthetic``), :mod:`mia_torch.data.npz` (``npz``: your own arrays) and
 :mod:`mia_torch.data.tabular` (``csv``, ``breast_cancer``). A loader of your own is one
-subclass and one config file, in or out of the tree (see the README's *Extending*).
+subclass and one config file, in or out of the tree (see docs/extending.md).
 """
 
 from __future__ import annotations
