@@ -162,6 +162,13 @@ class QuantileAttack(Attack):
         second = torch.stack([s ** 2 + m ** 2 for m, s in predictions]).mean(0)
         return mean, (second - mean ** 2).clamp(min=0).sqrt().clamp(min=self.min_std)
 
+    def residuals(self, records: torch.Tensor, labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The standardised residuals ``(values - mu) / sigma`` of scores ``values`` ``[n]`` on ``records``: float64
+        ``[n]`` (e.g. of held-out public records, whose residuals calibrate p-values)."""
+        mean, std = self.predict(records, labels)
+        values = torch.as_tensor(values, dtype=torch.float64, device=mean.device)
+        return (values - mean) / std
+
     def bind(self, records: torch.Tensor, labels: torch.Tensor) -> "QuantileAttack":
         """Predict for the records that :meth:`score` will score (row ``i`` of the target's output is record ``i``)."""
         started = time.perf_counter()
