@@ -22,7 +22,7 @@ regression trained on must never be evaluated: the attack stage keeps them apart
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -133,10 +133,12 @@ class QuantileAttack(Attack):
                                 validation_fraction=self.validation_fraction, seed=seed)
 
     def fit_public(self, records: torch.Tensor, labels: torch.Tensor, values: torch.Tensor, *, num_classes: int,
-                   kind: str, network: Callable[[int], nn.Module] | None = None) -> "QuantileAttack":
+                   kind: str, network: Callable[[int], nn.Module] | None = None,
+                   sources: Mapping[str, int] | None = None) -> "QuantileAttack":
         """Train the regression on public non-member ``records`` ``[n, ...]`` of classes ``labels`` ``[n]``, on which
         the target scores ``values`` ``[n]`` (:meth:`statistic_of`). ``kind`` is ``image`` or ``tabular``;
-        ``network(outputs)`` builds the target's architecture with ``outputs`` outputs (``model=target``)."""
+        ``network(outputs)`` builds the target's architecture with ``outputs`` outputs (``model=target``);
+        ``sources`` says where the public records came from (how many of each), for the report."""
         values = torch.as_tensor(values, dtype=torch.float64)
         if not (len(records) == len(labels) == len(values)) or len(values) < 4:
             raise ValueError(f"the quantile attack needs at least 4 public records with one label and score each, "
@@ -149,7 +151,7 @@ class QuantileAttack(Attack):
                             .fit(records, labels, values.to(records.device)) for i in range(self.ensemble)]
         self._prediction = None
         self._fitted = {"regression_model": self.resolved_model(kind), "num_public": int(len(values)),
-                        "fit_seconds": round(time.perf_counter() - started, 3)}
+                        "public_sources": dict(sources or {}), "fit_seconds": round(time.perf_counter() - started, 3)}
         return self
 
     def predict(self, records: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
