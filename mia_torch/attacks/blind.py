@@ -22,12 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.compose import ColumnTransformer
 from threadpoolctl import threadpool_limits
 
 from mia_torch.attacks.base import Attack, check_choice, check_number
@@ -94,6 +88,12 @@ class BlindBaseline(Attack):
     def classifier(self, num_features: int, *, categorical_label: bool = True) -> Any:
         """An unfitted scikit-learn classifier for ``num_features`` columns (the class label last; for ``hgb`` a
         categorical feature when ``categorical_label``: HGB takes categories below 255 only)."""
+        from sklearn.compose import ColumnTransformer  # scikit-learn loads when a classifier is built
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
         label = [num_features - 1]
         if self.model == "hgb":
             return HistGradientBoostingClassifier(categorical_features=label if categorical_label else None,
@@ -109,6 +109,8 @@ class BlindBaseline(Attack):
         bool ``[N]`` their claimed membership (at least ``folds`` of each kind). Returns float64
         scores ``[N]`` (higher = member) and int64 fold ids ``[N]``.
         """
+        from sklearn.model_selection import StratifiedKFold
+
         members = np.asarray(members, dtype=bool)
         features = record_features(records, labels, image_size=self.image_size)
         if len(members) != len(features):

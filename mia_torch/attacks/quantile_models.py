@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from sklearn.ensemble import HistGradientBoostingRegressor
 from torch import nn
 
 from mia_torch.attacks.blind import record_features, torch_threads
@@ -129,13 +128,15 @@ class BoostedQuantiles:
 
     def __init__(self, *, image_size: int = 8, seed: int = 0) -> None:
         self.image_size, self.seed = image_size, seed
-        self.models: dict[float, HistGradientBoostingRegressor] = {}
+        self.models: dict[float, Any] = {}  # quantile level -> fitted HistGradientBoostingRegressor
 
     def _features(self, records: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
         return record_features(records, labels, image_size=self.image_size)
 
     def fit(self, records: torch.Tensor, labels: torch.Tensor, values: torch.Tensor) -> "BoostedQuantiles":
         """Fit one quantile regressor per level on the public records."""
+        from sklearn.ensemble import HistGradientBoostingRegressor  # scikit-learn loads when the regression fits
+
         features = self._features(records, labels)
         label = [features.shape[1] - 1] if features[:, -1].max() < 255 else None  # HGB's categories must be < 255
         target = values.detach().cpu().double().numpy()
