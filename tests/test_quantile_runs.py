@@ -6,6 +6,7 @@ distribution from the other records (the blind baseline's warning fires, or stay
 """
 import json
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -24,30 +25,30 @@ OUTSIDE_HIDDEN = [64]  # the outside model's layers, which its audit names (mode
 def test_a_study_without_reference_models(tmp_path):
     results = run_experiment(tmp_path, [*ONE_MODEL, "attack=[quantile,loss,blind]", QUICK,
                                         "attack.quantile.public=nonmembers"])
-    assert results["trained_models"] == [0] and len(results["models"]) == 1
+    assert results.trained_models == [0] and len(results.models) == 1
     keep = np.load(tmp_path / "run" / "keep.npy")
     scores = load_scores(tmp_path / "run" / "scores.npz")["quantile"][0]
     public = np.isnan(scores)
     assert public.any() and not (public & keep[0]).any()  # the regression's records: non-members, never scored
-    quantile = results["attacks"]["quantile"]
-    fitted = quantile["per_target"][0]["fitted_params"]
+    quantile = results.attacks["quantile"]
+    fitted = quantile.per_target[0].fitted_params
     assert fitted["num_public"] == public.sum() == fitted["public_sources"]["non-members of the target"]
-    assert quantile["pooled"]["num_nonmembers"] == (~keep[0]).sum() - public.sum()
-    assert quantile["pooled"]["num_members"] == keep[0].sum()
+    assert quantile.pooled.num_nonmembers == (~keep[0]).sum() - public.sum()
+    assert quantile.pooled.num_members == keep[0].sum()
     # precision at priors: the formula at the ROC point of each FPR target, from the saved scores
     fpr, tpr, thresholds = roc_curve(scores[~public], keep[0][~public])
-    for point in quantile["precision"]:
-        at = np.flatnonzero(thresholds == point["threshold"])[0]
-        flagged = point["prior"] * tpr[at] + (1 - point["prior"]) * fpr[at]
+    for point in quantile.precision:
+        at = np.flatnonzero(thresholds == point.threshold)[0]
+        flagged = point.prior * tpr[at] + (1 - point.prior) * fpr[at]
         if flagged:
-            assert point["ppv"] == pytest.approx(point["prior"] * tpr[at] / flagged, rel=1e-12)
+            assert point.ppv == pytest.approx(point.prior * tpr[at] / flagged, rel=1e-12)
         else:
-            assert point["ppv"] is None  # nothing flagged: no precision (NaN, written as null)
-    assert {(p["prior"], p["fpr_target"]) for p in quantile["precision"]} == {
+            assert math.isnan(point.ppv)  # nothing flagged: no precision (written as null)
+    assert {(p.prior, p.fpr_target) for p in quantile.precision} == {
         (p, f) for p in (0.5, 0.1, 0.01) for f in (0.01, 0.001)}
-    blind = results["blind_baseline"]  # random halves: the records alone cannot tell members apart
-    assert blind["auc_ci"][0] <= 0.5 <= blind["auc_ci"][1] and not blind["warning"] and not blind["shift"]
-    assert "blind" not in results["attacks"]
+    blind = results.blind_baseline  # random halves: the records alone cannot tell members apart
+    assert blind.auc_ci[0] <= 0.5 <= blind.auc_ci[1] and not blind.warning and not blind.shift
+    assert "blind" not in results.attacks
     summary = (tmp_path / "run" / "report.html").read_text()
     assert 'id="blind-verdict"' in summary and 'id="precision-table"' in summary
 
@@ -90,15 +91,15 @@ def test_an_outside_checkpoint_is_audited_without_reference_models(tmp_path, cap
         results = run_experiment(tmp_path, [*_audited(tmp_path), "attack=[quantile]", QUICK,
                                             f"audit.members={_ids(tmp_path, 'members', members)}",
                                             f"audit.public={_ids(tmp_path, 'public', public)}"], name="audit")
-    assert results["trained_models"] == [] and results["reused_models"] == []
-    assert [m["model"] for m in results["models"]] == [0]  # the audited model only
+    assert results.trained_models == [] and results.reused_models == []
+    assert [m["model"] for m in results.models] == [0]  # the audited model only
     assert "no reference model trained" in caplog.text
-    assert results["audit"]["candidates"] == n - len(public) and results["audit"]["public"] == len(public)
-    assert results["audit"]["expected_false_flags"]["0.1"] == pytest.approx(0.9 * (n - len(public)) * 0.01)
+    assert results.audit.candidates == n - len(public) and results.audit.public == len(public)
+    assert results.audit.expected_false_flags["0.1"] == pytest.approx(0.9 * (n - len(public)) * 0.01)
     header = (tmp_path / "audit" / "records.csv").read_text().splitlines()[0].split(",")
     assert "quantile_score" in header and "calibration_records" in header
-    assert results["attacks"]["quantile"]["pooled"]["num_nonmembers"] == n - len(members) - len(public)
-    assert results["blind_baseline"] is not None and not results["blind_baseline"]["warning"]
+    assert results.attacks["quantile"].pooled.num_nonmembers == n - len(members) - len(public)
+    assert results.blind_baseline is not None and not results.blind_baseline.warning
 
 
 def test_members_unlike_the_other_records_make_the_blind_baseline_warn(tmp_path, capsys):
@@ -114,9 +115,9 @@ def test_members_unlike_the_other_records_make_the_blind_baseline_warn(tmp_path,
     results = run_experiment(tmp_path, [*_audited(tmp_path), "attack=[quantile,loss]", QUICK,
                                         f"audit.members={_ids(tmp_path, 'members', members)}",
                                         f"audit.public={_ids(tmp_path, 'public', public)}"], name="shifted")
-    blind = results["blind_baseline"]
-    assert blind["auc_ci"][0] > 0.8 and blind["shift"] and blind["warning"]
-    assert set(blind["not_beating"]) == {"quantile", "loss"}
+    blind = results.blind_baseline
+    assert blind.auc_ci[0] > 0.8 and blind.shift and blind.warning
+    assert set(blind.not_beating) == {"quantile", "loss"}
     assert "WARNING: the members and non-members differ in distribution" in capsys.readouterr().out
     saved = json.loads((tmp_path / "shifted" / "results.json").read_text())
     assert saved["blind_baseline"]["warning"] is True
