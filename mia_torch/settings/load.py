@@ -20,9 +20,9 @@ from mia_torch.data.loader import DatasetLoader
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.dp_audit.config import DpAuditConfig
 from mia_torch.forget.config import ForgetConfig
+from mia_torch.metrics.precision import DEFAULT_PRIORS, check_priors
 from mia_torch.settings import trusted
 from mia_torch.settings.limits import check_requested_population
-from mia_torch.metrics.precision import DEFAULT_PRIORS, check_priors
 from mia_torch.signals.collect import SIGNAL_DTYPES
 from mia_torch.signals.output import ServedOutput
 from mia_torch.training.config import AUGMENT_ALIASES, TrainConfig
