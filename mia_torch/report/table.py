@@ -7,8 +7,9 @@ from typing import Any, Mapping, Sequence
 
 from mia_torch.report.types import RELIABLE_FALSE_POSITIVES, Interval, RocMetrics, RunResults, reported_values
 
-__all__ = ["aligned", "describe_setting", "format_interval", "format_number", "format_percent", "format_summary", "format_table",
-           "tpr_mark", "PROXY_CAVEAT", "UNRELIABLE_MARK", "UNRESOLVABLE_MARK"]
+__all__ = ["aligned", "describe_setting", "format_interval", "format_number", "format_percent", "format_summary",
+           "format_table", "precision_lines", "quantile_lines", "tpr_mark", "PROXY_CAVEAT", "UNRELIABLE_MARK",
+           "UNRESOLVABLE_MARK"]
 
 #: Appended to a TPR@FPR whose FPR is below 10/N (N non-members): fewer than 10 false positives.
 UNRELIABLE_MARK = "*"
