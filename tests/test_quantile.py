@@ -134,3 +134,18 @@ def test_public_split_is_seeded_disjoint_and_bad_options_name_their_key():
             QuantileAttack(**{key: value})
     with pytest.raises(RuntimeError, match="fit_public"):
         QuantileAttack().score(torch.zeros(3, 1, 2), torch.zeros(3, dtype=torch.long))
+
+
+def test_held_out_residuals_recalibrate_the_gaussian_p_values():
+    """Residuals of non-members that spread wider than the regression predicted (N(0.3, 1.5²) instead of N(0, 1)):
+    1 - Phi(z) flags far more than 1% of them at p <= 0.01; recalibrated on held-out residuals of the same
+    distribution, the share flagged is the intended 1% (the p-values are uniform)."""
+    from mia_torch.audit.public import calibrated_p_values
+
+    rng = np.random.default_rng(5)
+    held_out, nonmembers = rng.normal(0.3, 1.5, 500), rng.normal(0.3, 1.5, 20_000)
+    assert np.mean(norm.sf(nonmembers) <= 0.01) > 0.07  # true rate P(Z > (2.326 - 0.3) / 1.5) = 0.088
+    p = calibrated_p_values(nonmembers, held_out)
+    assert 0.006 < np.mean(p <= 0.01) < 0.016 and 0.08 < np.mean(p <= 0.1) < 0.12
+    with pytest.raises(ValueError, match="at least 2 held-out"):
+        calibrated_p_values(nonmembers, held_out[:1])
