@@ -35,10 +35,10 @@ def test_ppv_is_the_formula_at_the_roc_point_of_each_fpr_target():
         # independent form: expected true and false flags among a population with prior pi
         true_flags, false_flags = p.prior * p.tpr, (1 - p.prior) * p.fpr
         assert p.ppv == pytest.approx(true_flags / (true_flags + false_flags), rel=1e-12)
-        assert p.ppv_interval[0] <= p.ppv <= p.ppv_interval[1]
+        assert p.ppv_ci[0] <= p.ppv <= p.ppv_ci[1]
 
 
-def test_ppv_interval_is_built_from_clopper_pearson_bounds_at_root_confidence():
+def test_ppv_ci_is_built_from_clopper_pearson_bounds_at_root_confidence():
     scores, members = _scores(1)
     n_pos, n_neg = int(members.sum()), int((~members).sum())
     (point,) = precision_at_priors(scores, members, fpr_targets=[0.05], priors=[0.1], confidence=0.95)
@@ -48,10 +48,10 @@ def test_ppv_interval_is_built_from_clopper_pearson_bounds_at_root_confidence():
     fpr_lo, fpr_hi = beta.ppf(a / 2, fp, n_neg - fp + 1), beta.ppf(1 - a / 2, fp + 1, n_neg - fp)
     low = 0.1 * tpr_lo / (0.1 * tpr_lo + 0.9 * fpr_hi)
     high = 0.1 * tpr_hi / (0.1 * tpr_hi + 0.9 * fpr_lo)
-    assert point.ppv_interval == pytest.approx((low, high), rel=1e-9)
+    assert point.ppv_ci == pytest.approx((low, high), rel=1e-9)
 
 
-def test_ppv_interval_covers_the_true_precision_at_its_threshold():
+def test_ppv_ci_covers_the_true_precision_at_its_threshold():
     """Gaussian scores with known rates: at the chosen threshold the true PPV is known in closed form."""
     prior, misses = 0.1, 0
     for seed in range(150):
@@ -61,7 +61,7 @@ def test_ppv_interval_covers_the_true_precision_at_its_threshold():
         edge = p.threshold - 0.005
         true_tpr, true_fpr = norm.sf(edge - 1.5), norm.sf(edge)
         truth = prior * true_tpr / (prior * true_tpr + (1 - prior) * true_fpr)
-        misses += not p.ppv_interval[0] <= truth <= p.ppv_interval[1]
+        misses += not p.ppv_ci[0] <= truth <= p.ppv_ci[1]
     assert misses / 150 <= 0.05 + 0.03  # level 95% (conservative), with room for the simulation's own noise
 
 
@@ -70,7 +70,7 @@ def test_nothing_flagged_has_no_precision_and_an_uninformative_interval():
     members = np.r_[np.ones(5, bool), np.zeros(5, bool)]
     (p,) = precision_at_priors(scores, members, fpr_targets=[0.01], priors=[0.5])
     assert p.tpr == 0 and p.fpr == 0 and np.isnan(p.ppv)
-    assert p.ppv_interval == (0.0, 1.0)
+    assert p.ppv_ci == (0.0, 1.0)
 
 
 def test_closed_forms_and_bad_priors():

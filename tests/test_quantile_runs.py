@@ -16,6 +16,7 @@ from helpers import TINY, make_config, run_experiment
 from mia_torch.evaluation import load_scores
 from mia_torch.metrics import roc_curve
 from mia_torch.models.mlp import MLP
+from mia_torch.report.types import RunResults
 
 ONE_MODEL = [o for o in TINY if not o.startswith("num_models")] + ["num_models=1"]
 QUICK = "attack.quantile.epochs=20"  # with attack=[quantile, ...]: a short regression fit
@@ -49,6 +50,8 @@ def test_a_study_without_reference_models(tmp_path):
     blind = results.blind_baseline  # random halves: the records alone cannot tell members apart
     assert blind.auc_ci[0] <= 0.5 <= blind.auc_ci[1] and not blind.warning and not blind.shift
     assert "blind" not in results.attacks
+    saved = RunResults.from_dict(json.loads((tmp_path / "run" / "results.json").read_text()))  # read back, typed
+    assert saved.blind_baseline == blind and saved.attacks["quantile"].precision[0] == quantile.precision[0]
     summary = (tmp_path / "run" / "report.html").read_text()
     assert 'id="blind-verdict"' in summary and 'id="precision-table"' in summary
 

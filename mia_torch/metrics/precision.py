@@ -74,7 +74,7 @@ class PrecisionPoint:
 
     ``tpr`` and ``fpr`` are the rates at that point (its score ``threshold``; member when
     ``score >= threshold``), ``ppv`` the precision (NaN when the point flags nothing) and
-    ``ppv_interval`` its exact interval at level ``confidence`` (see the module docstring).
+    ``ppv_ci`` its exact interval at level ``confidence`` (see the module docstring).
     """
 
     prior: float
@@ -83,7 +83,7 @@ class PrecisionPoint:
     tpr: float
     fpr: float
     ppv: float
-    ppv_interval: tuple[float, float]
+    ppv_ci: tuple[float, float]
     confidence: float
 
 
@@ -121,5 +121,5 @@ def precision_at_priors(
             high = float(np.nan_to_num(positive_predictive_value(tpr_high, fpr_low, prior), nan=1.0))
             out.append(PrecisionPoint(prior=prior, fpr_target=target, threshold=float(thresholds[point]),
                                       tpr=float(tpr[point]), fpr=float(fpr[point]), ppv=ppv,
-                                      ppv_interval=(low, high), confidence=float(confidence)))
+                                      ppv_ci=(low, high), confidence=float(confidence)))
     return out

@@ -19,30 +19,16 @@ from mia_torch.report.roc_metrics import Interval
 __all__ = ["BlindCheck", "PrecisionAtPrior"]
 
 
-@dataclass
-class PrecisionAtPrior(Record):
-    """PPV at membership ``prior`` where the attack's TPR at FPR ``fpr_target`` is reported (pooled ROC).
-
-    ``tpr`` and ``fpr`` are the rates at that ROC point (score ``threshold``), ``ppv`` =
-    π·TPR / (π·TPR + (1 − π)·FPR) (NaN, written as null, when the point flags nothing) and
-    ``ppv_ci`` its interval at level ``confidence``, exact at that threshold.
-    """
-
-    prior: float
-    fpr_target: float
-    threshold: float
-    tpr: float
-    fpr: float
-    ppv: float
-    ppv_ci: Interval
-    confidence: float = 0.95
+@dataclass(frozen=True)
+class PrecisionAtPrior(PrecisionPoint, Record):
+    """PPV at membership ``prior`` where the attack's TPR at FPR ``fpr_target`` is reported (pooled ROC): a
+    :class:`~mia_torch.metrics.precision.PrecisionPoint` written to ``results.json`` (``ppv`` NaN, written as
+    null, when the point flags nothing; ``ppv_ci`` exact at that point's ``threshold``)."""
 
     @classmethod
     def of(cls, point: PrecisionPoint) -> "PrecisionAtPrior":
         """The record of one :class:`~mia_torch.metrics.precision.PrecisionPoint`."""
-        values = asdict(point)
-        values["ppv_ci"] = values.pop("ppv_interval")
-        return cls(**values)
+        return cls(**asdict(point))
 
 
 @dataclass
