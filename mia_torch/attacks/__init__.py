@@ -5,9 +5,11 @@ higher = more likely member, and is built from ``configs/attack/<name>.yaml`` by
 ``hydra.utils.instantiate``.
 """
 from mia_torch.attacks.base import Attack, ReferenceSignals, balanced_accuracy_threshold, roc_auc
+from mia_torch.attacks.blind import BlindBaseline
 from mia_torch.attacks.label_only import GapAttack, LabelOnlyAttack
 from mia_torch.attacks.lira import LiRA
 from mia_torch.attacks.population import PopulationAttack
+from mia_torch.attacks.quantile import QuantileAttack
 from mia_torch.attacks.rmia import RMIA
 from mia_torch.attacks.shokri import ShokriAttack
 from mia_torch.attacks.threshold import ThresholdAttack
@@ -22,6 +24,8 @@ __all__ = [
     "RMIA",
     "GapAttack",
     "LabelOnlyAttack",
+    "QuantileAttack",
+    "BlindBaseline",
     "balanced_accuracy_threshold",
     "roc_auc",
 ]

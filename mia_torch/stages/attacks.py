@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,7 @@ import torch
 from mia_torch.attacks.base import Attack, ReferenceSignals
 from mia_torch.settings.load import Settings, build_attack
 from mia_torch.stages.context import Context
+from mia_torch.stages.record_attacks import fit_records, model_attacks, unscored
 from mia_torch.stages.signals import untrained_logits
 
 __all__ = ["AttackOutputs", "attack_stage", "attack_target", "fit_attacks", "reference_signals", "score_attacks"]
@@ -37,8 +38,9 @@ class AttackOutputs:
 
 
 def fit_attacks(settings: Settings, reference: ReferenceSignals) -> dict[str, Attack]:
-    """Every configured attack, fitted on ``reference`` (never on a target)."""
-    attacks = {name: build_attack(name, cfg) for name, cfg in settings.attacks.items()}
+    """Every configured attack that scores the model (all but the blind baseline), fitted on ``reference`` (never on
+    a target). Attacks that read the records (quantile) are fitted on public records afterwards (:func:`fit_records`)."""
+    attacks = {name: build_attack(name, cfg) for name, cfg in model_attacks(settings).items()}
     for attack in attacks.values():
         attack.fit(reference)
     return attacks
@@ -59,16 +61,18 @@ def reference_signals(ctx: Context, logits: torch.Tensor, models: Sequence[int])
 
 
 def attack_target(ctx: Context, attacks: dict[str, Attack], served: torch.Tensor, target: int,
-                  out: AttackOutputs) -> None:
+                  out: AttackOutputs, *, public: Mapping[str, np.ndarray] | None = None) -> None:
     """Score ``target``'s served output ``[N, Q, C]`` with the fitted ``attacks`` into ``out``: the scores, each
-    attack's fitted knobs and, when ``out`` keeps sanity scores, the scores of the target's untrained twin."""
+    attack's fitted knobs and, when ``out`` keeps sanity scores, the scores of the target's untrained twin.
+    ``public[name]``: the records attack ``name`` trained on, left unscored (NaN)."""
     labels = ctx.data.y.to(ctx.settings.device)
+    public = public or {}
     for name, scores in score_attacks(attacks, served, labels).items():
-        out.scores[name][target] = scores
+        out.scores[name][target] = unscored(scores, public[name]) if name in public else scores
         out.fitted_params[name][target] = attacks[name].fitted_params()
     if out.sanity is not None:
         for name, scores in score_attacks(attacks, untrained_logits(ctx, target), labels).items():
-            out.sanity[name][target] = scores
+            out.sanity[name][target] = unscored(scores, public[name]) if name in public else scores
 
 
 def attack_stage(ctx: Context, logits: np.ndarray, *, keep_fitted: Collection[int] = ()) -> AttackOutputs:
@@ -78,11 +82,12 @@ def attack_stage(ctx: Context, logits: np.ndarray, *, keep_fitted: Collection[in
     """
     s = ctx.settings
     all_logits = torch.from_numpy(logits).to(s.device).float()
-    out = AttackOutputs.empty(s.attacks, sanity=s.sanity_check)
+    out = AttackOutputs.empty(model_attacks(s), sanity=s.sanity_check)
     for target in ctx.splits.target_ids:
         refs = list(ctx.splits.reference_ids[target])
         attacks = fit_attacks(s, reference_signals(ctx, all_logits[refs], refs))
-        attack_target(ctx, attacks, all_logits[target], target, out)
+        public = fit_records(ctx, attacks, target, all_logits[target])
+        attack_target(ctx, attacks, all_logits[target], target, out, public=public)
         if target in keep_fitted:
             out.fitted[target] = attacks
     return out

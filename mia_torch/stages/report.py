@@ -18,6 +18,7 @@ from mia_torch.report.write_run import write_run_report
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult
 from mia_torch.stages.attacks import AttackOutputs
 from mia_torch.stages.context import Context
+from mia_torch.stages.record_attacks import blind_baseline, blind_check
 
 __all__ = ["report_study", "run_results"]
 
@@ -77,6 +78,8 @@ def report_study(
     ``served`` holds each target's served output ``[N, Q, C]``; ``target_metrics`` its
     accuracies (and whatever else its training recorded). Writes ``scores.npz``,
     ``results.json``, the figures, TensorBoard and the per-record CSVs; prints the summary.
+    With ``attack=blind``, and in every audit (whose report needs its members), the blind
+    baseline runs on the evaluated records and their membership.
     """
     s = ctx.settings
     save_scores(ctx.run_dir / "scores.npz", outputs.scores)
@@ -87,13 +90,17 @@ def report_study(
                                fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
                                fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
                                predictions={t: z.argmax(-1) for t, z in target_logits.items()},
-                               delta=s.defense.delta_for(len(labels)))
+                               delta=s.defense.delta_for(len(labels)), priors=s.priors)
     targets = {}
     for t in s.target_ids:  # over-confidence of the served output, on the evaluated members and non-members
         calibration = overconfidence(target_logits[t][eval_mask], labels[eval_mask], keep[t][eval_mask])
         targets[t] = TargetResult.from_dict({**target_metrics[t], **calibration}, path=f"model {t}")
     results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, audit=audit,
                           forget=forget, dp_audit=dp_audit)
+    blind = blind_baseline(s, audit_members=s.audit.enabled)  # an audit reports only when its members are known
+    if blind is not None:
+        results.blind_baseline = blind_check(blind, ctx, keep=keep, eval_mask=eval_mask, targets=list(s.target_ids),
+                                             attacks=attacks, bootstrap=s.bootstrap, seed=s.seed)
     write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=keep, eval_mask=eval_mask, labels=labels,
                      target_logits=target_logits, images=ImageSource.of(ctx.data))
     return results
