@@ -3,7 +3,8 @@
 Per attack (:class:`~mia_torch.report.types.AttackEvaluation`): metrics per target, their
 mean ± std over targets, the pooled ROC of all targets' examples (with its curve), the
 sanity check on untrained targets, the slices (per class; correctly vs incorrectly
-classified by the target) and the empirical lower bound on ε from the pooled ROC. Every
+classified by the target), the empirical lower bound on ε and the precision at membership
+priors from the pooled ROC. Every
 ROC gets bootstrap intervals (``bootstrap`` resamples) and Clopper–Pearson intervals for
 its TPRs. Per target (:func:`overconfidence`): ECE and member vs non-member confidence.
 """
@@ -19,6 +20,7 @@ import numpy as np
 
 from mia_torch.atomic import atomic_open
 from mia_torch.metrics import (
+    DEFAULT_PRIORS,
     aggregate,
     bootstrap_intervals,
     clopper_pearson,
@@ -26,6 +28,7 @@ from mia_torch.metrics import (
     empirical_epsilon,
     expected_calibration_error,
     membership_metrics,
+    precision_at_priors,
     roc_curve,
     tpr_key,
 )
@@ -33,6 +36,7 @@ from mia_torch.report.types import (
     AttackEvaluation,
     EpsilonBound,
     MeanStd,
+    PrecisionAtPrior,
     RocCurve,
     RocMetrics,
     SanityCheck,
@@ -87,11 +91,18 @@ def measure(
     )
 
 
+def scored(scores: np.ndarray, eval_mask: np.ndarray) -> np.ndarray:
+    """The evaluated records an attack scored on one target: ``eval_mask`` without its NaN scores (records the
+    attack fitted on and so never scores, e.g. the quantile attack's public records)."""
+    return eval_mask & ~np.isnan(scores)
+
+
 def pooled(scores: Mapping[int, np.ndarray], keep: np.ndarray, eval_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate every target's evaluated scores and membership labels (the pooled ROC)."""
+    """Concatenate every target's evaluated, scored records' scores and membership labels (the pooled ROC)."""
     targets = sorted(scores)
-    return (np.concatenate([scores[t][eval_mask] for t in targets]),
-            np.concatenate([keep[t][eval_mask] for t in targets]))
+    masks = [scored(scores[t], eval_mask) for t in targets]
+    return (np.concatenate([scores[t][m] for t, m in zip(targets, masks)]),
+            np.concatenate([keep[t][m] for t, m in zip(targets, masks)]))
 
 
 def slice_masks(classes: np.ndarray, correct: np.ndarray | None) -> Iterator[tuple[str, str, np.ndarray]]:
@@ -145,6 +156,7 @@ def evaluate_attacks(
     labels: np.ndarray | None = None,
     predictions: Mapping[int, np.ndarray] | None = None,
     delta: float | None = None,
+    priors: Sequence[float] = DEFAULT_PRIORS,
 ) -> dict[str, AttackEvaluation]:
     """Evaluate every attack: per target, mean ± std over targets, pooled (with its ROC curve).
 
@@ -154,26 +166,26 @@ def evaluate_attacks(
     examples are also evaluated per class, and with each target's ``predictions``
     (``int[N]``, its predicted class) on correctly vs incorrectly classified examples.
     With ``delta`` each attack gets the lower bound on ε its pooled ROC implies at that δ
-    (:func:`epsilon_bound`).
+    (:func:`epsilon_bound`), and with ``priors`` the precision of its flags at each prior and FPR
+    target. An attack is evaluated on the records it scored (:func:`scored`).
     """
-    classes = correct = None
-    targets = sorted(next(iter(scores.values()), {}))
-    if labels is not None and targets:
-        classes = np.concatenate([labels[eval_mask] for _ in targets])
-        if predictions is not None:
-            correct = np.concatenate([predictions[t][eval_mask] == labels[eval_mask] for t in targets])
     out: dict[str, AttackEvaluation] = {}
     for name, per_target in scores.items():
-        rows = []
-        for target in sorted(per_target):
+        rows, evaluated = [], {t: scored(per_target[t], eval_mask) for t in sorted(per_target)}
+        for target, mask in evaluated.items():
             fitted = dict((fitted_params or {}).get(name, {}).get(target, {}))
             threshold = fitted.get("threshold")
-            evaluated, members = per_target[target][eval_mask], keep[target][eval_mask]
-            m = measure(evaluated, members, fpr_targets=fpr_targets, bootstrap=bootstrap, seed=seed,
+            evaluated_scores, members = per_target[target][mask], keep[target][mask]
+            m = measure(evaluated_scores, members, fpr_targets=fpr_targets, bootstrap=bootstrap, seed=seed,
                         threshold=threshold)
             rows.append(TargetAttackMetrics(**vars(m), target=target, threshold=threshold, fitted_params=fitted,
-                                            p_values=empirical_p_values(evaluated, evaluated[~members])))
+                                            p_values=empirical_p_values(evaluated_scores, evaluated_scores[~members])))
         all_scores, all_members = pooled(per_target, keep, eval_mask)
+        classes = correct = None
+        if labels is not None and evaluated:
+            classes = np.concatenate([labels[mask] for mask in evaluated.values()])
+            correct = None if predictions is None else np.concatenate(
+                [predictions[t][mask] == labels[mask] for t, mask in evaluated.items()])
         entry = AttackEvaluation(
             per_target=rows,
             mean=_mean_over_targets(rows),
@@ -182,6 +194,9 @@ def evaluate_attacks(
             slices=evaluate_slices(all_scores, all_members, slice_masks(classes, correct) if classes is not None
                                    else (), fpr_targets=fpr_targets),
         )
+        roc = (entry.pooled.curve.fpr, entry.pooled.curve.tpr, entry.pooled.curve.thresholds)
+        entry.precision = [PrecisionAtPrior.of(point) for point in precision_at_priors(
+            all_scores, all_members, fpr_targets=fpr_targets, priors=priors, roc=roc)]
         if delta is not None:
             entry.epsilon_bound = epsilon_bound(all_scores, all_members, delta=delta, curve=entry.pooled.curve)
             entry.empirical_epsilon = entry.epsilon_bound.epsilon

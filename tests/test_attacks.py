@@ -429,6 +429,8 @@ def test_every_attack_config_instantiates_a_working_attack():
             cfg.epochs = 40
         attack = instantiate(cfg)
         assert isinstance(attack, Attack), f
+        if getattr(attack, "reads_records", False):  # quantile, blind read the records: see their own tests
+            continue
         scores = attack.fit(ref).score(tl, y)
         check_scores(scores, 300)
         assert auc(scores, member) > 0.6, f

@@ -132,7 +132,9 @@ CASES = [
     Case("unknown top-level key", ["+unknown_key=1"], ["unknown_key", "Valid keys", "store_dir", "attack"]),
     Case("wrong type (structured)", ["train.epochs=many"], ["train.epochs"]),
     Case("out of range: optimizer", ["train.optimizer=rmsprop"], ["train.optimizer"]),
-    Case("out of range: num_models", ["num_models=1"], ["num_models"]),
+    Case("out of range: num_models", ["num_models=0"], ["num_models=0 is invalid"]),
+    Case("one model for attacks that need references", ["num_models=1"],
+         ["num_models=1", "need reference models", "attack=[quantile,loss]"]),
     Case("out of range: target_ids", ["target_ids=[7]"], ["target_ids"]),
     Case("unknown threat model", ["threat_model=both"], ["threat_model"]),
     Case("unknown query", ["queries=[identity,rotate]"], ["queries"]),
@@ -273,7 +275,7 @@ def test_bad_input_stops_before_training_with_one_message(tmp_path, case, clean_
 
 @pytest.mark.parametrize("override, expected", [
     ("num_modles=3", "unknown top-level key(s) num_modles: no config defines it; did you mean num_models?"),
-    ("num_models=1", "num_models=1 is invalid"),
+    ("num_models=0", "num_models=0 is invalid"),
 ])
 def test_mia_run_itself_refuses_hydra_and_pipeline_errors_with_one_message(tmp_path, monkeypatch, capsys, override,
                                                                            expected):

@@ -7,10 +7,12 @@ per-example features of the served outputs (:class:`ReferenceFeatures`), so a st
 holds every model's logits at once.
 """
 from mia_torch.attacks.base import Attack, ReferenceSignals, balanced_accuracy_threshold, roc_auc
+from mia_torch.attacks.blind import BlindBaseline
 from mia_torch.attacks.feature_attack import FeatureAttack, ReferenceFeatures
 from mia_torch.attacks.label_only import GapAttack, LabelOnlyAttack
 from mia_torch.attacks.lira import LiRA
 from mia_torch.attacks.population import PopulationAttack
+from mia_torch.attacks.quantile import QuantileAttack
 from mia_torch.attacks.rmia import RMIA
 from mia_torch.attacks.shokri import ShokriAttack
 from mia_torch.attacks.threshold import ThresholdAttack
@@ -27,6 +29,8 @@ __all__ = [
     "RMIA",
     "GapAttack",
     "LabelOnlyAttack",
+    "QuantileAttack",
+    "BlindBaseline",
     "balanced_accuracy_threshold",
     "roc_auc",
 ]

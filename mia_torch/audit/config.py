@@ -54,7 +54,8 @@ class AuditConfig:
     trained on, when known (ground truth: the full report); ``candidates``: the records to
     ask about (default: every population record); ``fpr``: the false-positive rate of each
     record's verdict; ``online``: whether reference models may train on the candidates
-    (needed by online attacks).
+    (needed by online attacks); ``public``: population records known not to be in the model's
+    training set, which attacks without reference models (``quantile``) learn from.
     """
 
     checkpoint: str | None = None
@@ -65,6 +66,7 @@ class AuditConfig:
     candidates: Any = None
     fpr: float = 0.01
     online: bool = False
+    public: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -86,9 +88,10 @@ class AuditConfig:
         _check_fpr("audit.fpr", out.fpr)
         _check_ids("audit.members", out.members)
         _check_ids("audit.candidates", out.candidates)
+        _check_ids("audit.public", out.public)
         if not isinstance(out.online, bool):
             raise ValueError(f"audit.online={out.online!r} is invalid: expected true or false")
-        if not out.enabled and (out.members is not None or out.candidates is not None):
-            raise ValueError("audit.members / audit.candidates need audit.checkpoint or audit.outputs: the model to "
-                             "audit, or its outputs")
+        if not out.enabled and any(v is not None for v in (out.members, out.candidates, out.public)):
+            raise ValueError("audit.members / audit.candidates / audit.public need audit.checkpoint or audit.outputs: "
+                             "the model to audit, or its outputs")
         return replace(out, fpr=float(out.fpr))

@@ -39,7 +39,13 @@ CAVEAT = ('"no evidence" is not proof of absence: a record the model was trained
 
 @dataclass(frozen=True)
 class RecordEvidence:
-    """Per-record arrays (length N) for one target model."""
+    """Per-record arrays (length N) for one target model.
+
+    ``source`` says what the null distribution comes from: ``references`` (the OUT reference
+    models, as above) or ``quantile`` (the quantile attack's regression, without reference
+    models: :func:`mia_torch.audit.public.residual_evidence`; ``num_out`` then counts the
+    held-out public records that calibrate ``p_rank``).
+    """
 
     phi: np.ndarray
     z: np.ndarray
@@ -47,12 +53,13 @@ class RecordEvidence:
     p_rank: np.ndarray
     num_out: np.ndarray
     log_lr: np.ndarray | None
+    source: str = "references"
 
     def subset(self, ids: np.ndarray) -> "RecordEvidence":
         """The evidence of records ``ids`` only."""
         return RecordEvidence(phi=self.phi[ids], z=self.z[ids], p_gaussian=self.p_gaussian[ids],
                               p_rank=self.p_rank[ids], num_out=self.num_out[ids],
-                              log_lr=None if self.log_lr is None else self.log_lr[ids])
+                              log_lr=None if self.log_lr is None else self.log_lr[ids], source=self.source)
 
 
 def record_evidence(

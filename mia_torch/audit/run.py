@@ -14,6 +14,7 @@ references of the model's own architecture could do.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,15 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mia_torch.atomic import atomic_write_bytes
+from mia_torch.attacks.quantile import QuantileAttack
 from mia_torch.audit.checkpoint import CheckpointError, load_checkpoint_model
 from mia_torch.audit.evidence import RecordEvidence, record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
 from mia_torch.audit.outputs import PROXY_P_VALUES, AuditedOutputs, outputs_metrics, read_outputs, warn_if_unordered
+from mia_torch.audit.public import PublicRecords, fit_public_attacks, plan_public, residual_evidence
 from mia_torch.audit.summary import MAX_PRINTED, describe_records, write_records_csv
 from mia_torch.evaluation import save_scores
+from mia_torch.metrics.precision import expected_false_flags
 from mia_torch.report.check_results import AuditRecord, AuditResult
 from mia_torch.report.html import finish_run_html
 from mia_torch.report.json_file import write_json
@@ -38,6 +42,7 @@ from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.signals.output import serve
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, model_seed
+from mia_torch.stages.record_attacks import model_attacks
 from mia_torch.stages.report import identity_query, report_study, run_results
 from mia_torch.stages.signals import query, record_signals, signals_stage
 from mia_torch.stages.train import train_stage
@@ -45,6 +50,8 @@ from mia_torch.store import array_to_bytes
 from mia_torch.training.trainer import evaluate
 
 __all__ = ["AuditPlan", "plan_audit", "run_audit"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class AuditPlan:
     references: tuple[int, ...]
     skipped: dict[str, str]
     outputs: AuditedOutputs | None = None
+    public: PublicRecords | None = None  # audit.public: what attacks without reference models learn from
 
     @property
     def ground_truth(self) -> bool:
@@ -116,16 +124,23 @@ def plan_audit(ctx: Context) -> tuple[AuditPlan, Context]:
     audit, n, target = s.audit, len(ctx.data.y), s.target_ids[0]
     ids = {key: read_ids(value, key=f"audit.{key}", population_size=n, data_dir=s.data_dir)
            for key, value in (("candidates", audit.candidates), ("members", audit.members)) if value is not None}
-    candidates = ids.get("candidates", np.arange(n))
     members = ids.get("members")
+    attacks = model_attacks(ctx.attacks)
     skipped = {}
-    for name, attack in ctx.attacks.items():
+    for name, attack in attacks.items():
         if attack.needs_in_references and not audit.online:
             skipped[name] = ("uses references trained on each record (IN references): allow it with "
                              "audit.online=true")
-    if len(skipped) == len(s.attacks):
+    if len(skipped) == len(attacks):
         raise ValueError(f"every configured attack ({', '.join(skipped)}) needs audit.online=true: set it, or "
                          "choose offline attacks, e.g. attack=[lira_offline,rmia,loss]")
+    no_references = not ctx.splits.reference_ids[target]
+    if no_references and not any(isinstance(a, QuantileAttack) for a in attacks.values()):
+        raise ValueError(f"num_models={s.num_models} trains no reference model, so the per-record evidence must come "
+                         "from an attack that needs none: add attack=quantile (with audit.public), or set "
+                         "num_models >= 3")
+    public, candidates = plan_public(ctx, attacks, candidates=ids.get("candidates"), members=members,
+                                     calibrate=no_references)
     keep = ctx.splits.keep.copy()
     keep[target] = False
     if members is not None:
@@ -137,7 +152,8 @@ def plan_audit(ctx: Context) -> tuple[AuditPlan, Context]:
         warn_if_unordered(outputs, ctx.data.y.cpu().numpy())
     plan = AuditPlan(target=target, model=load_audited_model(ctx, target) if outputs is None else None,
                      checkpoint=Path(audit.checkpoint) if outputs is None else outputs.file, candidates=candidates,
-                     members=members, references=ctx.splits.reference_ids[target], skipped=skipped, outputs=outputs)
+                     members=members, references=ctx.splits.reference_ids[target], skipped=skipped, outputs=outputs,
+                     public=public)
     if plan.no_report:
         print(f"note: {plan.no_report}", flush=True)
     return plan, ctx.for_splits(replace(ctx.splits, keep=keep))
@@ -175,6 +191,9 @@ def _audit_summary(ctx: Context, plan: AuditPlan, evidence: RecordEvidence) -> A
         preprocess=ctx.settings.audit.preprocess, references=list(plan.references),
         online=ctx.settings.audit.online, skipped_attacks=plan.skipped, fpr=fpr,
         candidates=int(len(plan.candidates)), flagged=int(flagged.sum()), records_csv="records.csv",
+        public=0 if plan.public is None else int(len(plan.public.train) + len(plan.public.calibration)),
+        expected_false_flags={f"{prior:g}": expected_false_flags(len(plan.candidates), prior=prior, fpr=fpr)
+                              for prior in ctx.settings.priors},
         no_report=plan.no_report or None,
         records=[AuditRecord(id=int(i), p_gaussian=float(evidence.p_gaussian[k]), p_rank=float(evidence.p_rank[k]),
                              verdict="member" if flagged[k] else "no evidence") for k, i in enumerate(shown)],
@@ -203,17 +222,26 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
     s, t = ctx.settings, plan.target
     refs = list(plan.references)
     atomic_write_bytes(ctx.run_dir / "keep.npy", array_to_bytes(ctx.splits.keep))
-    ref_metrics = train_stage(ctx, refs)
-    source = signals_stage(ctx, refs)
-    reference = reference_signals(ctx, torch.from_numpy(source.dense()).to(s.device).float(), refs)
     labels = ctx.data.y.to(s.device)
     served = _served(ctx, plan)
-    record_signals(ctx, source)  # the references' signals, by reference; the audited model's own below
+    ref_metrics, reference = [], None
+    if refs:
+        ref_metrics = train_stage(ctx, refs)
+        source = signals_stage(ctx, refs)
+        reference = reference_signals(ctx, torch.from_numpy(source.dense()).to(s.device).float(), refs)
+        record_signals(ctx, source)  # the references' signals, by reference; the audited model's own below
+    else:
+        log.info("no reference model trained: num_models=%d, the attacks learn from audit.public", s.num_models)
     atomic_write_bytes(ctx.run_dir / "target_signals.npy", array_to_bytes(served.cpu().numpy()))
-    attacks = fit_attacks({n: a for n, a in ctx.attacks.items() if n not in plan.skipped}, reference)
+    attacks = fit_attacks({n: a for n, a in model_attacks(ctx.attacks).items() if n not in plan.skipped}, reference)
+    public = fit_public_attacks(ctx, attacks, t, served, plan.public)
     outputs = AttackOutputs.empty(attacks, sanity=s.sanity_check)
-    attack_target(ctx, attacks, served, t, outputs)
-    evidence = record_evidence(served, labels, reference, online=s.audit.online).subset(plan.candidates)
+    attack_target(ctx, attacks, served, t, outputs, public=public)
+    if reference is not None:
+        evidence = record_evidence(served, labels, reference, online=s.audit.online).subset(plan.candidates)
+    else:  # the quantile attack's own p-values
+        quantile = next(a for a in attacks.values() if isinstance(a, QuantileAttack))
+        evidence = residual_evidence(ctx, quantile, served, plan.public.calibration).subset(plan.candidates)
     classes = ctx.data.y.cpu().numpy()[plan.candidates]
     candidate_scores = {n: v[t][plan.candidates] for n, v in outputs.scores.items()}
     known = None if plan.members is None else np.isin(plan.candidates, plan.members)
@@ -240,7 +268,7 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
     if plan.skipped:
         print(f"skipped (offline audit): {', '.join(plan.skipped)}: allow online attacks with audit.online=true")
     print(describe_records(plan.candidates, classes, evidence, fpr=s.audit.fpr, scores=candidate_scores,
-                           members=known), flush=True)
+                           members=known, priors=s.priors), flush=True)
     if plan.outputs is not None:
         print(f"  {PROXY_P_VALUES}", flush=True)
     print(f"records: {ctx.run_dir / 'records.csv'}", flush=True)

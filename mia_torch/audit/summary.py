@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mia_torch.atomic import atomic_open
 from mia_torch.audit.evidence import CAVEAT, RecordEvidence, verdicts
+from mia_torch.metrics.precision import expected_false_flags
 
 __all__ = ["MAX_PRINTED", "describe_records", "write_records_csv"]
 
@@ -34,7 +35,8 @@ def write_records_csv(
     """One row per candidate (arrays already restricted to the candidates); written atomically."""
     verdict = verdicts(evidence.p_gaussian, fpr)
     header = ["id", "source_id", "class"] + (["member"] if members is not None else [])
-    header += [f"{name}_score" for name in scores] + ["phi", "p_gaussian", "p_rank", "out_references"]
+    null = "out_references" if evidence.source == "references" else "calibration_records"
+    header += [f"{name}_score" for name in scores] + ["phi", "p_gaussian", "p_rank", null]
     header += (["log_lr"] if evidence.log_lr is not None else []) + [f"verdict@fpr={fpr:g}"]
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -50,15 +52,34 @@ def write_records_csv(
     return path
 
 
+def false_flag_lines(candidates: int, flagged: int, *, fpr: float, priors: Sequence[float]) -> list[str]:
+    """How many flags chance explains if a share π of the candidates are members, and the share of the flags that
+    are then members: ``(1 - π) * candidates * fpr`` false flags expected, ``1 - expected / flagged`` members."""
+    if not priors:
+        return []
+    expected = {p: expected_false_flags(candidates, prior=p, fpr=fpr) for p in priors}
+    lines = ["  expected false flags if a share π of the candidates are members: "
+             + ", ".join(f"{e:.1f} at π={100 * p:g}%" for p, e in expected.items())]
+    if flagged:
+        lines.append(f"  so of the {flagged} flagged, about "
+                     + ", ".join(f"{max(0.0, 1 - e / flagged):.0%}" for e in expected.values())
+                     + " are members (same priors; 0% means chance alone explains the flags)")
+    return lines
+
+
 def describe_records(
     ids: np.ndarray, classes: np.ndarray, evidence: RecordEvidence, *, fpr: float,
-    scores: Mapping[str, np.ndarray] | None = None, members: np.ndarray | None = None,
+    scores: Mapping[str, np.ndarray] | None = None, members: np.ndarray | None = None, priors: Sequence[float] = (),
 ) -> str:
     """Lines for the printed summary: each record with its attack scores (few candidates), or the count flagged;
-    with ``members`` (whether each candidate is a known member), the verdict's measured rates."""
+    with ``members`` (whether each candidate is a known member), the verdict's measured rates; with ``priors``,
+    the false flags expected at each membership prior."""
     verdict = verdicts(evidence.p_gaussian, fpr)
     flagged = int(np.count_nonzero(verdict == "member"))
     lines = [f"audit at FPR {fpr:g}: {flagged} of {len(ids)} candidate record(s) flagged as member"]
+    lines += false_flag_lines(len(ids), flagged, fpr=fpr, priors=priors)
+    gaussian, ranked = (("LiRA offline Gaussian", "OUT references") if evidence.source == "references" else
+                        ("the quantile regression's Gaussian", "held-out public records"))
     if members is not None and members.any() and not members.all():
         hit, false = (int(np.count_nonzero(verdict[m] == "member")) for m in (members, ~members))
         lines.append(f"  known membership: {hit} of {int(members.sum())} members flagged; {false} of "
@@ -69,15 +90,16 @@ def describe_records(
             lr = f", log LR {_fmt(evidence.log_lr[i])}" if evidence.log_lr is not None else ""
             lines.append(
                 f"  record {int(ids[i])} (class {int(classes[i])}): {verdict[i]}; p = {_fmt(evidence.p_gaussian[i])} "
-                f"(LiRA offline Gaussian), {_fmt(evidence.p_rank[i])} (rank among {int(evidence.num_out[i])} OUT "
-                f"references){lr}")
+                f"({gaussian}), {_fmt(evidence.p_rank[i])} (rank among {int(evidence.num_out[i])} {ranked}){lr}")
             if scores:
                 lines.append("    scores: " + ", ".join(f"{name} {_fmt(float(v[i]))}" for name, v in scores.items()))
     else:
         lines.append(f"  with no member among them, about {fpr * len(ids):.1f} would be flagged by chance")
     smallest = 1.0 / (1.0 + float(np.max(evidence.num_out))) if len(ids) else 1.0
     if smallest > fpr:
-        lines.append(f"  note: with at most {int(np.max(evidence.num_out))} OUT references the rank p-value cannot "
-                     f"go below {smallest:.3g} > {fpr:g}; train more reference models (num_models) for it to count")
+        more = "train more reference models (num_models)" if evidence.source == "references" else \
+            "name more public records (audit.public)"
+        lines.append(f"  note: with at most {int(np.max(evidence.num_out))} {ranked} the rank p-value cannot "
+                     f"go below {smallest:.3g} > {fpr:g}; {more} for it to count")
     lines.append(f"  {CAVEAT}")
     return "\n".join(lines)

@@ -102,9 +102,7 @@ def make_splits(
     if bad or len(set(targets)) != len(targets):
         raise ValueError(f"target_ids={list(targets)} must be distinct indices in [0, num_models={num_models})")
     everyone = np.arange(num_examples)
-    if threat_model == "shared":
-        if num_models < 3:
-            raise ValueError("num_models must be at least 3 with threat_model=shared (target, its twin, a reference)")
+    if threat_model == "shared":  # below 3 models a target has no reference (attacks that need none still run)
         rows = _paired_rows(list(range(num_models)), everyone, num_examples, seed, tag=0)
         eval_mask = np.ones(num_examples, dtype=bool)
         refs = {t: tuple(m for m in range(num_models) if m not in (t, twin(t, num_models))) for t in targets}

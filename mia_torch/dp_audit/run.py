@@ -26,6 +26,7 @@ from mia_torch.dp_audit.result import DpAuditResult
 from mia_torch.report.types import RunResults
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, is_defended, model_seed, stored_path
+from mia_torch.stages.record_attacks import model_attacks
 from mia_torch.stages.report import identity_query, report_study
 from mia_torch.stages.signals import query, signals_stage
 from mia_torch.stages.train import train_stage
@@ -99,8 +100,9 @@ def _score_target(ctx: Context, target: int, served: torch.Tensor, references: l
     s = ctx.settings
     logits = torch.from_numpy(signals_stage(ctx, references).dense()).to(s.device).float() if references else \
         torch.zeros((0, *served.shape), device=s.device)
-    out = AttackOutputs.empty(ctx.attacks, sanity=s.sanity_check)
-    attack_target(ctx, fit_attacks(ctx.attacks, reference_signals(ctx, logits, references)), served, target, out)
+    attacks = model_attacks(ctx.attacks)
+    out = AttackOutputs.empty(attacks, sanity=s.sanity_check)
+    attack_target(ctx, fit_attacks(attacks, reference_signals(ctx, logits, references)), served, target, out)
     return out
 
 

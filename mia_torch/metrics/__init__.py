@@ -12,6 +12,7 @@ from .calibration import (
     expected_calibration_error,
 )
 from .intervals import clopper_pearson
+from .precision import DEFAULT_PRIORS, PrecisionPoint, expected_false_flags, precision_at_priors
 from .privacy import EpsilonLowerBound, empirical_epsilon
 from .roc import (
     aggregate,
@@ -26,6 +27,8 @@ from .roc import (
 )
 
 __all__ = [
+    "DEFAULT_PRIORS",
+    "PrecisionPoint",
     "CalibrationBins",
     "ConfidenceGap",
     "EpsilonLowerBound",
@@ -40,7 +43,9 @@ __all__ = [
     "confidence_gap",
     "empirical_epsilon",
     "expected_calibration_error",
+    "expected_false_flags",
     "membership_metrics",
+    "precision_at_priors",
     "roc_curve",
     "tpr_at_fpr",
     "tpr_key",

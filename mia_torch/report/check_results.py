@@ -43,6 +43,9 @@ class AuditResult(Record):
     ``records`` holds the first candidates (all of them are in ``records_csv``);
     ``skipped_attacks`` the attacks left out and why (online ones without ``audit.online``);
     ``no_report`` why no study was reported (e.g. the members cover every candidate).
+    ``public`` counts the ``audit.public`` records (known non-members that train and calibrate an
+    attack without reference models, never candidates); ``expected_false_flags`` the non-members
+    expected among the flags at each membership prior (``priors``, keyed ``f"{prior:g}"``).
     """
 
     checkpoint: str | None = None
@@ -60,6 +63,8 @@ class AuditResult(Record):
     candidates: int
     flagged: int
     records_csv: str
+    public: int = 0
+    expected_false_flags: dict[str, float] = field(default_factory=dict)
     no_report: str | None = None
     records: list[AuditRecord] = field(default_factory=list)
 

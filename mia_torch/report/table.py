@@ -7,8 +7,9 @@ from typing import Any, Mapping, Sequence
 
 from mia_torch.report.types import RELIABLE_FALSE_POSITIVES, Interval, RocMetrics, RunResults, reported_values
 
-__all__ = ["describe_setting", "format_interval", "format_number", "format_percent", "format_summary", "format_table",
-           "tpr_mark", "PROXY_CAVEAT", "UNRELIABLE_MARK", "UNRESOLVABLE_MARK"]
+__all__ = ["aligned", "describe_setting", "format_interval", "format_number", "format_percent", "format_summary",
+           "format_table", "precision_lines", "quantile_lines", "tpr_mark", "PROXY_CAVEAT", "UNRELIABLE_MARK",
+           "UNRESOLVABLE_MARK"]
 
 #: Appended to a TPR@FPR whose FPR is below 10/N (N non-members): fewer than 10 false positives.
 UNRELIABLE_MARK = "*"
@@ -77,12 +78,18 @@ def format_table(results: RunResults) -> str:
         row.append(format_number(pooled.balanced_accuracy))
         row += [format_number(values[k][2], values[k][1]) if k in values else "-" for k in extra]
         table.append(row)
-    widths = [max(len(r[c]) for r in table) for c in range(len(header))]
+    return aligned(table)
+
+
+def aligned(table: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as an aligned text table: the first row is the header (underlined), the first column
+    left-aligned, the others right-aligned."""
+    widths = [max(len(r[c]) for r in table) for c in range(len(table[0]))]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
 
-    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in table[1:]])
+    return "\n".join([line(table[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in table[1:]])
 
 
 def _footnotes(results: RunResults) -> list[str]:
@@ -174,6 +181,60 @@ def _privacy_lines(results: RunResults) -> list[str]:
     return lines
 
 
+def precision_lines(results: RunResults) -> list[str]:
+    """Of the records each attack flags, the share that are members, at each membership prior and FPR target
+    (pooled ROC), with its exact interval: the auditor's precision."""
+    points = [(p.prior, p.fpr_target) for a in results.attacks.values() for p in a.precision]
+    columns = sorted(dict.fromkeys(points), key=lambda c: (-c[1], -c[0]))
+    if not columns:
+        return []
+    header = ["precision of flags"] + [f"π={100 * prior:g}% @{100 * fpr:g}%FPR" for prior, fpr in columns]
+    table = [header]
+    for name, attack in results.attacks.items():
+        cells = {(p.prior, p.fpr_target): p for p in attack.precision}
+        row = [name]
+        for column in columns:
+            p = cells.get(column)
+            row.append("-" if p is None else "none flagged" if math.isnan(p.ppv) else
+                       f"{format_percent(p.ppv, 1)} [{format_percent(p.ppv_ci[0], 1)[:-1]}, "
+                       f"{format_percent(p.ppv_ci[1], 1)[:-1]}]")
+        table.append(row)
+    return [aligned(table), "precision = π·TPR / (π·TPR + (1 − π)·FPR) at the ROC point of each FPR target, when a "
+            "share π of the records asked about are members (95% interval, exact at that threshold)"]
+
+
+#: How the summary names the quantile attack's regression models (``attack.quantile.model``).
+REGRESSION_WORDS = {"target": "a regression network of the target's architecture", "mlp": "a regression MLP",
+                    "hgb": "gradient-boosted quantile regression"}
+
+
+def quantile_lines(results: RunResults) -> list[str]:
+    """For each attack fitted on public records (quantile): what it trained on, what it was evaluated on, and
+    its cost beside the reference models'."""
+    references = [m for m in results.models if m.get("model") not in results.target_ids]
+    timed = [float(m["train_seconds"]) for m in references if isinstance(m.get("train_seconds"), (int, float))]
+    if timed:
+        cost = (f"this run trained {len(references)} reference model(s) in {sum(timed):.1f} s "
+                f"({sum(timed) / len(timed):.1f} s each)")
+    else:
+        cost = f"this run used {len(references)} reference model(s)" if references else \
+            "this run trained no reference model"
+    lines = []
+    for name, attack in results.attacks.items():
+        fitted = [row.fitted_params for row in attack.per_target if "num_public" in row.fitted_params]
+        if not fitted:
+            continue
+        sources = ", ".join(f"{v} {k}" for k, v in fitted[0].get("public_sources", {}).items() if v)
+        seconds = sum(float(f.get("fit_seconds", 0.0)) for f in fitted) / len(fitted)
+        model = REGRESSION_WORDS.get(fitted[0].get("regression_model"), fitted[0].get("regression_model"))
+        lines.append(f"{name}: {model} trained on "
+                     f"{fitted[0]['num_public']} public non-member records per target ({sources}), never evaluated; "
+                     f"evaluated on {attack.pooled.num_members} members and {attack.pooled.num_nonmembers} "
+                     f"non-members (pooled); fitted in {seconds:.1f} s per target with no reference model "
+                     f"({cost})")
+    return lines
+
+
 def format_summary(results: RunResults) -> str:
     """The summary printed at the end of a run (also what the README shows)."""
     spent_delta = next((t.dp_delta for t in results.targets.values() if t.dp_delta is not None), None)
@@ -187,6 +248,10 @@ def format_summary(results: RunResults) -> str:
     lines += _footnotes(results)
     lines += _slices_line(results)
     lines += _privacy_lines(results)
+    lines += quantile_lines(results)
+    lines += precision_lines(results)
+    if results.blind_baseline is not None:
+        lines.append(results.blind_baseline.message())
     if results.dp_audit is not None:
         lines += results.dp_audit.summary_lines(results)
     checked = {n: a.sanity for n, a in results.attacks.items() if a.sanity is not None}

@@ -110,7 +110,9 @@ def write_report(
     ``results.models`` (lists such as ``epoch_train_loss`` as curves with step = epoch,
     from 1); ``target/<t>/<field>`` for each reported field of each target;
     ``attack/<name>/<metric>`` for each attack's pooled metrics (see :func:`roc_scalars`),
-    its reported fields and ``sanity_auc``; ``slice/<name>/<slice>/auc`` and
+    its reported fields and ``sanity_auc``; ``precision/<name>/prior=<π>/fpr=<f>`` (the precision of
+    its flags at prior π where its TPR at FPR f is read); ``blind_baseline/auc`` and ``.../warning``
+    (1 when it fired); ``slice/<name>/<slice>/auc`` and
     ``.../tpr@<f>fpr`` for each evaluated slice. Images: each entry of ``images`` (``uint8[H, W, 3]``) under its key.
     PR curves ``pr/<name>`` on rank-scaled scores and histograms ``scores/<name>/member``
     and ``.../nonmember`` from ``pooled_scores[name] = (scores, members)``. HParams:
@@ -151,6 +153,8 @@ def write_report(
                 scalar(f"attack/{name}/{key}", value)
             if attack.sanity is not None:
                 scalar(f"attack/{name}/sanity_auc", attack.sanity.auc)
+            for point in attack.precision:
+                scalar(f"precision/{name}/prior={point.prior:g}/fpr={point.fpr_target:g}", point.ppv)
             for piece in attack.slices:
                 if piece.metrics is not None:
                     scalar(f"slice/{name}/{piece.name}/auc", piece.metrics.auc)
@@ -159,6 +163,9 @@ def write_report(
         if results.dp_audit is not None:
             for key, value in results.dp_audit.scalars().items():
                 scalar(f"dp_audit/{key}", value)
+        if results.blind_baseline is not None:
+            scalar("blind_baseline/auc", results.blind_baseline.auc)
+            scalar("blind_baseline/warning", float(results.blind_baseline.warning))
         for name, (scores, members) in checked.items():
             writer.add_pr_curve(f"pr/{name}", members, rank_scale(scores), global_step=0)
             writer.add_histogram(f"scores/{name}/member", scores[members], global_step=0)

@@ -14,8 +14,10 @@ and read by the printed summary, ``results.json`` (:meth:`~Record.to_dict` /
         empirical_epsilon, epsilon_bound            lower bound on ε from the pooled ROC (EpsilonBound)
         sanity:     SanityCheck | None              an untrained target must score AUC 0.5
         slices:     [SliceResult]                   per class, correctly vs incorrectly classified
+        precision:  [PrecisionAtPrior]              PPV at each membership prior and FPR target (pooled)
       dp_audit: DpAuditResult | None                one-run DP audit: canaries, one-run and Gaussian-DP bounds
       audit, forget: AuditResult, ForgetResult      the one-model checks' answers (or None)
+      blind_baseline: BlindCheck | None             a classifier of the records alone, and its warning
 
 One ROC's records live in :mod:`~mia_torch.report.roc_metrics` and the audit and forget sections
 in :mod:`~mia_torch.report.check_results`; every name is importable from here.
@@ -34,6 +36,7 @@ import numpy as np
 
 from mia_torch.dp_audit.result import DpAuditResult
 from mia_torch.report.check_results import AuditResult, ForgetResult
+from mia_torch.report.guards import BlindCheck, PrecisionAtPrior
 from mia_torch.report.json_record import Record
 from mia_torch.report.roc_metrics import (
     RELIABLE_FALSE_POSITIVES,
@@ -48,9 +51,11 @@ from mia_torch.report.roc_metrics import (
 __all__ = [
     "RELIABLE_FALSE_POSITIVES",
     "AttackEvaluation",
+    "BlindCheck",
     "EpsilonBound",
     "Interval",
     "MeanStd",
+    "PrecisionAtPrior",
     "RocCurve",
     "RocMetrics",
     "RunResults",
@@ -155,6 +160,7 @@ class AttackEvaluation(Record):
     at the run's δ (``defense.delta``, else 1 / population), ``epsilon_bound`` where it is
     attained; no training algorithm that is (ε, δ)-DP with a smaller ε lets the attack do this
     well (with 95% confidence, treating the pooled examples as independent trials).
+    ``precision`` holds the precision of its flags at each membership prior and FPR target.
     """
 
     per_target: list[TargetAttackMetrics]
@@ -164,6 +170,7 @@ class AttackEvaluation(Record):
     slices: list[SliceResult] = field(default_factory=list)
     empirical_epsilon: float | None = reported("emp. ε", fmt=".2f")
     epsilon_bound: EpsilonBound | None = None
+    precision: list[PrecisionAtPrior] = field(default_factory=list)
 
     def slice(self, name: str) -> SliceResult | None:
         """The slice called ``name`` (e.g. ``class=3``), or None."""
@@ -242,6 +249,7 @@ class RunResults(Record):
     dp_audit: DpAuditResult | None = None  # the one-run DP audit (experiment=dp_audit)
     audit: AuditResult | None = None
     forget: ForgetResult | None = None
+    blind_baseline: BlindCheck | None = None  # attack=blind, and every audit with audit.members
     extra: dict[str, Any] = field(default_factory=dict, metadata={"json": False})
 
     def to_dict(self) -> dict[str, Any]:

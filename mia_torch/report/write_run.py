@@ -47,8 +47,9 @@ def exposed_records(
     if attack is None:
         return None
     evaluation = next(m for m in results.attacks[attack].per_target if m.target == target)
-    ids = np.flatnonzero(eval_mask)
-    score, members = scores[attack][target][eval_mask].astype(np.float64), keep[target][eval_mask]
+    mask = eval_mask & ~np.isnan(scores[attack][target])  # the records it scored (as its evaluation: NaN = unscored)
+    ids = np.flatnonzero(mask)
+    score, members = scores[attack][target][mask].astype(np.float64), keep[target][mask]
     order = np.argsort(-score[members], kind="stable")[:size]
     top = ids[members][order]
     p_values = evaluation.p_values[members][order]

@@ -20,6 +20,7 @@ from mia_torch.data.loader import DatasetLoader
 from mia_torch.data.splits import THREAT_MODELS
 from mia_torch.dp_audit.config import DpAuditConfig
 from mia_torch.forget.config import ForgetConfig
+from mia_torch.metrics.precision import DEFAULT_PRIORS, check_priors
 from mia_torch.settings import trusted
 from mia_torch.settings.limits import check_requested_population
 from mia_torch.signals.collect import SIGNAL_DTYPES
@@ -37,7 +38,7 @@ CONFIG_PACKAGE = "mia_torch.conf"
 #: Device types that run computations (``meta`` and the like hold no data).
 COMPUTE_DEVICES = ("cpu", "cuda", "mps", "xpu")
 #: Primary keys a config may lack (a run recorded before they existed): each then takes its default.
-ADDED_KEYS = frozenset({"allow_large", "dp_audit"})
+ADDED_KEYS = frozenset({"allow_large", "dp_audit", "priors"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Settings:
     calibration: str = "per_target"
     allow_large: bool = False
     dp_audit: DpAuditConfig = DpAuditConfig()
+    priors: tuple[float, ...] = DEFAULT_PRIORS
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,6 +186,7 @@ def check_attacks(settings: "Settings") -> dict[str, Attack]:
                     f"attack {name} needs the model's scores but {settings.output.describe()} serves only the "
                     "predicted label: use label-only attacks (attack=[gap,label_only]) or another output"
                 )
+    _check_references(settings, attacks)
     if settings.threat_model == "disjoint":
         online = [name for name, attack in attacks.items() if attack.needs_in_references]
         if online:
@@ -193,6 +196,25 @@ def check_attacks(settings: "Settings") -> dict[str, Attack]:
                 f"Use offline attacks (e.g. lira_offline, rmia) or threat_model=shared"
             )
     return attacks
+
+
+def fewest_references(settings: "Settings") -> int:
+    """The fewest reference models any target gets: all models but it and its twin (shared), the shadows (disjoint)."""
+    m = settings.num_models
+    if settings.threat_model == "disjoint":
+        return m - len(settings.target_ids)
+    return min(m - 1 - (1 if (t ^ 1) < m else 0) for t in settings.target_ids)
+
+
+def _check_references(settings: "Settings", attacks: dict[str, Attack]) -> None:
+    """Attacks that need reference models need a target with at least one (quantile and threshold attacks need none)."""
+    needing = [name for name, attack in attacks.items() if attack.requires_references]
+    if needing and fewest_references(settings) < 1:
+        raise ValueError(
+            f"attack(s) {', '.join(needing)} need reference models, but num_models={settings.num_models} leaves a "
+            "target none (its twin, trained on the other half, is never a reference): set num_models >= 3, or use "
+            "attacks that need no reference model, e.g. attack=[quantile,loss]"
+        )
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -208,7 +230,7 @@ def load_settings(cfg: DictConfig) -> Settings:
     for group in ("dataset", "model", "train", "attack"):
         if not isinstance(c.get(group), dict):
             raise ValueError(f"config group `{group}` is missing: pick one, e.g. {group}=<option>")
-    _require(isinstance(c["num_models"], int) and c["num_models"] >= 2, "num_models", c["num_models"], "an integer >= 2")
+    _require(isinstance(c["num_models"], int) and c["num_models"] >= 1, "num_models", c["num_models"], "an integer >= 1")
     targets = _targets(c["target_ids"], c["num_models"])
     _require(c["threat_model"] in THREAT_MODELS, "threat_model", c["threat_model"], f"one of {THREAT_MODELS}")
     if c["target_ids"] == "all" and c["threat_model"] == "disjoint":
@@ -297,6 +319,7 @@ def load_settings(cfg: DictConfig) -> Settings:
         calibration=_calibration(calibration, all_targets=c["target_ids"] == "all", threat_model=c["threat_model"]),
         allow_large=allow_large,
         dp_audit=dp_audit,
+        priors=check_priors(c.get("priors", list(DEFAULT_PRIORS))),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import json
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +20,12 @@ import torch
 
 from mia_torch.attacks.base import Attack, ReferenceSignals
 from mia_torch.attacks.feature_attack import FeatureAttack, ReferenceFeatures
+from mia_torch.attacks.quantile import QuantileAttack
 from mia_torch.signals.features import compute_features
 from mia_torch.signals.source import SignalSource
 from mia_torch.stages.attack_runs import DenseLogits, ReferencePlan, attack_runs
 from mia_torch.stages.context import Context
+from mia_torch.stages.record_attacks import fit_records, model_attacks, unscored
 from mia_torch.stages.signals import untrained_logits
 
 __all__ = ["AttackOutputs", "attack_stage", "attack_target", "fit_attacks", "reference_signals", "score_attacks"]
@@ -107,16 +109,18 @@ def reference_signals(ctx: Context, logits: torch.Tensor, models: Sequence[int])
 
 
 def attack_target(ctx: Context, attacks: dict[str, Attack], served: torch.Tensor, target: int,
-                  out: AttackOutputs) -> None:
+                  out: AttackOutputs, *, public: Mapping[str, np.ndarray] | None = None) -> None:
     """Score ``target``'s served output ``[N, Q, C]`` with the fitted ``attacks`` into ``out``: the scores, each
-    attack's fitted knobs and, when ``out`` keeps sanity scores, the scores of the target's untrained twin."""
+    attack's fitted knobs and, when ``out`` keeps sanity scores, the scores of the target's untrained twin.
+    ``public[name]``: the records attack ``name`` trained on, left unscored (NaN)."""
     labels = ctx.data.y.to(ctx.settings.device)
+    public = public or {}
     for name, scores in score_attacks(attacks, served, labels).items():
-        out.scores[name][target] = scores
+        out.scores[name][target] = unscored(scores, public[name]) if name in public else scores
         out.fitted_params[name][target] = attacks[name].fitted_params()
     if out.sanity is not None:
         for name, scores in score_attacks(attacks, untrained_logits(ctx, target), labels).items():
-            out.sanity[name][target] = scores
+            out.sanity[name][target] = unscored(scores, public[name]) if name in public else scores
 
 
 def attack_stage(ctx: Context, table: ReferenceFeatures | None, source: SignalSource | None, *,
@@ -131,20 +135,25 @@ def attack_stage(ctx: Context, table: ReferenceFeatures | None, source: SignalSo
     s = ctx.settings
     targets = list(s.target_ids if targets is None else targets)
     labels = ctx.data.y.to(s.device)
+    scoring = model_attacks(ctx.attacks)
     plan = ReferencePlan(ctx.splits, s.target_ids, s.calibration)
-    runs = attack_runs(ctx.attacks, plan, table=table, dense=DenseLogits(source, ctx.splits, labels))
-    out = AttackOutputs.empty(ctx.attacks, sanity=s.sanity_check)
+    runs = attack_runs(scoring, plan, table=table, dense=DenseLogits(source, ctx.splits, labels))
+    out = AttackOutputs.empty(scoring, sanity=s.sanity_check)
+    reads_records = any(isinstance(a, QuantileAttack) for a in scoring.values())
     for target in targets:
         fitted = {name: run.fitted(target) for name, run in runs.items()}
+        public = fit_records(ctx, fitted, target, source.served(target).to(s.device)) if reads_records else {}
         for name, run in runs.items():
-            out.scores[name][target] = run.score(fitted[name], target)
+            scores = run.score(fitted[name], target)
+            out.scores[name][target] = unscored(scores, public[name]) if name in public else scores
             out.fitted_params[name][target] = fitted[name].fitted_params()
         if out.sanity is not None:
             blank = untrained_logits(ctx, target)
-            features = compute_features(blank, labels, [f for a in ctx.attacks.values()
+            features = compute_features(blank, labels, [f for a in scoring.values()
                                                         if isinstance(a, FeatureAttack) for f in a.required_features()])
             for name, run in runs.items():
-                out.sanity[name][target] = run.score_logits(fitted[name], blank, labels, features)
+                scores = run.score_logits(fitted[name], blank, labels, features)
+                out.sanity[name][target] = unscored(scores, public[name]) if name in public else scores
         if target in keep_fitted:
             out.fitted[target] = fitted
     return out

@@ -20,6 +20,7 @@ from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult
 from mia_torch.stages.attacks import AttackOutputs
 from mia_torch.settings.load import Settings
 from mia_torch.stages.context import Context
+from mia_torch.stages.record_attacks import blind_baseline, blind_check
 
 __all__ = ["identity_query", "report_study", "run_results"]
 
@@ -84,7 +85,9 @@ def report_study(
     ``target_logits`` holds each target's served output on :func:`identity_query` (``[N, C]``,
     e.g. read from the store on access); ``target_metrics`` its accuracies (and whatever else
     its training recorded). Writes ``scores.npz``, ``results.json``, the figures, TensorBoard
-    and the per-record CSVs; prints the summary.
+    and the per-record CSVs; prints the summary. With ``attack=blind``, and in every audit
+    (whose report needs its members), the blind baseline runs on the evaluated records and
+    their membership.
     """
     s = ctx.settings
     save_scores(ctx.run_dir / "scores.npz", outputs.scores)
@@ -98,9 +101,13 @@ def report_study(
     attacks = evaluate_attacks(outputs.scores, keep=keep, eval_mask=eval_mask,
                                fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
                                fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
-                               predictions=predictions, delta=s.defense.delta_for(len(labels)))
+                               predictions=predictions, delta=s.defense.delta_for(len(labels)), priors=s.priors)
     results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, audit=audit,
                           forget=forget, dp_audit=dp_audit)
+    blind = blind_baseline(s, audit_members=s.audit.enabled)  # an audit reports only when its members are known
+    if blind is not None:
+        results.blind_baseline = blind_check(blind, ctx, keep=keep, eval_mask=eval_mask, targets=list(s.target_ids),
+                                             attacks=attacks, bootstrap=s.bootstrap, seed=s.seed)
     write_run_report(ctx.run_dir, results, scores=outputs.scores, keep=keep, eval_mask=eval_mask, labels=labels,
                      target_logits=target_logits, images=ImageSource.of(ctx.data))
     return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -74,8 +75,10 @@ def train_group(ctx: Context, indices: list[int]) -> None:
     for index in [i for i in indices if is_defended(s, i)]:
         model = build(s, data, model_seed(s, index), defended=True)
         members, validation = member_rows(ctx, index)
+        started = time.perf_counter()
         result = s.defense.train(model, data.x, data.y, members, s.train, seed=model_seed(s, index),
                                  val_idx=validation, x_test=data.x_test, y_test=data.y_test)
+        result.metrics["train_seconds"] = round(time.perf_counter() - started, 3)
         save_trained(ctx, index, model, result)
     plain = [i for i in indices if not is_defended(s, i)]
     if not plain:
@@ -84,9 +87,12 @@ def train_group(ctx: Context, indices: list[int]) -> None:
     models = [build(s, data, seed) for seed in seeds]
     rows = [member_rows(ctx, i) for i in plain]
     validation = None if ctx.splits.validation is None else [v for _, v in rows]
+    started = time.perf_counter()
     results = train_models(models, data.x, data.y, [m for m, _ in rows], s.train, seeds=seeds, val_idx=validation,
                            x_test=data.x_test, y_test=data.y_test, strategy=s.parallel_strategy)
+    each = round((time.perf_counter() - started) / len(plain), 3)  # trained together: an equal share each
     for index, model, result in zip(plain, models, results):
+        result.metrics["train_seconds"] = each
         save_trained(ctx, index, model, result)
 
 

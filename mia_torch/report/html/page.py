@@ -57,6 +57,12 @@ class RunPage:
         return sorted({f for a in self.results.attacks.values() for f in a.pooled.tpr}, reverse=True)
 
     @property
+    def precision_columns(self) -> list[tuple[float, float]]:
+        """Every (membership prior, FPR target) some attack's precision was measured at: FPR, then prior, largest first."""
+        pairs = {(p.prior, p.fpr_target) for a in self.results.attacks.values() for p in a.precision}
+        return sorted(pairs, key=lambda pair: (-pair[1], -pair[0]))
+
+    @property
     def problems(self) -> list[str]:
         """The files the page would show but cannot, each with why (``roc.png is not in the run directory``)."""
         return [f"{f.file} {f.problem}" for f in self.figures if f.problem] + \

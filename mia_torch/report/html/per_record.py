@@ -6,7 +6,7 @@ from ``results.json``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class AuditAnswer:
     online: bool
     skipped: dict[str, str]
     records_csv: str
+    public: int = 0
+    expected_false_flags: dict[str, float] = field(default_factory=dict)
 
     @property
     def expected_by_chance(self) -> float:
@@ -61,7 +63,8 @@ def audit_answer(results: RunResults) -> AuditAnswer | None:
         fpr=audit.fpr, candidates=audit.candidates, flagged=audit.flagged, records=list(audit.records),
         checkpoint=audit.source, checkpoint_sha256=audit.checkpoint_sha256 or audit.outputs_sha256,
         preprocess=audit.preprocess, references=list(audit.references), online=audit.online,
-        skipped=dict(audit.skipped_attacks), records_csv=_file_name(audit.records_csv, "records.csv"))
+        skipped=dict(audit.skipped_attacks), records_csv=_file_name(audit.records_csv, "records.csv"),
+        public=audit.public, expected_false_flags=dict(audit.expected_false_flags))
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,10 @@ def _infinite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isinf(value)
 
 
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
 @cache
 def environment() -> Environment:
     """The report's Jinja2 environment (autoescaped, strict about undefined names)."""
@@ -84,7 +88,7 @@ def environment() -> Environment:
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters.update(percent=_percent, number=_number, exact=_exact, fpr=_fpr_words, yaml=_yaml,
                        duration=_duration)
-    env.tests["infinite"] = _infinite
+    env.tests.update(infinite=_infinite, nan=_nan)
     env.globals.update(pointer=json_pointer, tpr_key=tpr_key)
     return env
 
