@@ -11,14 +11,14 @@ its TPRs. Per target (:func:`overconfidence`): ECE and member vs non-member conf
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mia_torch.atomic import atomic_write_bytes
+from mia_torch.atomic import atomic_open
 from mia_torch.metrics import (
     DEFAULT_PRIORS,
     aggregate,
@@ -105,18 +105,20 @@ def pooled(scores: Mapping[int, np.ndarray], keep: np.ndarray, eval_mask: np.nda
             np.concatenate([keep[t][m] for t, m in zip(targets, masks)]))
 
 
-def slice_masks(classes: np.ndarray, correct: np.ndarray | None) -> list[tuple[str, str, np.ndarray]]:
-    """``(name, kind, mask)`` of every slice: ``class=<c>`` per class, then ``correct`` and ``misclassified``."""
-    out = [(f"class={c}", "class", classes == c) for c in np.unique(classes).tolist()]
+def slice_masks(classes: np.ndarray, correct: np.ndarray | None) -> Iterator[tuple[str, str, np.ndarray]]:
+    """``(name, kind, mask)`` of every slice: ``class=<c>`` per class, then ``correct`` and ``misclassified``;
+    each mask is made when it is reached (one pooled-size mask in memory at a time)."""
+    for c in np.unique(classes).tolist():
+        yield f"class={c}", "class", classes == c
     if correct is not None:
-        out += [("correct", "classification", correct), ("misclassified", "classification", ~correct)]
-    return out
+        yield "correct", "classification", correct
+        yield "misclassified", "classification", ~correct
 
 
 def evaluate_slices(
     scores: np.ndarray,
     members: np.ndarray,
-    masks: Sequence[tuple[str, str, np.ndarray]],
+    masks: Iterable[tuple[str, str, np.ndarray]],
     *,
     fpr_targets: Sequence[float],
 ) -> list[SliceResult]:
@@ -179,18 +181,18 @@ def evaluate_attacks(
             rows.append(TargetAttackMetrics(**vars(m), target=target, threshold=threshold, fitted_params=fitted,
                                             p_values=empirical_p_values(evaluated_scores, evaluated_scores[~members])))
         all_scores, all_members = pooled(per_target, keep, eval_mask)
-        masks = []
+        classes = correct = None
         if labels is not None and evaluated:
             classes = np.concatenate([labels[mask] for mask in evaluated.values()])
             correct = None if predictions is None else np.concatenate(
                 [predictions[t][mask] == labels[mask] for t, mask in evaluated.items()])
-            masks = slice_masks(classes, correct)
         entry = AttackEvaluation(
             per_target=rows,
             mean=_mean_over_targets(rows),
             pooled=measure(all_scores, all_members, fpr_targets=fpr_targets, bootstrap=bootstrap, seed=seed,
                            keep_curve=True),
-            slices=evaluate_slices(all_scores, all_members, masks, fpr_targets=fpr_targets),
+            slices=evaluate_slices(all_scores, all_members, slice_masks(classes, correct) if classes is not None
+                                   else (), fpr_targets=fpr_targets),
         )
         roc = (entry.pooled.curve.fpr, entry.pooled.curve.tpr, entry.pooled.curve.thresholds)
         entry.precision = [PrecisionAtPrior.of(point) for point in precision_at_priors(
@@ -247,10 +249,9 @@ def overconfidence(logits: Any, labels: np.ndarray, members: np.ndarray) -> dict
 
 
 def save_scores(path: Path, scores: Scores) -> None:
-    """Atomically save scores as ``<attack>/target_<t>`` arrays in one ``.npz``."""
-    buf = io.BytesIO()
-    np.savez(buf, **{f"{name}/target_{t}": s for name, per in scores.items() for t, s in per.items()})
-    atomic_write_bytes(path, buf.getvalue())
+    """Atomically save scores as ``<attack>/target_<t>`` arrays in one ``.npz`` (written as it is made)."""
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, **{f"{name}/target_{t}": s for name, per in scores.items() for t, s in per.items()})
 
 
 def load_scores(path: Path) -> dict[str, dict[int, np.ndarray]]:

@@ -58,7 +58,12 @@ class CodeScope:
 #:
 #: ``signals``: the query code (``signals/``: logit collection and any served-output
 #: transform applied before storing) on top of the model's own key, which a signal key
-#: includes. ``signals/stats.py`` is left out: it derives statistics from stored logits.
+#: includes. ``signals/stats.py``, ``features.py``, ``source.py`` and ``manifest.py`` are left
+#: out: they read stored logits and derive statistics from them.
+#:
+#: ``attack_scores``: a sharded attack stage's stored scores (``stage=attack``) on top of the
+#: signal keys they read: the attacks, the features and served outputs they read, and the
+#: stage that fits them, so a merge never mixes scores of two versions of that code.
 #:
 #: Both cover ``compute.py``, the evaluation batch size and autocast policy that training
 #: and querying share.
@@ -76,7 +81,12 @@ ARTIFACT_CODE: dict[str, CodeScope] = {
             "data/tabular.py", "data/csv_cells.py", "data/user_encoder.py", "data/splits.py",
         ),
     ),
-    "signals": CodeScope(include=("signals/**/*.py", "compute.py"), exclude=("signals/stats.py",)),
+    "signals": CodeScope(
+        include=("signals/**/*.py", "compute.py"),
+        exclude=("signals/stats.py", "signals/features.py", "signals/source.py", "signals/manifest.py"),
+    ),
+    "attack_scores": CodeScope(include=("attacks/**/*.py", "signals/**/*.py", "stages/attacks.py",
+                                        "stages/attack_runs.py")),
 }
 
 _CHUNK = 1 << 24  # bytes hashed per task: large enough to amortise, small enough to spread over threads

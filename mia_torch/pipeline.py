@@ -22,10 +22,13 @@ from mia_torch.forget.run import plan_forget, print_forget_summary, run_forget
 from mia_torch.report.types import RunResults
 from mia_torch.settings.limits import check_run_size
 from mia_torch.settings.load import check_attacks, check_writable, load_settings
-from mia_torch.stages.attacks import attack_stage
+from mia_torch.signals.source import SignalSource
+from mia_torch.stages.attack_runs import feature_table
+from mia_torch.stages.attack_shards import load_shards, missing_shards, save_shard, shard_targets
+from mia_torch.stages.attacks import AttackOutputs, attack_stage
 from mia_torch.stages.context import Context, build, is_defended, model_seed, stored_path
-from mia_torch.stages.report import report_study
-from mia_torch.stages.signals import signals_stage
+from mia_torch.stages.report import identity_query, report_study
+from mia_torch.stages.signals import record_signals, signals_stage
 from mia_torch.stages.train import train_stage
 from mia_torch.store import ArtifactStore, array_to_bytes
 
@@ -59,7 +62,7 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
     cfg.queries = list(settings.queries)
     if settings.num_threads is not None:
         torch.set_num_threads(settings.num_threads)
-    check_attacks(settings)
+    attacks = check_attacks(settings)
     check_writable(settings.store_dir, key="store_dir")
     check_writable(run_dir, key="hydra.run.dir")
     data = load_dataset(settings.dataset, root=settings.data_dir, download=settings.download, seed=settings.seed)
@@ -79,7 +82,14 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
         splits = carve_validation(splits, fraction=stopping.validation_fraction, seeds=seeds)
     check_training_sets(splits.keep, source=settings.dataset.describe(), threat_model=settings.threat_model)
     return Context(settings=settings, run_dir=run_dir, data=data.to(settings.device), splits=splits,
-                   store=ArtifactStore(settings.store_dir))
+                   store=ArtifactStore(settings.store_dir), attacks=attacks)
+
+
+def attack_outputs(ctx: Context, source: SignalSource, *, keep_fitted: tuple[int, ...] = (),
+                   targets: list[int] | None = None) -> AttackOutputs:
+    """Reduce every model's logits to the attacks' features and run the attack stage on ``targets``."""
+    table = feature_table(ctx.splits, source, ctx.attacks, device=ctx.settings.device)
+    return attack_stage(ctx, table, source, targets=targets, keep_fitted=keep_fitted)
 
 
 @dataclass(frozen=True)
@@ -90,14 +100,24 @@ class TrainedShard:
     reused_models: list[int]
 
 
-def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResults | TrainedShard:
+@dataclass(frozen=True)
+class AttackShard:
+    """What a ``stage=attack`` job did: its shard and the targets it scored into the store."""
+
+    shard: int
+    targets: list[int]
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResults | TrainedShard | AttackShard:
     """Run the configured experiment end to end; returns its typed results (what ``results.json`` holds).
 
     A study (the default) trains every model and attacks each target; ``audit.checkpoint``
     audits a user's model instead (:mod:`mia_torch.audit`), ``forget.method`` checks
     that removed records left a target (:mod:`mia_torch.forget`) and ``dp_audit.kind`` tests
-    a DP claim in one training run (:mod:`mia_torch.dp_audit`). With ``stage=train`` only
-    this shard's models are trained, and what it did is returned.
+    a DP claim in one training run (:mod:`mia_torch.dp_audit`). A sharded study runs
+    ``stage=train`` (a shard of the models, trained and queried), ``stage=attack`` (a shard of
+    the targets, scored into the store) and ``stage=report`` (every shard's scores, merged
+    into the report) as separate jobs on one store; a shard's job returns what it did.
     """
     started = time.time()
     ctx = prepare(cfg, run_dir or output_dir())
@@ -111,19 +131,28 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResults | TrainedSha
     if s.stage == "train":
         shard_models = [m for m in range(s.num_models) if m % s.num_shards == s.shard]
         train_stage(ctx, shard_models)
+        signals_stage(ctx, shard_models)
         log.info("shard %d/%d: trained %s, reused %s", s.shard, s.num_shards, ctx.trained, ctx.reused)
         return TrainedShard(trained_models=ctx.trained, reused_models=ctx.reused)
+    if s.stage == "attack":
+        targets = shard_targets(ctx, s.shard)
+        save_shard(ctx, attack_outputs(ctx, signals_stage(ctx), targets=targets))
+        return AttackShard(shard=s.shard, targets=targets)
+    if s.stage == "report" and missing_shards(ctx):
+        load_shards(ctx)  # names the missing shards before any other work
     model_metrics = train_stage(ctx, list(range(s.num_models)))
-    logits = signals_stage(ctx)
-    atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(logits))
-    atomic_write_bytes(ctx.run_dir / "labels.npy", array_to_bytes(ctx.data.y.cpu().numpy()))
-    outputs = attack_stage(ctx, logits, keep_fitted=() if forget is None else (forget.target,))
-    forgotten = run_forget(ctx, forget, logits, outputs) if forget is not None else None
+    source = signals_stage(ctx)
+    record_signals(ctx, source)
+    if s.stage == "report":
+        outputs = load_shards(ctx)
+    else:
+        outputs = attack_outputs(ctx, source, keep_fitted=() if forget is None else (forget.target,))
+    forgotten = run_forget(ctx, forget, source, outputs) if forget is not None else None
     results = report_study(ctx, cfg, started, model_metrics=model_metrics,
                            target_metrics={t: {**model_metrics[t], "checkpoint": str(stored_path(ctx, t))}
                                            for t in s.target_ids},
-                           served={t: logits[t] for t in s.target_ids}, outputs=outputs, keep=ctx.splits.keep,
-                           eval_mask=ctx.splits.eval_mask, forget=forgotten)
+                           target_logits=source.query_view(identity_query(s)), outputs=outputs,
+                           keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask, forget=forgotten)
     if forgotten is not None:
         print_forget_summary(forgotten, ctx.run_dir)
     return results

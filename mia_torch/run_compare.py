@@ -76,20 +76,65 @@ def _load_array(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+def _signal_models(run_dir: Path) -> list[int]:
+    from mia_torch.signals.manifest import DENSE, open_run_signals
+
+    if (run_dir / DENSE).is_file():
+        return list(range(len(np.load(run_dir / DENSE, mmap_mode="r", allow_pickle=False))))
+    return open_run_signals(run_dir).models
+
+
+def _compare_signals(original: Path, new: Path, *, exact: bool) -> list[Check]:
+    """The served outputs of both runs (``signals.npy``, or the store artifacts ``signals.json`` names), compared a
+    model at a time so that memory holds two models' outputs; an original whose store is gone is skipped."""
+    from mia_torch.signals.manifest import load_run_signals
+
+    name = "signals"
+    try:
+        models = _signal_models(original)
+        first = load_run_signals(original, models=models[:1])
+    except (OSError, ValueError) as err:
+        return [Check(name, "skipped", f"the original's signals cannot be read ({err})")]
+    if _signal_models(new) != models:
+        return [Check(name, "mismatch", f"models {models} vs {_signal_models(new)}")]
+    differ, worst, total = 0, 0.0, 0
+    for m in models:
+        a = first[0] if m == models[0] else load_run_signals(original, models=[m])[0]
+        b = load_run_signals(new, models=[m])[0]
+        if a.shape != b.shape or (exact and a.dtype != b.dtype):
+            return [Check(name, "mismatch", f"model {m}: shape/dtype {a.shape} {a.dtype} vs {b.shape} {b.dtype}")]
+        total += a.size
+        if not np.array_equal(a, b, equal_nan=True):
+            differ += int(np.count_nonzero(a != b))
+            worst = max(worst, _max_abs_diff(a, b))
+    shape = (len(models), *first.shape[1:])
+    if not differ:
+        return [Check(name, "match", f"identical {shape}")]
+    return [Check(name, "mismatch" if exact else "info",
+                  f"max abs diff {worst:.3g}, {differ} of {total} values differ")]
+
+
 def compare_arrays(original: Path, new: Path, *, exact: bool) -> list[Check]:
     """Keep matrix, mask, labels (always exact); signals and scores (exact or reported)."""
     from mia_torch.evaluation import load_scores
+    from mia_torch.signals.manifest import has_run_signals
 
     checks: list[Check] = []
-    for name in (*HOST_ARRAYS, "signals.npy"):
+    for name in HOST_ARRAYS:
         a_path, b_path = original / name, new / name
         if not a_path.is_file() and not b_path.is_file():
             checks.append(Check(name, "skipped", "in neither run"))
         elif not a_path.is_file() or not b_path.is_file():
             checks.append(Check(name, "mismatch", f"missing in the {'original' if not a_path.is_file() else 'rerun'}"))
         else:
-            checks += _compare_arrays(name, _load_array(a_path), _load_array(b_path),
-                                      exact=exact or name in HOST_ARRAYS)
+            checks += _compare_arrays(name, _load_array(a_path), _load_array(b_path), exact=True)
+    a_has, b_has = has_run_signals(original), has_run_signals(new)
+    if not a_has and not b_has:
+        checks.append(Check("signals", "skipped", "in neither run"))
+    elif not a_has or not b_has:
+        checks.append(Check("signals", "mismatch", f"missing in the {'original' if not a_has else 'rerun'}"))
+    else:
+        checks += _compare_signals(original, new, exact=exact)
     a_path, b_path = original / "scores.npz", new / "scores.npz"
     if not (a_path.is_file() and b_path.is_file()):
         checks.append(Check("scores.npz", "mismatch", "missing in the " + ("original" if not a_path.is_file()

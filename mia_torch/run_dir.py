@@ -12,7 +12,8 @@ Nothing read here is resolved, unpickled or built:
   ``hydra`` resolvers with plain arguments; any other (``oc.create``, ``oc.decode``, custom
   resolvers, escaped ``\\${...}``, nested forms) is refused, naming the key.
 - every array the comparison will read is loaded with ``allow_pickle=False`` and checked against
-  the config (dtype and shape) before anything is rerun (:func:`check_run_files`).
+  the config (dtype and shape) before anything is rerun (:func:`check_run_files`); so is
+  ``signals.json``, whose store keys must be the store's hex digests (no path).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ NOT_COMPARED = ("store_dir", "progress")
 #: Interpolations Hydra and users write in a saved config: a reference, or oc.env / now / hydra with plain text.
 _BENIGN_INTERPOLATION = re.compile(r"\$\{(?:[A-Za-z_][\w.\[\]-]*|(?:oc\.env|now|hydra):[^${}\\]*)\}")
 _LISTED = 6
+#: A store key as the store writes it (:func:`mia_torch.store.digest`): nothing that could name another path.
+_STORE_KEY = re.compile(r"[0-9a-f]{32}")
 
 
 class RunDirError(ValueError):
@@ -135,6 +138,38 @@ def _expect(path: Path, array: np.ndarray, *, kinds: str, shape: tuple[int | Non
                           f"{what} {wanted}: it was not written by this run; cannot compare")
 
 
+def _check_manifest(path: Path, *, num_models: int, queries: int, population: int | None) -> None:
+    """Refuse a ``signals.json`` that is not the manifest this run writes (see :mod:`mia_torch.signals.manifest`)."""
+    from mia_torch.signals.output import ServedOutput
+
+    record = read_json_data(path)
+    if not isinstance(record, dict):
+        raise RunDirError(f"{path} does not hold a signals manifest (a JSON object): cannot compare")
+    signals, problems = record.get("signals"), []
+    if not isinstance(record.get("store_dir"), str):
+        problems.append(f"store_dir is {record.get('store_dir')!r}, not a directory")
+    if population is not None and record.get("num_examples") != population:
+        problems.append(f"num_examples is {record.get('num_examples')!r}, not the population {population}")
+    if record.get("num_queries") != queries:
+        problems.append(f"num_queries is {record.get('num_queries')!r}, not the config's {queries}")
+    try:
+        ServedOutput.from_config(record.get("output"))
+    except (TypeError, ValueError, AttributeError) as err:
+        problems.append(f"output {record.get('output')!r} is not a served output ({err})")
+    if not isinstance(signals, dict) or not signals:
+        problems.append("signals is not a non-empty mapping of model -> store key")
+    else:
+        bad = [m for m, key in signals.items() if not (m.isdigit() and int(m) < num_models and isinstance(key, str)
+                                                        and _STORE_KEY.fullmatch(key))]
+        if bad:
+            problems.append(f"signals holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} that are no model in "
+                            f"[0, {num_models}) with a store key (32 hex digits), e.g. {bad[0]!r}: "
+                            f"{str(signals[bad[0]])[:80]!r}")
+    if problems:
+        raise RunDirError(f"{path} is not the signals manifest this run writes: {'; '.join(problems)}: "
+                          "cannot compare")
+
+
 def _check_scores(path: Path, *, attacks: set[str], targets: set[int], population: int) -> None:
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -154,8 +189,8 @@ def check_run_files(run_dir: Path, *, num_models: int, queries: int, targets: se
                     population: Any) -> None:
     """Check every array the comparison reads, before anything is rerun; :class:`RunDirError` names the file.
 
-    ``keep.npy`` and ``scores.npz`` must exist; ``eval_mask.npy``, ``labels.npy`` and
-    ``signals.npy`` are checked when present. ``population`` is the recorded population size
+    ``keep.npy`` and ``scores.npz`` must exist; ``eval_mask.npy``, ``labels.npy``,
+    ``signals.npy`` and ``signals.json`` are checked when present. ``population`` is the recorded population size
     (``results.json`` ``dataset.population``), or None to take it from ``keep.npy``.
     """
     for required in ("keep.npy", "scores.npz"):
@@ -171,4 +206,6 @@ def check_run_files(run_dir: Path, *, num_models: int, queries: int, targets: se
     for name, (kinds, shape, what) in specs.items():
         if (run_dir / name).is_file():
             _expect(run_dir / name, _npy(run_dir / name), kinds=kinds, shape=shape, what=what)
+    if (run_dir / "signals.json").is_file():
+        _check_manifest(run_dir / "signals.json", num_models=num_models, queries=queries, population=population)
     _check_scores(run_dir / "scores.npz", attacks=attacks, targets=targets, population=population)

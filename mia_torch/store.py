@@ -103,6 +103,17 @@ def state_dict_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def _file_digest(path: Path, *, block: int = 1 << 22) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in blocks."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
 class ArtifactStore:
     """A directory of immutable, checksummed artifacts keyed by content hashes.
 
@@ -177,6 +188,43 @@ class ArtifactStore:
         folder = self._dir(kind, key)
         return (folder / "meta.json").is_file() and (folder / "payload").is_file()
 
+    def _verified(self, kind: str, key: str, *, whole: bool) -> tuple[os.stat_result, dict, bytes | None] | None:
+        """``(stat of the folder, record, payload)`` of ``kind/key`` after verifying its checksum, or None if absent
+        or corrupt (moved aside). ``whole``: read the payload into memory; else hash it in a streaming pass."""
+        folder = self._dir(kind, key)
+        try:
+            seen = os.stat(folder)
+        except FileNotFoundError:
+            return None
+        payload = None
+        try:
+            record = json.loads((folder / "meta.json").read_text())
+            if whole:
+                payload = (folder / "payload").read_bytes()
+                size, sha = len(payload), hashlib.sha256(payload).hexdigest()
+            else:
+                size, sha = _file_digest(folder / "payload")
+        except FileNotFoundError as err:
+            self.quarantine(kind, key, reason=f"incomplete artifact: no {Path(err.filename).name}", seen=seen)
+            return None
+        except (OSError, ValueError) as err:
+            self.quarantine(kind, key, reason=f"unreadable: {err}", seen=seen)
+            return None
+        if not (isinstance(record, dict) and record.get("size") == size and record.get("sha256") == sha):
+            self.quarantine(kind, key, reason="payload does not match its checksum", seen=seen)
+            return None
+        return seen, record, payload
+
+    def _decoded(self, kind: str, key: str, seen: os.stat_result, decode: Callable[[], T]) -> tuple[T] | None:
+        """``(decode(),)``, or None when it raises (the artifact is then moved aside as corrupt)."""
+        try:
+            return (decode(),)
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any decoding failure means a bad payload
+            self.quarantine(kind, key, reason=f"payload does not decode ({type(err).__name__}: {err})", seen=seen)
+            return None
+
     def load(
         self, kind: str, key: str, *, decode: Callable[[bytes], T] | None = None
     ) -> tuple[bytes | T, dict[str, Any]] | None:
@@ -185,35 +233,36 @@ class ArtifactStore:
         With ``decode``, returns ``(decode(payload), meta)``; a payload that ``decode``
         rejects (raises) is corrupt too. ``decode`` must fail only on bad payloads.
         """
-        folder = self._dir(kind, key)
-        try:
-            seen = os.stat(folder)
-        except FileNotFoundError:
+        found = self._verified(kind, key, whole=True)
+        if found is None:
             return None
-        try:
-            record = json.loads((folder / "meta.json").read_text())
-            payload = (folder / "payload").read_bytes()
-        except FileNotFoundError as err:
-            self.quarantine(kind, key, reason=f"incomplete artifact: no {Path(err.filename).name}", seen=seen)
-            return None
-        except (OSError, ValueError) as err:
-            self.quarantine(kind, key, reason=f"unreadable: {err}", seen=seen)
-            return None
-        if not (isinstance(record, dict) and record.get("size") == len(payload)
-                and record.get("sha256") == hashlib.sha256(payload).hexdigest()):
-            self.quarantine(kind, key, reason="payload does not match its checksum", seen=seen)
-            return None
+        seen, record, payload = found
         meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
         if decode is None:
             return payload, meta
-        try:
-            value = decode(payload)
-        except MemoryError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any decoding failure means a bad payload
-            self.quarantine(kind, key, reason=f"payload does not decode ({type(err).__name__}: {err})", seen=seen)
+        value = self._decoded(kind, key, seen, lambda: decode(payload))
+        return None if value is None else (value[0], meta)
+
+    def open_array(self, kind: str, key: str, *, check: Callable[[np.ndarray], None] | None = None) -> np.ndarray | None:
+        """Array artifact ``kind/key`` memory-mapped read-only after verifying its checksum, or None if absent
+        or corrupt (moved aside, as :meth:`load` does).
+
+        The payload is hashed in a streaming pass, so a large array is never read into memory
+        at once; ``check(array)`` may raise to reject an array (e.g. of the wrong shape).
+        Artifacts are immutable once published, so the mapped file is the verified one.
+        """
+        found = self._verified(kind, key, whole=False)
+        if found is None:
             return None
-        return value, meta
+
+        def mapped() -> np.ndarray:
+            array = np.load(self.payload_path(kind, key), mmap_mode="r", allow_pickle=False)
+            if check is not None:
+                check(array)
+            return array
+
+        value = self._decoded(kind, key, found[0], mapped)
+        return None if value is None else value[0]
 
     def quarantine(self, kind: str, key: str, *, reason: str, seen: os.stat_result | None = None) -> Path | None:
         """Move artifact ``kind/key`` aside as corrupt; returns where it went.

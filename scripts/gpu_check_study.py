@@ -26,8 +26,10 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-#: Pipeline functions timed as stages: key in the timings file -> function name.
-STAGES = {"train_s": "train_stage", "signals_s": "signals_stage", "attacks_s": "attack_stage"}
+#: Pipeline functions timed as stages: (key in the timings file, function name); the signals stage is
+#: collecting the logits and reducing them to the attacks' features.
+STAGES = (("train_s", "train_stage"), ("signals_s", "signals_stage"), ("signals_s", "feature_table"),
+          ("attacks_s", "attack_stage"))
 
 log = logging.getLogger("gpu_check.study")
 
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("config", overrides=args.overrides)
     timer = StageTimer(args.timings)
-    for key, name in STAGES.items():
+    for key, name in STAGES:
         if hasattr(pipeline, name):
             setattr(pipeline, name, timer.wrap(key, getattr(pipeline, name)))
         else:

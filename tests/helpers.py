@@ -55,3 +55,21 @@ def digits_tensors(*, shuffle_seed: int | None = None) -> tuple[torch.Tensor, to
         return x, y
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(shuffle_seed))
     return x[perm], y[perm]
+
+
+def attack_stage_on(ctx, logits):
+    """The attack stage of ``ctx`` on served outputs ``logits [M, N, Q, C]`` held in memory (the features the
+    signals stage would reduce them to, computed here from the logits)."""
+    import numpy as np
+
+    from mia_torch.attacks import FeatureAttack, ReferenceFeatures, ReferenceSignals
+    from mia_torch.stages.attacks import attack_stage
+
+    class InMemory:  # what attacks that read logits get from a store's signal source
+        def dense(self):
+            return np.asarray(logits)
+
+    features = [f for a in ctx.attacks.values() if isinstance(a, FeatureAttack) for f in a.required_features()]
+    signals = ReferenceSignals(torch.from_numpy(np.asarray(logits)).float(), torch.from_numpy(ctx.splits.keep),
+                               ctx.data.y)
+    return attack_stage(ctx, ReferenceFeatures.from_signals(signals, features), InMemory())

@@ -19,6 +19,7 @@ from mia_torch.evaluation import load_scores
 from mia_torch.report.json_file import read_json
 from mia_torch.report.types import RunResults
 from mia_torch.reproduce import main as reproduce
+from mia_torch.signals.manifest import load_run_signals
 
 #: The Extending page: every ```python / ```yaml block whose first line names its file.
 EXTENDING = REPO.joinpath("docs", "extending.md").read_text()
@@ -73,7 +74,7 @@ def test_the_documented_extensions_run_together_and_replay_with_mia_reproduce(tm
     run_dir = my_package / RUN_DIR
     results = RunResults.from_dict(read_json(run_dir / "results.json"))
     assert results.dataset == {"name": "digits4", "population": 600, "test": 297, "num_classes": 10}
-    assert np.load(run_dir / "signals.npy").shape == (4, 600, 2, 10)
+    assert load_run_signals(run_dir).shape == (4, 600, 2, 10)
     assert set(results.attacks) == {"loss", "lira_online", "logit_margin"}
     assert results.config["defense"]["_target_"] == "my_defenses.Flooding"
     # The flooded target's training loss stays at the flood level; its references (apply_to=target), trained
@@ -102,7 +103,7 @@ def test_an_out_of_tree_attack_runs_end_to_end(tmp_path, my_package):
     assert set(results.attacks) == {"loss", "mine"}
     run_dir = tmp_path / "run"
     # Its scores are the margin, computed here independently from the saved signals.
-    logits = torch.from_numpy(np.load(run_dir / "signals.npy")[0]).double()  # [N, Q, C]
+    logits = torch.from_numpy(load_run_signals(run_dir, models=[0])[0]).double()  # [N, Q, C]
     labels = torch.from_numpy(np.load(run_dir / "labels.npy"))
     true = logits[torch.arange(len(labels)), :, labels]
     others = logits.clone()

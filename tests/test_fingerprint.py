@@ -17,6 +17,7 @@ from mia_torch.data.datasets import Dataset
 from mia_torch.data.loader import DatasetLoader, load_dataset
 from mia_torch.data.torchvision_sets import MNIST
 from mia_torch.fingerprint import ARTIFACT_CODE, code_digest, covered_files, dataset_digest, tensor_digest
+from mia_torch.signals.manifest import load_run_signals
 
 
 @pytest.fixture
@@ -54,6 +55,9 @@ def _edit(path, text="\n# edited\n"):
         ("data/user_encoder.py", False, False),  # its product (the features) is in the data digest
         ("data/splits.py", False, False),  # the keep row is in the key
         ("signals/stats.py", False, False),
+        ("signals/features.py", False, False),  # derived from stored logits
+        ("signals/source.py", False, False),
+        ("signals/manifest.py", False, False),
         ("attacks/lira.py", False, False),
         ("metrics/roc.py", False, False),
         ("report/tensorboard.py", False, False),
@@ -214,7 +218,7 @@ def test_rewritten_npz_retrains_instead_of_reusing_stale_models(tmp_path):
     assert second.trained_models == [0, 1, 2] and second.reused_models == []
     saved = np.load(tmp_path / "second" / "labels.npy")
     np.testing.assert_array_equal(saved, labels)
-    signals = np.load(tmp_path / "second" / "signals.npy")
+    signals = load_run_signals(tmp_path / "second")
     accuracy = (signals[:, :, 0].argmax(-1) == saved).mean()
     assert accuracy > 0.9  # models of the new labels (stale ones would score about 0 on them)
     assert second.targets[0].train_acc > 0.9

@@ -10,13 +10,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
-from helpers import TINY, make_config, run_experiment
+from helpers import TINY, attack_stage_on, make_config, run_experiment
 from mia_torch.attacks import RMIA, Attack, ReferenceSignals
 from mia_torch.attacks.rmia import _count_auc
 from mia_torch.pipeline import prepare
 from mia_torch.report.json_file import read_json
 from mia_torch.report.types import RunResults
-from mia_torch.stages.attacks import attack_stage
 from test_attacks import CONFIG_DIR, make_signals
 
 
@@ -96,9 +95,9 @@ def test_fitted_knobs_and_scores_do_not_depend_on_the_targets_membership(tmp_pat
     target = ctx.splits.target_ids[0]
     labels = ctx.data.y.cpu().numpy()
     logits = synthetic_logits(ctx.splits.keep, labels, ctx.data.num_classes, 2, seed=0)
-    first = attack_stage(ctx, logits)
+    first = attack_stage_on(ctx, logits)
     ctx.splits.keep[target] = ~ctx.splits.keep[target]  # the target's membership, flipped
-    flipped = attack_stage(ctx, logits)
+    flipped = attack_stage_on(ctx, logits)
     for name in first.scores:
         assert first.fitted_params[name][target] == flipped.fitted_params[name][target], name
         assert np.array_equal(first.scores[name][target], flipped.scores[name][target]), name
@@ -110,7 +109,7 @@ def test_fitted_knobs_and_scores_do_not_depend_on_the_targets_membership(tmp_pat
     rng = np.random.default_rng(0)
     for r in refs:
         ctx.splits.keep[r] = rng.permutation(ctx.splits.keep[r])
-    shuffled = attack_stage(ctx, logits).fitted_params["rmia"][target]
+    shuffled = attack_stage_on(ctx, logits).fitted_params["rmia"][target]
     assert not math.isclose(shuffled["calibration_auc"], rmia["calibration_auc"])
 
 

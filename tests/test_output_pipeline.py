@@ -5,6 +5,7 @@ import pytest
 from helpers import TINY, make_config, run_experiment
 from mia_torch.attacks.label_only import RECOMMENDED_QUERIES
 from mia_torch.signals.output import ServedOutput, serve_array
+from mia_torch.signals.manifest import load_run_signals
 
 QUERIES = f"queries=[{','.join(RECOMMENDED_QUERIES)}]"
 
@@ -35,8 +36,8 @@ def test_changing_the_output_reuses_models_and_signals_and_saves_what_attacks_sa
     second = run_experiment(tmp_path, [*TINY, "attack=[loss]", "output=topk", "output.k=1",
                                        "sanity_check=false"], name="top1")
     assert first.trained_models == [0, 1, 2, 3] and second.trained_models == []
-    raw = np.load(tmp_path / "logits" / "signals.npy")
-    served = np.load(tmp_path / "top1" / "signals.npy")
+    raw = load_run_signals(tmp_path / "logits")
+    served = load_run_signals(tmp_path / "top1")
     np.testing.assert_array_equal(served, serve_array(raw, ServedOutput("topk", k=1)))
     assert not np.array_equal(served, raw)
     assert second.config["output"] == {"name": "topk", "k": 1}
@@ -48,7 +49,7 @@ def test_label_output_run_with_label_only_attacks(tmp_path):
     results = run_experiment(tmp_path, [*TINY, "dataset.label_noise=0.3", "train.epochs=30", "num_models=8",
                                         "target_ids=[0,1]", "output=label", "attack=[gap,label_only]",
                                         "bootstrap=50"])
-    signals = np.load(tmp_path / "run" / "signals.npy")
+    signals = load_run_signals(tmp_path / "run")
     assert signals.shape == (8, 400, 2, 10)
     # What the attacks saw is labels only: each row is one served class above one shared floor.
     ordered = np.sort(signals, axis=-1)

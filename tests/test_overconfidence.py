@@ -12,6 +12,7 @@ from helpers import TINY, run_experiment
 from mia_torch.evaluation import overconfidence
 from mia_torch.report.json_file import read_json
 from mia_torch.report.types import RunResults
+from mia_torch.signals.manifest import load_run_signals
 
 
 def _logits_with_probabilities(p_first: list[float]) -> np.ndarray:
@@ -45,7 +46,7 @@ def test_a_side_without_examples_is_left_out():
 def _true_class_probability(run_dir, target: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """p_y of the target's served output on the identity query, and its membership, from the run's own files."""
     config = RunResults.from_dict(read_json(run_dir / "results.json")).config
-    served = np.load(run_dir / "signals.npy")[target, :, config["queries"].index("identity")]
+    served = load_run_signals(run_dir, models=[target])[0, :, config["queries"].index("identity")]
     labels = np.load(run_dir / "labels.npy")
     keep = np.load(run_dir / "keep.npy")[target]
     p = torch.softmax(torch.from_numpy(served).double(), dim=-1).numpy()[np.arange(len(labels)), labels]

@@ -8,20 +8,22 @@ from mia_torch.evaluation import load_scores
 from mia_torch.metrics import membership_metrics
 from mia_torch.report.json_file import read_json
 from mia_torch.report.types import RunResults
+from mia_torch.signals.manifest import load_run_signals
 
 
 def test_tiny_end_to_end_run_writes_every_artifact(tmp_path):
     results = run_experiment(tmp_path, [*TINY, "attack=[loss,shokri,lira_online,rmia]"])
     run_dir = tmp_path / "run"
-    for name in ("results.json", "roc.png", "keep.npy", "signals.npy", "labels.npy", "scores.npz",
+    for name in ("results.json", "roc.png", "keep.npy", "signals.json", "labels.npy", "scores.npz",
                  "records_target0.csv"):
         assert (run_dir / name).is_file(), name
+    assert not (run_dir / "signals.npy").exists()  # the signals stay in the store (save_signals=true copies them)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     saved = RunResults.from_dict(read_json(run_dir / "results.json"))
     assert set(saved.attacks) == {"loss", "shokri", "lira_online", "rmia"}
     assert saved.config["num_models"] == 4
     assert 0 <= saved.targets[0].test_acc <= 1
-    signals = np.load(run_dir / "signals.npy")
+    signals = load_run_signals(run_dir)
     assert signals.shape == (4, 400, 2, saved.dataset["num_classes"])
     # The saved scores reproduce the reported metrics.
     keep = np.load(run_dir / "keep.npy")

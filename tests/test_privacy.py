@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from mia_torch.metrics import EpsilonLowerBound, empirical_epsilon
+from mia_torch.metrics import EpsilonLowerBound, empirical_epsilon, privacy
 
 
 def randomized_response(epsilon: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +74,24 @@ def test_bonferroni_counts_the_thresholds_tried():
     assert 0 < corrected.epsilon < plain.epsilon
     lo, hi = corrected.tpr_interval
     assert lo <= corrected.tpr <= hi
+
+
+@pytest.mark.parametrize("block", [1, 5, 64])
+def test_only_points_that_can_be_the_largest_are_evaluated_and_the_answer_is_every_points(monkeypatch, block):
+    """The bound, its threshold and intervals equal an evaluation of every ROC point (ties: the first point),
+    with exact intervals computed for part of the points only."""
+    rng = np.random.default_rng(block)
+    member = rng.random(3000) < 0.4
+    scores = np.round(rng.normal(size=3000) + 1.2 * member, 1)  # tied scores: ROC points with several examples
+    for delta in (0.0, 1e-3, 0.2):
+        every = empirical_epsilon(scores, member, delta=delta)  # one block of 2^14 holds all 99 points
+        evaluated = []
+        bounds = privacy._bounds
+        monkeypatch.setattr(privacy, "BOUND_BLOCK", block)
+        monkeypatch.setattr(privacy, "_bounds", lambda tp, *a, **k: evaluated.append(tp.size) or bounds(tp, *a, **k))
+        assert empirical_epsilon(scores, member, delta=delta) == every
+        assert sum(evaluated) < every.num_thresholds
+        monkeypatch.undo()
 
 
 @pytest.mark.parametrize(

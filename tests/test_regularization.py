@@ -204,22 +204,22 @@ def test_vmap_and_loop_stop_at_the_same_epochs(digits):
 
 
 def test_early_stopping_run_uses_each_models_effective_membership(tmp_path, monkeypatch):
-    import mia_torch.stages.attacks as attack_stage
     import mia_torch.stages.train as train_stage
+    from mia_torch.attacks import ThresholdAttack
 
     seen = {"train": [], "refs": []}
-    real_train, real_refs = train_stage.train_models, attack_stage.ReferenceSignals
+    real_train, real_fit = train_stage.train_models, ThresholdAttack.fit_features
 
     def spy_train(models, x, y, member_idx, cfg, **kw):
         seen["train"] += list(zip(member_idx, kw["val_idx"]))
         return real_train(models, x, y, member_idx, cfg, **kw)
 
-    def spy_refs(**kw):
-        seen["refs"].append(kw["keep"].cpu().numpy())
-        return real_refs(**kw)
+    def spy_fit(self, ref=None, **kw):
+        seen["refs"].append(ref.keep_of().cpu().numpy())
+        return real_fit(self, ref, **kw)
 
     monkeypatch.setattr(train_stage, "train_models", spy_train)
-    monkeypatch.setattr(attack_stage, "ReferenceSignals", spy_refs)
+    monkeypatch.setattr(ThresholdAttack, "fit_features", spy_fit)
     results = run_experiment(tmp_path, [*TINY, "train.epochs=30", "dataset.label_noise=0.3", "attack=[loss]",
                                         "train.early_stopping.patience=2",
                                         "train.early_stopping.validation_fraction=0.2", "sanity_check=false"])

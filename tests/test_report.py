@@ -62,6 +62,21 @@ def test_roc_figure_and_atomic_save(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["roc.png"]
 
 
+def test_a_long_roc_is_drawn_through_its_highest_points_at_evenly_spaced_fprs():
+    from mia_torch.metrics import roc_curve
+    from mia_torch.report.plots import drawn_points
+
+    rng = np.random.default_rng(0)
+    members = rng.random(200_000) < 0.5
+    fpr, tpr, _ = roc_curve(rng.standard_normal(members.size) + members, members)
+    few, low = drawn_points(fpr, tpr, max_points=400)
+    assert few.size <= 402 and (few[0], few[-1], low[0], low[-1]) == (fpr[0], fpr[-1], tpr[0], tpr[-1])
+    for f in np.concatenate([np.geomspace(fpr[fpr > 0].min(), 1.0, 100), np.linspace(0.0, 1.0, 100)]):
+        assert low[few <= f].max() == tpr[fpr <= f].max()  # the highest TPR at or below each drawn FPR
+    same = drawn_points(fpr[:300], tpr[:300], max_points=400)
+    assert np.array_equal(same[0], fpr[:300]) and np.array_equal(same[1], tpr[:300])  # short curves: every point
+
+
 def test_roc_figure_rejects_bad_curve():
     with pytest.raises(ValueError):
         plots.roc_figure({"x": (np.array([0.0, 1.0]), np.array([0.0]), 0.5)})

@@ -57,7 +57,7 @@ def test_reproduce_matches_a_finished_run_then_catches_tampered_scores(finished_
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert "MATCH: the rerun reproduces" in out and "MISMATCH" not in out
-    for name in ("keep.npy", "signals.npy", "scores loss/target_0", "scores lira_online/target_0",
+    for name in ("keep.npy", "signals", "scores loss/target_0", "scores lira_online/target_0",
                  "results.json metrics"):
         assert f"MATCH     {name}" in out, name
     assert "versions:" in out and "torch" in out
@@ -141,7 +141,7 @@ def _crafted_run(root, finished, *, key: str, target: str, args: list[str]):
     node[key.split(".")[-1]] = {"_target_": target, "_args_": args}
     run_dir = root / "crafted"
     (run_dir / ".hydra").mkdir(parents=True)
-    for name in ("keep.npy", "eval_mask.npy", "labels.npy", "signals.npy", "scores.npz"):
+    for name in ("keep.npy", "eval_mask.npy", "labels.npy", "signals.json", "scores.npz"):
         shutil.copy(finished / "run" / name, run_dir / name)
     OmegaConf.save(OmegaConf.create(config), run_dir / ".hydra" / "config.yaml")
     (run_dir / "results.json").write_text(json.dumps({**results, "config": config}))

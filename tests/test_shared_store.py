@@ -34,7 +34,7 @@ def _artifact_of(store: Path, kind: str, model: int) -> str:
 
 
 def test_undecodable_and_incomplete_artifacts_are_listed_moved_aside_and_rebuilt(tmp_path):
-    overrides = [*TINY, "attack=[loss]", "bootstrap=0", "sanity_check=false"]
+    overrides = [*TINY, "attack=[loss]", "bootstrap=0", "sanity_check=false", "save_signals=true"]
     first = run_experiment(tmp_path, overrides, name="first")
     root = tmp_path / "store"
     store = ArtifactStore(root)

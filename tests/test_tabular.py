@@ -21,6 +21,7 @@ from mia_torch.signals.collect import collect_logits
 from mia_torch.training.config import TrainConfig
 from mia_torch.signals.collect_many import collect_logits_many
 from mia_torch.training.ensemble import train_models
+from mia_torch.signals.manifest import load_run_signals
 
 POPULATION = """age,city,smoker,score,outcome
 30,a,1,1.5,no
@@ -346,7 +347,7 @@ def test_csv_runs_end_to_end_and_a_memorising_target_leaks(tmp_path):
     run_dir = tmp_path / "run"
     saved = RunResults.from_dict(read_json(run_dir / "results.json"))
     assert saved.config["queries"] == ["identity"] and saved.dataset["population"] == 160
-    assert np.load(run_dir / "signals.npy").shape == (4, 160, 1, 2)
+    assert load_run_signals(run_dir).shape == (4, 160, 1, 2)
     assert (run_dir / "records_target0.csv").is_file()
     for target in (0, 1):
         assert results.targets[target].train_acc > 0.95  # memorised random labels

@@ -58,6 +58,9 @@ def clean_run(tmp_path_factory) -> Path:
     np.save(run / "eval_mask.npy", np.ones(400, dtype=bool))
     np.save(run / "labels.npy", labels.astype(np.int64))
     np.save(run / "signals.npy", np.zeros((4, 400, 2, 10), dtype=np.float32))
+    (run / "signals.json").write_text(json.dumps({  # as a run writes it (signals.npy too with save_signals=true)
+        "store_dir": str(root / "store"), "num_examples": 400, "num_queries": 2, "output": {"name": "logits"},
+        "signals": {str(m): f"{m:032x}" for m in range(4)}}))
     save_scores(run / "scores.npz", scores)
     return run
 
@@ -66,6 +69,12 @@ def _copy(clean_run: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(clean_run, run)
     return run
+
+
+def _edit_manifest(run: Path, change) -> None:
+    data = json.loads((run / "signals.json").read_text())
+    change(data)
+    (run / "signals.json").write_text(json.dumps(data))
 
 
 def _edit_json(run: Path, change) -> None:
@@ -223,6 +232,11 @@ FILES = [
     ("truncated signals", lambda run: (run / "signals.npy").write_bytes((run / "signals.npy").read_bytes()[:999]),
      "signals.npy"),
     ("object array in signals", lambda run: _save_object_array(run / "signals.npy"), "signals.npy"),
+    ("manifest not JSON", lambda run: (run / "signals.json").write_text('{"signals": '), "signals.json"),
+    ("manifest key with a path", lambda run: _edit_manifest(run, lambda d: d["signals"].__setitem__("1", "../x")),
+     "signals.json is not the signals manifest this run writes"),
+    ("manifest of other queries", lambda run: _edit_manifest(run, lambda d: d.__setitem__("num_queries", 3)),
+     "num_queries is 3"),
     ("object array in keep", lambda run: _save_object_array(run / "keep.npy"), "keep.npy"),
     ("object array in scores", lambda run: _object_scores(run / "scores.npz"), "scores.npz"),
     ("keep of another shape", lambda run: np.save(run / "keep.npy", np.zeros((3, 400), bool)), "keep.npy"),

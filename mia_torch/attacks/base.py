@@ -4,6 +4,23 @@ An attack is fitted on the signals of reference (shadow) models, whose training 
 are known through their keep rows, and then scores a target model's signals: one float
 per example, higher = more likely a member. Attacks never see the target's membership
 and never compute metrics.
+
+Two interfaces, one contract:
+
+* :class:`Attack` reads logits: ``fit(ReferenceSignals)`` with ``logits [R, N, Q, C]`` and
+  ``score(logits [N, Q, C], labels)``. A study that runs such an attack builds every
+  model's served logits ``[M, N, Q, C]`` in memory and refits it on each target's
+  references.
+* :class:`~mia_torch.attacks.feature_attack.FeatureAttack` (every built-in attack) declares
+  the per-example features it reads (``required_features()``, see
+  :mod:`mia_torch.signals.features`), is fitted on the references' features
+  (``fit_features(ReferenceFeatures, knobs=None)``) and scores a target's features
+  (``score_features``); the study's attack stage reduces each stored model to those
+  features once, so it holds ``[M, N, Q]``-sized arrays only. An attack whose fit is a sum
+  over reference models also offers ``pool(base)``, from which each target's fit takes the
+  target and its twin out (:mod:`mia_torch.stages.attack_runs`). Its ``fit``/``score`` on
+  logits come for free, so both kinds run anywhere an :class:`Attack` does (audits,
+  forget checks, the DP audit).
 """
 from __future__ import annotations
 
@@ -19,6 +36,7 @@ __all__ = [
     "Attack",
     "balanced_accuracy_threshold",
     "roc_auc",
+    "sorted_balanced_accuracy_threshold",
     "check_choice",
     "check_number",
     "check_target",
@@ -124,13 +142,14 @@ class Attack(ABC):
         """
         return {"threshold": None if self.threshold is None else float(self.threshold)}
 
-    def _check_references(self, ref: ReferenceSignals | None) -> ReferenceSignals | None:
+    def _check_references(self, ref: Any, *, expected: type = ReferenceSignals) -> Any:
+        """``ref`` (an ``expected`` instance, or None where the attack needs no references), checked."""
         if ref is None:
             if self.requires_references:
                 raise ValueError(f"{type(self).__name__} needs reference models (ref is None)")
             return None
-        if not isinstance(ref, ReferenceSignals):
-            raise TypeError("fit expects a ReferenceSignals instance")
+        if not isinstance(ref, expected):
+            raise TypeError(f"fit expects a {expected.__name__} instance")
         if self.requires_references and ref.num_models < 1:
             raise ValueError(f"{type(self).__name__} needs at least one reference model, got R = 0")
         return ref
@@ -206,12 +225,17 @@ def balanced_accuracy_threshold(scores: torch.Tensor, member: torch.Tensor) -> f
     m = member.reshape(-1).to(device=s.device, dtype=torch.bool)
     ok = torch.isfinite(s)
     s, m = s[ok], m[ok]
-    n_pos = int(m.sum())
-    n_neg = int(m.numel() - n_pos)
+    s_sorted, order = torch.sort(s, descending=True, stable=True)
+    return sorted_balanced_accuracy_threshold(s_sorted, m[order])
+
+
+def sorted_balanced_accuracy_threshold(s_sorted: torch.Tensor, m_sorted: torch.Tensor) -> float | None:
+    """:func:`balanced_accuracy_threshold` of finite float64 scores already sorted in descending order
+    (stably: tied scores in their original order) with their membership ``m_sorted``."""
+    n_pos = int(m_sorted.sum())
+    n_neg = int(m_sorted.numel() - n_pos)
     if n_pos == 0 or n_neg == 0:
         return None
-    s_sorted, order = torch.sort(s, descending=True, stable=True)
-    m_sorted = m[order]
     tp = torch.cumsum(m_sorted.double(), 0)
     fp = torch.cumsum((~m_sorted).double(), 0)
     bal = 0.5 * (tp / n_pos + 1.0 - fp / n_neg)

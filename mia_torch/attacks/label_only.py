@@ -50,20 +50,16 @@ attack; ``fit`` warns. Recommended queries (flips and 1-pixel shifts)::
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from mia_torch.attacks.base import (
-    Attack,
-    ReferenceSignals,
-    balanced_accuracy_threshold,
-    check_choice,
-    check_number,
-    check_target,
-)
+from mia_torch.attacks.base import ReferenceSignals, balanced_accuracy_threshold, check_choice, check_number
+from mia_torch.attacks.feature_attack import CHUNK_ELEMENTS, FeatureAttack, Knobs, ReferenceFeatures, check_examples
+from mia_torch.signals.features import Feature, correct_feature
 
 __all__ = ["GapAttack", "LabelOnlyAttack", "RECOMMENDED_QUERIES", "correct_counts"]
 
@@ -85,7 +81,7 @@ def correct_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return correct_queries(logits, labels).sum(-1)
 
 
-class GapAttack(Attack):
+class GapAttack(FeatureAttack):
     """Yeom et al.'s gap attack: score 1 if the label predicted on query ``query`` is correct, else 0.
 
     Args:
@@ -99,12 +95,25 @@ class GapAttack(Attack):
         self.query = int(check_number("query", query, low=0, integer=True))
         self.threshold = 1.0
 
-    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def required_features(self) -> tuple[Feature, ...]:
+        """Whether each query's predicted label is correct."""
+        return (correct_feature(),)
+
+    def fit_features(self, ref: ReferenceFeatures | None = None, *, knobs: Knobs | None = None) -> GapAttack:
+        """Nothing to fit: the threshold is 1 ("correct = member")."""
+        return self
+
+    @property
+    def calibrates(self) -> bool:
+        """Nothing is chosen on the references."""
+        return False
+
+    def score_features(self, target: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """Target scores in {0, 1}, float64 ``[N]``, higher = member."""
-        logits, labels = check_target(logits, labels)
-        if self.query >= logits.shape[1]:
-            raise ValueError(f"query={self.query} is out of range: the signals have {logits.shape[1]} queries")
-        return correct_queries(logits[:, self.query], labels).to(torch.float64)
+        correct = target["correct"]
+        if self.query >= correct.shape[1]:
+            raise ValueError(f"query={self.query} is out of range: the signals have {correct.shape[1]} queries")
+        return correct[:, self.query].to(torch.float64)
 
 
 _RHO_MIN, _RHO_MAX = 1e-6, 1.0 - 1e-6
@@ -177,7 +186,13 @@ def _log_beta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
 
 
-class LabelOnlyAttack(Attack):
+def _counts(ref: ReferenceFeatures) -> torch.Tensor:
+    """Correct queries per reference model and example, float64 ``[R, N]``, a chunk of models at a time."""
+    n, q = ref.features["correct"].shape[1:]
+    return torch.cat([ref.take("correct", sl).sum(-1).double() for sl in ref.chunks(n * q)])
+
+
+class LabelOnlyAttack(FeatureAttack):
     """Augmentation-robustness label-only attack with per-example calibration (see the module docstring).
 
     Args:
@@ -199,38 +214,63 @@ class LabelOnlyAttack(Attack):
         self._fits: tuple[_BetaBinomial, _BetaBinomial] | None = None
         self._score_online = self.online
 
-    def fit(self, ref: ReferenceSignals) -> "LabelOnlyAttack":
-        """Fit per-example IN and OUT count distributions on the references; optionally calibrate ``threshold``."""
-        ref = self._check_references(ref)
-        num_queries = int(ref.logits.shape[2])
+    def required_features(self) -> tuple[Feature, ...]:
+        """Whether each query's predicted label is correct."""
+        return (correct_feature(),)
+
+    def fit_features(self, ref: ReferenceFeatures, *, knobs: Knobs | None = None) -> LabelOnlyAttack:
+        """Fit per-example IN and OUT count distributions on the references; ``threshold`` from ``knobs`` or by
+        leave-one-out."""
+        ref = self._check_features(ref)
+        counts, keep = _counts(ref), ref.keep_of()
+        sums = tuple(_sums(counts, w) for w in (keep.double(), (~keep).double()))
+        return self._fit_sums(sums, counts, keep, num_queries=int(ref.features["correct"].shape[-1]), knobs=knobs)
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether ``fit`` calibrates the threshold (its one knob)."""
+        return self.calibrate_threshold
+
+    def pool(self, base: ReferenceFeatures) -> LabelOnlyPool:
+        """Sums of every model's counts, from which each subset's fit follows."""
+        return LabelOnlyPool(self, base)
+
+    def _fit_sums(self, sums: Sequence[tuple[torch.Tensor, ...]], counts: torch.Tensor, keep: torch.Tensor, *,
+                  num_queries: int, knobs: Knobs | None) -> LabelOnlyAttack:
+        """Fit from the references' IN and OUT ``sums``, their ``counts [R, N]`` and membership ``keep``."""
         if num_queries == 1:
             warnings.warn(
                 "label_only with a single query (config key `queries`) is a per-example calibrated gap attack; "
                 f"query several augmentations, e.g. queries=[{','.join(RECOMMENDED_QUERIES)}]",
-                stacklevel=2,
+                stacklevel=3,
             )
-        counts = correct_counts(ref.logits, ref.labels[None, :, None]).double()  # [R, N]
-        self._num_examples, self._num_queries = ref.num_examples, num_queries
-        self._fits = tuple(self._fit(_sums(counts, w), num_queries) for w in (ref.keep.double(), (~ref.keep).double()))
+        self._num_examples, self._num_queries = int(counts.shape[1]), num_queries
+        self._fits = tuple(self._fit(s, num_queries) for s in sums)
         self._score_online = self.online
-        if self.online and int(ref.keep.sum()) == 0:
+        if self.online and int(sums[0][0].sum()) == 0:
             warnings.warn("label_only online: no reference model trained on any example; using the offline score")
             self._score_online = False
         self.threshold = None
-        if self.calibrate_threshold and ref.num_models >= 2:
-            self.threshold = balanced_accuracy_threshold(self._scores(counts, self._folds(counts, ref.keep)), ref.keep)
+        if knobs is not None:
+            self.threshold = knobs["threshold"]
+        elif self.calibrate_threshold and len(counts) >= 2:
+            self.threshold = balanced_accuracy_threshold(self._loo_scores(counts, keep, sums), keep)
         return self
 
     def _fit(self, sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor], num_queries: int) -> _BetaBinomial:
         return _BetaBinomial(*sums, num_queries=num_queries, alpha=self.prior_strength)
 
-    def _folds(self, counts: torch.Tensor, keep: torch.Tensor) -> tuple[_BetaBinomial, _BetaBinomial]:
-        """(IN, OUT) fits without each reference model in turn (closed form): parameters ``[R, N]``."""
-        num_queries = int(self._num_queries)
-        return tuple(  # type: ignore[return-value]
-            self._fit(_leave_one_out(counts, w, *_sums(counts, w)), num_queries)
-            for w in (keep.double(), (~keep).double())
-        )
+    def _loo_scores(self, counts: torch.Tensor, keep: torch.Tensor, sums: Sequence[tuple]) -> torch.Tensor:
+        """Each reference model scored against (IN, OUT) fits without it (closed form, a chunk of folds at a
+        time): float64 ``[R, N]``."""
+        step = max(1, CHUNK_ELEMENTS // max(1, counts.shape[1]))
+        out = []
+        for start in range(0, len(counts), step):
+            part, member = counts[start : start + step], keep[start : start + step]
+            fits = tuple(self._fit(_leave_one_out(part, w, *s), self._num_queries)
+                         for w, s in zip((member.double(), (~member).double()), sums))
+            out.append(self._scores(part, fits))
+        return torch.cat(out)
 
     def _scores(self, counts: torch.Tensor, fits: Sequence[_BetaBinomial]) -> torch.Tensor:
         """Scores of ``counts`` under the (IN, OUT) fits, float64, shaped like the broadcast of both."""
@@ -239,22 +279,47 @@ class LabelOnlyAttack(Attack):
             return (-fit_out.log_mid_p(counts)).to(torch.float64)
         return (fit_in.log_pmf(counts) - fit_out.log_pmf(counts)).to(torch.float64)
 
-    def reference_scores(self, ref: ReferenceSignals) -> torch.Tensor:
+    def reference_scores(self, ref: ReferenceSignals | ReferenceFeatures) -> torch.Tensor:
         """Leave-one-out scores float64 ``[R, N]``: each reference model scored as the target
         against fits on the other R - 1 (closed form, all folds at once); needs ``fit``."""
         if self._fits is None:
             raise RuntimeError("LabelOnlyAttack used before fit")
+        ref = self._as_features(ref)
         if ref.num_models < 2:
             raise ValueError("reference_scores needs at least two reference models")
-        counts = correct_counts(ref.logits, ref.labels[None, :, None]).double()
-        return self._scores(counts, self._folds(counts, ref.keep))
+        counts, keep = _counts(ref), ref.keep_of()
+        return self._loo_scores(counts, keep, tuple(_sums(counts, w) for w in (keep.double(), (~keep).double())))
 
-    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def score_features(self, target: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """Target scores, float64 ``[N]``, higher = member."""
         if self._fits is None:
             raise RuntimeError("LabelOnlyAttack.score called before fit")
-        logits, labels = check_target(logits, labels, self._num_examples)
-        if logits.shape[1] != self._num_queries:
-            raise ValueError(f"target has Q = {logits.shape[1]} queries but the references had Q = {self._num_queries}")
-        counts = correct_counts(logits, labels[:, None]).double().to(self._fits[0].a.device)
-        return self._scores(counts, self._fits).to(logits.device)
+        correct = check_examples(target, "correct", self._num_examples)
+        if correct.shape[1] != self._num_queries:
+            raise ValueError(f"target has Q = {correct.shape[1]} queries but the references had Q = {self._num_queries}")
+        counts = correct.sum(-1).double().to(self._fits[0].a.device)
+        return self._scores(counts, self._fits).to(correct.device)
+
+
+class LabelOnlyPool:
+    """The label-only attack's IN and OUT count sums over every model of a table; a subset's fit subtracts
+    the left-out models."""
+
+    def __init__(self, attack: LabelOnlyAttack, base: ReferenceFeatures) -> None:
+        self.attack, self.base = attack, base
+        self.counts, self.keep = _counts(base), base.keep_of()
+        self.sums = tuple(_sums(self.counts, w) for w in (self.keep.double(), (~self.keep).double()))
+
+    def fit(self, removed: Sequence[int], *, knobs: Knobs | None = None) -> LabelOnlyAttack:
+        """The attack fitted on the table's models except ``removed`` (positions), equal to a fit from scratch."""
+        sums = self.sums
+        for r in removed:
+            counts, member = self.counts[r : r + 1], self.keep[r : r + 1]
+            sums = tuple(tuple(v[0] for v in _leave_one_out(counts, w, *s))
+                         for w, s in zip((member.double(), (~member).double()), sums))
+        gone = set(removed)
+        rows = torch.tensor([m for m in range(len(self.counts)) if m not in gone], dtype=torch.long,
+                            device=self.counts.device)
+        num_queries = int(self.base.features["correct"].shape[-1])
+        return copy.deepcopy(self.attack)._fit_sums(sums, self.counts[rows], self.keep[rows], num_queries=num_queries,
+                                                    knobs=knobs)

@@ -33,38 +33,70 @@ and statistics and scores are computed and returned in float64.
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from mia_torch.attacks.base import (
-    Attack,
-    ReferenceSignals,
-    balanced_accuracy_threshold,
-    check_choice,
-    check_number,
-    check_target,
-)
+from mia_torch.attacks.base import ReferenceSignals, balanced_accuracy_threshold, check_choice, check_number, check_target
+from mia_torch.attacks.feature_attack import FeatureAttack, Knobs, ReferenceFeatures, check_examples
+from mia_torch.signals.features import Feature, phi_feature
 from mia_torch.signals.stats import logit_scaled_confidence
 
 __all__ = ["LiRA"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-_LOO_CHUNK_ELEMENTS = 1 << 24
+#: Elements per float64 temporary when the leave-one-out folds are scored (:meth:`LiRA._reference_scores` makes a
+#: few dozen per fold: with 2^21-element chunks a fit on 64 models x 20,000 examples x 18 queries peaked 0.35 GiB
+#: above its features, with these not at all).
+LOO_CHUNK_ELEMENTS = 1 << 18
 _NO_OUT_WARNING = (
     "LiRA offline: every reference model trained on every example; OUT Gaussians are "
     "extrapolated from IN ones and the scores carry little information"
 )
 
 
-def _sufficient(phi: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+Stats = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _sufficient(phi: torch.Tensor, mask: torch.Tensor) -> Stats:
     """Counts ``[N, 1]``, means and centred sums of squares ``[N, Q]`` of phi ``[R, N, Q]`` over masked models."""
     m = mask[..., None].to(phi.dtype)  # [R, N, 1]
     cnt = m.sum(0)
     mean = (phi * m).sum(0) / cnt.clamp(min=1.0)
     ss = (((phi - mean) * m) ** 2).sum(0)
     return cnt, mean, ss
+
+
+def _sufficient_of(ref: ReferenceFeatures, member: bool) -> Stats:
+    """:func:`_sufficient` of the references' phi over their IN (``member``) or OUT models, a chunk of models
+    at a time (one chunk: the same sums)."""
+    n, q = ref.features["phi"].shape[1:]
+    chunks = list(ref.chunks(n * q))
+    if len(chunks) == 1:
+        keep = ref.keep_of()
+        return _sufficient(ref.take("phi").double(), keep if member else ~keep)
+    cnt = total = None
+    for sl in chunks:
+        keep = ref.keep_of(sl)
+        m = (keep if member else ~keep)[..., None].double()
+        part_cnt, part_total = m.sum(0), (ref.take("phi", sl).double() * m).sum(0)
+        cnt, total = (part_cnt, part_total) if cnt is None else (cnt + part_cnt, total + part_total)
+    mean = total / cnt.clamp(min=1.0)
+    ss = torch.zeros_like(mean)
+    for sl in chunks:
+        keep = ref.keep_of(sl)
+        m = (keep if member else ~keep)[..., None].double()
+        ss += (((ref.take("phi", sl).double() - mean) * m) ** 2).sum(0)
+    return cnt, mean, ss
+
+
+def _without(stats: Stats, phi: torch.Tensor, mask: torch.Tensor) -> Stats:
+    """``stats`` without one model's phi ``[N, Q]`` where ``mask [N]`` (the same as recomputing them)."""
+    cnt, mean, ss = _leave_one_out(phi[None], mask[None], *stats)
+    return cnt[0], mean[0], ss[0]
 
 
 def _leave_one_out(
@@ -143,7 +175,7 @@ def _lira_score(phi: torch.Tensor, p: dict[str, torch.Tensor], online: bool) -> 
     return llr.mean(-1)
 
 
-class LiRA(Attack):
+class LiRA(FeatureAttack):
     """LiRA, online (IN and OUT Gaussians) or offline (OUT only, one-sided).
 
     Args:
@@ -172,14 +204,28 @@ class LiRA(Attack):
         self._params: dict[str, torch.Tensor] | None = None
         self._score_online = self.online
 
-    def fit(self, ref: ReferenceSignals) -> "LiRA":
-        """Fit per-example Gaussians on reference phi; optionally calibrate ``threshold`` by leave-one-out."""
-        ref = self._check_references(ref)
-        phi = ref.statistic(logit_scaled_confidence).double()  # [R, N, Q]
-        keep = ref.keep
-        stats_in = _sufficient(phi, keep)
-        stats_out = _sufficient(phi, ~keep)
-        n_in, n_out = int(keep.sum()), int((~keep).sum())
+    def required_features(self) -> tuple[Feature, ...]:
+        """phi per query."""
+        return (phi_feature(),)
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether ``fit`` calibrates the threshold (its one knob)."""
+        return self.calibrate_threshold
+
+    def fit_features(self, ref: ReferenceFeatures, *, knobs: Knobs | None = None) -> LiRA:
+        """Fit per-example Gaussians on reference phi; ``threshold`` from ``knobs`` or by leave-one-out."""
+        ref = self._check_features(ref)
+        return self._fit_stats((_sufficient_of(ref, True), _sufficient_of(ref, False)), ref, knobs)
+
+    def pool(self, base: ReferenceFeatures) -> LiRAPool:
+        """IN and OUT sums of every model's phi, from which each subset's Gaussians follow."""
+        return LiRAPool(self, base)
+
+    def _fit_stats(self, stats: tuple[Stats, Stats], ref: ReferenceFeatures, knobs: Knobs | None) -> LiRA:
+        """Fit from the references' IN and OUT sufficient statistics ``stats``."""
+        stats_in, stats_out = stats
+        n_in, n_out = int(stats_in[0].sum()), int(stats_out[0].sum())
         self._score_online = self.online
         if self.online and n_in == 0:
             warnings.warn("LiRA online: no reference model trained on any example; using the offline score")
@@ -190,39 +236,41 @@ class LiRA(Attack):
         self._params = _gaussians(*stats_in, *stats_out, per_example=per_example, min_std=self.min_std)
         self._num_examples = ref.num_examples
         self.threshold = None
-        if self.calibrate_threshold and ref.num_models >= 2:
-            self.threshold = balanced_accuracy_threshold(self._reference_scores(phi, keep), keep)
+        if knobs is not None:
+            self.threshold = knobs["threshold"]
+        elif self.calibrate_threshold and ref.num_models >= 2:
+            self.threshold = balanced_accuracy_threshold(self._reference_scores(ref, stats), ref.keep_of())
         return self
 
-    def _reference_scores(self, phi: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def _reference_scores(self, ref: ReferenceFeatures, stats: tuple[Stats, Stats]) -> torch.Tensor:
+        """Leave-one-out scores ``[R, N]`` from the references' full statistics ``stats``."""
         per_example = self.variance == "per_example"
-        full_in, full_out = _sufficient(phi, keep), _sufficient(phi, ~keep)
-        r, n, q = phi.shape
+        full_in, full_out = stats
+        n, q = ref.features["phi"].shape[1:]
         # Folds are independent given the full statistics: process them in chunks so the
-        # float64 temporaries stay bounded (about _LOO_CHUNK_ELEMENTS per tensor).
-        step = max(1, _LOO_CHUNK_ELEMENTS // max(1, n * q))
+        # float64 temporaries (a few dozen per fold) stay bounded.
         out = []
-        for start in range(0, r, step):
-            sl = slice(start, min(r, start + step))
-            loo_in = _leave_one_out(phi[sl], keep[sl], *full_in)
-            loo_out = _leave_one_out(phi[sl], ~keep[sl], *full_out)
+        for sl in ref.chunks(n * q, max_elements=LOO_CHUNK_ELEMENTS):
+            phi, keep = ref.take("phi", sl).double(), ref.keep_of(sl)
+            loo_in = _leave_one_out(phi, keep, *full_in)
+            loo_out = _leave_one_out(phi, ~keep, *full_out)
             params = _gaussians(*loo_in, *loo_out, per_example=per_example, min_std=self.min_std)
-            out.append(_lira_score(phi[sl], params, self._score_online))
+            out.append(_lira_score(phi, params, self._score_online))
         return torch.cat(out)
 
-    def reference_scores(self, ref: ReferenceSignals) -> torch.Tensor:
+    def reference_scores(self, ref: ReferenceSignals | ReferenceFeatures) -> torch.Tensor:
         """Leave-one-out scores float64 ``[R, N]``: each reference model scored as the target
         against Gaussians fitted on the other R - 1 (closed form, all folds at once)."""
+        ref = self._as_features(ref)
         if ref.num_models < 2:
             raise ValueError("reference_scores needs at least two reference models")
-        return self._reference_scores(ref.statistic(logit_scaled_confidence).double(), ref.keep)
+        return self._reference_scores(ref, (_sufficient_of(ref, True), _sufficient_of(ref, False)))
 
-    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def score_features(self, target: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """Target scores, float64 ``[N]``, higher = member."""
         if self._params is None:
             raise RuntimeError("LiRA.score called before fit")
-        logits, labels = check_target(logits, labels, self._num_examples)
-        phi = logit_scaled_confidence(logits, labels[:, None]).double()  # [N, Q]
+        phi = check_examples(target, "phi", self._num_examples).double()  # [N, Q]
         params = {k: v.to(phi.device) for k, v in self._params.items()}
         if phi.shape[-1] != params["mu_in"].shape[-1]:
             raise ValueError(
@@ -237,3 +285,22 @@ class LiRA(Attack):
         logits, labels = check_target(logits, labels, self._num_examples)
         phi = logit_scaled_confidence(logits, labels[:, None]).double()
         return (phi - self._params["mu_out"].to(phi.device)) / self._params["std_out"].to(phi.device)
+
+
+class LiRAPool:
+    """LiRA's IN and OUT sums over every model of a table; a subset's fit subtracts the left-out models."""
+
+    def __init__(self, attack: LiRA, base: ReferenceFeatures) -> None:
+        self.attack, self.base = attack, base
+        self.stats = (_sufficient_of(base, True), _sufficient_of(base, False))
+
+    def fit(self, removed: Sequence[int], *, knobs: Knobs | None = None) -> LiRA:
+        """The attack fitted on the table's models except ``removed`` (positions), equal to a fit from scratch."""
+        stats_in, stats_out = self.stats
+        for r in removed:
+            phi, keep = self.base.take("phi", r).double(), self.base.keep_of(r)
+            stats_in, stats_out = _without(stats_in, phi, keep), _without(stats_out, phi, ~keep)
+        gone = set(removed)
+        rows = torch.tensor([m for m in range(self.base.num_models) if m not in gone], dtype=torch.long,
+                            device=self.base.keep.device)
+        return copy.deepcopy(self.attack)._fit_stats((stats_in, stats_out), self.base.subset(rows), knobs)

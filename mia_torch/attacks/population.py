@@ -11,11 +11,13 @@ setting of the rule, not fitted: only the threshold is chosen from (reference) d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-from mia_torch.attacks.base import ReferenceSignals, balanced_accuracy_threshold, check_choice, check_number
-from mia_torch.attacks.threshold import ThresholdAttack
+from mia_torch.attacks.base import balanced_accuracy_threshold, check_choice, check_number
+from mia_torch.attacks.feature_attack import ReferenceFeatures
+from mia_torch.attacks.threshold import SortedScores, ThresholdAttack
 
 __all__ = ["PopulationAttack"]
 
@@ -37,23 +39,27 @@ class PopulationAttack(ThresholdAttack):
         self.fpr = float(check_number("fpr", fpr, low=0.0, high=1.0, low_open=True, high_open=True))
         self.calibration = check_choice("calibration", calibration, ("fpr", "balanced_accuracy"))
 
-    def fit(self, ref: ReferenceSignals | None = None) -> "PopulationAttack":
-        """Set ``threshold`` from the pooled reference scores; stays ``None`` without references."""
-        ref = self._check_references(ref)
-        self.threshold = None
-        if ref is None or ref.num_models == 0:
-            return self
+    def _calibrate(self, ref: ReferenceFeatures) -> float | None:
+        """The threshold from the pooled reference scores."""
         scores = self.reference_scores(ref)
+        keep = ref.keep_of()
         if self.calibration == "balanced_accuracy":
-            self.threshold = balanced_accuracy_threshold(scores, ref.keep)
-            return self
-        out = scores[~ref.keep]
+            return balanced_accuracy_threshold(scores, keep)
+        out = scores[~keep]
         out = out[torch.isfinite(out)]
-        if out.numel() == 0:
-            return self
-        desc = torch.sort(out, descending=True).values
-        k = int(math.floor(self.fpr * out.numel()))
-        # The next float above the (k+1)-th largest OUT score: at most k OUT scores reach it.
+        return self._fpr_threshold(torch.sort(out, descending=True).values)
+
+    def _calibrate_sorted(self, ordered: SortedScores, removed: Sequence[int]) -> float | None:
+        if self.calibration == "balanced_accuracy":
+            return super()._calibrate_sorted(ordered, removed)
+        values, member, _ = ordered.without(removed)
+        return self._fpr_threshold(values[~member])
+
+    def _fpr_threshold(self, desc: torch.Tensor) -> float | None:
+        """The next float above the (k+1)-th largest of the OUT scores ``desc`` (sorted in descending order):
+        at most k = floor(fpr * #OUT) OUT scores reach it."""
+        if desc.numel() == 0:
+            return None
+        k = int(math.floor(self.fpr * desc.numel()))
         kth = desc[k : k + 1]
-        self.threshold = float(torch.nextafter(kth, torch.full_like(kth, math.inf)))
-        return self
+        return float(torch.nextafter(kth, torch.full_like(kth, math.inf)))

@@ -43,24 +43,32 @@ mean over all reference models).
 ``fit`` also calibrates ``threshold`` (max balanced accuracy) from the same
 leave-one-out scores (needs R >= 2; otherwise ``None``). :meth:`RMIA.fitted_params`
 reports a, T, the calibration AUC and the threshold.
+
+Every mean over reference models is a sum kept by :class:`~mia_torch.attacks.log_sums.LogSums`,
+so the leave-one-out folds, and the fits of a study's targets from one :meth:`RMIA.pool`
+of all its models, take models out of one sum instead of summing again.
 """
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.nn.functional import logsigmoid
 
 from mia_torch.attacks.base import (
-    Attack,
     ReferenceSignals,
     balanced_accuracy_threshold,
     check_choice,
     check_number,
     check_target,
 )
-from mia_torch.signals.stats import logit_mean_probability, logit_scaled_confidence
+from mia_torch.attacks.feature_attack import FeatureAttack, Knobs, ReferenceFeatures, check_examples
+from mia_torch.attacks.log_sums import TOP
+from mia_torch.attacks.rmia_sums import ReferenceProbabilities
+from mia_torch.signals.features import Feature, compute_features, probability_logit_feature
 
 __all__ = ["RMIA"]
 
@@ -69,29 +77,8 @@ _A_FALLBACK = 0.33
 _TEMPERATURE_GRID = (1.0, 2.0, 4.0, 8.0)
 _TEMPERATURE_FALLBACK = 2.0
 _MAX_CALIBRATION_FOLDS = 16
-
-
-def _probability_logit(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Log-odds of the true-class probability averaged over queries (dim -2 of the logits): float64 ``[...]``."""
-    phi = logit_scaled_confidence(logits, labels, temperature=temperature)
-    return logit_mean_probability(phi, dim=-1)
-
-
-def _global_log_mean(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log of the mean of exp(logp) over all masked entries (0-d); mask must select at least one."""
-    vals = logp[mask]
-    return torch.logsumexp(vals, dim=0) - math.log(vals.numel())
-
-
-def _loo_logsumexp(x: torch.Tensor) -> torch.Tensor:
-    """``out[r] = logsumexp_{s != r} x[s]`` along dim 0, exactly (prefix/suffix cumulative logsumexp)."""
-    r = x.shape[0]
-    neg = torch.full_like(x[:1], -math.inf)
-    prefix = torch.cat([neg, torch.logcumsumexp(x, dim=0)[:-1]], dim=0)
-    suffix = torch.cat([torch.logcumsumexp(x.flip(0), dim=0).flip(0)[1:], neg], dim=0)
-    out = torch.logaddexp(prefix, suffix)
-    # logaddexp(-inf, -inf) is -inf (not NaN) in torch, but be explicit for r == 1.
-    return out if r > 1 else torch.full_like(x, -math.inf)
+#: Elements of the largest temporaries of a chunk of leave-one-out folds.
+_FOLD_CHUNK_ELEMENTS = 1 << 21
 
 
 def _count_auc(counts: torch.Tensor, member: torch.Tensor, num_values: int) -> torch.Tensor:
@@ -119,31 +106,7 @@ def _offline_logit(logit_out: torch.Tensor, a: float) -> torch.Tensor:
     return log_pr - (log_c1 + logsigmoid(-logit_out))
 
 
-def _log_mean_out(lp_ref: torch.Tensor, keep: torch.Tensor, leave_one_out: bool) -> torch.Tensor:
-    """log of the mean OUT value of exp(lp_ref) per example: ``[N]`` or, leave-one-out, ``[R, N]``.
-
-    Examples without OUT models get the mean OUT value over all examples (of the same
-    set of reference models), else the mean over everything.
-    """
-    out = ~keep
-    outf = out.to(lp_ref.dtype)
-    masked = torch.where(out, lp_ref, torch.full_like(lp_ref, -math.inf))
-    if leave_one_out:
-        r, n = lp_ref.shape
-        g_cnt_out = outf.sum() - outf.sum(1)  # [R]
-        g_out = _loo_logsumexp(torch.logsumexp(masked, dim=1)) - torch.log(g_cnt_out.clamp(min=1.0))
-        g_all = _loo_logsumexp(torch.logsumexp(lp_ref, dim=1)) - math.log(max(1, (r - 1) * n))
-        global_out = torch.where(g_cnt_out > 0, g_out, g_all)[:, None]
-        cnt = outf.sum(0, keepdim=True) - outf
-        lse = _loo_logsumexp(masked)
-    else:
-        global_out = _global_log_mean(lp_ref, out if bool(out.any()) else torch.ones_like(out))
-        cnt = outf.sum(0)
-        lse = torch.logsumexp(masked, dim=0)
-    return torch.where(cnt > 0, lse - torch.log(cnt.clamp(min=1.0)), global_out.expand_as(lse))
-
-
-class RMIA(Attack):
+class RMIA(FeatureAttack):
     """RMIA with a sorted-population pairwise test.
 
     Args:
@@ -196,24 +159,15 @@ class RMIA(Attack):
         self._denominator: torch.Tensor | None = None  # log-odds of Pr(x), [N]
 
     # ----------------------------------------------------------------- helpers
-    def _log_mean(self, lp_ref: torch.Tensor, keep: torch.Tensor, leave_one_out: bool) -> torch.Tensor:
-        """log of the mean of exp(lp_ref) over the models Pr(x) uses: ``[N]`` or, leave-one-out, ``[R, N]``."""
-        if not self.online:
-            return _log_mean_out(lp_ref, keep, leave_one_out)
-        if not leave_one_out:
-            return torch.logsumexp(lp_ref, dim=0) - math.log(lp_ref.shape[0])
-        return _loo_logsumexp(lp_ref) - math.log(max(1, lp_ref.shape[0] - 1))
+    def required_features(self) -> tuple[Feature, ...]:
+        """The log-odds of the query-averaged true-class probability at every temperature the fit may use."""
+        temperatures = _TEMPERATURE_GRID if self.temperature is None else (self.temperature,)
+        return tuple(probability_logit_feature(t) for t in temperatures)
 
-    def _mean_logit(self, logit_ref: torch.Tensor, keep: torch.Tensor, leave_one_out: bool) -> torch.Tensor:
-        """Log-odds of the mean reference probability (all models online, OUT models offline)."""
-        log_p = self._log_mean(logsigmoid(logit_ref), keep, leave_one_out)
-        log_q = self._log_mean(logsigmoid(-logit_ref), keep, leave_one_out)
-        return log_p - log_q
-
-    def _denominators(self, logit_ref: torch.Tensor, keep: torch.Tensor, a: float | None, leave_one_out: bool) -> torch.Tensor:
-        """Log-odds of Pr(x) from reference log-odds ``[R, N]``: ``[N]`` or, leave-one-out, ``[R, N]``."""
-        mean = self._mean_logit(logit_ref, keep, leave_one_out)
-        return mean if self.online else _offline_logit(mean, a)
+    @property
+    def calibrates(self) -> bool:
+        """Whether ``fit`` chooses the threshold, the temperature or ``a``."""
+        return self.calibrate_threshold or self.temperature is None or (not self.online and self.a is None)
 
     def _population_counts(self, log_ratio: torch.Tensor) -> torch.Tensor:
         """Number of population z with log ratio(z) < log ratio(x) - log gamma, along the last dim."""
@@ -226,9 +180,16 @@ class RMIA(Attack):
         """Fraction of population z with log ratio(z) < log ratio(x) - log gamma, along the last dim."""
         return self._population_counts(log_ratio).double() / self.population_index.numel()
 
-    def _calibrate(self, ref: ReferenceSignals) -> tuple[float, float | None, float | None, torch.Tensor]:
-        """Choose (T, a) on the references: returns T, a, the mean leave-one-out AUC and the references' log-odds."""
-        can_fold = ref.num_models >= 2
+    def _denominators(self, mean: torch.Tensor, a: float | None) -> torch.Tensor:
+        """Log-odds of Pr(x) from the log-odds of the mean reference probability."""
+        return mean if self.online else _offline_logit(mean, a)
+
+    def _calibrate(
+        self, probabilities: Callable[[float], ReferenceProbabilities], refs: torch.Tensor, removed: torch.Tensor
+    ) -> tuple[float, float | None, float | None]:
+        """Choose (T, a) on the references ``refs`` (positions; ``removed``: the table's other models): returns
+        T, a and the mean leave-one-out AUC (None when nothing was chosen)."""
+        can_fold = len(refs) >= 2
         if self.temperature is not None:
             temperatures = (self.temperature,)
         else:
@@ -239,71 +200,140 @@ class RMIA(Attack):
             a_values = (self.a,)
         else:
             a_values = _A_GRID if can_fold else (_A_FALLBACK,)
-        labels = ref.labels[None, :, None]
         if len(temperatures) * len(a_values) == 1:
-            return temperatures[0], a_values[0], None, _probability_logit(ref.logits, labels, temperatures[0])
+            return temperatures[0], a_values[0], None
         # Folds: every reference model as the target, or evenly spaced ones when there are many.
-        r = ref.num_models
-        folds = torch.linspace(0, r - 1, min(r, _MAX_CALIBRATION_FOLDS)).round().long().unique().to(ref.keep.device)
-        best: tuple[float, float, float | None, torch.Tensor] | None = None
+        r = len(refs)
+        folds = refs[torch.linspace(0, r - 1, min(r, _MAX_CALIBRATION_FOLDS)).round().long().unique().to(refs.device)]
+        best: tuple[float, float, float | None] | None = None
         for t in temperatures:
-            logit_ref = _probability_logit(ref.logits, labels, t)  # [R, N]
-            loo_mean = self._mean_logit(logit_ref, ref.keep, leave_one_out=True)[folds]
-            log_p = logsigmoid(logit_ref[folds])
+            sums = probabilities(t)
+            loo_mean = sums.mean_logit(_with_folds(removed, folds))
+            log_p = logsigmoid(sums.logit(folds))
+            member = sums.keep(folds)
             for a in a_values:
-                denominator = loo_mean if self.online else _offline_logit(loo_mean, a)
-                counts = self._population_counts(log_p - logsigmoid(denominator))
-                auc = float(_count_auc(counts, ref.keep[folds], self.population_index.numel() + 1).mean())
+                counts = self._population_counts(log_p - logsigmoid(self._denominators(loo_mean, a)))
+                auc = float(_count_auc(counts, member, self.population_index.numel() + 1).mean())
                 if best is None or auc > best[0]:
-                    best = (auc, t, a, logit_ref)
-        auc, t, a, logit_ref = best
-        return t, a, auc, logit_ref
+                    best = (auc, t, a)
+        auc, t, a = best
+        return t, a, auc
 
     # --------------------------------------------------------------------- API
-    def fit(self, ref: ReferenceSignals) -> "RMIA":
-        """Draw the population, choose T and a on the references, estimate Pr(x), calibrate ``threshold``."""
-        ref = self._check_references(ref)
-        r, n = ref.num_models, ref.num_examples
+    def fit_features(self, ref: ReferenceFeatures, *, knobs: Knobs | None = None) -> RMIA:
+        """Draw the population, choose T and a on the references (or take them from ``knobs``), estimate Pr(x),
+        calibrate ``threshold``."""
+        ref = self._check_features(ref)
+        cache: dict[float, ReferenceProbabilities] = {}
+
+        def probabilities(t: float) -> ReferenceProbabilities:
+            if t not in cache:
+                cache[t] = ReferenceProbabilities(ref, probability_logit_feature(t).name, self.online)
+            return cache[t]
+
+        return self._fit_sums(probabilities, ref.num_examples, num_models=ref.num_models, removed=(), knobs=knobs)
+
+    def pool(self, base: ReferenceFeatures) -> RMIAPool:
+        """The reference probabilities of every model of ``base``, from which each subset's Pr(x) follows."""
+        return RMIAPool(self, base)
+
+    def _fit_sums(self, probabilities: Callable[[float], ReferenceProbabilities], num_examples: int, *, num_models: int,
+                  removed: Sequence[int], knobs: Knobs | None) -> RMIA:
+        """Fit on the sums of a table of ``num_models`` models but ``removed`` (positions)."""
+        device = probabilities(self._first_temperature(knobs)).ref.keep.device
+        gone = torch.tensor(sorted(set(removed)), dtype=torch.long, device=device)
+        refs = torch.tensor([m for m in range(num_models) if m not in set(removed)], dtype=torch.long, device=device)
         gen = torch.Generator().manual_seed(self.seed)
-        size = n if self.num_population is None else min(n, self.num_population)
-        self.population_index = torch.randperm(n, generator=gen)[:size].sort().values.to(ref.logits.device)
-
-        self.temperature_, self.a_, self.calibration_auc_, logit_ref = self._calibrate(ref)
-        self._denominator = self._denominators(logit_ref, ref.keep, self.a_, leave_one_out=False)
-        self._num_examples = n
-
+        size = num_examples if self.num_population is None else min(num_examples, self.num_population)
+        self.population_index = torch.randperm(num_examples, generator=gen)[:size].sort().values.to(device)
+        if knobs is not None:
+            self.temperature_, self.a_ = knobs["temperature"], knobs["a"]
+            self.calibration_auc_ = knobs["calibration_auc"]
+        else:
+            self.temperature_, self.a_, self.calibration_auc_ = self._calibrate(probabilities, refs, gone)
+        sums = probabilities(self.temperature_)
+        self._denominator = self._denominators(sums.mean_logit(gone[None])[0], self.a_)
+        self._num_examples = num_examples
         self.threshold = None
-        if self.calibrate_threshold and r >= 2:
-            self.threshold = balanced_accuracy_threshold(self._reference_scores(logit_ref, ref.keep), ref.keep)
+        if knobs is not None:
+            self.threshold = knobs["threshold"]
+        elif self.calibrate_threshold and len(refs) >= 2:
+            self.threshold = balanced_accuracy_threshold(self._reference_scores(sums, refs, gone), sums.keep(refs))
         return self
+
+    def _first_temperature(self, knobs: Knobs | None) -> float:
+        if knobs is not None:
+            return knobs["temperature"]
+        return self.temperature if self.temperature is not None else _TEMPERATURE_FALLBACK
 
     def fitted_params(self) -> dict[str, Any]:
         """``a`` (None online), ``temperature``, ``calibration_auc`` (None when nothing was calibrated) and ``threshold``."""
         return {**super().fitted_params(), "a": self.a_, "temperature": self.temperature_,
                 "calibration_auc": self.calibration_auc_}
 
-    def _reference_scores(self, logit_ref: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        denominator = self._denominators(logit_ref, keep, self.a_, leave_one_out=True)
-        return self._population_scores(logsigmoid(logit_ref) - logsigmoid(denominator))
+    def _reference_scores(self, sums: ReferenceProbabilities, refs: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+        """Leave-one-out scores ``[R, N]`` of references ``refs`` against the others, a chunk of folds at a time."""
+        step = max(1, _FOLD_CHUNK_ELEMENTS // (TOP * sums.ref.num_examples))
+        out = []
+        for start in range(0, len(refs), step):
+            folds = refs[start : start + step]
+            denominator = self._denominators(sums.mean_logit(_with_folds(removed, folds)), self.a_)
+            out.append(self._population_scores(logsigmoid(sums.logit(folds)) - logsigmoid(denominator)))
+        return torch.cat(out)
 
-    def reference_scores(self, ref: ReferenceSignals) -> torch.Tensor:
+    def reference_scores(self, ref: ReferenceSignals | ReferenceFeatures) -> torch.Tensor:
         """Leave-one-out scores float64 ``[R, N]``: each reference model scored as the target
         against the others (with the fitted ``a``, temperature and population); needs R >= 2 and ``fit``."""
         if self._denominator is None:
             raise RuntimeError("RMIA used before fit")
+        ref = self._as_features(ref)
         if ref.num_models < 2:
             raise ValueError("reference_scores needs at least two reference models")
-        logit_ref = _probability_logit(ref.logits, ref.labels[None, :, None], self.temperature_)
-        return self._reference_scores(logit_ref, ref.keep)
+        sums = ReferenceProbabilities(ref, probability_logit_feature(self.temperature_).name, self.online)
+        refs = torch.arange(ref.num_models, device=ref.keep.device)
+        return self._reference_scores(sums, refs, refs[:0])
+
+    def _log_ratio(self, logit_target: torch.Tensor) -> torch.Tensor:
+        return logsigmoid(logit_target) - logsigmoid(self._denominator.to(logit_target.device))
 
     def log_ratio(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """log Pr(x | theta) - log Pr(x) for target logits ``[N, Q, C]``: float64 ``[N]``."""
         if self._denominator is None:
             raise RuntimeError("RMIA used before fit")
         logits, labels = check_target(logits, labels, self._num_examples)
-        logit_target = _probability_logit(logits, labels[:, None], self.temperature_)
-        return logsigmoid(logit_target) - logsigmoid(self._denominator.to(logit_target.device))
+        feature = probability_logit_feature(self.temperature_)
+        return self._log_ratio(compute_features(logits, labels, (feature,))[feature.name])
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Target scores in [0, 1], float64 ``[N]``: fraction of population samples x dominates."""
         return self._population_scores(self.log_ratio(logits, labels))
+
+    def score_features(self, target: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Target scores in [0, 1], float64 ``[N]``, from its features."""
+        if self._denominator is None:
+            raise RuntimeError("RMIA used before fit")
+        logit = check_examples(target, probability_logit_feature(self.temperature_).name, self._num_examples)
+        return self._population_scores(self._log_ratio(logit.double()))
+
+
+def _with_folds(removed: torch.Tensor, folds: torch.Tensor) -> torch.Tensor:
+    """One set per fold: ``removed`` and the fold, ``[F, D + 1]``."""
+    return torch.cat([removed[None].expand(len(folds), -1), folds[:, None]], dim=1)
+
+
+class RMIAPool:
+    """RMIA's reference probabilities over every model of a table; a subset's fit takes the left-out models out."""
+
+    def __init__(self, attack: RMIA, base: ReferenceFeatures) -> None:
+        self.attack, self.base = attack, base
+        self._cache: dict[float, ReferenceProbabilities] = {}
+
+    def _probabilities(self, t: float) -> ReferenceProbabilities:
+        if t not in self._cache:
+            self._cache[t] = ReferenceProbabilities(self.base, probability_logit_feature(t).name, self.attack.online)
+        return self._cache[t]
+
+    def fit(self, removed: Sequence[int], *, knobs: Knobs | None = None) -> RMIA:
+        """The attack fitted on the table's models except ``removed`` (positions), equal to a fit from scratch."""
+        return copy.deepcopy(self.attack)._fit_sums(self._probabilities, self.base.num_examples,
+                                                      num_models=self.base.num_models, removed=removed, knobs=knobs)

@@ -20,7 +20,8 @@ from a seeded initialisation, so it is deterministic on CPU. The per-class netwo
 trained together as one batched network (``torch.baddbmm`` over a padded per-class
 layout); Adam acts element-wise, so this is the same as training them one by one.
 When there are more than ``max_train_rows`` (model, example) rows, a seeded random
-subset is used.
+subset is used. The networks are trained anew for every set of references: their fit is
+no sum over reference models.
 
 The score is the attack network's member logit (higher = member; logits keep the ranking
 at the top resolvable where probabilities would round to 1). ``threshold`` is 0, the
@@ -30,12 +31,14 @@ training score 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 
-from mia_torch.attacks.base import Attack, ReferenceSignals, check_choice, check_number, check_target
-from mia_torch.signals.stats import log_softmax, logit_mean_probability, probability_logits
+from mia_torch.attacks.base import check_choice, check_number, check_target
+from mia_torch.attacks.feature_attack import FeatureAttack, Knobs, ReferenceFeatures
+from mia_torch.signals.features import Feature, sorted_probability_feature
 
 __all__ = ["ShokriAttack"]
 
@@ -51,7 +54,7 @@ def _group_layout(groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, 
     return groups, slot, max(width, 1)
 
 
-class ShokriAttack(Attack):
+class ShokriAttack(FeatureAttack):
     """Shokri et al. attack network(s) trained on reference-model outputs.
 
     Args:
@@ -98,20 +101,18 @@ class ShokriAttack(Attack):
         self._net: dict[str, torch.Tensor] | None = None
 
     # ----------------------------------------------------------------- features
-    def _probability_features(self, logits: torch.Tensor) -> torch.Tensor:
-        """Sorted (descending) query-averaged softmax vector (as log-odds or probabilities), top-k: float64 ``[..., N, K]``."""
-        rows = []
-        for z in logits.reshape(-1, *logits.shape[-3:]):  # one model at a time bounds the float64 temporaries
-            if self.features == "logit":
-                rows.append(logit_mean_probability(probability_logits(z), dim=-2))
-            else:
-                rows.append(log_softmax(z).exp().mean(-2))
-        feats = torch.sort(torch.stack(rows).reshape(*logits.shape[:-2], -1), dim=-1, descending=True).values
-        return feats if self.top_k is None else feats[..., : self.top_k]
+    def required_features(self) -> tuple[Feature, ...]:
+        """The sorted, query-averaged probability vector (log-odds or probabilities), cut to ``top_k``."""
+        return (sorted_probability_feature(self.features, self.top_k),)
 
-    def _features(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Standardised features ``[M, F]`` for flattened rows; labels ``[M]``."""
-        x = ((self._probability_features(logits).reshape(labels.numel(), -1) - self._mean) / self._std).float()
+    @property
+    def calibrates(self) -> bool:
+        """Nothing is chosen on the references besides the network (the threshold is 0)."""
+        return False
+
+    def _standardised(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Standardised network inputs ``[M, F]`` for feature rows ``probs [M, K]`` with labels ``[M]``."""
+        x = ((probs - self._mean) / self._std).float()
         if self.mode == "label_input":
             x = torch.cat([x, F.one_hot(labels, self._num_classes).to(x.dtype)], dim=1)
         return x
@@ -142,25 +143,27 @@ class ShokriAttack(Attack):
         return labels if self.mode == "per_class" else torch.zeros_like(labels)
 
     # --------------------------------------------------------------------- API
-    def fit(self, ref: ReferenceSignals) -> "ShokriAttack":
-        """Train the attack network(s) on the reference models' features and keep rows."""
-        ref = self._check_references(ref)
-        device = ref.logits.device
+    def fit_features(self, ref: ReferenceFeatures, *, knobs: Knobs | None = None) -> ShokriAttack:
+        """Train the attack network(s) on the reference models' features and keep rows (nothing in ``knobs``)."""
+        ref = self._check_features(ref)
+        name = self.required_features()[0].name
+        device = ref.keep.device
         r, n = ref.num_models, ref.num_examples
-        self._num_classes = int(ref.logits.shape[-1])
+        self._num_classes = ref.num_classes
         self._num_examples = n
-        probs = self._probability_features(ref.logits).reshape(r * n, -1)  # [R*N, K]
-        labels = ref.labels[None, :].expand(r, n).reshape(-1)
-        target = ref.keep.reshape(-1)
-        if self.max_train_rows is not None and probs.shape[0] > self.max_train_rows:
+        if self.max_train_rows is not None and r * n > self.max_train_rows:
             gen = torch.Generator().manual_seed(self.seed + 1)
-            rows = torch.randperm(probs.shape[0], generator=gen)[: self.max_train_rows].to(device)
-            probs, labels, target = probs[rows], labels[rows], target[rows]
+            rows = torch.randperm(r * n, generator=gen)[: self.max_train_rows].to(device)
+            model, example = torch.div(rows, n, rounding_mode="floor"), rows % n
+            probs, labels = ref.take_entries(name, model, example).double(), ref.labels[example]
+            target = ref.keep_of()[model, example]
+        else:
+            probs = ref.take(name).double().reshape(r * n, -1)  # [R*N, K]
+            labels = ref.labels[None, :].expand(r, n).reshape(-1)
+            target = ref.keep_of().reshape(-1)
         self._mean = probs.mean(0)
         self._std = probs.std(0, unbiased=False).clamp(min=1e-6)
-        x = ((probs - self._mean) / self._std).float()
-        if self.mode == "label_input":
-            x = torch.cat([x, F.one_hot(labels, self._num_classes).to(x.dtype)], dim=1)
+        x = self._standardised(probs, labels)
 
         num_groups = self._num_classes if self.mode == "per_class" else 1
         groups = self._groups(labels)
@@ -197,10 +200,18 @@ class ShokriAttack(Attack):
         logits, labels = check_target(logits, labels)
         if logits.shape[-1] != self._num_classes:
             raise ValueError(f"target has C = {logits.shape[-1]} classes, the references had {self._num_classes}")
-        device = logits.device
+        return super().score(logits, labels)
+
+    def score_features(self, target: Mapping[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Target member logits from its features, float64 ``[N]``, higher = member."""
+        if self._net is None:
+            raise RuntimeError("ShokriAttack.score called before fit")
+        probs = target[self.required_features()[0].name].double()
+        device = probs.device
+        labels = labels.to(device)
         net = {k: v.to(device) for k, v in self._net.items()}
         self._mean, self._std = self._mean.to(device), self._std.to(device)
-        x = self._features(logits, labels)
+        x = self._standardised(probs, labels)
         num_groups = net["w1"].shape[0]
         groups = self._groups(labels)
         g_idx, slot, width = _group_layout(groups, num_groups)

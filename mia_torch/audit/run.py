@@ -39,13 +39,12 @@ from mia_torch.report.html import finish_run_html
 from mia_torch.report.json_file import write_json
 from mia_torch.report.table import PROXY_CAVEAT
 from mia_torch.report.types import RunResults, TargetResult
-from mia_torch.settings.load import build_attack
 from mia_torch.signals.output import serve
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, model_seed
 from mia_torch.stages.record_attacks import model_attacks
-from mia_torch.stages.report import report_study, run_results
-from mia_torch.stages.signals import query, signals_stage
+from mia_torch.stages.report import identity_query, report_study, run_results
+from mia_torch.stages.signals import query, record_signals, signals_stage
 from mia_torch.stages.train import train_stage
 from mia_torch.store import array_to_bytes
 from mia_torch.training.trainer import evaluate
@@ -126,7 +125,7 @@ def plan_audit(ctx: Context) -> tuple[AuditPlan, Context]:
     ids = {key: read_ids(value, key=f"audit.{key}", population_size=n, data_dir=s.data_dir)
            for key, value in (("candidates", audit.candidates), ("members", audit.members)) if value is not None}
     members = ids.get("members")
-    attacks = {name: build_attack(name, cfg) for name, cfg in model_attacks(s).items()}
+    attacks = model_attacks(ctx.attacks)
     skipped = {}
     for name, attack in attacks.items():
         if attack.needs_in_references and not audit.online:
@@ -228,13 +227,13 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
     ref_metrics, reference = [], None
     if refs:
         ref_metrics = train_stage(ctx, refs)
-        ref_signals = signals_stage(ctx, refs)
-        reference = reference_signals(ctx, torch.from_numpy(ref_signals).to(s.device).float(), refs)
-        atomic_write_bytes(ctx.run_dir / "signals.npy", array_to_bytes(ref_signals.astype(np.float32, copy=False)))
+        source = signals_stage(ctx, refs)
+        reference = reference_signals(ctx, torch.from_numpy(source.dense()).to(s.device).float(), refs)
+        record_signals(ctx, source)  # the references' signals, by reference; the audited model's own below
     else:
         log.info("no reference model trained: num_models=%d, the attacks learn from audit.public", s.num_models)
     atomic_write_bytes(ctx.run_dir / "target_signals.npy", array_to_bytes(served.cpu().numpy()))
-    attacks = fit_attacks(replace(s, attacks={n: c for n, c in s.attacks.items() if n not in plan.skipped}), reference)
+    attacks = fit_attacks({n: a for n, a in model_attacks(ctx.attacks).items() if n not in plan.skipped}, reference)
     public = fit_public_attacks(ctx, attacks, t, served, plan.public)
     outputs = AttackOutputs.empty(attacks, sanity=s.sanity_check)
     attack_target(ctx, attacks, served, t, outputs, public=public)
@@ -256,8 +255,8 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
         mask = np.zeros(len(ctx.data.y), dtype=bool)
         mask[plan.candidates] = True
         results = report_study(ctx, cfg, started, model_metrics=models, target_metrics={t: target_metrics},
-                               served={t: served.cpu().numpy()}, outputs=outputs, keep=ctx.splits.keep,
-                               eval_mask=mask, audit=section)
+                               target_logits={t: served.cpu().numpy()[:, identity_query(s)]}, outputs=outputs,
+                               keep=ctx.splits.keep, eval_mask=mask, audit=section)
     else:
         save_scores(ctx.run_dir / "scores.npz", outputs.scores)
         targets = {t: TargetResult.from_dict(target_metrics, path="audited model")}

@@ -24,10 +24,10 @@ from mia_torch.dp_audit.gradient import train_with_gradient_canaries
 from mia_torch.dp_audit.guesses import audit_scores, precision_curve
 from mia_torch.dp_audit.result import DpAuditResult
 from mia_torch.report.types import RunResults
-from mia_torch.settings.load import build_attack
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, is_defended, model_seed, stored_path
-from mia_torch.stages.report import report_study
+from mia_torch.stages.record_attacks import model_attacks
+from mia_torch.stages.report import identity_query, report_study
 from mia_torch.stages.signals import query, signals_stage
 from mia_torch.stages.train import train_stage
 from mia_torch.store import array_to_bytes
@@ -54,7 +54,7 @@ def plan_dp_audit(ctx: Context) -> DpAuditPlan:
     audit, target = s.dp_audit, s.target_ids[0]
     if audit.delta is not None and isinstance(s.defense, DPSGD) and s.defense.delta is None:
         s = replace(s, defense=replace(s.defense, delta=audit.delta))  # one delta: DP-SGD's, the bounds', the pooled ε's
-    attacks = {name: build_attack(name, cfg) for name, cfg in s.attacks.items()}
+    attacks = ctx.attacks
     if audit.kind in INPUT_KINDS and attacks[audit.score_name].needs_in_references:
         raise ValueError(f"dp_audit.score={audit.score_name} is an online attack: its references would have to train "
                          "on the canaries, which only the audited model may see; use an offline one, e.g. "
@@ -98,10 +98,11 @@ def audit_result(ctx: Context, canaries: Canaries, scores: np.ndarray, *, target
 def _score_target(ctx: Context, target: int, served: torch.Tensor, references: list[int]) -> AttackOutputs:
     """Every attack fitted on ``references`` (possibly none) and scored on the target's served output."""
     s = ctx.settings
-    logits = torch.from_numpy(signals_stage(ctx, references)).to(s.device).float() if references else \
+    logits = torch.from_numpy(signals_stage(ctx, references).dense()).to(s.device).float() if references else \
         torch.zeros((0, *served.shape), device=s.device)
-    out = AttackOutputs.empty(s.attacks, sanity=s.sanity_check)
-    attack_target(ctx, fit_attacks(s, reference_signals(ctx, logits, references)), served, target, out)
+    attacks = model_attacks(ctx.attacks)
+    out = AttackOutputs.empty(attacks, sanity=s.sanity_check)
+    attack_target(ctx, fit_attacks(attacks, reference_signals(ctx, logits, references)), served, target, out)
     return out
 
 
@@ -122,7 +123,7 @@ def run_dp_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
     else:
         model_metrics = train_stage(ctx, [target, *references])
         target_meta = {**model_metrics[0], "checkpoint": str(stored_path(ctx, target))}
-        served = torch.from_numpy(signals_stage(ctx, [target])[0]).to(s.device).float()
+        served = signals_stage(ctx, [target]).served(target).to(s.device)
     outputs = _score_target(ctx, target, served, references)
     if canaries.kind != "gradient":
         canary_scores = outputs.scores[s.dp_audit.score_name][target][canaries.columns]
@@ -130,6 +131,6 @@ def run_dp_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
     result = audit_result(ctx, canaries, canary_scores, target=target, pooled_attack=pooled,
                           claimed=target_meta.get("dp_epsilon"))
     results = report_study(ctx, cfg, started, model_metrics=model_metrics, target_metrics={target: target_meta},
-                           served={target: served.cpu().numpy()}, outputs=outputs, keep=ctx.splits.keep,
-                           eval_mask=ctx.splits.eval_mask, dp_audit=result)
+                           target_logits={target: served.cpu().numpy()[:, identity_query(s)]}, outputs=outputs,
+                           keep=ctx.splits.keep, eval_mask=ctx.splits.eval_mask, dp_audit=result)
     return results

@@ -25,6 +25,7 @@ from mia_torch.fingerprint import code_digest
 from mia_torch.forget.verdict import INDISTINGUISHABLE, separations, write_forget_csv
 from mia_torch.locks import build_missing
 from mia_torch.report.check_results import ForgetAttack, ForgetResult, ForgetUtility, ModelUtility
+from mia_torch.signals.source import SignalSource
 from mia_torch.stages.attacks import AttackOutputs, reference_signals, score_attacks
 from mia_torch.stages.context import Context, build, digest_row, is_defended, key_of, model_seed
 from mia_torch.stages.signals import query
@@ -129,12 +130,12 @@ def _utility(ctx: Context, plan: ForgetPlan, model: nn.Module) -> ModelUtility:
                         forgotten_acc=_accuracy(model, ctx, plan.forgotten))
 
 
-def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray, outputs: AttackOutputs) -> ForgetResult:
+def run_forget(ctx: Context, plan: ForgetPlan, source: SignalSource, outputs: AttackOutputs) -> ForgetResult:
     """Remove the records, score before and after, compare with never-seen records; the run's ``forget`` section.
 
-    ``logits`` are the served outputs ``[M, N, Q, C]`` of the study's models (the target
-    before removal among them); ``outputs`` the attack stage's, with the target's fitted
-    attacks kept (its scores are the "before" ones). Writes ``forget.csv``.
+    ``source`` reads the served outputs of the study's models (the target before removal
+    among them); ``outputs`` are the attack stage's, with the target's fitted attacks kept
+    (its scores are the "before" ones). Writes ``forget.csv``.
     """
     s, t = ctx.settings, plan.target
     f = s.forget
@@ -145,12 +146,11 @@ def run_forget(ctx: Context, plan: ForgetPlan, logits: np.ndarray, outputs: Atta
         after, after_meta = plan.after_model.to(s.device).eval(), {"checkpoint": str(f.checkpoint)}
     else:
         after, after_meta = _unlearned(ctx, plan, before)
-    all_logits = torch.from_numpy(logits).to(s.device).float()
     refs = list(ctx.splits.reference_ids[t])
-    reference = reference_signals(ctx, all_logits[refs], refs)
+    reference = reference_signals(ctx, torch.from_numpy(source.dense(refs)).to(s.device).float(), refs)
     labels = ctx.data.y.to(s.device)
     attacks = outputs.fitted[t]
-    served = {"before": all_logits[t], "after": query(ctx, after)}
+    served = {"before": source.served(t).to(s.device), "after": query(ctx, after)}
     scores = {"before": {name: outputs.scores[name][t] for name in attacks},
               "after": score_attacks(attacks, served["after"], labels)}
     evidence = {when: record_evidence(out, labels, reference, online=False).subset(plan.forgotten)

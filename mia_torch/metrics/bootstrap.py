@@ -26,7 +26,8 @@ def bootstrap_samples(
     into distinct values once; each resample only draws indices, counts them per
     distinct value (``bincount``) and accumulates, which costs O(N) per resample and
     gives exactly the metrics :func:`~mia_torch.metrics.membership_metrics` would compute
-    on the resampled data. Returns ``{key: float64[num_resamples]}``.
+    on the resampled data; a side with more than :data:`DRAW_CHUNK` examples is drawn in
+    chunks, so memory stays bounded. Returns ``{key: float64[num_resamples]}``.
     """
     s, y = validate_scores_labels(scores, labels)
     targets = _check_fpr_targets(fpr_targets)
@@ -52,10 +53,8 @@ def bootstrap_samples(
     tpr = np.zeros(num_groups + 1, dtype=np.float64)
     fpr = np.zeros(num_groups + 1, dtype=np.float64)
     for b in range(num_resamples):
-        pos = member_groups[rng.integers(0, n_pos, size=n_pos)]
-        neg = nonmember_groups[rng.integers(0, n_neg, size=n_neg)]
-        np.cumsum(np.bincount(pos, minlength=num_groups), out=tpr[1:])
-        np.cumsum(np.bincount(neg, minlength=num_groups), out=fpr[1:])
+        np.cumsum(_resampled_counts(rng, member_groups, num_groups), out=tpr[1:])
+        np.cumsum(_resampled_counts(rng, nonmember_groups, num_groups), out=fpr[1:])
         tpr[1:] /= n_pos
         fpr[1:] /= n_neg
         out["auc"][b] = np.trapezoid(tpr, fpr)
@@ -65,6 +64,22 @@ def bootstrap_samples(
             idx = np.searchsorted(fpr, t, side="right") - 1
             out[tpr_key(t)][b] = tpr[idx]
     return out
+
+
+#: Indices drawn at once per resample: larger sides are resampled in chunks of this many (same
+#: distribution, bounded memory); sides up to this size are drawn in one call.
+DRAW_CHUNK = 1 << 22
+
+
+def _resampled_counts(rng: np.random.Generator, groups: np.ndarray, num_groups: int) -> np.ndarray:
+    """How often each score group occurs in one resample (with replacement) of ``groups``, drawn in chunks."""
+    n = groups.size
+    if n <= DRAW_CHUNK:
+        return np.bincount(groups[rng.integers(0, n, size=n)], minlength=num_groups)
+    counts = np.zeros(num_groups, dtype=np.int64)
+    for start in range(0, n, DRAW_CHUNK):
+        counts += np.bincount(groups[rng.integers(0, n, size=min(DRAW_CHUNK, n - start))], minlength=num_groups)
+    return counts
 
 
 def bootstrap_intervals(

@@ -70,7 +70,9 @@ def empirical_epsilon(
 
     ``scores`` float ``[N]`` (higher = member), ``labels`` bool ``[N]`` with members and
     non-members, ``0 <= delta < 1``; ``roc`` is ``roc_curve(scores, labels)`` when the
-    caller already has it. Vectorised over the ROC points.
+    caller already has it. Vectorised over the ROC points; the exact intervals are computed
+    only where a point's bound can still be the largest (:func:`_best_bound`), which is a few
+    percent of the points of a large pooled ROC.
     """
     s, y = validate_scores_labels(scores, labels)
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 <= delta < 1.0:
@@ -87,22 +89,64 @@ def empirical_epsilon(
     level = 1.0 - (1.0 - confidence) / m if correction == "bonferroni" else confidence
     tp = np.rint(tpr[points] * n_pos)
     fp = np.rint(fpr[points] * n_neg)
-    tpr_lo, tpr_hi = clopper_pearson(tp, n_pos, confidence=level)
-    fpr_lo, fpr_hi = clopper_pearson(fp, n_neg, confidence=level)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        first = np.where(tpr_lo > delta, np.log((tpr_lo - delta) / fpr_hi), -np.inf)
-        second = np.where(1.0 - delta - fpr_hi > 0, np.log((1.0 - delta - fpr_hi) / (1.0 - tpr_lo)), -np.inf)
-    bound = np.maximum(first, second)
-    best = int(np.argmax(bound))
+    best, bound, tpr_ci, fpr_ci = _best_bound(tp, fp, n_pos, n_neg, delta=delta, level=level)
     return EpsilonLowerBound(
-        epsilon=float(max(0.0, bound[best])),
+        epsilon=float(max(0.0, bound)),
         threshold=float(thresholds[points[best]]),
         tpr=float(tpr[points[best]]),
         fpr=float(fpr[points[best]]),
-        tpr_interval=(float(tpr_lo[best]), float(tpr_hi[best])),
-        fpr_interval=(float(fpr_lo[best]), float(fpr_hi[best])),
+        tpr_interval=tpr_ci,
+        fpr_interval=fpr_ci,
         delta=float(delta),
         confidence=float(confidence),
         num_thresholds=int(m),
         correction=correction,
     )
+
+
+#: ROC points whose exact bound is computed at once (:func:`_best_bound`).
+BOUND_BLOCK = 1 << 14
+
+
+def _best_bound(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, *, delta: float, level: float
+                ) -> tuple[int, float, tuple[float, float], tuple[float, float]]:
+    """The ROC point (index into ``tp``/``fp``) with the largest bound, that bound, and its TPR and FPR intervals.
+
+    The first point with the largest bound, as an evaluation of every point would find it,
+    but Clopper-Pearson quantiles (the cost) are computed only for points whose bound from
+    the observed rates, ``TPR - delta`` over ``FPR`` and ``1 - delta - FPR`` over ``1 - TPR``,
+    is not below the best exact bound found so far: an interval holds its observed rate, so
+    that bound is never below the exact one. Points are taken in descending order of it, a
+    block at a time.
+    """
+    tpr_hat, fpr_hat = tp / n_pos, fp / n_neg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(tpr_hat > delta, np.log((tpr_hat - delta) / fpr_hat), -np.inf)
+        second = np.where(1.0 - delta - fpr_hat > 0, np.log((1.0 - delta - fpr_hat) / (1.0 - tpr_hat)), -np.inf)
+    ceiling = np.nan_to_num(np.maximum(first, second), nan=np.inf)  # 0/0: no bound, evaluate it
+    order = np.argsort(-ceiling, kind="stable")
+    best_index, best = -1, -np.inf
+    for start in range(0, order.size, BOUND_BLOCK):
+        block = order[start:start + BOUND_BLOCK]
+        if start and best > -np.inf and ceiling[block[0]] < best - 1e-9 * (1.0 + abs(best)):
+            break  # no later point can reach the best (the slack covers rounding)
+        bound = _bounds(tp[block], fp[block], n_pos, n_neg, delta=delta, level=level)
+        top = float(bound.max())
+        if top > best or best_index < 0:
+            candidates = block[bound == top]
+            best, best_index = top, int(candidates.min())
+        elif top == best:
+            best_index = min(best_index, int(block[bound == top].min()))
+    tpr_ci = clopper_pearson(tp[best_index], n_pos, confidence=level)
+    fpr_ci = clopper_pearson(fp[best_index], n_neg, confidence=level)
+    return best_index, best, (float(tpr_ci[0]), float(tpr_ci[1])), (float(fpr_ci[0]), float(fpr_ci[1]))
+
+
+def _bounds(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, *, delta: float, level: float) -> np.ndarray:
+    """The exact lower bound on ε of each ROC point (true and false positive counts ``tp``, ``fp``)."""
+    tpr_lo, _ = clopper_pearson(tp, n_pos, confidence=level)
+    _, fpr_hi = clopper_pearson(fp, n_neg, confidence=level)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(tpr_lo > delta, np.log((tpr_lo - delta) / fpr_hi), -np.inf)
+        second = np.where(1.0 - delta - fpr_hi > 0, np.log((1.0 - delta - fpr_hi) / (1.0 - tpr_lo)), -np.inf)
+    return np.maximum(first, second)

@@ -18,7 +18,8 @@ from mia_torch.metrics.roc import tpr_at_fpr
 
 from mia_torch.atomic import atomic_write_bytes
 
-__all__ = ["FIGURE_WIDTH", "FONT_SIZE", "MIN_LOG_FPR", "figure_to_array", "new_figure", "roc_figure", "save_figure", "save_png"]
+__all__ = ["FIGURE_WIDTH", "FONT_SIZE", "MAX_DRAWN_POINTS", "MIN_LOG_FPR", "drawn_points", "figure_to_array", "new_figure",
+           "roc_figure", "save_figure", "save_png"]
 
 #: Lowest FPR shown on the log-log panel (the left edge is never below this).
 MIN_LOG_FPR = 1e-5
@@ -44,6 +45,26 @@ def _check_curve(name: str, fpr: np.ndarray, tpr: np.ndarray) -> None:
         raise ValueError(f"curve {name!r}: fpr and tpr must be finite")
 
 
+#: Most ROC points drawn per curve. A pooled ROC of every target has one point per distinct score (millions at
+#: paper scale), far more than a figure shows; beyond this many, :func:`drawn_points` picks the points to draw.
+MAX_DRAWN_POINTS = 20_000
+
+
+def drawn_points(fpr: np.ndarray, tpr: np.ndarray, *, max_points: int = MAX_DRAWN_POINTS
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a ROC curve (``fpr`` non-decreasing) to draw: all of them up to ``max_points``; else, for
+    ``max_points / 4`` FPRs spaced evenly on a log axis and as many on a linear one, the last point at or below
+    each (its highest TPR there) and the point after it, with both ends. Metrics always use every point."""
+    if fpr.size <= max_points:
+        return fpr, tpr
+    positive = fpr[fpr > 0]
+    lowest = float(positive.min()) if positive.size else 1.0
+    grid = np.concatenate([np.geomspace(lowest, 1.0, max_points // 4), np.linspace(0.0, 1.0, max_points // 4)])
+    last = np.searchsorted(fpr, grid, side="right") - 1
+    chosen = np.unique(np.concatenate([[0, fpr.size - 1], last, np.minimum(last + 1, fpr.size - 1)]))
+    return fpr[chosen], tpr[chosen]
+
+
 def roc_figure(
     curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
     *,
@@ -59,7 +80,8 @@ def roc_figure(
     log-log panel shades the FPRs below it, where fewer than 10 false positives are
     allowed. Legend entries (below the panels) read ``name (AUC=0.xxx, TPR@0.1%=y.y%)``,
     the TPR at FPR 0.1%. The panels are stacked (log-log on top) in a :data:`FIGURE_WIDTH`
-    wide figure, legible where TensorBoard shows it.
+    wide figure, legible where TensorBoard shows it. A curve of more than :data:`MAX_DRAWN_POINTS`
+    points is drawn through :func:`drawn_points` (its legend from every point).
     """
     prepared = []
     min_pos = 1.0
@@ -75,7 +97,7 @@ def roc_figure(
             min_pos = min(min_pos, float(pos.min()))
         low_tpr = tpr_at_fpr(fpr, tpr, 1e-3)
         label = f"{name} (AUC={auc:.3f}, TPR@0.1%={100.0 * low_tpr:.1f}%)"
-        prepared.append((fpr, tpr, label))
+        prepared.append((*drawn_points(fpr, tpr), label))
     lower = max(MIN_LOG_FPR, min_pos) if min_pos < 1.0 else MIN_LOG_FPR
 
     fig = new_figure(FIGURE_WIDTH, 11.5 + 0.3 * (len(prepared) + 2))

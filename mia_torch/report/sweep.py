@@ -13,7 +13,7 @@ directory:
   the mean over targets, or ``<attack>/<field>``). The Markdown marks a TPR whose FPR is
   below 10/N (N non-members) as unreliable. Each ``results.json`` is read into
   :class:`~mia_torch.report.types.RunResults`; jobs without a readable one
-  (``stage=train`` shards, failed or unfinished jobs) are listed as missing, with the
+  (``stage=train`` and ``stage=attack`` shards, failed or unfinished jobs) are listed as missing, with the
   reason, instead of failing the summary.
 - ``report.html``: the same table as a page with the figure and a link to each job's
   ``report.html`` (:mod:`mia_torch.report.html.sweeps`; a privacy-utility study's page replaces it).

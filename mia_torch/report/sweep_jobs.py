@@ -116,6 +116,8 @@ def collect_jobs(sweep_dir: str | Path) -> list[SweepJob]:
                 job.missing_reason = f"unreadable results.json ({err})"
         elif job.values.get("stage", _saved_stage(path)) == "train":
             job.missing_reason = "stage=train (trains models only, writes no results.json)"
+        elif job.values.get("stage", _saved_stage(path)) == "attack":
+            job.missing_reason = "stage=attack (scores its targets into the store; stage=report writes results.json)"
         else:
             job.missing_reason = "no results.json (job failed or has not finished)"
         jobs.append(job)

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 HPARAM_SECTIONS = ("dataset", "model", "train", "defense", "output", "num_models", "threat_model", "queries", "seed")
 #: Records shown in the gallery of the most exposed training records of each target.
 GALLERY_SIZE = 16
+#: Targets that get their own figures (the first ones of ``target_ids``): a study of every model as
+#: a target would otherwise draw hundreds; their numbers are all in results.json and TensorBoard.
+FIGURE_TARGETS = 8
 
 
 #: TensorBoard category of the figures: all in one, ROC first (tags sort alphabetically).
@@ -62,7 +65,8 @@ def report_figures(
     target_logits: Mapping[int, np.ndarray], images: ImageSource | None,
 ) -> dict[str, Figure]:
     """Every figure of the run by file stem: ``roc``, ``slices``, ``target<t>_confidence``,
-    ``target<t>_exposed`` (image data only) and ``dp_audit`` (a one-run DP audit)."""
+    ``target<t>_exposed`` (image data only; both for the first :data:`FIGURE_TARGETS` targets) and
+    ``dp_audit`` (a one-run DP audit)."""
     curves = {n: (a.pooled.curve.fpr, a.pooled.curve.tpr, a.pooled.auc) for n, a in results.attacks.items()
               if a.pooled.curve is not None}
     figures: dict[str, Figure] = {}
@@ -71,7 +75,7 @@ def report_figures(
         title = f"{results.dataset.get('name')}: {len(results.target_ids)} target(s), {len(keep)} models"
         figures["roc"] = roc_figure(curves, title=title, reliable_fpr=reliable)
     evaluated = torch.from_numpy(labels[eval_mask])
-    for target in results.target_ids:
+    for target in results.target_ids[:FIGURE_TARGETS]:
         if target in target_logits:
             logits = torch.from_numpy(np.asarray(target_logits[target])[eval_mask]).double()
             figures[f"target{target}_confidence"] = confidence_figure(

@@ -60,7 +60,7 @@ class RunSize:
         lines = [f"keep matrix {_bytes(m * n)} (memory, and keep.npy in the run directory)",
                  f"signals {_bytes(m * n * self.queries * max(self.classes, 1) * self.signal_bytes)} "
                  f"({m} models x {n} records x {self.queries} queries x {self.classes or 'C'} classes; in the store "
-                 "and signals.npy)"]
+                 "and signals.npy with save_signals=true)"]
         if self.input_values:
             lines.append(f"data {_bytes(n * self.input_values * 4)} in memory")
         if self.parameters:

@@ -30,7 +30,9 @@ from mia_torch.training.defense import Defense, NoDefense
 from mia_torch.training.dp import DPSGD
 from mia_torch.training.stacking import STRATEGIES
 
-STAGES = ("all", "train")
+STAGES = ("all", "train", "attack", "report")
+#: How each target's attack knobs are chosen (see :mod:`mia_torch.stages.attack_runs`).
+CALIBRATIONS = ("auto", "per_target", "halves")
 #: The package that ships the Hydra configs (``configs/`` of a checkout, linked as ``mia_torch/conf``).
 CONFIG_PACKAGE = "mia_torch.conf"
 #: Device types that run computations (``meta`` and the like hold no data).
@@ -72,6 +74,8 @@ class Settings:
     output: ServedOutput = ServedOutput()
     audit: AuditConfig = AuditConfig()
     forget: ForgetConfig = ForgetConfig()
+    save_signals: bool = False
+    calibration: str = "per_target"
     allow_large: bool = False
     dp_audit: DpAuditConfig = DpAuditConfig()
     priors: tuple[float, ...] = DEFAULT_PRIORS
@@ -227,12 +231,14 @@ def load_settings(cfg: DictConfig) -> Settings:
         if not isinstance(c.get(group), dict):
             raise ValueError(f"config group `{group}` is missing: pick one, e.g. {group}=<option>")
     _require(isinstance(c["num_models"], int) and c["num_models"] >= 1, "num_models", c["num_models"], "an integer >= 1")
-    targets = c["target_ids"] if isinstance(c["target_ids"], list) else [c["target_ids"]]
-    _require(
-        all(isinstance(t, int) and 0 <= t < c["num_models"] for t in targets) and len(targets) > 0,
-        "target_ids", c["target_ids"], f"a non-empty list of model indices in [0, num_models={c['num_models']})",
-    )
+    targets = _targets(c["target_ids"], c["num_models"])
     _require(c["threat_model"] in THREAT_MODELS, "threat_model", c["threat_model"], f"one of {THREAT_MODELS}")
+    if c["target_ids"] == "all" and c["threat_model"] == "disjoint":
+        raise ValueError("target_ids=all needs threat_model=shared: with threat_model=disjoint the shadow models "
+                         "are the models that are not targets, so some must be left out (e.g. target_ids=[0,1,2,3])")
+    save_signals, calibration = c.get("save_signals", False), c.get("calibration", "auto")
+    _require(isinstance(save_signals, bool), "save_signals", save_signals, "true or false")
+    _require(calibration in CALIBRATIONS, "calibration", calibration, f"one of {CALIBRATIONS}")
     _require(c["signals_dtype"] in SIGNAL_DTYPES, "signals_dtype", c["signals_dtype"], f"one of {tuple(SIGNAL_DTYPES)}")
     fprs = c["fpr_targets"]
     _require(isinstance(fprs, list) and all(isinstance(f, (int, float)) and 0 < f < 1 for f in fprs),
@@ -258,7 +264,7 @@ def load_settings(cfg: DictConfig) -> Settings:
     threads = c["num_threads"]
     _require(threads is None or (isinstance(threads, int) and threads >= 1), "num_threads", threads,
              "null or an integer >= 1")
-    if not c["attack"] and c["stage"] == "all":
+    if not c["attack"] and c["stage"] != "train":
         raise ValueError("attack is empty: choose attacks, e.g. attack=[loss,lira_online]")
     # options reach the loader as plain values; a nested _target_ (dataset.encoder) is the loader's to resolve
     dataset = trusted.build(_with_shipped_target(c["dataset"], "dataset"), kind="dataset", key="dataset",
@@ -309,10 +315,35 @@ def load_settings(cfg: DictConfig) -> Settings:
         output=ServedOutput.from_config(c.get("output")),
         audit=audit,
         forget=forget,
+        save_signals=save_signals,
+        calibration=_calibration(calibration, all_targets=c["target_ids"] == "all", threat_model=c["threat_model"]),
         allow_large=allow_large,
         dp_audit=dp_audit,
         priors=check_priors(c.get("priors", list(DEFAULT_PRIORS))),
     )
+
+
+def _targets(value: Any, num_models: int) -> list[int]:
+    """``target_ids``: a list of model indices, one index, or ``all`` (every model)."""
+    if value == "all":
+        return list(range(num_models))
+    targets = value if isinstance(value, list) else [value]
+    _require(
+        all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < num_models for t in targets)
+        and len(targets) > 0,
+        "target_ids", value, f"all, or a non-empty list of model indices in [0, num_models={num_models})",
+    )
+    return targets
+
+
+def _calibration(value: str, *, all_targets: bool, threat_model: str) -> str:
+    """The calibration in effect: ``auto`` is ``halves`` for ``target_ids=all`` and ``per_target`` otherwise; with
+    ``threat_model=disjoint`` every target has the same references, so knobs are chosen once on them."""
+    if threat_model == "disjoint":
+        return "per_target"
+    if value == "auto":
+        return "halves" if all_targets else "per_target"
+    return value
 
 
 def _check_single_target_mode(audit: AuditConfig, forget: ForgetConfig, *, targets: list[int], threat_model: str,
@@ -330,7 +361,7 @@ def _check_single_target_mode(audit: AuditConfig, forget: ForgetConfig, *, targe
         raise ValueError(f"{mode} needs threat_model=shared: references are trained on random halves of the "
                          "population the records come from")
     if stage != "all":
-        raise ValueError(f"{mode} runs every stage: stage={stage!r} is for sharding a study's training; "
+        raise ValueError(f"{mode} runs every stage: stage={stage!r} is for sharding a study's training and attacks; "
                          "train the references in shards with a plain study config first if needed")
 
 

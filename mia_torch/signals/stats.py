@@ -111,8 +111,7 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
 def _phi(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # z_y - logsumexp_{y' != y} z_y' = -logsumexp_{y' != y} (z_y' - z_y): the true class is
     # masked to -inf; the shift by z_y keeps full relative accuracy for large logits.
-    shifted = z - z.gather(-1, y[:, None])
-    others = shifted.scatter(-1, y[:, None], float("-inf"))
+    others = (z - z.gather(-1, y[:, None])).scatter_(-1, y[:, None], float("-inf"))
     return -torch.logsumexp(others, dim=-1)
 
 

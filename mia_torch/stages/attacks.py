@@ -1,7 +1,16 @@
-"""The attack stage: fit every attack on a target's reference models and score the target."""
+"""The attack stage: fit every attack on each target's reference models and score the target.
+
+The built-in attacks read per-example features that the signals stage reduced every
+model's logits to (:func:`~mia_torch.stages.attack_runs.feature_table`); attacks whose fit
+is a sum over reference models sum once over all models and fit each target by taking
+the target and its twin out (:mod:`mia_torch.stages.attack_runs`).
+"""
 
 from __future__ import annotations
 
+import copy
+import io
+import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +19,11 @@ import numpy as np
 import torch
 
 from mia_torch.attacks.base import Attack, ReferenceSignals
-from mia_torch.settings.load import Settings, build_attack
+from mia_torch.attacks.feature_attack import FeatureAttack, ReferenceFeatures
+from mia_torch.attacks.quantile import QuantileAttack
+from mia_torch.signals.features import compute_features
+from mia_torch.signals.source import SignalSource
+from mia_torch.stages.attack_runs import DenseLogits, ReferencePlan, attack_runs
 from mia_torch.stages.context import Context
 from mia_torch.stages.record_attacks import fit_records, model_attacks, unscored
 from mia_torch.stages.signals import untrained_logits
@@ -36,14 +49,49 @@ class AttackOutputs:
         names = list(names)
         return cls({n: {} for n in names}, {n: {} for n in names}, {n: {} for n in names} if sanity else None)
 
+    def to_bytes(self) -> bytes:
+        """Scores, sanity scores and fitted knobs as one ``.npz`` (no pickle; the fitted attacks are left out)."""
+        arrays = {f"scores/{n}/{t}": s for n, per in self.scores.items() for t, s in per.items()}
+        arrays |= {f"sanity/{n}/{t}": s for n, per in (self.sanity or {}).items() for t, s in per.items()}
+        meta = {"names": list(self.scores), "sanity": self.sanity is not None,
+                "fitted_params": {n: {str(t): p for t, p in per.items()} for n, per in self.fitted_params.items()}}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
 
-def fit_attacks(settings: Settings, reference: ReferenceSignals) -> dict[str, Attack]:
-    """Every configured attack that scores the model (all but the blind baseline), fitted on ``reference`` (never on
-    a target). Attacks that read the records (quantile) are fitted on public records afterwards (:func:`fit_records`)."""
-    attacks = {name: build_attack(name, cfg) for name, cfg in model_attacks(settings).items()}
-    for attack in attacks.values():
-        attack.fit(reference)
-    return attacks
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> AttackOutputs:
+        """Inverse of :meth:`to_bytes`."""
+        with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            out = cls.empty(meta["names"], sanity=meta["sanity"])
+            for key in z.files:
+                kind, _, rest = key.partition("/")
+                if kind in ("scores", "sanity"):
+                    name, target = rest.rsplit("/", 1)
+                    getattr(out, kind)[name][int(target)] = z[key]
+        out.fitted_params = {n: {int(t): p for t, p in per.items()} for n, per in meta["fitted_params"].items()}
+        return out
+
+    @classmethod
+    def merge(cls, parts: Sequence[AttackOutputs], targets: Sequence[int]) -> AttackOutputs:
+        """The outputs of several jobs (disjoint targets) as one, targets in the order ``targets``."""
+        names = list(parts[0].scores)
+        out = cls.empty(names, sanity=parts[0].sanity is not None)
+        owner = {t: part for part in parts for t in part.scores[names[0]]} if names else {}
+        for t in targets:
+            for n in names:
+                out.scores[n][t] = owner[t].scores[n][t]
+                out.fitted_params[n][t] = owner[t].fitted_params[n][t]
+                if out.sanity is not None:
+                    out.sanity[n][t] = owner[t].sanity[n][t]
+        return out
+
+
+def fit_attacks(attacks: dict[str, Attack], reference: ReferenceSignals) -> dict[str, Attack]:
+    """A copy of every attack, fitted on ``reference`` (never on a target)."""
+    return {name: copy.deepcopy(attack).fit(reference) for name, attack in attacks.items()}
 
 
 def score_attacks(attacks: dict[str, Attack], logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
@@ -75,19 +123,37 @@ def attack_target(ctx: Context, attacks: dict[str, Attack], served: torch.Tensor
             out.sanity[name][target] = unscored(scores, public[name]) if name in public else scores
 
 
-def attack_stage(ctx: Context, logits: np.ndarray, *, keep_fitted: Collection[int] = ()) -> AttackOutputs:
+def attack_stage(ctx: Context, table: ReferenceFeatures | None, source: SignalSource | None, *,
+                 targets: Sequence[int] | None = None, keep_fitted: Collection[int] = ()) -> AttackOutputs:
     """Fit every attack on each target's references and score the target (and its untrained twin).
 
-    The fitted attacks of targets ``keep_fitted`` are kept in :attr:`AttackOutputs.fitted`.
+    ``table`` holds every model's features (:func:`~mia_torch.stages.attack_runs.feature_table`),
+    ``source`` their stored logits (read only by attacks that read logits). ``targets``
+    (default: every configured target) are the targets this job scores; the fitted attacks
+    of targets ``keep_fitted`` are kept in :attr:`AttackOutputs.fitted`.
     """
     s = ctx.settings
-    all_logits = torch.from_numpy(logits).to(s.device).float()
-    out = AttackOutputs.empty(model_attacks(s), sanity=s.sanity_check)
-    for target in ctx.splits.target_ids:
-        refs = list(ctx.splits.reference_ids[target])
-        attacks = fit_attacks(s, reference_signals(ctx, all_logits[refs], refs))
-        public = fit_records(ctx, attacks, target, all_logits[target])
-        attack_target(ctx, attacks, all_logits[target], target, out, public=public)
+    targets = list(s.target_ids if targets is None else targets)
+    labels = ctx.data.y.to(s.device)
+    scoring = model_attacks(ctx.attacks)
+    plan = ReferencePlan(ctx.splits, s.target_ids, s.calibration)
+    runs = attack_runs(scoring, plan, table=table, dense=DenseLogits(source, ctx.splits, labels))
+    out = AttackOutputs.empty(scoring, sanity=s.sanity_check)
+    reads_records = any(isinstance(a, QuantileAttack) for a in scoring.values())
+    for target in targets:
+        fitted = {name: run.fitted(target) for name, run in runs.items()}
+        public = fit_records(ctx, fitted, target, source.served(target).to(s.device)) if reads_records else {}
+        for name, run in runs.items():
+            scores = run.score(fitted[name], target)
+            out.scores[name][target] = unscored(scores, public[name]) if name in public else scores
+            out.fitted_params[name][target] = fitted[name].fitted_params()
+        if out.sanity is not None:
+            blank = untrained_logits(ctx, target)
+            features = compute_features(blank, labels, [f for a in scoring.values()
+                                                        if isinstance(a, FeatureAttack) for f in a.required_features()])
+            for name, run in runs.items():
+                scores = run.score_logits(fitted[name], blank, labels, features)
+                out.sanity[name][target] = unscored(scores, public[name]) if name in public else scores
         if target in keep_fitted:
-            out.fitted[target] = attacks
+            out.fitted[target] = fitted
     return out

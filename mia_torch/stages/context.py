@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mia_torch.attacks.base import Attack
 from mia_torch.data.datasets import Dataset
 from mia_torch.data.splits import Splits
 from mia_torch.fingerprint import code_digest, dataset_digest
@@ -26,10 +27,11 @@ __all__ = ["Context", "build", "digest_row", "is_defended", "key_of", "model_key
 
 @dataclass
 class Context:
-    """What the stages share: settings, data, splits, store, what was (re)built and the models' keys.
+    """What the stages share: settings, data, splits, store, what was (re)built, the models' keys and the attacks.
 
     ``model_keys[m]`` is model m's store key (see :func:`key_of`). A context for other splits
-    (:meth:`for_splits`) starts with its own empty ``trained``, ``reused`` and ``model_keys``.
+    (:meth:`for_splits`) starts with its own empty ``trained``, ``reused`` and ``model_keys``;
+    ``attacks`` (the configured attacks, built once, unfitted) are shared.
     """
 
     settings: Settings
@@ -40,6 +42,7 @@ class Context:
     trained: list[int] = field(default_factory=list)
     reused: list[int] = field(default_factory=list)
     model_keys: dict[int, str] = field(default_factory=dict)
+    attacks: dict[str, Attack] = field(default_factory=dict)
 
     def for_splits(self, splits: Splits) -> "Context":
         """This run's context for other membership ``splits`` (its models have other keys)."""

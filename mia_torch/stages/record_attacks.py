@@ -33,10 +33,10 @@ from mia_torch.training.build import build_model
 __all__ = ["blind_baseline", "blind_check", "fit_quantile", "fit_records", "model_attacks", "study_public", "unscored"]
 
 
-def model_attacks(settings: Settings) -> dict[str, dict]:
-    """The configured attacks that score the model's outputs: every one but the blind baseline."""
-    return {name: cfg for name, cfg in settings.attacks.items()
-            if not isinstance(build_attack(name, cfg), BlindBaseline)}
+def model_attacks(attacks: Mapping[str, Attack]) -> dict[str, Attack]:
+    """The configured attacks (built once, ``Context.attacks``) that score the model's outputs: every one but the
+    blind baseline."""
+    return {name: attack for name, attack in attacks.items() if not isinstance(attack, BlindBaseline)}
 
 
 def blind_baseline(settings: Settings, *, audit_members: bool = False) -> BlindBaseline | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,11 @@ from mia_torch.report.check_results import AuditResult, ForgetResult
 from mia_torch.report.write_run import write_run_report
 from mia_torch.report.types import AttackEvaluation, RunResults, TargetResult
 from mia_torch.stages.attacks import AttackOutputs
+from mia_torch.settings.load import Settings
 from mia_torch.stages.context import Context
 from mia_torch.stages.record_attacks import blind_baseline, blind_check
 
-__all__ = ["report_study", "run_results"]
+__all__ = ["identity_query", "report_study", "run_results"]
 
 
 def run_results(
@@ -58,6 +60,11 @@ def run_results(
     )
 
 
+def identity_query(settings: Settings) -> int:
+    """The query whose served output the report reads per target (identity; else the first)."""
+    return settings.queries.index("identity") if "identity" in settings.queries else 0
+
+
 def report_study(
     ctx: Context,
     cfg: DictConfig,
@@ -65,7 +72,7 @@ def report_study(
     *,
     model_metrics: list[dict[str, Any]],
     target_metrics: dict[int, dict[str, Any]],
-    served: dict[int, np.ndarray],
+    target_logits: Mapping[int, np.ndarray],
     outputs: AttackOutputs,
     keep: np.ndarray,
     eval_mask: np.ndarray,
@@ -75,26 +82,26 @@ def report_study(
 ) -> RunResults:
     """Evaluate the attacks' scores against membership ``keep`` and write the run's report.
 
-    ``served`` holds each target's served output ``[N, Q, C]``; ``target_metrics`` its
-    accuracies (and whatever else its training recorded). Writes ``scores.npz``,
-    ``results.json``, the figures, TensorBoard and the per-record CSVs; prints the summary.
-    With ``attack=blind``, and in every audit (whose report needs its members), the blind
-    baseline runs on the evaluated records and their membership.
+    ``target_logits`` holds each target's served output on :func:`identity_query` (``[N, C]``,
+    e.g. read from the store on access); ``target_metrics`` its accuracies (and whatever else
+    its training recorded). Writes ``scores.npz``, ``results.json``, the figures, TensorBoard
+    and the per-record CSVs; prints the summary. With ``attack=blind``, and in every audit
+    (whose report needs its members), the blind baseline runs on the evaluated records and
+    their membership.
     """
     s = ctx.settings
     save_scores(ctx.run_dir / "scores.npz", outputs.scores)
     labels = ctx.data.y.cpu().numpy()
-    query = s.queries.index("identity") if "identity" in s.queries else 0
-    target_logits = {t: np.asarray(served[t])[:, query] for t in s.target_ids}
+    predictions, targets = {}, {}
+    for t in s.target_ids:  # over-confidence of the served output, on the evaluated members and non-members
+        logits = np.asarray(target_logits[t])
+        predictions[t] = logits.argmax(-1)
+        calibration = overconfidence(logits[eval_mask], labels[eval_mask], keep[t][eval_mask])
+        targets[t] = TargetResult.from_dict({**target_metrics[t], **calibration}, path=f"model {t}")
     attacks = evaluate_attacks(outputs.scores, keep=keep, eval_mask=eval_mask,
                                fpr_targets=s.fpr_targets, bootstrap=s.bootstrap, seed=s.seed,
                                fitted_params=outputs.fitted_params, sanity=outputs.sanity, labels=labels,
-                               predictions={t: z.argmax(-1) for t, z in target_logits.items()},
-                               delta=s.defense.delta_for(len(labels)), priors=s.priors)
-    targets = {}
-    for t in s.target_ids:  # over-confidence of the served output, on the evaluated members and non-members
-        calibration = overconfidence(target_logits[t][eval_mask], labels[eval_mask], keep[t][eval_mask])
-        targets[t] = TargetResult.from_dict({**target_metrics[t], **calibration}, path=f"model {t}")
+                               predictions=predictions, delta=s.defense.delta_for(len(labels)), priors=s.priors)
     results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, audit=audit,
                           forget=forget, dp_audit=dp_audit)
     blind = blind_baseline(s, audit_members=s.audit.enabled)  # an audit reports only when its members are known

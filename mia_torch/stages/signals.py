@@ -8,24 +8,28 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mia_torch.atomic import atomic_write_bytes
 from mia_torch.locks import build_missing
+from mia_torch.signals.manifest import write_dense_signals, write_manifest
 from mia_torch.signals.collect import collect_logits
 from mia_torch.signals.collect_many import collect_logits_many
-from mia_torch.signals.output import serve, serve_array
+from mia_torch.signals.output import serve
+from mia_torch.signals.source import SignalSource
 from mia_torch.stages.context import Context, build, is_defended, key_of, model_seed, signal_key
 from mia_torch.stages.train import group_size, stored_model
 from mia_torch.store import array_from_bytes, array_to_bytes
 
-__all__ = ["query", "signals_stage", "untrained_logits"]
+__all__ = ["query", "record_signals", "signals_stage", "untrained_logits"]
 
 
-def signals_stage(ctx: Context, indices: Sequence[int] | None = None) -> np.ndarray:
-    """Served outputs ``[M, N, Q, C]`` of models ``indices`` (default: all), reusing stored signals.
+def signals_stage(ctx: Context, indices: Sequence[int] | None = None) -> SignalSource:
+    """Make sure the logits of models ``indices`` (default: all) are in the store; the source that reads them.
 
-    The store holds raw logits, so changing ``output`` reuses models and signals; the
-    served transform is applied after loading. Missing logits are collected
-    ``parallel_models`` models at a time where the strategy is vmap (CUDA: one batched
-    forward for all of them), one model at a time otherwise.
+    The store holds raw logits, one artifact per model, so changing ``output`` reuses models
+    and signals; the served transform is applied when they are read. Missing logits are
+    collected ``parallel_models`` models at a time where the strategy is vmap (CUDA: one
+    batched forward for all of them), one model at a time otherwise. Nothing is read here:
+    each artifact is verified when it is first read (:class:`SignalSource`).
     """
     s = ctx.settings
     indices = list(range(s.num_models)) if indices is None else list(indices)
@@ -46,10 +50,25 @@ def signals_stage(ctx: Context, indices: Sequence[int] | None = None) -> np.ndar
         for index, array in zip(chunk, logits.cpu().numpy()):
             ctx.store.save("signals", keys[index], array_to_bytes(array), {"model": index, "shape": list(array.shape)})
 
-    with tqdm(desc="signals", disable=not s.progress, unit="model", leave=False) as bar:
-        rows = build_missing(ctx.store, "signals", keys, collect, group=group_size(ctx), decode=decode,
-                             on_built=bar.update, keep_values=True).values
-    return np.stack([serve_array(rows[index], s.output) for index in indices])
+    def build(missing: list[int], group: int) -> None:
+        with tqdm(desc="signals", disable=not s.progress, unit="model", leave=False) as bar:
+            build_missing(ctx.store, "signals", {i: keys[i] for i in missing}, collect, group=group, decode=decode,
+                          on_built=bar.update)
+
+    missing = [i for i in indices if not ctx.store.contains("signals", keys[i])]
+    if missing:
+        build(missing, group_size(ctx))
+    return SignalSource(ctx.store, keys, s.output, ctx.data.y.cpu().numpy(), num_queries=len(s.queries),
+                        rebuild=lambda index: build([index], 1), progress=s.progress)
+
+
+def record_signals(ctx: Context, source: SignalSource) -> None:
+    """The run's record of what the attacks saw: ``signals.json`` (store keys) and ``labels.npy``; with
+    ``save_signals=true`` also the served outputs themselves, ``signals.npy``."""
+    write_manifest(ctx.run_dir, source)
+    atomic_write_bytes(ctx.run_dir / "labels.npy", array_to_bytes(ctx.data.y.cpu().numpy()))
+    if ctx.settings.save_signals:
+        write_dense_signals(ctx.run_dir / "signals.npy", source)
 
 
 def query(ctx: Context, model: torch.nn.Module) -> torch.Tensor:

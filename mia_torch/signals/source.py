@@ -1,0 +1,141 @@
+"""A study's signals where they live: one store artifact of raw logits ``[N, Q, C]`` per model.
+
+:class:`SignalSource` reads them back one model at a time (memory-mapped once the checksum
+is verified), applies the served-output transform (:mod:`mia_torch.signals.output`) and
+either reduces them to the features the attacks read (:meth:`SignalSource.reduce`) or
+materialises what the attacks saw (:meth:`SignalSource.dense`, the served outputs
+``[M, N, Q, C]``), so nothing ever holds every model's logits unless asked to.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mia_torch.signals.features import Feature, ServedChunk, unique
+from mia_torch.signals.output import ServedOutput, serve
+from mia_torch.store import ArtifactStore
+
+__all__ = ["SignalSource", "ServedQuery"]
+
+#: Served logits per chunk when a model is reduced to features (float64 temporaries stay small).
+CHUNK_ELEMENTS = 1 << 21
+
+
+@dataclass
+class SignalSource:
+    """The raw logits of models ``keys`` (model index -> signal key) in ``store``, served as ``output``.
+
+    ``labels`` are the population's classes (``[N]``) and ``num_queries`` the Q of every
+    artifact. ``rebuild(model)`` collects a model's logits again when its artifact turns out
+    corrupt (None: such a model is an error).
+    """
+
+    store: ArtifactStore
+    keys: dict[int, str]
+    output: ServedOutput
+    labels: np.ndarray
+    num_queries: int
+    rebuild: Callable[[int], None] | None = None
+    progress: bool = False
+    _verified: set[int] = field(default_factory=set, repr=False)
+
+    @property
+    def models(self) -> list[int]:
+        """The model indices, in order."""
+        return list(self.keys)
+
+    def _check(self, array: np.ndarray) -> None:
+        n = len(self.labels)
+        if array.ndim != 3 or array.shape[0] != n or array.shape[1] != self.num_queries:
+            raise ValueError(f"signals of shape {array.shape} for a population of {n} under {self.num_queries} queries")
+
+    def raw(self, model: int) -> np.ndarray:
+        """Model ``model``'s stored logits ``[N, Q, C]``, memory-mapped (checksum verified on first use)."""
+        key = self.keys[model]
+        if model in self._verified:
+            return np.load(self.store.payload_path("signals", key), mmap_mode="r", allow_pickle=False)
+        array = self.store.open_array("signals", key, check=self._check)
+        if array is None and self.rebuild is not None:  # missing or corrupt (moved aside): collect it again
+            self.rebuild(model)
+            array = self.store.open_array("signals", key, check=self._check)
+        if array is None:
+            raise FileNotFoundError(f"the signals of model {model} (signals/{key}) are not in the store "
+                                    f"{self.store.root} or are corrupt: rerun the study with that store_dir")
+        self._verified.add(model)
+        return array
+
+    def served(self, model: int, rows: slice | np.ndarray = slice(None), *, raw: np.ndarray | None = None
+               ) -> torch.Tensor:
+        """Model ``model``'s served output on examples ``rows``, float32 ``[n, Q, C]`` (CPU)."""
+        raw = self.raw(model) if raw is None else raw
+        return serve(torch.from_numpy(np.array(raw[rows])), self.output).float()
+
+    def served_array(self, model: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """What the attacks saw from model ``model`` on examples ``rows`` (``[n, Q, C]``): the stored dtype for
+        ``output=logits``, float32 for the other outputs."""
+        raw = np.array(self.raw(model)[rows])
+        return raw if self.output.name == "logits" else serve(torch.from_numpy(raw), self.output).numpy()
+
+    def dense(self, models: Sequence[int] | None = None, examples: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """The served outputs ``[m, n, Q, C]`` of ``models`` (default: all) on ``examples``, in memory."""
+        models = self.models if models is None else list(models)
+        return np.stack([self.served_array(m, examples) for m in models])
+
+    def reduce(self, features: Iterable[Feature], *, models: Sequence[int] | None = None,
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Every feature of ``models`` (default: all), ``{name: [M, N, ...]}`` on ``device``: each model's
+        logits are read once, a chunk of examples at a time."""
+        models = self.models if models is None else list(models)
+        wanted = unique(features)
+        labels = torch.from_numpy(self.labels).long()
+        out: dict[str, torch.Tensor] = {}
+        for i, model in enumerate(tqdm(models, desc="features", unit="model", disable=not self.progress,
+                                       leave=False)):
+            raw = self.raw(model)
+            for rows in _example_chunks(raw):
+                chunk = ServedChunk(self.served(model, rows, raw=raw).to(device), labels[rows].to(device))
+                for name, feature in wanted.items():
+                    value = feature.compute(chunk).to(feature.dtype)
+                    if name not in out:
+                        out[name] = torch.empty((len(models), len(self.labels), *value.shape[1:]),
+                                                dtype=feature.dtype, device=device)
+                    out[name][i, rows] = value
+            del raw  # unmapped: at most one model's logits are mapped at a time
+        return out
+
+    def query_view(self, query: int) -> ServedQuery:
+        """Every model's served output on query ``query`` (``[N, C]``), read when asked for."""
+        return ServedQuery(self, query)
+
+
+class ServedQuery(Mapping[int, np.ndarray]):
+    """``{model: served output [N, C] on one query}``, each read from the store on access (the last one kept)."""
+
+    def __init__(self, source: SignalSource, query: int) -> None:
+        self.source, self.query = source, query
+        self._last: tuple[int, np.ndarray] | None = None
+
+    def __getitem__(self, model: int) -> np.ndarray:
+        if model not in self.source.keys:
+            raise KeyError(model)
+        if self._last is None or self._last[0] != model:
+            self._last = (model, np.ascontiguousarray(self.source.served_array(model)[:, self.query]))
+        return self._last[1]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.source.keys)
+
+    def __len__(self) -> int:
+        return len(self.source.keys)
+
+
+def _example_chunks(raw: np.ndarray) -> Iterator[slice]:
+    """Consecutive example slices of ``raw [N, Q, C]`` of about :data:`CHUNK_ELEMENTS` elements each."""
+    n, q, c = raw.shape
+    step = max(1, CHUNK_ELEMENTS // max(1, q * c))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
