@@ -29,11 +29,17 @@ import torch
 from mia_torch.attacks.base import Attack, ReferenceSignals, check_target
 from mia_torch.signals.features import Feature, compute_features, unique
 
-__all__ = ["FeatureAttack", "Knobs", "Pool", "ReferenceFeatures"]
+__all__ = ["FeatureAttack", "Knobs", "Pool", "ReferenceFeatures", "positions_without"]
 
 Knobs = Mapping[str, Any]
 #: Elements of float64 temporaries per chunk when a fit walks over the reference models.
 CHUNK_ELEMENTS = 1 << 21
+
+
+def positions_without(num_models: int, removed: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """Positions ``0 .. num_models - 1`` except ``removed``, in order: int64 on ``device``."""
+    gone = set(removed)
+    return torch.tensor([m for m in range(num_models) if m not in gone], dtype=torch.long, device=device)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,10 @@ class ReferenceFeatures:
         base = self._base(which)
         rows = torch.arange(self.keep.shape[0], device=self.keep.device)[base]
         return ReferenceFeatures(self.features, self.keep, self.labels, self.num_classes, rows)
+
+    def without(self, removed: Sequence[int]) -> ReferenceFeatures:
+        """Every reference but ``removed`` (positions among the R)."""
+        return self.subset(positions_without(self.num_models, removed, self.keep.device))
 
     def chunks(self, per_model: int, *, max_elements: int = CHUNK_ELEMENTS) -> Iterator[slice]:
         """Consecutive slices of the R reference models, each holding at most ``max_elements`` of

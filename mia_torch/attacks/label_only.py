@@ -58,7 +58,9 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from mia_torch.attacks.base import ReferenceSignals, balanced_accuracy_threshold, check_choice, check_number
-from mia_torch.attacks.feature_attack import CHUNK_ELEMENTS, FeatureAttack, Knobs, ReferenceFeatures, check_examples
+from mia_torch.attacks.feature_attack import (
+    CHUNK_ELEMENTS, FeatureAttack, Knobs, ReferenceFeatures, check_examples, positions_without,
+)
 from mia_torch.signals.features import Feature, correct_feature
 
 __all__ = ["GapAttack", "LabelOnlyAttack", "RECOMMENDED_QUERIES", "correct_counts"]
@@ -317,9 +319,7 @@ class LabelOnlyPool:
             counts, member = self.counts[r : r + 1], self.keep[r : r + 1]
             sums = tuple(tuple(v[0] for v in _leave_one_out(counts, w, *s))
                          for w, s in zip((member.double(), (~member).double()), sums))
-        gone = set(removed)
-        rows = torch.tensor([m for m in range(len(self.counts)) if m not in gone], dtype=torch.long,
-                            device=self.counts.device)
+        rows = positions_without(len(self.counts), removed, self.counts.device)
         num_queries = int(self.base.features["correct"].shape[-1])
         return copy.deepcopy(self.attack)._fit_sums(sums, self.counts[rows], self.keep[rows], num_queries=num_queries,
                                                     knobs=knobs)

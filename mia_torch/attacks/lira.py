@@ -300,7 +300,4 @@ class LiRAPool:
         for r in removed:
             phi, keep = self.base.take("phi", r).double(), self.base.keep_of(r)
             stats_in, stats_out = _without(stats_in, phi, keep), _without(stats_out, phi, ~keep)
-        gone = set(removed)
-        rows = torch.tensor([m for m in range(self.base.num_models) if m not in gone], dtype=torch.long,
-                            device=self.base.keep.device)
-        return copy.deepcopy(self.attack)._fit_stats((stats_in, stats_out), self.base.subset(rows), knobs)
+        return copy.deepcopy(self.attack)._fit_stats((stats_in, stats_out), self.base.without(removed), knobs)

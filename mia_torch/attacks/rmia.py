@@ -65,7 +65,7 @@ from mia_torch.attacks.base import (
     check_number,
     check_target,
 )
-from mia_torch.attacks.feature_attack import FeatureAttack, Knobs, ReferenceFeatures, check_examples
+from mia_torch.attacks.feature_attack import FeatureAttack, Knobs, ReferenceFeatures, check_examples, positions_without
 from mia_torch.attacks.log_sums import TOP
 from mia_torch.attacks.rmia_sums import ReferenceProbabilities
 from mia_torch.signals.features import Feature, compute_features, probability_logit_feature
@@ -242,7 +242,7 @@ class RMIA(FeatureAttack):
         """Fit on the sums of a table of ``num_models`` models but ``removed`` (positions)."""
         device = probabilities(self._first_temperature(knobs)).ref.keep.device
         gone = torch.tensor(sorted(set(removed)), dtype=torch.long, device=device)
-        refs = torch.tensor([m for m in range(num_models) if m not in set(removed)], dtype=torch.long, device=device)
+        refs = positions_without(num_models, removed, device)
         gen = torch.Generator().manual_seed(self.seed)
         size = num_examples if self.num_population is None else min(num_examples, self.num_population)
         self.population_index = torch.randperm(num_examples, generator=gen)[:size].sort().values.to(device)

@@ -123,9 +123,7 @@ class ThresholdPool:
         """The attack calibrated on the table's models except ``removed`` (or with ``knobs``)."""
         fitted = copy.deepcopy(self.attack)
         if knobs is not None or not removed:  # nothing to gain from the shared sort
-            keep = [m for m in range(self.base.num_models) if m not in set(removed)]
-            refs = self.base.subset(torch.tensor(keep, dtype=torch.long, device=self.base.keep.device))
-            return fitted.fit_features(refs, knobs=knobs)
+            return fitted.fit_features(self.base.without(removed), knobs=knobs)
         if self._sorted is None:
             self._sorted = SortedScores(self.attack.reference_scores(self.base), self.base.keep_of())
         fitted.threshold = fitted._calibrate_sorted(self._sorted, removed)

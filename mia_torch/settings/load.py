@@ -17,7 +17,7 @@ from mia_torch.attacks.base import Attack
 from mia_torch.audit.config import AuditConfig
 from mia_torch.data.queries import parse_queries
 from mia_torch.data.loader import DatasetLoader
-from mia_torch.data.splits import THREAT_MODELS
+from mia_torch.data.splits import THREAT_MODELS, twin
 from mia_torch.dp_audit.config import DpAuditConfig
 from mia_torch.forget.config import ForgetConfig
 from mia_torch.metrics.precision import DEFAULT_PRIORS, check_priors
@@ -203,7 +203,7 @@ def fewest_references(settings: "Settings") -> int:
     m = settings.num_models
     if settings.threat_model == "disjoint":
         return m - len(settings.target_ids)
-    return min(m - 1 - (1 if (t ^ 1) < m else 0) for t in settings.target_ids)
+    return min(m - 1 - (twin(t, m) is not None) for t in settings.target_ids)
 
 
 def _check_references(settings: "Settings", attacks: dict[str, Attack]) -> None:

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from mia_torch.signals.features import Feature, ServedChunk, unique
-from mia_torch.signals.output import ServedOutput, serve
+from mia_torch.signals.output import ServedOutput, serve, serve_array
 from mia_torch.store import ArtifactStore
 
 __all__ = ["SignalSource", "ServedQuery"]
@@ -77,13 +77,20 @@ class SignalSource:
     def served_array(self, model: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
         """What the attacks saw from model ``model`` on examples ``rows`` (``[n, Q, C]``): the stored dtype for
         ``output=logits``, float32 for the other outputs."""
-        raw = np.array(self.raw(model)[rows])
-        return raw if self.output.name == "logits" else serve(torch.from_numpy(raw), self.output).numpy()
+        return serve_array(np.array(self.raw(model)[rows]), self.output)
 
     def dense(self, models: Sequence[int] | None = None, examples: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """The served outputs ``[m, n, Q, C]`` of ``models`` (default: all) on ``examples``, in memory."""
+        """The served outputs ``[m, n, Q, C]`` of ``models`` (default: all) on ``examples``, in memory (filled
+        one model at a time: the result is the only full-size array)."""
         models = self.models if models is None else list(models)
-        return np.stack([self.served_array(m, examples) for m in models])
+        if not models:
+            raise ValueError("SignalSource.dense needs at least one model")
+        first = self.served_array(models[0], examples)
+        out = np.empty((len(models), *first.shape), dtype=first.dtype)
+        out[0] = first
+        for i, model in enumerate(models[1:], start=1):
+            out[i] = self.served_array(model, examples)
+        return out
 
     def reduce(self, features: Iterable[Feature], *, models: Sequence[int] | None = None,
                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -123,7 +130,8 @@ class ServedQuery(Mapping[int, np.ndarray]):
         if model not in self.source.keys:
             raise KeyError(model)
         if self._last is None or self._last[0] != model:
-            self._last = (model, np.ascontiguousarray(self.source.served_array(model)[:, self.query]))
+            raw_query = np.array(self.source.raw(model)[:, self.query])  # serving acts on each row: one query suffices
+            self._last = (model, serve_array(raw_query, self.source.output))
         return self._last[1]
 
     def __iter__(self) -> Iterator[int]:

@@ -116,11 +116,11 @@ def attack_target(ctx: Context, attacks: dict[str, Attack], served: torch.Tensor
     labels = ctx.data.y.to(ctx.settings.device)
     public = public or {}
     for name, scores in score_attacks(attacks, served, labels).items():
-        out.scores[name][target] = unscored(scores, public[name]) if name in public else scores
+        out.scores[name][target] = unscored(scores, public.get(name))
         out.fitted_params[name][target] = attacks[name].fitted_params()
     if out.sanity is not None:
         for name, scores in score_attacks(attacks, untrained_logits(ctx, target), labels).items():
-            out.sanity[name][target] = unscored(scores, public[name]) if name in public else scores
+            out.sanity[name][target] = unscored(scores, public.get(name))
 
 
 def attack_stage(ctx: Context, table: ReferenceFeatures | None, source: SignalSource | None, *,
@@ -140,20 +140,20 @@ def attack_stage(ctx: Context, table: ReferenceFeatures | None, source: SignalSo
     runs = attack_runs(scoring, plan, table=table, dense=DenseLogits(source, ctx.splits, labels))
     out = AttackOutputs.empty(scoring, sanity=s.sanity_check)
     reads_records = any(isinstance(a, QuantileAttack) for a in scoring.values())
+    required = [f for a in scoring.values() if isinstance(a, FeatureAttack) for f in a.required_features()]
     for target in targets:
         fitted = {name: run.fitted(target) for name, run in runs.items()}
         public = fit_records(ctx, fitted, target, source.served(target).to(s.device)) if reads_records else {}
         for name, run in runs.items():
             scores = run.score(fitted[name], target)
-            out.scores[name][target] = unscored(scores, public[name]) if name in public else scores
+            out.scores[name][target] = unscored(scores, public.get(name))
             out.fitted_params[name][target] = fitted[name].fitted_params()
         if out.sanity is not None:
             blank = untrained_logits(ctx, target)
-            features = compute_features(blank, labels, [f for a in scoring.values()
-                                                        if isinstance(a, FeatureAttack) for f in a.required_features()])
+            features = compute_features(blank, labels, required)
             for name, run in runs.items():
                 scores = run.score_logits(fitted[name], blank, labels, features)
-                out.sanity[name][target] = unscored(scores, public[name]) if name in public else scores
+                out.sanity[name][target] = unscored(scores, public.get(name))
         if target in keep_fitted:
             out.fitted[target] = fitted
     return out

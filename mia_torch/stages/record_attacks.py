@@ -102,8 +102,11 @@ def fit_records(ctx: Context, attacks: dict[str, Attack], target: int, served: t
     return public
 
 
-def unscored(scores: np.ndarray, public: np.ndarray) -> np.ndarray:
-    """``scores`` with the records the attack trained on set to NaN: never scored, never evaluated."""
+def unscored(scores: np.ndarray, public: np.ndarray | None) -> np.ndarray:
+    """``scores`` with the records the attack trained on (``public``) set to NaN: never scored, never
+    evaluated; ``scores`` as they are for an attack that trained on none (None)."""
+    if public is None:
+        return scores
     out = np.array(scores, dtype=np.float64, copy=True)
     out[public] = np.nan
     return out
