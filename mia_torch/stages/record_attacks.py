@@ -23,7 +23,6 @@ from mia_torch.attacks.quantile import QuantileAttack, split_public
 from mia_torch.metrics.blind import blind_verdict, held_out_auc
 from mia_torch.report.guards import BlindCheck
 from mia_torch.report.types import AttackEvaluation
-from mia_torch.settings.load import Settings, build_attack
 from mia_torch.signals.collect import collect_logits
 from mia_torch.signals.output import serve
 from mia_torch.stages.context import Context, model_seed
@@ -39,14 +38,13 @@ def model_attacks(attacks: Mapping[str, Attack]) -> dict[str, Attack]:
     return {name: attack for name, attack in attacks.items() if not isinstance(attack, BlindBaseline)}
 
 
-def blind_baseline(settings: Settings, *, audit_members: bool = False) -> BlindBaseline | None:
-    """The configured blind baseline (``attack=blind``); in an audit with ``audit.members`` the default one
-    when none is configured; else None."""
-    for name, cfg in settings.attacks.items():
-        attack = build_attack(name, cfg)
-        if isinstance(attack, BlindBaseline):
-            return attack
-    return BlindBaseline(seed=settings.seed) if audit_members else None
+def blind_baseline(attacks: Mapping[str, Attack], *, seed: int, audit_members: bool = False) -> BlindBaseline | None:
+    """The configured blind baseline among ``attacks`` (``attack=blind``, built once: ``Context.attacks``); in an
+    audit with ``audit.members`` the default one (seeded with ``seed``) when none is configured; else None."""
+    configured = next((a for a in attacks.values() if isinstance(a, BlindBaseline)), None)
+    if configured is not None:
+        return configured
+    return BlindBaseline(seed=seed) if audit_members else None
 
 
 def study_public(ctx: Context, attack: QuantileAttack, target: int) -> np.ndarray:

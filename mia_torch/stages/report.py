@@ -104,7 +104,7 @@ def report_study(
                                predictions=predictions, delta=s.defense.delta_for(len(labels)), priors=s.priors)
     results = run_results(ctx, cfg, started, targets=targets, models=model_metrics, attacks=attacks, audit=audit,
                           forget=forget, dp_audit=dp_audit)
-    blind = blind_baseline(s, audit_members=s.audit.enabled)  # an audit reports only when its members are known
+    blind = blind_baseline(ctx.attacks, seed=s.seed, audit_members=s.audit.enabled)  # an audit reports only when its members are known
     if blind is not None:
         results.blind_baseline = blind_check(blind, ctx, keep=keep, eval_mask=eval_mask, targets=list(s.target_ids),
                                              attacks=attacks, bootstrap=s.bootstrap, seed=s.seed)
