@@ -95,6 +95,7 @@ def test_exported_program_is_audited(study, tmp_path):
     (["audit.checkpoint={ckpt}", "attack=[lira_online]"], "audit.online=true"),
     (["audit.checkpoint={ckpt}", "audit.preprocess={mean:[0.5],std:[0]}"], "audit.preprocess.std"),
     (["audit.members=[1,2]"], "audit.checkpoint"),
+    (["audit.checkpoint={ckpt}", "audit.candidates=[0,1,2]", "audit.members=[0]"], "audit.candidates"),
 ])
 def test_bad_audit_input_is_refused_before_training(study, tmp_path, overrides, key):
     checkpoint = study[1].targets[0].checkpoint

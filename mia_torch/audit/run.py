@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mia_torch.atomic import atomic_write_bytes
+from mia_torch.attacks.blind import BlindBaseline
 from mia_torch.attacks.quantile import QuantileAttack
 from mia_torch.audit.checkpoint import CheckpointError, load_checkpoint_model
 from mia_torch.audit.evidence import RecordEvidence, record_evidence, verdicts
@@ -42,7 +43,7 @@ from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.signals.output import serve
 from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
 from mia_torch.stages.context import Context, build, model_seed
-from mia_torch.stages.record_attacks import model_attacks
+from mia_torch.stages.record_attacks import blind_baseline, model_attacks
 from mia_torch.stages.report import identity_query, report_study, run_results
 from mia_torch.stages.signals import query, record_signals, signals_stage
 from mia_torch.stages.train import train_stage
@@ -156,7 +157,21 @@ def plan_audit(ctx: Context) -> tuple[AuditPlan, Context]:
                      public=public)
     if plan.no_report:
         print(f"note: {plan.no_report}", flush=True)
+    if plan.ground_truth:
+        _check_blind_folds(plan, blind_baseline(ctx.attacks, seed=s.seed, audit_members=True))
     return plan, ctx.for_splits(replace(ctx.splits, keep=keep))
+
+
+def _check_blind_folds(plan: AuditPlan, blind: BlindBaseline) -> None:
+    """The blind baseline (run in every audit with known members) needs ``folds`` candidates of each kind."""
+    known = np.isin(plan.candidates, plan.members)
+    members, nonmembers = int(known.sum()), int((~known).sum())
+    if min(members, nonmembers) < blind.folds:
+        raise ValueError(
+            f"audit.candidates hold {members} known member(s) and {nonmembers} known non-member(s) (audit.members), "
+            f"but the blind baseline run in every audit with known members splits them into {blind.folds} folds and "
+            f"needs at least {blind.folds} of each: add candidates of the rarer kind to audit.candidates "
+            "(or lower attack.blind.folds, at least 2)")
 
 
 def _audited_metrics(ctx: Context, plan: AuditPlan, served: torch.Tensor) -> dict[str, Any]:
