@@ -119,11 +119,7 @@ def _best_bound(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, *, delta
     that bound is never below the exact one. Points are taken in descending order of it, a
     block at a time.
     """
-    tpr_hat, fpr_hat = tp / n_pos, fp / n_neg
-    with np.errstate(divide="ignore", invalid="ignore"):
-        first = np.where(tpr_hat > delta, np.log((tpr_hat - delta) / fpr_hat), -np.inf)
-        second = np.where(1.0 - delta - fpr_hat > 0, np.log((1.0 - delta - fpr_hat) / (1.0 - tpr_hat)), -np.inf)
-    ceiling = np.nan_to_num(np.maximum(first, second), nan=np.inf)  # 0/0: no bound, evaluate it
+    ceiling = np.nan_to_num(_log_ratio_bound(tp / n_pos, fp / n_neg, delta), nan=np.inf)  # 0/0: evaluate it
     order = np.argsort(-ceiling, kind="stable")
     best_index, best = -1, -np.inf
     for start in range(0, order.size, BOUND_BLOCK):
@@ -146,7 +142,13 @@ def _bounds(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int, *, delta: fl
     """The exact lower bound on ε of each ROC point (true and false positive counts ``tp``, ``fp``)."""
     tpr_lo, _ = clopper_pearson(tp, n_pos, confidence=level)
     _, fpr_hi = clopper_pearson(fp, n_neg, confidence=level)
+    return _log_ratio_bound(tpr_lo, fpr_hi, delta)
+
+
+def _log_ratio_bound(tpr: np.ndarray, fpr: np.ndarray, delta: float) -> np.ndarray:
+    """The bound on ε that a TPR and FPR imply at δ: the larger of log((TPR - δ) / FPR) and
+    log((1 - δ - FPR) / (1 - TPR))."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        first = np.where(tpr_lo > delta, np.log((tpr_lo - delta) / fpr_hi), -np.inf)
-        second = np.where(1.0 - delta - fpr_hi > 0, np.log((1.0 - delta - fpr_hi) / (1.0 - tpr_lo)), -np.inf)
+        first = np.where(tpr > delta, np.log((tpr - delta) / fpr), -np.inf)
+        second = np.where(1.0 - delta - fpr > 0, np.log((1.0 - delta - fpr) / (1.0 - tpr)), -np.inf)
     return np.maximum(first, second)
