@@ -23,9 +23,8 @@ from mia_torch.attacks.quantile import QuantileAttack, split_public
 from mia_torch.metrics.blind import blind_verdict, held_out_auc
 from mia_torch.report.guards import BlindCheck
 from mia_torch.report.types import AttackEvaluation
-from mia_torch.signals.collect import collect_logits
-from mia_torch.signals.output import serve
 from mia_torch.stages.context import Context, model_seed
+from mia_torch.stages.signals import query
 from mia_torch.stages.train import stored_model
 from mia_torch.training.build import build_model
 
@@ -58,9 +57,7 @@ def study_public(ctx: Context, attack: QuantileAttack, target: int) -> np.ndarra
 
 def served_test_output(ctx: Context, model: torch.nn.Module) -> torch.Tensor:
     """A model's served output ``[n, Q, C]`` on the dataset's test split (records no model trains on)."""
-    s = ctx.settings
-    logits = collect_logits(model.to(s.device).eval(), ctx.data.x_test, s.queries, batch_size=s.signal_batch_size)
-    return serve(logits, s.output).float()
+    return query(ctx, model, ctx.data.x_test)
 
 
 def fit_quantile(ctx: Context, attack: QuantileAttack, target: int, served: torch.Tensor, *, public: np.ndarray,

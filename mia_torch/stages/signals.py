@@ -71,10 +71,12 @@ def record_signals(ctx: Context, source: SignalSource) -> None:
         write_dense_signals(ctx.run_dir / "signals.npy", source)
 
 
-def query(ctx: Context, model: torch.nn.Module) -> torch.Tensor:
-    """Served output ``[N, Q, C]`` (float32) of any ``model`` on the population, under the configured queries."""
+def query(ctx: Context, model: torch.nn.Module, records: torch.Tensor | None = None) -> torch.Tensor:
+    """Served output ``[N, Q, C]`` (float32) of any ``model`` on ``records`` (default: the population), under the
+    configured queries."""
     s = ctx.settings
-    logits = collect_logits(model.to(s.device), ctx.data.x, s.queries, batch_size=s.signal_batch_size)
+    records = ctx.data.x if records is None else records
+    logits = collect_logits(model.to(s.device), records, s.queries, batch_size=s.signal_batch_size)
     return serve(logits, s.output).float()
 
 
