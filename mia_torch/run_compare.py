@@ -76,38 +76,33 @@ def _load_array(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def _signal_models(run_dir: Path) -> list[int]:
-    from mia_torch.signals.manifest import DENSE, open_run_signals
-
-    if (run_dir / DENSE).is_file():
-        return list(range(len(np.load(run_dir / DENSE, mmap_mode="r", allow_pickle=False))))
-    return open_run_signals(run_dir).models
-
-
 def _compare_signals(original: Path, new: Path, *, exact: bool) -> list[Check]:
     """The served outputs of both runs (``signals.npy``, or the store artifacts ``signals.json`` names), compared a
     model at a time so that memory holds two models' outputs; an original whose store is gone is skipped."""
-    from mia_torch.signals.manifest import load_run_signals
+    from mia_torch.signals.manifest import run_model_signals
 
     name = "signals"
     try:
-        models = _signal_models(original)
-        first = load_run_signals(original, models=models[:1])
+        models, read_original = run_model_signals(original)
+        if not models:
+            raise ValueError("no model's signals are recorded")
+        first = read_original(models[0])
     except (OSError, ValueError) as err:
         return [Check(name, "skipped", f"the original's signals cannot be read ({err})")]
-    if _signal_models(new) != models:
-        return [Check(name, "mismatch", f"models {models} vs {_signal_models(new)}")]
+    new_models, read_new = run_model_signals(new)
+    if new_models != models:
+        return [Check(name, "mismatch", f"models {models} vs {new_models}")]
     differ, worst, total = 0, 0.0, 0
     for m in models:
-        a = first[0] if m == models[0] else load_run_signals(original, models=[m])[0]
-        b = load_run_signals(new, models=[m])[0]
+        a = first if m == models[0] else read_original(m)
+        b = read_new(m)
         if a.shape != b.shape or (exact and a.dtype != b.dtype):
             return [Check(name, "mismatch", f"model {m}: shape/dtype {a.shape} {a.dtype} vs {b.shape} {b.dtype}")]
         total += a.size
         if not np.array_equal(a, b, equal_nan=True):
             differ += int(np.count_nonzero(a != b))
             worst = max(worst, _max_abs_diff(a, b))
-    shape = (len(models), *first.shape[1:])
+    shape = (len(models), *first.shape)
     if not differ:
         return [Check(name, "match", f"identical {shape}")]
     return [Check(name, "mismatch" if exact else "info",

@@ -9,7 +9,7 @@ saw (``[M, N, Q, C]``, or a slice of models and examples) from either.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from mia_torch.signals.output import ServedOutput
 from mia_torch.signals.source import SignalSource
 from mia_torch.store import ArtifactStore
 
-__all__ = ["MANIFEST", "has_run_signals", "load_run_signals", "open_run_signals", "write_dense_signals",
+__all__ = ["MANIFEST", "has_run_signals", "load_run_signals", "open_run_signals", "run_model_signals", "write_dense_signals",
            "write_manifest"]
 
 #: The manifest's file name in a run directory.
@@ -58,6 +58,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 def open_run_signals(run_dir: Path) -> SignalSource:
     """The signal source recorded in ``run_dir/signals.json`` (the store it names must still hold them)."""
     run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST).is_file():
+        raise FileNotFoundError(f"{run_dir} has neither {MANIFEST} nor {DENSE}: is it a study's run directory?")
     record = _read_manifest(run_dir / MANIFEST)
     store_dir = Path(record["store_dir"])
     if not store_dir.is_dir():
@@ -79,9 +81,18 @@ def load_run_signals(run_dir: Path, models: Sequence[int] | None = None,
         dense = np.load(run_dir / DENSE, mmap_mode="r", allow_pickle=False)
         chosen = dense if models is None else dense[list(models)]
         return np.ascontiguousarray(chosen[:, rows])
-    if not (run_dir / MANIFEST).is_file():
-        raise FileNotFoundError(f"{run_dir} has neither {MANIFEST} nor {DENSE}: is it a study's run directory?")
     return open_run_signals(run_dir).dense(models, rows)
+
+
+def run_model_signals(run_dir: Path) -> tuple[list[int], Callable[[int], np.ndarray]]:
+    """The models of run ``run_dir``'s signals and a reader of one model's served output ``[N, Q, C]`` (from
+    ``signals.npy`` if the run wrote one, else from the store): the run is opened once."""
+    run_dir = Path(run_dir)
+    if (run_dir / DENSE).is_file():
+        dense = np.load(run_dir / DENSE, mmap_mode="r", allow_pickle=False)
+        return list(range(len(dense))), lambda model: np.array(dense[model])
+    source = open_run_signals(run_dir)
+    return source.models, source.served_array
 
 
 def write_dense_signals(path: Path, source: SignalSource) -> Path:
