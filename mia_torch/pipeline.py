@@ -24,7 +24,7 @@ from mia_torch.settings.limits import check_run_size
 from mia_torch.settings.load import check_attacks, check_writable, load_settings
 from mia_torch.signals.source import SignalSource
 from mia_torch.stages.attack_runs import feature_table
-from mia_torch.stages.attack_shards import load_shards, missing_shards, save_shard, shard_targets
+from mia_torch.stages.attack_shards import load_shards, missing_shards, save_shard, shard_targets, shards_missing
 from mia_torch.stages.attacks import AttackOutputs, attack_stage
 from mia_torch.stages.context import Context, build, is_defended, model_seed, stored_path
 from mia_torch.stages.report import identity_query, report_study
@@ -138,8 +138,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResults | TrainedSha
         targets = shard_targets(ctx, s.shard)
         save_shard(ctx, attack_outputs(ctx, signals_stage(ctx), targets=targets))
         return AttackShard(shard=s.shard, targets=targets)
-    if s.stage == "report" and missing_shards(ctx):
-        load_shards(ctx)  # names the missing shards before any other work
+    if s.stage == "report" and (missing := missing_shards(ctx)):
+        raise shards_missing(ctx, missing)  # before any other work
     model_metrics = train_stage(ctx, list(range(s.num_models)))
     source = signals_stage(ctx)
     record_signals(ctx, source)

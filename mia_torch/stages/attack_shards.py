@@ -16,7 +16,7 @@ from mia_torch.stages.attacks import AttackOutputs
 from mia_torch.stages.context import Context, key_of, signal_key
 from mia_torch.store import digest
 
-__all__ = ["KIND", "missing_shards", "load_shards", "save_shard", "shard_targets"]
+__all__ = ["KIND", "missing_shards", "load_shards", "save_shard", "shard_targets", "shards_missing"]
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +66,24 @@ def missing_shards(ctx: Context) -> list[int]:
 def load_shards(ctx: Context) -> AttackOutputs:
     """Every shard's scores, merged in the order of ``target_ids``; names the shards to (re)run if any is missing."""
     s = ctx.settings
-    parts, missing = [], missing_shards(ctx)
+    parts, missing = [], []
     for k in range(s.num_shards):
-        found = None if k in missing else ctx.store.load(KIND, shard_key(ctx, k), decode=AttackOutputs.from_bytes)
+        found = ctx.store.load(KIND, shard_key(ctx, k), decode=AttackOutputs.from_bytes)  # None: absent or corrupt
         if found is None:
             missing.append(k)
         else:
             parts.append(found[0])
     if missing:
-        shards = ",".join(str(k) for k in sorted(set(missing)))
-        raise FileNotFoundError(
-            f"stage=report needs the scores of every attack shard, but shard(s) {shards} of num_shards={s.num_shards} "
-            f"are not in the store {ctx.store.root}: run `mia-run <same config> stage=attack shard={shards} "
-            f"num_shards={s.num_shards}` (with -m for several) first"
-        )
+        raise shards_missing(ctx, missing)
     return AttackOutputs.merge(parts, s.target_ids)
+
+
+def shards_missing(ctx: Context, missing: list[int]) -> FileNotFoundError:
+    """The error that names the shards ``missing`` from the store and the command that scores them."""
+    s = ctx.settings
+    shards = ",".join(str(k) for k in sorted(set(missing)))
+    return FileNotFoundError(
+        f"stage=report needs the scores of every attack shard, but shard(s) {shards} of num_shards={s.num_shards} "
+        f"are not in the store {ctx.store.root}: run `mia-run <same config> stage=attack shard={shards} "
+        f"num_shards={s.num_shards}` (with -m for several) first"
+    )
