@@ -61,21 +61,13 @@ from mia_torch.attacks.base import ReferenceSignals, balanced_accuracy_threshold
 from mia_torch.attacks.feature_attack import (
     CHUNK_ELEMENTS, FeatureAttack, Knobs, ReferenceFeatures, check_examples, positions_without,
 )
-from mia_torch.signals.features import Feature, correct_feature
+from mia_torch.signals.features import Feature, correct_feature, correct_queries
 
 __all__ = ["GapAttack", "LabelOnlyAttack", "RECOMMENDED_QUERIES", "correct_counts"]
 
 RECOMMENDED_QUERIES = (
     "identity", "flip", "shift_1_0", "shift_-1_0", "shift_0_1", "shift_0_-1", "flip_shift_1_0", "flip_shift_-1_0",
 )
-
-
-def correct_queries(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Whether the predicted label (arg-max) is the true one: bool ``[..., N, Q]`` from ``[..., N, Q, C]``.
-
-    ``labels`` must broadcast to ``logits.shape[:-1]``.
-    """
-    return logits.argmax(-1) == labels
 
 
 def correct_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

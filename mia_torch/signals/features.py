@@ -40,6 +40,7 @@ __all__ = [
     "ServedChunk",
     "compute_features",
     "correct_feature",
+    "correct_queries",
     "phi_feature",
     "probability_logit_feature",
     "sorted_probability_feature",
@@ -103,9 +104,17 @@ def probability_logit_feature(temperature: float) -> Feature:
                    lambda chunk: logit_mean_probability(chunk.phi(temperature), dim=-1))
 
 
+def correct_queries(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Whether the predicted label (arg-max) is the true one: bool ``[..., N, Q]`` from ``[..., N, Q, C]``.
+
+    ``labels`` must broadcast to ``logits.shape[:-1]``.
+    """
+    return logits.argmax(-1) == labels
+
+
 def correct_feature() -> Feature:
     """Whether the arg-max of each query's served output is the true label."""
-    return Feature("correct", lambda chunk: chunk.logits.argmax(-1) == chunk.labels, torch.bool)
+    return Feature("correct", lambda chunk: correct_queries(chunk.logits, chunk.labels), torch.bool)
 
 
 def sorted_probability_feature(kind: str, top_k: int | None) -> Feature:
