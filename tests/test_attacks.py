@@ -91,6 +91,28 @@ def test_balanced_accuracy_threshold_is_optimal():
     assert balanced_accuracy_threshold(s, torch.zeros(500, dtype=torch.bool)) is None
 
 
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_balanced_accuracy_threshold_matches_one_sorted_pass(monkeypatch, chunk):
+    """Chunked candidates (any chunk size) choose the threshold one descending sort and cumulative counts
+    choose, ties, non-finite scores and float32 input included."""
+    import mia_torch.attacks.base as base
+
+    monkeypatch.setattr(base, "THRESHOLD_CHUNK", chunk)
+    g = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        s = torch.randint(0, 3 + 10 * trial, (400,), generator=g).float() / 7
+        s[torch.rand(400, generator=g) < 0.02] = float("nan")
+        s[torch.rand(400, generator=g) < 0.02] = -float("inf")
+        m = (s.nan_to_num(0.0) + 2 * torch.randn(400, generator=g)) > 1
+        ok = torch.isfinite(s)
+        s_sorted, order = torch.sort(s[ok].double(), descending=True, stable=True)
+        expected = base.sorted_balanced_accuracy_threshold(s_sorted, m[ok][order])
+        assert base.balanced_accuracy_threshold(s.reshape(20, 20), m.reshape(20, 20)) == expected
+    # thresholds 4 and 2 both reach balanced accuracy 0.75: the highest is chosen, as the one pass chooses it
+    s, m = torch.tensor([4.0, 3.0, 2.0, 1.0]), torch.tensor([True, False, True, False])
+    assert base.balanced_accuracy_threshold(s, m) == 4.0
+
 # ------------------------------------------------------------------ threshold attacks
 def test_threshold_attacks_reach_analytic_auc_and_threshold():
     d, sigma, m0 = 1.0, 1.0, 3.0

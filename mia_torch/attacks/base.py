@@ -43,6 +43,10 @@ __all__ = [
 ]
 
 
+#: Candidate thresholds :func:`balanced_accuracy_threshold` scores at a time.
+THRESHOLD_CHUNK = 1 << 20
+
+
 @dataclass(frozen=True)
 class ReferenceSignals:
     """Signals of R reference models on the N attacked examples.
@@ -219,14 +223,34 @@ def balanced_accuracy_threshold(scores: torch.Tensor, member: torch.Tensor) -> f
 
     ``scores`` and boolean ``member`` have the same shape (any); non-finite scores are
     ignored. The threshold is one of the observed scores (the lowest score predicted
-    member). Returns ``None`` when there are no members or no non-members.
+    member; of several equally good ones, the highest). Returns ``None`` when there are no
+    members or no non-members.
+
+    Members' and non-members' scores are sorted apart and every observed score is tried as
+    the threshold a chunk at a time (binary search for its true and false positives), so
+    the memory beyond the scores is one sorted float64 copy of them, not several.
     """
-    s = scores.reshape(-1).double()
+    s = scores.reshape(-1)
     m = member.reshape(-1).to(device=s.device, dtype=torch.bool)
     ok = torch.isfinite(s)
-    s, m = s[ok], m[ok]
-    s_sorted, order = torch.sort(s, descending=True, stable=True)
-    return sorted_balanced_accuracy_threshold(s_sorted, m[order])
+    pos = torch.sort(s[m & ok].double()).values
+    neg = torch.sort(s[~m & ok].double()).values
+    n_pos, n_neg = pos.numel(), neg.numel()
+    if n_pos == 0 or n_neg == 0:
+        return None
+    best_bal, best = -1.0, -math.inf
+    for values in (pos, neg):
+        for start in range(0, values.numel(), THRESHOLD_CHUNK):
+            candidates = values[start:start + THRESHOLD_CHUNK]
+            tp = (n_pos - torch.searchsorted(pos, candidates)).double()  # members scored >= the candidate
+            fp = (n_neg - torch.searchsorted(neg, candidates)).double()
+            bal = 0.5 * (tp / n_pos + 1.0 - fp / n_neg)
+            top = float(bal.max())
+            if top >= best_bal:
+                highest = float(candidates[bal == top].max())
+                best = highest if top > best_bal else max(best, highest)
+                best_bal = top
+    return best
 
 
 def sorted_balanced_accuracy_threshold(s_sorted: torch.Tensor, m_sorted: torch.Tensor) -> float | None:
