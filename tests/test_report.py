@@ -77,6 +77,23 @@ def test_a_long_roc_is_drawn_through_its_highest_points_at_evenly_spaced_fprs():
     assert np.array_equal(same[0], fpr[:300]) and np.array_equal(same[1], tpr[:300])  # short curves: every point
 
 
+def test_a_kept_pooled_curve_is_thinned_with_its_legend_tpr_exact():
+    """The pooled ROC kept for the figures holds at most MAX_CURVE_POINTS (+ a few) of its points, and the TPR the
+    legend reads at LEGEND_FPR is the whole curve's."""
+    from mia_torch.metrics.roc import LEGEND_FPR, MAX_CURVE_POINTS, curve_points, roc_curve, tpr_at_fpr
+    from mia_torch.report.types import RocCurve
+
+    rng = np.random.default_rng(1)
+    members = rng.random(300_000) < 0.5
+    full = RocCurve(*roc_curve(rng.standard_normal(members.size) + 2 * members, members))
+    kept = full.thinned()
+    assert kept.fpr.size <= MAX_CURVE_POINTS + 4 < full.fpr.size
+    assert tpr_at_fpr(kept.fpr, kept.tpr, LEGEND_FPR) == tpr_at_fpr(full.fpr, full.tpr, LEGEND_FPR)
+    assert np.isin(kept.thresholds, full.thresholds).all()
+    few = curve_points(full.fpr, max_points=40)  # a coarse grid rarely lands on LEGEND_FPR's point by itself
+    assert tpr_at_fpr(full.fpr[few], full.tpr[few], LEGEND_FPR) == tpr_at_fpr(full.fpr, full.tpr, LEGEND_FPR)
+
+
 def test_roc_figure_rejects_bad_curve():
     with pytest.raises(ValueError):
         plots.roc_figure({"x": (np.array([0.0, 1.0]), np.array([0.0]), 0.5)})

@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
     "validate_scores_labels",
     "roc_curve",
+    "curve_points",
     "auc_score",
     "tpr_at_fpr",
     "tpr_key",
@@ -85,6 +86,32 @@ def roc_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndar
     fps = np.r_[0.0, fps]
     thresholds = np.r_[np.inf, s_sorted[last]]
     return fps / fps[-1], tps / tps[-1], thresholds
+
+
+#: Most points of a ROC curve that figures draw (:func:`curve_points`). A pooled ROC of every target has one
+#: point per distinct score (millions at paper scale), far more than a figure shows.
+MAX_CURVE_POINTS = 20_000
+#: The FPR at which a figure's legend reads each curve's TPR (kept exact by :func:`curve_points`).
+LEGEND_FPR = 1e-3
+
+
+def curve_points(fpr: np.ndarray, *, max_points: int = MAX_CURVE_POINTS) -> np.ndarray:
+    """Indices of the points of a ROC curve (``fpr`` non-decreasing) that figures draw.
+
+    All of them up to ``max_points``; else, for ``max_points / 4`` FPRs spaced evenly on a
+    log axis and as many on a linear one, and for :data:`LEGEND_FPR`, the last point at or
+    below it (its highest TPR there) and the point after it, with both ends: the TPR at
+    :data:`LEGEND_FPR` (:func:`tpr_at_fpr`) is the same on the kept points as on the whole
+    curve. Metrics always use every point.
+    """
+    if fpr.size <= max_points:
+        return np.arange(fpr.size)
+    positive = fpr[fpr > 0]
+    lowest = float(positive.min()) if positive.size else 1.0
+    grid = np.concatenate([np.geomspace(lowest, 1.0, max_points // 4), np.linspace(0.0, 1.0, max_points // 4),
+                           [LEGEND_FPR]])
+    last = np.searchsorted(fpr, grid, side="right") - 1
+    return np.unique(np.concatenate([[0, fpr.size - 1], last, np.minimum(last + 1, fpr.size - 1)]))
 
 
 def auc_score(fpr: Any, tpr: Any) -> float:

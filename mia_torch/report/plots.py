@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mia_torch.metrics.roc import tpr_at_fpr
+from mia_torch.metrics.roc import LEGEND_FPR, MAX_CURVE_POINTS, curve_points, tpr_at_fpr
 
 from mia_torch.atomic import atomic_write_bytes
 
@@ -45,23 +45,14 @@ def _check_curve(name: str, fpr: np.ndarray, tpr: np.ndarray) -> None:
         raise ValueError(f"curve {name!r}: fpr and tpr must be finite")
 
 
-#: Most ROC points drawn per curve. A pooled ROC of every target has one point per distinct score (millions at
-#: paper scale), far more than a figure shows; beyond this many, :func:`drawn_points` picks the points to draw.
-MAX_DRAWN_POINTS = 20_000
+#: Most ROC points drawn per curve (see :func:`drawn_points`).
+MAX_DRAWN_POINTS = MAX_CURVE_POINTS
 
 
 def drawn_points(fpr: np.ndarray, tpr: np.ndarray, *, max_points: int = MAX_DRAWN_POINTS
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """The points of a ROC curve (``fpr`` non-decreasing) to draw: all of them up to ``max_points``; else, for
-    ``max_points / 4`` FPRs spaced evenly on a log axis and as many on a linear one, the last point at or below
-    each (its highest TPR there) and the point after it, with both ends. Metrics always use every point."""
-    if fpr.size <= max_points:
-        return fpr, tpr
-    positive = fpr[fpr > 0]
-    lowest = float(positive.min()) if positive.size else 1.0
-    grid = np.concatenate([np.geomspace(lowest, 1.0, max_points // 4), np.linspace(0.0, 1.0, max_points // 4)])
-    last = np.searchsorted(fpr, grid, side="right") - 1
-    chosen = np.unique(np.concatenate([[0, fpr.size - 1], last, np.minimum(last + 1, fpr.size - 1)]))
+    """The points of a ROC curve to draw (:func:`~mia_torch.metrics.roc.curve_points`)."""
+    chosen = curve_points(fpr, max_points=max_points)
     return fpr[chosen], tpr[chosen]
 
 
@@ -95,7 +86,7 @@ def roc_figure(
         pos = fpr[fpr > 0]
         if pos.size:
             min_pos = min(min_pos, float(pos.min()))
-        low_tpr = tpr_at_fpr(fpr, tpr, 1e-3)
+        low_tpr = tpr_at_fpr(fpr, tpr, LEGEND_FPR)
         label = f"{name} (AUC={auc:.3f}, TPR@0.1%={100.0 * low_tpr:.1f}%)"
         prepared.append((*drawn_points(fpr, tpr), label))
     lower = max(MIN_LOG_FPR, min_pos) if min_pos < 1.0 else MIN_LOG_FPR

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mia_torch.metrics.roc import tpr_key
+from mia_torch.metrics.roc import curve_points, tpr_key
 from mia_torch.report.json_record import Record
 
 __all__ = ["RELIABLE_FALSE_POSITIVES", "Interval", "RocCurve", "RocMetrics", "ScoredSample", "TargetAttackMetrics",
@@ -30,6 +30,12 @@ class RocCurve:
     fpr: np.ndarray
     tpr: np.ndarray
     thresholds: np.ndarray
+
+    def thinned(self) -> RocCurve:
+        """The points figures draw (:func:`~mia_torch.metrics.roc.curve_points`): what is kept in memory for the
+        figures once the metrics have read every point."""
+        chosen = curve_points(self.fpr)
+        return RocCurve(self.fpr[chosen], self.tpr[chosen], self.thresholds[chosen])
 
 
 @dataclass
