@@ -18,7 +18,7 @@ from mia_torch.data.queries import check_views_fit
 from mia_torch.data.splits import carve_validation, make_splits
 from mia_torch.data.validate import check_training_sets
 from mia_torch.dp_audit.run import run_dp_audit
-from mia_torch.forget.run import plan_forget, print_forget_summary, run_forget
+from mia_torch.forget.run import forget_check, plan_forget, print_forget_summary
 from mia_torch.report.types import RunResults
 from mia_torch.settings.limits import check_run_size
 from mia_torch.settings.load import check_attacks, check_writable, load_settings
@@ -85,11 +85,10 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Context:
                    store=ArtifactStore(settings.store_dir), attacks=attacks)
 
 
-def attack_outputs(ctx: Context, source: SignalSource, *, keep_fitted: tuple[int, ...] = (),
-                   targets: list[int] | None = None) -> AttackOutputs:
+def attack_outputs(ctx: Context, source: SignalSource, *, targets: list[int] | None = None) -> AttackOutputs:
     """Reduce every model's logits to the attacks' features and run the attack stage on ``targets``."""
     table = feature_table(ctx.splits, source, ctx.attacks, device=ctx.settings.device)
-    return attack_stage(ctx, table, source, targets=targets, keep_fitted=keep_fitted)
+    return attack_stage(ctx, table, source, targets=targets)
 
 
 @dataclass(frozen=True)
@@ -143,11 +142,13 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> RunResults | TrainedSha
     model_metrics = train_stage(ctx, list(range(s.num_models)))
     source = signals_stage(ctx)
     record_signals(ctx, source)
+    forgotten = None
     if s.stage == "report":
         outputs = load_shards(ctx)
+    elif forget is None:
+        outputs = attack_outputs(ctx, source)
     else:
-        outputs = attack_outputs(ctx, source, keep_fitted=() if forget is None else (forget.target,))
-    forgotten = run_forget(ctx, forget, source, outputs) if forget is not None else None
+        outputs, forgotten = forget_check(ctx, forget, source)
     results = report_study(ctx, cfg, started, model_metrics=model_metrics,
                            target_metrics={t: {**model_metrics[t], "checkpoint": str(stored_path(ctx, t))}
                                            for t in s.target_ids},

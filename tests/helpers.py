@@ -9,6 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from mia_torch.attacks.base import Attack, ReferenceSignals, check_target
 from mia_torch.settings.schemas import register_configs
 from mia_torch.report.types import RunResults
 
@@ -73,3 +74,52 @@ def attack_stage_on(ctx, logits):
     signals = ReferenceSignals(torch.from_numpy(np.asarray(logits)).float(), torch.from_numpy(ctx.splits.keep),
                                ctx.data.y)
     return attack_stage(ctx, ReferenceFeatures.from_signals(signals, features), InMemory())
+
+
+def refuse_dense_logits(monkeypatch) -> None:
+    """Make building models' dense served logits (``SignalSource.dense``) fail: for runs that must read features."""
+    from mia_torch.signals.source import SignalSource
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("SignalSource.dense was called: the run built the dense logits of its models")
+
+    monkeypatch.setattr(SignalSource, "dense", refuse)
+
+
+def count_dense_logits(monkeypatch) -> list[list[int]]:
+    """Record the models of every ``SignalSource.dense`` call (the calls still go through)."""
+    from mia_torch.signals.source import SignalSource
+
+    calls: list[list[int]] = []
+    dense = SignalSource.dense
+
+    def counted(self, models=None, *args, **kwargs):
+        calls.append(self.models if models is None else list(models))
+        return dense(self, models, *args, **kwargs)
+
+    monkeypatch.setattr(SignalSource, "dense", counted)
+    return calls
+
+
+def _margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """True-class logit minus the largest other one, averaged over queries: float64 ``[..., N]``."""
+    index = labels[..., None, None].expand(*labels.shape, logits.shape[-2], 1)
+    runner_up = logits.scatter(-1, index, float("-inf")).amax(-1)
+    return (logits.gather(-1, index).squeeze(-1) - runner_up).double().mean(-1)
+
+
+class OutMargin(Attack):
+    """An attack written against the logits interface whose fit reads the references' logits: the target's margin
+    minus the OUT references' mean margin on each record."""
+
+    requires_references = True
+
+    def fit(self, ref: ReferenceSignals) -> "OutMargin":
+        ref = self._check_references(ref)
+        out = (~ref.keep).double()
+        self.mean_out = (_margin(ref.logits, ref.labels.expand(ref.num_models, -1)) * out).sum(0) / out.sum(0)
+        return self
+
+    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits, labels = check_target(logits, labels)
+        return _margin(logits, labels) - self.mean_out.to(logits.device)

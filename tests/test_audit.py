@@ -1,12 +1,18 @@
 """Audit mode end to end: a study's own target, audited from its checkpoint, gets the study's scores."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
-from helpers import TINY, run_experiment
+from helpers import TINY, OutMargin, count_dense_logits, make_config, refuse_dense_logits, run_experiment
+from mia_torch.attacks.base import ReferenceSignals
+from mia_torch.audit.evidence import record_evidence
 from mia_torch.evaluation import load_scores
+from mia_torch.pipeline import prepare
+from mia_torch.signals.manifest import load_run_signals
 from mia_torch.report.json_file import read_json
 from mia_torch.report.types import RunResults
 
@@ -122,3 +128,57 @@ def test_members_covering_every_candidate_say_why_there_is_no_report(study, caps
     reason = audit.audit.no_report
     assert "audit.members lists every one of the 3 candidate records" in reason and "no known non-member" in reason
     assert out.count(reason) == 2  # when planned, before any work, and with the answer
+
+
+def _references(run_dir, refs):
+    """The served outputs of the audited model and of its references ``refs`` (as the run recorded them), labels,
+    and the references' keep rows."""
+    served = torch.from_numpy(np.load(run_dir / "target_signals.npy"))
+    logits = torch.from_numpy(load_run_signals(run_dir, models=refs)).float()
+    keep = torch.from_numpy(np.load(run_dir / "keep.npy")[refs])
+    return served, ReferenceSignals(logits, keep, torch.from_numpy(np.load(run_dir / "labels.npy")))
+
+
+def _records(run_dir) -> dict[str, np.ndarray]:
+    import csv
+
+    rows = list(csv.DictReader((run_dir / "records.csv").open()))
+    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0] if key not in ("verdict@fpr=0.01",)}
+
+
+def test_an_audit_reads_its_references_features_not_their_logits(study, tmp_path, monkeypatch):
+    """With feature attacks only, no model's dense logits are built, and every score and p-value is the one
+    fitted on the references' logits."""
+    root, results = study
+    np.save(tmp_path / "members.npy", np.flatnonzero(np.load(root / "run" / "keep.npy")[0]))
+    overrides = [*TINY, "attack=[loss,lira_offline,lira_online,rmia,shokri,label_only]", "sanity_check=false",
+                 f"audit.checkpoint={results.targets[0].checkpoint}", f"audit.members={tmp_path / 'members.npy'}",
+                 "audit.online=true"]
+    refuse_dense_logits(monkeypatch)
+    audit = run_experiment(root, overrides, name="features")
+    monkeypatch.undo()
+    run_dir = root / "features"
+    served, reference = _references(run_dir, audit.audit.references)
+    labels = reference.labels
+    records, scores = _records(run_dir), load_scores(run_dir / "scores.npz")
+    for name, attack in prepare(make_config(root, overrides), tmp_path / "again").attacks.items():
+        if name != "blind":
+            expected = copy.deepcopy(attack).fit(reference).score(served, labels).double().numpy()
+            np.testing.assert_allclose(scores[name][0], expected, rtol=1e-12, atol=1e-12, err_msg=name)
+    evidence = record_evidence(served, labels, reference, online=True)
+    for key in ("phi", "p_gaussian", "p_rank", "log_lr"):
+        np.testing.assert_allclose(records[key], getattr(evidence, key), rtol=1e-12, atol=1e-12, err_msg=key)
+
+
+def test_an_attack_that_reads_logits_gets_its_references_logits_once(study, tmp_path, monkeypatch):
+    root, results = study
+    calls = count_dense_logits(monkeypatch)
+    audit = run_experiment(root, [*TINY, "attack=[lira_offline]", "+attack.mine._target_=helpers.OutMargin",
+                                  f"audit.checkpoint={results.targets[0].checkpoint}", "audit.candidates=[0,1,2]"],
+                           name="logits")
+    refs = audit.audit.references
+    assert calls == [refs]  # once, the references' only
+    monkeypatch.undo()
+    served, reference = _references(root / "logits", refs)
+    expected = OutMargin().fit(reference).score(served, reference.labels).numpy()
+    np.testing.assert_allclose(_records(root / "logits")["mine_score"], expected[:3], rtol=1e-12, atol=1e-12)

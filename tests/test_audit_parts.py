@@ -10,13 +10,16 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from helpers import OutMargin
+from mia_torch.attacks import QuantileAttack, ReferenceFeatures, ThresholdAttack
 from mia_torch.attacks.base import ReferenceSignals
 from mia_torch.audit.checkpoint import CheckpointError, ExportedModel, load_checkpoint_model
-from mia_torch.audit.evidence import record_evidence, verdicts
+from mia_torch.audit.evidence import EVIDENCE_FEATURES, record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
 from mia_torch.audit.preprocess import preprocess_dataset, unit_range
 from mia_torch.data.datasets import Dataset
 from mia_torch.models import MLP, SmallCNN
+from mia_torch.stages.attack_runs import fitted_copy
 
 
 def _cnn() -> SmallCNN:
@@ -202,3 +205,43 @@ def test_p_values_are_calibrated_for_non_members_and_small_for_shifted_members()
     assert np.corrcoef(ev.log_lr, member.numpy())[0, 1] > 0.5
     # The Gaussian p-value is the normal tail of the standardized distance.
     np.testing.assert_allclose(ev.p_gaussian, norm.sf(ev.z))
+
+
+def test_evidence_from_the_references_among_a_larger_table_counts_their_ranks():
+    """The forget check's route: φ of four references among the six models of a feature table, each reference's
+    φ large enough that the ranks are counted one reference at a time."""
+    gen = torch.Generator().manual_seed(1)
+    b, n, q = 6, 20_000, 60
+    keep = torch.rand(b, n, generator=gen) < 0.5
+    phi = torch.randn(b, n, q, generator=gen, dtype=torch.float64) + keep[..., None]
+    labels = torch.zeros(n, dtype=torch.long)
+    table = ReferenceFeatures.from_signals(ReferenceSignals(_logits_for_phi(phi), keep, labels), EVIDENCE_FEATURES)
+    refs = torch.tensor([0, 2, 3, 5])
+    phi_target = torch.randn(n, q, generator=gen, dtype=torch.float64)
+    ev = record_evidence(_logits_for_phi(phi_target), labels, table.subset(refs), online=False)
+    out = ~keep[refs]
+    at_least = ((phi[refs].mean(-1) >= phi_target.mean(-1)) & out).sum(0)
+    np.testing.assert_array_equal(ev.p_rank, ((1 + at_least) / (1 + out.sum(0))).numpy())
+    np.testing.assert_array_equal(ev.num_out, out.sum(0).numpy())
+    np.testing.assert_allclose(ev.phi, phi_target.mean(-1).numpy(), rtol=1e-12)
+
+
+def test_only_an_attack_whose_fit_reads_logits_gets_the_references_logits():
+    gen = torch.Generator().manual_seed(2)
+    keep = torch.rand(3, 50, generator=gen) < 0.5
+    labels = torch.randint(0, 4, (50,), generator=gen)
+    reference = ReferenceSignals(torch.randn(3, 50, 2, 4, generator=gen), keep, labels)
+    calls = []
+
+    def logits() -> ReferenceSignals:
+        calls.append(len(calls))
+        return reference
+
+    loss = ThresholdAttack("loss")
+    features = ReferenceFeatures.from_signals(reference, loss.required_features())
+    fitted = fitted_copy(loss, features, logits)
+    assert fitted.threshold == loss.fit(reference).threshold and calls == []  # a feature attack: its features
+    assert fitted_copy(QuantileAttack(), None, logits) is not None and calls == []  # no fit of its own: nothing
+    margin = fitted_copy(OutMargin(), None, logits)
+    assert calls == [0]  # read once, for the attack that fits on logits
+    torch.testing.assert_close(margin.mean_out, OutMargin().fit(reference).mean_out, equal_nan=True)

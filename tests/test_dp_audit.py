@@ -1,6 +1,7 @@
 """The one-run DP audit end to end: canaries in the keep matrix, typed results, gradient canaries, refusals."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 from types import SimpleNamespace
@@ -9,12 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY, make_config, run_experiment
+from helpers import TINY, make_config, refuse_dense_logits, run_experiment
+from mia_torch.attacks.base import ReferenceSignals
+from mia_torch.dp_audit.run import plan_dp_audit
 from mia_torch.dp_audit.study import audit_points, write_dp_audit_study
+from mia_torch.evaluation import load_scores
 from mia_torch.pipeline import prepare
 from mia_torch.report.sweep import collect_jobs
 from mia_torch.report.types import RunResults
 from mia_torch.settings.load import load_settings
+from mia_torch.stages.signals import signals_stage
 from mia_torch.training.canary_gradients import canary_step_hook
 
 #: experiment=dp_audit on the tiny synthetic data: 60 mislabeled canaries, no DP, only the target trained.
@@ -83,6 +88,26 @@ def _study_reads_the_audits_back(tmp_path, out):
     _, _, written = write_dp_audit_study(tmp_path / "sweep")
     assert [p.name for p in written] == ["dp_audit_study.csv", "dp_audit_study.md", "dp_audit_study.png"]
     assert "| no DP | mislabeled | 2 |" in written[1].read_text()
+
+
+def test_an_audit_with_references_reads_their_features_not_their_logits(tmp_path, monkeypatch):
+    """Feature attacks fitted on reference models: no model's dense logits are built, and the scores are the ones
+    fitted on the references' logits."""
+    overrides = [*AUDIT, "dp_audit.score=lira_offline", "attack=[loss,lira_offline,rmia]"]
+    refuse_dense_logits(monkeypatch)
+    out = run_experiment(tmp_path, overrides)
+    monkeypatch.undo()
+    plan = plan_dp_audit(prepare(make_config(tmp_path, overrides), tmp_path / "again"))
+    refs = list(plan.references)
+    assert refs and out.trained_models == [0, *refs]
+    ctx = plan.ctx
+    logits = torch.from_numpy(signals_stage(ctx, refs).dense()).float()
+    reference = ReferenceSignals(logits, torch.from_numpy(ctx.splits.keep[refs]), ctx.data.y)
+    served = signals_stage(ctx, [0]).served(0)
+    scores = load_scores(tmp_path / "run" / "scores.npz")
+    for name, attack in ctx.attacks.items():
+        expected = copy.deepcopy(attack).fit(reference).score(served, ctx.data.y).double().numpy()
+        np.testing.assert_allclose(scores[name][0], expected, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 def test_gradient_canaries_add_their_gradient_when_drawn_and_nowhere_else():

@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY, run_experiment
+from helpers import TINY, make_config, refuse_dense_logits, run_experiment
+from mia_torch.attacks.base import ReferenceSignals
+from mia_torch.audit.evidence import record_evidence
+from mia_torch.pipeline import prepare
 from mia_torch.report.json_file import read_json
 from mia_torch.report.types import RunResults
+from mia_torch.signals.manifest import load_run_signals
 
 # A target that memorises: 30% random labels can only be learned by heart.
 LEAKY = [*TINY, "dataset.num_examples=800", "train.epochs=30", "dataset.label_noise=0.3",
@@ -18,8 +22,11 @@ LEAKY = [*TINY, "dataset.num_examples=800", "train.epochs=30", "dataset.label_no
 
 @pytest.fixture(scope="module")
 def retrained(tmp_path_factory):
+    """A forget check by retraining, which reads the models' features only (building dense logits fails)."""
     root = tmp_path_factory.mktemp("forget")
-    return root, run_experiment(root, [*LEAKY, "forget.method=retrain", "forget.count=100"])
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        refuse_dense_logits(monkeypatch)
+        return root, run_experiment(root, [*LEAKY, "forget.method=retrain", "forget.count=100"])
 
 
 def test_retraining_without_the_records_makes_them_look_never_seen(retrained):
@@ -42,6 +49,21 @@ def test_retraining_without_the_records_makes_them_look_never_seen(retrained):
     before = np.array([float(r["p_gaussian_before"]) for r in rows])
     after = np.array([float(r["p_gaussian_after"]) for r in rows])
     assert np.median(before) < np.median(after)
+
+
+def test_the_evidence_before_removal_is_the_one_from_the_references_logits(retrained, tmp_path):
+    root, results = retrained
+    refs = list(prepare(make_config(root, LEAKY), tmp_path / "again").splits.reference_ids[0])
+    run_dir = root / "run"
+    logits = torch.from_numpy(load_run_signals(run_dir, models=[0, *refs])).float()
+    labels = torch.from_numpy(np.load(run_dir / "labels.npy"))
+    keep = torch.from_numpy(np.load(run_dir / "keep.npy")[refs])
+    ids = results.forget.forgotten_ids
+    expected = record_evidence(logits[0], labels, ReferenceSignals(logits[1:], keep, labels), online=False).subset(ids)
+    rows = list(csv.DictReader((run_dir / "forget.csv").open()))
+    for key in ("p_gaussian", "p_rank"):
+        np.testing.assert_allclose([float(r[f"{key}_before"]) for r in rows], getattr(expected, key), rtol=1e-12,
+                                   atol=1e-12, err_msg=key)
 
 
 def test_the_retrained_model_is_a_stored_artifact(retrained, tmp_path):

@@ -28,10 +28,15 @@ import torch
 from scipy.stats import norm
 
 from mia_torch.attacks.base import ReferenceSignals
+from mia_torch.attacks.feature_attack import ReferenceFeatures
 from mia_torch.attacks.lira import _NO_OUT_WARNING, LiRA
+from mia_torch.signals.features import Feature, phi_feature
 from mia_torch.signals.stats import logit_scaled_confidence
 
-__all__ = ["CAVEAT", "RecordEvidence", "record_evidence", "verdicts"]
+__all__ = ["CAVEAT", "EVIDENCE_FEATURES", "RecordEvidence", "record_evidence", "verdicts"]
+
+#: What the evidence reads of every reference model: φ per query (LiRA's statistic).
+EVIDENCE_FEATURES: tuple[Feature, ...] = (phi_feature(),)
 
 CAVEAT = ('"no evidence" is not proof of absence: a record the model was trained on can leave no measurable trace, '
           "and an attack with more or better reference models may still find one.")
@@ -63,22 +68,30 @@ class RecordEvidence:
 
 
 def record_evidence(
-    target_logits: torch.Tensor, labels: torch.Tensor, ref: ReferenceSignals, *, online: bool, variance: str = "global"
+    target_logits: torch.Tensor, labels: torch.Tensor, ref: ReferenceFeatures | ReferenceSignals, *, online: bool,
+    variance: str = "global"
 ) -> RecordEvidence:
-    """Evidence for every record from the target's logits ``[N, Q, C]`` and the references.
+    """Evidence for every record from the target's logits ``[N, Q, C]`` and the references' features.
 
-    ``online`` adds LiRA's IN-vs-OUT likelihood ratio (it needs references trained on the
-    records); ``variance`` is LiRA's (``global`` or ``per_example``).
+    ``ref`` holds φ per query of the R references (:data:`EVIDENCE_FEATURES`, ``[R, N, Q]``;
+    reference signals are reduced to it first). ``online`` adds LiRA's IN-vs-OUT likelihood
+    ratio (it needs references trained on the records); ``variance`` is LiRA's
+    (``global`` or ``per_example``).
     """
+    if isinstance(ref, ReferenceSignals):
+        ref = ReferenceFeatures.from_signals(ref, EVIDENCE_FEATURES)
     # The fitted Gaussians do not depend on ``online``: one fit gives the OUT z-scores and the score.
-    lira = LiRA(online=online, variance=variance, calibrate_threshold=False).fit(ref)
-    if online and bool(ref.keep.all()):
+    lira = LiRA(online=online, variance=variance, calibrate_threshold=False).fit_features(ref)
+    keep = ref.keep_of()
+    if online and bool(keep.all()):
         warnings.warn(_NO_OUT_WARNING)  # the offline test behind z has no OUT reference either
     z = lira.out_zscores(target_logits, labels).mean(-1)
     phi_target = logit_scaled_confidence(target_logits.double(), labels[:, None]).mean(-1)
-    phi_refs = ref.statistic(logit_scaled_confidence).double().mean(-1)  # [R, N]
-    out = ~ref.keep
-    at_least = ((phi_refs >= phi_target) & out).sum(0)
+    out = ~keep
+    at_least = torch.zeros_like(phi_target, dtype=torch.long)
+    for models in ref.chunks(ref.features["phi"][0].numel()):  # a few references at a time
+        phi_refs = ref.take("phi", models).mean(-1)  # [r, N]
+        at_least += ((phi_refs >= phi_target) & out[models]).sum(0)
     num_out = out.sum(0)
     log_lr = lira.score(target_logits, labels).double().cpu().numpy() if online else None
     z_np = z.cpu().numpy()

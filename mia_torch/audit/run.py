@@ -28,7 +28,7 @@ from mia_torch.atomic import atomic_write_bytes
 from mia_torch.attacks.blind import BlindBaseline
 from mia_torch.attacks.quantile import QuantileAttack
 from mia_torch.audit.checkpoint import CheckpointError, load_checkpoint_model
-from mia_torch.audit.evidence import RecordEvidence, record_evidence, verdicts
+from mia_torch.audit.evidence import EVIDENCE_FEATURES, RecordEvidence, record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
 from mia_torch.audit.outputs import PROXY_P_VALUES, AuditedOutputs, outputs_metrics, read_outputs, warn_if_unordered
 from mia_torch.audit.public import PublicRecords, fit_public_attacks, plan_public, residual_evidence
@@ -41,7 +41,9 @@ from mia_torch.report.json_file import write_json
 from mia_torch.report.table import PROXY_CAVEAT
 from mia_torch.report.types import RunResults, TargetResult
 from mia_torch.signals.output import serve
-from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
+from mia_torch.signals.source import SignalSource
+from mia_torch.stages.attack_runs import feature_table
+from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks
 from mia_torch.stages.context import Context, build, model_seed
 from mia_torch.stages.record_attacks import blind_baseline, model_attacks
 from mia_torch.stages.report import identity_query, report_study, run_results
@@ -231,32 +233,43 @@ def _audited_line(plan: AuditPlan, metrics: dict[str, Any]) -> str:
             f"{metrics['population_acc']:.3f}\n{PROXY_CAVEAT}")
 
 
+def _scores_and_evidence(ctx: Context, plan: AuditPlan, served: torch.Tensor,
+                         source: SignalSource | None) -> tuple[AttackOutputs, RecordEvidence]:
+    """Every attack fitted on the references (the models of ``source``; None: none) and scored on the audited
+    model's served output ``[N, Q, C]``; the candidates' evidence. The references are read as the features the
+    attacks and the evidence need (their logits only for an attack that reads logits)."""
+    s, t = ctx.settings, plan.target
+    attacks = {n: a for n, a in model_attacks(ctx.attacks).items() if n not in plan.skipped}
+    table = None if source is None else feature_table(ctx.splits, source, attacks, device=s.device,
+                                                      extra=EVIDENCE_FEATURES)
+    attacks = fit_attacks(ctx, attacks, source, table)
+    public = fit_public_attacks(ctx, attacks, t, served, plan.public)
+    outputs = AttackOutputs.empty(attacks, sanity=s.sanity_check)
+    attack_target(ctx, attacks, served, t, outputs, public=public)
+    if table is not None:
+        evidence = record_evidence(served, ctx.data.y.to(s.device), table, online=s.audit.online)
+    else:  # the quantile attack's own p-values
+        quantile = next(a for a in attacks.values() if isinstance(a, QuantileAttack))
+        evidence = residual_evidence(ctx, quantile, served, plan.public.calibration)
+    return outputs, evidence.subset(plan.candidates)
+
+
 def run_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
     """Train (or reuse) the references, score the user's model and answer per record."""
     plan, ctx = plan_audit(ctx)
     s, t = ctx.settings, plan.target
     refs = list(plan.references)
     atomic_write_bytes(ctx.run_dir / "keep.npy", array_to_bytes(ctx.splits.keep))
-    labels = ctx.data.y.to(s.device)
     served = _served(ctx, plan)
-    ref_metrics, reference = [], None
+    ref_metrics, source = [], None
     if refs:
         ref_metrics = train_stage(ctx, refs)
         source = signals_stage(ctx, refs)
-        reference = reference_signals(ctx, torch.from_numpy(source.dense()).to(s.device).float(), refs)
         record_signals(ctx, source)  # the references' signals, by reference; the audited model's own below
     else:
         log.info("no reference model trained: num_models=%d, the attacks learn from audit.public", s.num_models)
     atomic_write_bytes(ctx.run_dir / "target_signals.npy", array_to_bytes(served.cpu().numpy()))
-    attacks = fit_attacks({n: a for n, a in model_attacks(ctx.attacks).items() if n not in plan.skipped}, reference)
-    public = fit_public_attacks(ctx, attacks, t, served, plan.public)
-    outputs = AttackOutputs.empty(attacks, sanity=s.sanity_check)
-    attack_target(ctx, attacks, served, t, outputs, public=public)
-    if reference is not None:
-        evidence = record_evidence(served, labels, reference, online=s.audit.online).subset(plan.candidates)
-    else:  # the quantile attack's own p-values
-        quantile = next(a for a in attacks.values() if isinstance(a, QuantileAttack))
-        evidence = residual_evidence(ctx, quantile, served, plan.public.calibration).subset(plan.candidates)
+    outputs, evidence = _scores_and_evidence(ctx, plan, served, source)
     classes = ctx.data.y.cpu().numpy()[plan.candidates]
     candidate_scores = {n: v[t][plan.candidates] for n, v in outputs.scores.items()}
     known = None if plan.members is None else np.isin(plan.candidates, plan.members)

@@ -24,7 +24,8 @@ from mia_torch.dp_audit.gradient import train_with_gradient_canaries
 from mia_torch.dp_audit.guesses import audit_scores, precision_curve
 from mia_torch.dp_audit.result import DpAuditResult
 from mia_torch.report.types import RunResults
-from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks, reference_signals
+from mia_torch.stages.attack_runs import feature_table
+from mia_torch.stages.attacks import AttackOutputs, attack_target, fit_attacks
 from mia_torch.stages.context import Context, build, is_defended, model_seed, stored_path
 from mia_torch.stages.record_attacks import model_attacks
 from mia_torch.stages.report import identity_query, report_study
@@ -96,13 +97,14 @@ def audit_result(ctx: Context, canaries: Canaries, scores: np.ndarray, *, target
 
 
 def _score_target(ctx: Context, target: int, served: torch.Tensor, references: list[int]) -> AttackOutputs:
-    """Every attack fitted on ``references`` (possibly none) and scored on the target's served output."""
+    """Every attack fitted on ``references`` (possibly none; read as the features the attacks need) and scored on
+    the target's served output."""
     s = ctx.settings
-    logits = torch.from_numpy(signals_stage(ctx, references).dense()).to(s.device).float() if references else \
-        torch.zeros((0, *served.shape), device=s.device)
     attacks = model_attacks(ctx.attacks)
+    source = signals_stage(ctx, references) if references else None
+    table = None if source is None else feature_table(ctx.splits, source, attacks, device=s.device)
     out = AttackOutputs.empty(attacks, sanity=s.sanity_check)
-    attack_target(ctx, fit_attacks(attacks, reference_signals(ctx, logits, references)), served, target, out)
+    attack_target(ctx, fit_attacks(ctx, attacks, source, table), served, target, out)
     return out
 
 

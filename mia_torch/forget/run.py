@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mia_torch.attacks.feature_attack import ReferenceFeatures
 from mia_torch.audit.checkpoint import load_checkpoint_model
-from mia_torch.audit.evidence import record_evidence, verdicts
+from mia_torch.audit.evidence import EVIDENCE_FEATURES, record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
 from mia_torch.data.validate import MIN_TRAIN_EXAMPLES
 from mia_torch.fingerprint import code_digest
@@ -26,7 +27,8 @@ from mia_torch.forget.verdict import INDISTINGUISHABLE, separations, write_forge
 from mia_torch.locks import build_missing
 from mia_torch.report.check_results import ForgetAttack, ForgetResult, ForgetUtility, ModelUtility
 from mia_torch.signals.source import SignalSource
-from mia_torch.stages.attacks import AttackOutputs, reference_signals, score_attacks
+from mia_torch.stages.attack_runs import feature_table
+from mia_torch.stages.attacks import AttackOutputs, attack_stage, score_attacks
 from mia_torch.stages.context import Context, build, digest_row, is_defended, key_of, model_seed
 from mia_torch.stages.signals import query
 from mia_torch.stages.train import model_with_weights, stored_model, train_stage
@@ -34,7 +36,7 @@ from mia_torch.store import digest, state_dict_from_bytes, state_dict_to_bytes
 from mia_torch.training.trainer import evaluate
 from mia_torch.training.unlearning import finetune, gradient_ascent
 
-__all__ = ["ForgetPlan", "plan_forget", "print_forget_summary", "run_forget"]
+__all__ = ["ForgetPlan", "forget_check", "plan_forget", "print_forget_summary", "run_forget"]
 
 
 @dataclass(frozen=True)
@@ -130,12 +132,22 @@ def _utility(ctx: Context, plan: ForgetPlan, model: nn.Module) -> ModelUtility:
                         forgotten_acc=_accuracy(model, ctx, plan.forgotten))
 
 
-def run_forget(ctx: Context, plan: ForgetPlan, source: SignalSource, outputs: AttackOutputs) -> ForgetResult:
+def forget_check(ctx: Context, plan: ForgetPlan, source: SignalSource) -> tuple[AttackOutputs, ForgetResult]:
+    """The study's attack stage (the target's fitted attacks kept) and the forget check, both on one table of
+    every model's features (:func:`~mia_torch.stages.attack_runs.feature_table`, with what the evidence reads)."""
+    table = feature_table(ctx.splits, source, ctx.attacks, device=ctx.settings.device, extra=EVIDENCE_FEATURES)
+    outputs = attack_stage(ctx, table, source, keep_fitted=(plan.target,))
+    return outputs, run_forget(ctx, plan, source, outputs, table)
+
+
+def run_forget(ctx: Context, plan: ForgetPlan, source: SignalSource, outputs: AttackOutputs,
+               table: ReferenceFeatures) -> ForgetResult:
     """Remove the records, score before and after, compare with never-seen records; the run's ``forget`` section.
 
     ``source`` reads the served outputs of the study's models (the target before removal
-    among them); ``outputs`` are the attack stage's, with the target's fitted attacks kept
-    (its scores are the "before" ones). Writes ``forget.csv``.
+    among them) and ``table`` holds their features, φ per query among them
+    (:data:`~mia_torch.audit.evidence.EVIDENCE_FEATURES`); ``outputs`` are the attack stage's,
+    with the target's fitted attacks kept (its scores are the "before" ones). Writes ``forget.csv``.
     """
     s, t = ctx.settings, plan.target
     f = s.forget
@@ -146,8 +158,7 @@ def run_forget(ctx: Context, plan: ForgetPlan, source: SignalSource, outputs: At
         after, after_meta = plan.after_model.to(s.device).eval(), {"checkpoint": str(f.checkpoint)}
     else:
         after, after_meta = _unlearned(ctx, plan, before)
-    refs = list(ctx.splits.reference_ids[t])
-    reference = reference_signals(ctx, torch.from_numpy(source.dense(refs)).to(s.device).float(), refs)
+    reference = table.subset(torch.tensor(ctx.splits.reference_ids[t], dtype=torch.long, device=table.keep.device))
     labels = ctx.data.y.to(s.device)
     attacks = outputs.fitted[t]
     served = {"before": source.served(t).to(s.device), "after": query(ctx, after)}

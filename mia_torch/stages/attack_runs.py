@@ -8,7 +8,8 @@
   is refitted on each target's references.
 * Any other :class:`~mia_torch.attacks.base.Attack` (your own, written against
   ``fit(ReferenceSignals)`` and ``score(logits, labels)``) gets the served logits
-  ``[M, N, Q, C]``, built once, only then.
+  ``[M, N, Q, C]``, built once, only then; its fit reads the references' logits only when it
+  has a ``fit`` of its own (:func:`fitted_copy`).
 
 A target and its twin have the same references, so their fit is made once. Knobs (decision
 thresholds, RMIA's ``a`` and temperature) are chosen per target on its own references
@@ -20,7 +21,7 @@ logits interface choose their own knobs on each target's references.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,11 @@ import torch
 from mia_torch.attacks.base import Attack, ReferenceSignals
 from mia_torch.attacks.feature_attack import FeatureAttack, Knobs, ReferenceFeatures
 from mia_torch.data.splits import Splits
-from mia_torch.signals.features import unique
+from mia_torch.signals.features import Feature, unique
 from mia_torch.signals.source import SignalSource
 
-__all__ = ["AttackRun", "ReferencePlan", "attack_runs", "feature_table", "half_of"]
+__all__ = ["AttackRun", "ReferencePlan", "attack_runs", "feature_table", "fitted_copy", "half_of",
+           "reads_reference_logits"]
 
 #: At most this many models are taken out of a pool's sums for one fit (a target and its twin);
 #: a fit that leaves out more is made from scratch.
@@ -74,16 +76,35 @@ class ReferencePlan:
         return tuple(m for m in range(len(self.splits.keep)) if half_of(m) != half)
 
 
-def feature_table(splits: Splits, source: SignalSource, attacks: dict[str, Attack], *,
-                  device: torch.device) -> ReferenceFeatures | None:
-    """Every model's features that the feature attacks read (each model's logits read once); None if none does."""
-    features = unique(f for a in attacks.values() if isinstance(a, FeatureAttack) for f in a.required_features())
+def feature_table(splits: Splits, source: SignalSource, attacks: dict[str, Attack], *, device: torch.device,
+                  extra: Iterable[Feature] = ()) -> ReferenceFeatures | None:
+    """The features that the feature attacks read (and ``extra``) of every model of ``source``, in its order
+    (each model's logits read once); None if there is none to read."""
+    wanted = [f for a in attacks.values() if isinstance(a, FeatureAttack) for f in a.required_features()]
+    features = unique([*wanted, *extra])
     if not features:
         return None
     values = source.reduce(features.values(), device=device)
-    return ReferenceFeatures(values, torch.from_numpy(splits.keep).to(device),
+    return ReferenceFeatures(values, torch.from_numpy(splits.keep[source.models]).to(device),
                              torch.from_numpy(source.labels).long().to(device),
                              num_classes=int(source.raw(source.models[0]).shape[-1]))
+
+
+def reads_reference_logits(attack: Attack) -> bool:
+    """Whether fitting ``attack`` reads the references' served logits: it is no feature attack and has a ``fit`` of
+    its own (the base ``Attack.fit`` reads nothing, e.g. the quantile attack's)."""
+    return not isinstance(attack, FeatureAttack) and type(attack).fit is not Attack.fit
+
+
+def fitted_copy(attack: Attack, features: ReferenceFeatures | None,
+                logits: Callable[[], ReferenceSignals | None], *, knobs: Knobs | None = None) -> Attack:
+    """A copy of ``attack`` fitted on one set of reference models: a feature attack on their ``features`` (with
+    ``knobs`` when given), an attack that reads logits on their served logits ``logits()`` (built only then), any
+    other as it is."""
+    attack = copy.deepcopy(attack)
+    if isinstance(attack, FeatureAttack):
+        return attack.fit_features(features, knobs=knobs)
+    return attack.fit(logits()) if reads_reference_logits(attack) else attack
 
 
 class AttackRun:
@@ -121,15 +142,13 @@ class AttackRun:
         key = (refs, None if knobs is None else tuple(sorted(knobs.items())))
         if self._last is not None and self._last[0] == key:
             return self._last[1]
-        if not self.is_feature:
-            fitted = copy.deepcopy(self.attack).fit(self.dense.references(refs))
+        removed = self.plan.removed(target)
+        pool = self._pool_or_none() if self.is_feature and len(removed) <= MAX_REMOVED else None
+        if pool is not None:
+            fitted = pool.fit(removed, knobs=knobs)
         else:
-            removed = self.plan.removed(target)
-            pool = self._pool_or_none() if len(removed) <= MAX_REMOVED else None
-            if pool is not None:
-                fitted = pool.fit(removed, knobs=knobs)
-            else:
-                fitted = copy.deepcopy(self.attack).fit_features(self._subset(refs), knobs=knobs)
+            features = self._subset(refs) if self.is_feature else None
+            fitted = fitted_copy(self.attack, features, lambda: self.dense.references(refs), knobs=knobs)
         self._last = (key, fitted)
         return fitted
 

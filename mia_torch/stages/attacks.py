@@ -8,7 +8,7 @@ the target and its twin out (:mod:`mia_torch.stages.attack_runs`).
 
 from __future__ import annotations
 
-import copy
+import functools
 import io
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -23,7 +23,7 @@ from mia_torch.attacks.feature_attack import FeatureAttack, ReferenceFeatures
 from mia_torch.attacks.quantile import QuantileAttack
 from mia_torch.signals.features import compute_features
 from mia_torch.signals.source import SignalSource
-from mia_torch.stages.attack_runs import DenseLogits, ReferencePlan, attack_runs
+from mia_torch.stages.attack_runs import DenseLogits, ReferencePlan, attack_runs, fitted_copy
 from mia_torch.stages.context import Context
 from mia_torch.stages.record_attacks import fit_records, model_attacks, unscored
 from mia_torch.stages.signals import untrained_logits
@@ -89,9 +89,15 @@ class AttackOutputs:
         return out
 
 
-def fit_attacks(attacks: dict[str, Attack], reference: ReferenceSignals) -> dict[str, Attack]:
-    """A copy of every attack, fitted on ``reference`` (never on a target)."""
-    return {name: copy.deepcopy(attack).fit(reference) for name, attack in attacks.items()}
+def fit_attacks(ctx: Context, attacks: dict[str, Attack], source: SignalSource | None,
+                table: ReferenceFeatures | None) -> dict[str, Attack]:
+    """A copy of every attack fitted on the reference models of ``source`` (every model it holds; None: no
+    reference model), never on a target: the feature attacks on their features ``table``
+    (:func:`~mia_torch.stages.attack_runs.feature_table` of ``source``), the attacks that read logits on their
+    served logits ``[R, N, Q, C]``, built once and only for them."""
+    dense = functools.cache(lambda: None if source is None else reference_signals(
+        ctx, torch.from_numpy(source.dense()).to(ctx.settings.device).float(), source.models))
+    return {name: fitted_copy(attack, table, dense) for name, attack in attacks.items()}
 
 
 def score_attacks(attacks: dict[str, Attack], logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
