@@ -1,4 +1,4 @@
-"""Audit building blocks: checkpoint loading (and refusal), preprocessing, record ids, p-values."""
+"""Audit building blocks: checkpoint loading (and refusal), preprocessing, record ids, p-values, the answer's counts."""
 from __future__ import annotations
 
 import json
@@ -17,8 +17,10 @@ from mia_torch.audit.checkpoint import CheckpointError, ExportedModel, load_chec
 from mia_torch.audit.evidence import EVIDENCE_FEATURES, record_evidence, verdicts
 from mia_torch.audit.ids import read_ids
 from mia_torch.audit.preprocess import preprocess_dataset, unit_range
+from mia_torch.audit.summary import false_flag_lines
 from mia_torch.data.datasets import Dataset
 from mia_torch.models import MLP, SmallCNN
+from mia_torch.report.check_results import AuditResult
 from mia_torch.stages.attack_runs import fitted_copy
 
 
@@ -245,3 +247,20 @@ def test_only_an_attack_whose_fit_reads_logits_gets_the_references_logits():
     margin = fitted_copy(OutMargin(), None, logits)
     assert calls == [0]  # read once, for the attack that fits on logits
     torch.testing.assert_close(margin.mean_out, OutMargin().fit(reference).mean_out, equal_nan=True)
+
+
+def _answer(candidates: int, flagged: int, expected: dict[str, float]) -> AuditResult:
+    return AuditResult(preprocess="dataset", references=[1, 2], online=False, skipped_attacks={}, fpr=0.01,
+                       candidates=candidates, flagged=flagged, records_csv="records.csv", expected_false_flags=expected)
+
+
+def test_the_audit_answer_derives_the_share_of_members_among_its_flags_once_for_every_writer():
+    audit = _answer(1000, 12, {"0.5": 5.0, "0.1": 9.0, "0.01": 15.0})
+    assert audit.flagged_members == {"0.5": 1 - 5 / 12, "0.1": 0.25, "0.01": 0.0}  # more expected than flagged: 0
+    assert audit.expected_by_chance == pytest.approx(10.0)  # no member: 1% of the 1000 candidates
+    saved = audit.to_dict()
+    assert saved["flagged_members"] == audit.flagged_members and saved["expected_by_chance"] == audit.expected_by_chance
+    assert AuditResult.from_dict(json.loads(json.dumps(saved))) == audit
+    assert _answer(1000, 0, {"0.5": 5.0}).flagged_members == {}  # nothing flagged: no share
+    audit.flagged_members = {"0.5": 0.61, "0.1": 0.32, "0.01": 0.03}  # the summary prints the field, computes nothing
+    assert "of the 12 flagged, about 61%, 32%, 3% are members" in "\n".join(false_flag_lines(audit))

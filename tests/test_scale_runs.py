@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -73,6 +74,25 @@ def test_a_corrupt_array_is_moved_aside_before_it_is_mapped(tmp_path):
 
     assert store.open_array("signals", "wrong", check=five_rows) is None
     assert store.open_array("signals", "absent") is None and len(store.corrupt) == 2
+
+
+def test_each_signal_artifact_is_checksummed_once_per_process(tmp_path, monkeypatch):
+    """Logits a run collects are verified once, as they are stored, not again on their first read; a later run
+    (a new source) verifies each stored artifact once, on its first read."""
+    passes: Counter[str] = Counter()
+    verified = ArtifactStore._verified
+
+    def counted(self, kind, key, **kwargs):
+        if kind == "signals" and self.contains(kind, key):  # a checksum pass over a stored payload
+            passes[key] += 1
+        return verified(self, kind, key, **kwargs)
+
+    monkeypatch.setattr(ArtifactStore, "_verified", counted)
+    overrides = [*TINY, "attack=[loss]", "bootstrap=0", "sanity_check=false"]
+    for name in ("collects", "reuses"):
+        passes.clear()
+        run_experiment(tmp_path, overrides, name=name)
+        assert sorted(passes.values()) == [1, 1, 1, 1], (name, passes)  # num_models = 4 artifacts
 
 
 def _mia_run(args: list[str], cwd) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 
 Saturated (confident-model) logits and the attacks' resolution there: tests/test_numerics.py.
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from mia_torch.signals import stats
+from mia_torch.signals.features import compute_features, statistic_feature
 from mia_torch.signals.stats import (
     STATISTICS,
     Statistic,
@@ -201,6 +203,27 @@ def test_registry_holds_function_sign_and_query_mean():
     # confidence: the log-odds of the query-mean probability (same order as the mean confidence)
     p = confidence(z, y[:, None]).mean(-1)
     assert torch.allclose(STATISTICS["confidence"].score(z, y[:, None]), torch.log(p / (1 - p)), rtol=1e-10)
+
+
+def test_a_statistic_of_phi_follows_from_phi_bit_for_bit_and_its_feature_never_reads_the_logits(monkeypatch):
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(50, 3, 10, generator=g, dtype=torch.float64) * 30  # confident and unconfident rows
+    y = torch.randint(0, 10, (50,), generator=g)
+    phi = logit_scaled_confidence(z, y[:, None])
+    of_phi = {name: s for name, s in STATISTICS.items() if s.from_phi is not None}
+    assert set(of_phi) == {"loss", "confidence", "phi"}
+    for name, stat in of_phi.items():
+        assert torch.equal(stat.from_phi(phi), stat.function(z, y[:, None])), name
+        direct = stat.score(z, y[:, None])
+        assert torch.equal(stat.score_from_phi(phi), direct), name
+
+        def logits_read(*_):
+            raise AssertionError(f"the {name} feature computed the statistic from the logits")
+
+        monkeypatch.setitem(STATISTICS, name, dataclasses.replace(stat, function=logits_read))
+        assert torch.equal(compute_features(z, y, [statistic_feature(name)])[f"score:{name}"], direct), name
+    with pytest.raises(ValueError, match="entropy"):
+        STATISTICS["entropy"].score_from_phi(phi)
 
 
 def test_log_softmax_forms_keep_tiny_values():

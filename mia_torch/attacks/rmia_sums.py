@@ -8,20 +8,20 @@ average is the sums over every model with a few models taken out.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch.nn.functional import logsigmoid
 
 from mia_torch.attacks.feature_attack import ReferenceFeatures
-from mia_torch.attacks.log_sums import LogSums
+from mia_torch.attacks.log_sums import LogSumsBuilder, model_chunks
 
 __all__ = ["ReferenceProbabilities"]
 
 
 def _masked_logsumexp(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``logsumexp`` of ``values [B]`` over ``mask [S, B]`` per row: ``[S]`` (-inf for an empty row)."""
-    return torch.logsumexp(torch.where(mask, values[None], -math.inf), dim=1)
+    """``logsumexp`` of ``values`` (``[B]`` or ``[S, B]``) over ``mask [S, B]`` per row: ``[S]`` (-inf for an empty
+    row)."""
+    return torch.logsumexp(torch.where(mask, values, -math.inf), dim=1)
 
 
 class ReferenceProbabilities:
@@ -36,24 +36,25 @@ class ReferenceProbabilities:
 
     def __init__(self, ref: ReferenceFeatures, name: str, online: bool) -> None:
         self.ref, self.name, self.online = ref, name, online
-        b = ref.num_models
-
-        def terms(sign: float) -> Callable[[slice], tuple[torch.Tensor, torch.Tensor]]:
-            def rows(models: slice) -> tuple[torch.Tensor, torch.Tensor]:
-                keep = ref.keep_of(models)
-                return logsigmoid(sign * self.logit(models)), torch.ones_like(keep) if online else ~keep
-            return rows
-
-        self.p, self.q = LogSums.build(terms(1.0), b), LogSums.build(terms(-1.0), b)
-        parts = []
-        for models in ref.chunks(ref.num_examples):
-            logit, out = self.logit(models), ~ref.keep_of(models)
-            log_p, log_q = logsigmoid(logit), logsigmoid(-logit)
-            parts.append(torch.stack([out.sum(1).double(),
-                                      torch.logsumexp(torch.where(out, log_p, -math.inf), dim=1),
-                                      torch.logsumexp(torch.where(out, log_q, -math.inf), dim=1),
-                                      torch.logsumexp(log_p, dim=1), torch.logsumexp(log_q, dim=1)]))
+        p, q, parts = LogSumsBuilder(), LogSumsBuilder(), []
+        for models in model_chunks(ref.num_models):  # the largest terms, the counts and the fallback's sums
+            log_p, log_q, counted, out = self._terms(models)
+            p.add_top(models.start, log_p, counted)
+            q.add_top(models.start, log_q, counted)
+            parts.append(torch.stack([out.sum(1).double(), _masked_logsumexp(log_p, out),
+                                      _masked_logsumexp(log_q, out), torch.logsumexp(log_p, dim=1),
+                                      torch.logsumexp(log_q, dim=1)]))
+        for models in model_chunks(ref.num_models):  # the other terms, under the scale the first pass found
+            log_p, log_q, counted, _ = self._terms(models)
+            p.add_rest(models.start, log_p, counted)
+            q.add_rest(models.start, log_q, counted)
+        self.p, self.q = p.result(), q.result()
         self.out_count, self.out_p, self.out_q, self.all_p, self.all_q = torch.cat(parts, dim=1)
+
+    def _terms(self, models: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``log p``, ``log(1 - p)``, the counted flags and the OUT flags of models ``models``: ``[k, N]`` each."""
+        logit, out = self.logit(models), ~self.keep(models)
+        return logsigmoid(logit), logsigmoid(-logit), torch.ones_like(out) if self.online else out, out
 
     def logit(self, models: torch.Tensor | slice) -> torch.Tensor:
         """The log-odds of models ``models`` (positions): float64 ``[k, N]``."""
@@ -66,12 +67,10 @@ class ReferenceProbabilities:
     def mean_logit(self, removed: torch.Tensor) -> torch.Tensor:
         """Log-odds of the mean reference probability over the models but ``removed [S, D]`` (positions),
         for each of S sets: ``[S, N]``."""
-        shape = (*removed.shape, self.ref.num_examples)
-        logit = self.logit(removed.reshape(-1)).reshape(shape)
-        counted = torch.ones_like(logit, dtype=torch.bool) if self.online else ~self.keep(removed.reshape(-1)).reshape(
-            shape)
-        log_p, count = self.p.without(removed, logsigmoid(logit), counted)
-        log_q, _ = self.q.without(removed, logsigmoid(-logit), counted)
+        models, at = torch.unique(removed, return_inverse=True)  # a model in several sets is read once
+        log_p, log_q, counted, _ = self._terms(models)
+        log_p, count = self.p.without(removed, log_p[at], counted[at])
+        log_q, _ = self.q.without(removed, log_q[at], counted[at])
         log_count = torch.log(count.clamp(min=1.0))
         if self.online:
             return (log_p - log_count) - (log_q - log_count)

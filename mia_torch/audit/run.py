@@ -296,7 +296,7 @@ def run_audit(ctx: Context, cfg: DictConfig, started: float) -> RunResults:
     if plan.skipped:
         print(f"skipped (offline audit): {', '.join(plan.skipped)}: allow online attacks with audit.online=true")
     print(describe_records(plan.candidates, classes, evidence, fpr=s.audit.fpr, scores=candidate_scores,
-                           members=known, priors=s.priors), flush=True)
+                           members=known, audit=section), flush=True)
     if plan.outputs is not None:
         print(f"  {PROXY_P_VALUES}", flush=True)
     print(f"records: {ctx.run_dir / 'records.csv'}", flush=True)

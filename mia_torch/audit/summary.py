@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from mia_torch.atomic import atomic_open
 from mia_torch.audit.evidence import CAVEAT, RecordEvidence, verdicts
-from mia_torch.metrics.precision import expected_false_flags
+from mia_torch.report.check_results import AuditResult
 
 __all__ = ["MAX_PRINTED", "describe_records", "write_records_csv"]
 
@@ -52,32 +52,31 @@ def write_records_csv(
     return path
 
 
-def false_flag_lines(candidates: int, flagged: int, *, fpr: float, priors: Sequence[float]) -> list[str]:
+def false_flag_lines(audit: AuditResult) -> list[str]:
     """How many flags chance explains if a share π of the candidates are members, and the share of the flags that
-    are then members: ``(1 - π) * candidates * fpr`` false flags expected, ``1 - expected / flagged`` members."""
-    if not priors:
+    are then members (``audit.expected_false_flags``, ``audit.flagged_members``)."""
+    if not audit.expected_false_flags:
         return []
-    expected = {p: expected_false_flags(candidates, prior=p, fpr=fpr) for p in priors}
     lines = ["  expected false flags if a share π of the candidates are members: "
-             + ", ".join(f"{e:.1f} at π={100 * p:g}%" for p, e in expected.items())]
-    if flagged:
-        lines.append(f"  so of the {flagged} flagged, about "
-                     + ", ".join(f"{max(0.0, 1 - e / flagged):.0%}" for e in expected.values())
+             + ", ".join(f"{e:.1f} at π={100 * float(p):g}%" for p, e in audit.expected_false_flags.items())]
+    if audit.flagged:
+        lines.append(f"  so of the {audit.flagged} flagged, about "
+                     + ", ".join(f"{share:.0%}" for share in audit.flagged_members.values())
                      + " are members (same priors; 0% means chance alone explains the flags)")
     return lines
 
 
 def describe_records(
     ids: np.ndarray, classes: np.ndarray, evidence: RecordEvidence, *, fpr: float,
-    scores: Mapping[str, np.ndarray] | None = None, members: np.ndarray | None = None, priors: Sequence[float] = (),
+    audit: AuditResult, scores: Mapping[str, np.ndarray] | None = None, members: np.ndarray | None = None,
 ) -> str:
     """Lines for the printed summary: each record with its attack scores (few candidates), or the count flagged;
-    with ``members`` (whether each candidate is a known member), the verdict's measured rates; with ``priors``,
-    the false flags expected at each membership prior."""
+    with ``members`` (whether each candidate is a known member), the verdict's measured rates; from ``audit``, the
+    run's answer, the false flags it expects at each membership prior."""
     verdict = verdicts(evidence.p_gaussian, fpr)
     flagged = int(np.count_nonzero(verdict == "member"))
     lines = [f"audit at FPR {fpr:g}: {flagged} of {len(ids)} candidate record(s) flagged as member"]
-    lines += false_flag_lines(len(ids), flagged, fpr=fpr, priors=priors)
+    lines += false_flag_lines(audit)
     gaussian, ranked = (("LiRA offline Gaussian", "OUT references") if evidence.source == "references" else
                         ("the quantile regression's Gaussian", "held-out public records"))
     if members is not None and members.any() and not members.all():
@@ -94,7 +93,7 @@ def describe_records(
             if scores:
                 lines.append("    scores: " + ", ".join(f"{name} {_fmt(float(v[i]))}" for name, v in scores.items()))
     else:
-        lines.append(f"  with no member among them, about {fpr * len(ids):.1f} would be flagged by chance")
+        lines.append(f"  with no member among them, about {audit.expected_by_chance:.1f} would be flagged by chance")
     smallest = 1.0 / (1.0 + float(np.max(evidence.num_out))) if len(ids) else 1.0
     if smallest > fpr:
         more = "train more reference models (num_models)" if evidence.source == "references" else \

@@ -12,14 +12,16 @@ Each is a section of :class:`~mia_torch.report.types.RunResults` (``results.audi
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mia_torch.metrics.precision import expected_false_flags
 from mia_torch.report.json_record import Record
 from mia_torch.report.roc_metrics import Interval
 
 __all__ = ["AuditRecord", "AuditResult", "ForgetAttack", "ForgetResult", "ForgetUtility", "ModelUtility",
-           "Separation"]
+           "Separation", "flagged_member_shares"]
 
 
 @dataclass
@@ -45,7 +47,9 @@ class AuditResult(Record):
     ``no_report`` why no study was reported (e.g. the members cover every candidate).
     ``public`` counts the ``audit.public`` records (known non-members that train and calibrate an
     attack without reference models, never candidates); ``expected_false_flags`` the non-members
-    expected among the flags at each membership prior (``priors``, keyed ``f"{prior:g}"``).
+    expected among the flags at each membership prior (``priors``, keyed ``f"{prior:g}"``), and,
+    derived from them, ``flagged_members`` the share of the flags that would then be members and
+    ``expected_by_chance`` the flags expected if no candidate were a member.
     """
 
     checkpoint: str | None = None
@@ -65,8 +69,14 @@ class AuditResult(Record):
     records_csv: str
     public: int = 0
     expected_false_flags: dict[str, float] = field(default_factory=dict)
+    flagged_members: dict[str, float] = field(init=False)
+    expected_by_chance: float = field(init=False)
     no_report: str | None = None
     records: list[AuditRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.flagged_members = flagged_member_shares(self.expected_false_flags, self.flagged)
+        self.expected_by_chance = expected_false_flags(self.candidates, prior=0.0, fpr=self.fpr)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``audit`` section: every field in order, the audited source's and ``no_report`` only when set."""
@@ -76,6 +86,13 @@ class AuditResult(Record):
     def source(self) -> str:
         """What was audited: the checkpoint's path, or the outputs file's."""
         return str(self.checkpoint if self.outputs is None else self.outputs)
+
+
+def flagged_member_shares(expected: Mapping[str, float], flagged: int) -> dict[str, float]:
+    """The share of ``flagged`` records that would be members at each prior, given the false flags ``expected`` there:
+    ``max(0, 1 - expected / flagged)`` (0: chance alone explains the flags); empty when nothing is flagged."""
+    return {prior: max(0.0, 1 - n / flagged) for prior, n in expected.items()} if flagged else {}
+
 
 _OPTIONAL_AUDIT_KEYS = frozenset({"checkpoint", "checkpoint_sha256", "outputs", "outputs_sha256", "output_kind",
                                   "saturated_rows", "proxy_references", "no_report"})

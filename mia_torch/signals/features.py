@@ -28,7 +28,6 @@ import torch
 
 from mia_torch.signals.stats import (
     STATISTICS,
-    _softplus,
     log_softmax,
     logit_mean_probability,
     logit_scaled_confidence,
@@ -46,14 +45,6 @@ __all__ = [
     "sorted_probability_feature",
     "statistic_feature",
 ]
-
-#: Threshold statistics that are functions of φ per query: computed from the chunk's φ once.
-_FROM_PHI: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "loss": lambda phi: _softplus(-phi),  # cross-entropy = log(1 + exp(-φ)), as stats.cross_entropy
-    "confidence": lambda phi: phi,
-    "phi": lambda phi: phi,
-}
-
 
 class ServedChunk:
     """Served output ``logits [..., n, Q, C]`` of one model (or a stack of models) on a chunk of examples with
@@ -86,14 +77,14 @@ def phi_feature() -> Feature:
 
 
 def statistic_feature(statistic: str) -> Feature:
-    """The signed, query-averaged score of a threshold statistic (``STATISTICS[statistic].score``)."""
+    """The signed, query-averaged score of a threshold statistic (``STATISTICS[statistic].score``); a function
+    of φ is computed from the chunk's φ, shared with the other features."""
     stat = STATISTICS[statistic]
-    per_query = _FROM_PHI.get(statistic)
 
     def compute(chunk: ServedChunk) -> torch.Tensor:
-        if per_query is None:
+        if stat.from_phi is None:
             return stat.score(chunk.logits, chunk.labels)
-        return stat.member_sign * stat.query_mean(per_query(chunk.phi()))
+        return stat.score_from_phi(chunk.phi())
 
     return Feature(f"score:{statistic}", compute)
 

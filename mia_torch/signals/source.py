@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from mia_torch.signals.features import Feature, ServedChunk, unique
 from mia_torch.signals.output import ServedOutput, serve, serve_array
 from mia_torch.store import ArtifactStore
 
-__all__ = ["SignalSource", "ServedQuery"]
+__all__ = ["SignalSource", "ServedQuery", "check_signals"]
 
 #: Served logits per chunk when a model is reduced to features (float64 temporaries stay small).
 CHUNK_ELEMENTS = 1 << 21
@@ -30,8 +31,10 @@ class SignalSource:
     """The raw logits of models ``keys`` (model index -> signal key) in ``store``, served as ``output``.
 
     ``labels`` are the population's classes (``[N]``) and ``num_queries`` the Q of every
-    artifact. ``rebuild(model)`` collects a model's logits again when its artifact turns out
-    corrupt (None: such a model is an error).
+    artifact. ``rebuild(model)`` collects a model's logits again, and verifies them, when its
+    artifact turns out corrupt (None: such a model is an error). ``verified`` holds the models
+    whose artifacts this process has already verified (e.g. just collected): their first read
+    maps them without hashing them again.
     """
 
     store: ArtifactStore
@@ -39,33 +42,31 @@ class SignalSource:
     output: ServedOutput
     labels: np.ndarray
     num_queries: int
-    rebuild: Callable[[int], None] | None = None
+    rebuild: Callable[[int], object] | None = None
     progress: bool = False
-    _verified: set[int] = field(default_factory=set, repr=False)
+    verified: set[int] = field(default_factory=set, repr=False)
 
     @property
     def models(self) -> list[int]:
         """The model indices, in order."""
         return list(self.keys)
 
-    def _check(self, array: np.ndarray) -> None:
-        n = len(self.labels)
-        if array.ndim != 3 or array.shape[0] != n or array.shape[1] != self.num_queries:
-            raise ValueError(f"signals of shape {array.shape} for a population of {n} under {self.num_queries} queries")
-
     def raw(self, model: int) -> np.ndarray:
-        """Model ``model``'s stored logits ``[N, Q, C]``, memory-mapped (checksum verified on first use)."""
+        """Model ``model``'s stored logits ``[N, Q, C]``, memory-mapped (checksum verified on first use, unless
+        this process verified it already)."""
         key = self.keys[model]
-        if model in self._verified:
+        if model in self.verified:
             return np.load(self.store.payload_path("signals", key), mmap_mode="r", allow_pickle=False)
-        array = self.store.open_array("signals", key, check=self._check)
+        check = partial(check_signals, num_examples=len(self.labels), num_queries=self.num_queries)
+        array = self.store.open_array("signals", key, check=check)
         if array is None and self.rebuild is not None:  # missing or corrupt (moved aside): collect it again
             self.rebuild(model)
-            array = self.store.open_array("signals", key, check=self._check)
+            self.verified.add(model)
+            return self.raw(model)
         if array is None:
             raise FileNotFoundError(f"the signals of model {model} (signals/{key}) are not in the store "
                                     f"{self.store.root} or are corrupt: rerun the study with that store_dir")
-        self._verified.add(model)
+        self.verified.add(model)
         return array
 
     def served(self, model: int, rows: slice | np.ndarray = slice(None), *, raw: np.ndarray | None = None
@@ -117,6 +118,14 @@ class SignalSource:
     def query_view(self, query: int) -> ServedQuery:
         """Every model's served output on query ``query`` (``[N, C]``), read when asked for."""
         return ServedQuery(self, query)
+
+
+def check_signals(array: np.ndarray, *, num_examples: int, num_queries: int) -> None:
+    """Raise ``ValueError`` unless ``array`` is the logits ``[N, Q, C]`` of ``num_examples`` examples under
+    ``num_queries`` queries."""
+    if array.ndim != 3 or array.shape[0] != num_examples or array.shape[1] != num_queries:
+        raise ValueError(f"signals of shape {array.shape} for a population of {num_examples} under {num_queries} "
+                         "queries")
 
 
 class ServedQuery(Mapping[int, np.ndarray]):

@@ -23,8 +23,8 @@ log-odds forms at every margin. Attacks keep float64 scores so this resolution r
 the metrics.
 
 The registry :data:`STATISTICS` maps each statistic's name to a :class:`Statistic`: the
-function, the sign that makes "higher = more likely member", and how the Q
-augmentation queries are averaged.
+function, the sign that makes "higher = more likely member", how the Q augmentation
+queries are averaged, and, for a function of φ, how it follows from φ.
 """
 from __future__ import annotations
 
@@ -148,8 +148,13 @@ def _probability_logits(z: torch.Tensor, _: torch.Tensor | None = None) -> torch
     return logp - log1mp
 
 
+def _loss_from_phi(phi: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy ``log(1 + exp(-φ))`` from φ."""
+    return _softplus(-phi)
+
+
 def _cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return _softplus(-_phi(z, y))
+    return _loss_from_phi(_phi(z, y))
 
 
 def _confidence(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -273,6 +278,10 @@ def _query_mean_probability(phi: torch.Tensor) -> torch.Tensor:
     return logit_mean_probability(phi, dim=-1)
 
 
+def _identity(phi: torch.Tensor) -> torch.Tensor:
+    return phi
+
+
 def _entropy_statistic(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     return entropy(logits)
 
@@ -284,7 +293,9 @@ class Statistic:
     ``function(logits, labels)`` returns the statistic per query, float64
     ``logits.shape[:-1]``; ``member_sign`` is +1 when higher values indicate membership
     and -1 when lower ones do; ``query_mean`` averages the last dimension (the Q
-    augmentation queries) of the statistic.
+    augmentation queries) of the statistic. ``from_phi``, for a statistic that is a function
+    of φ (:func:`logit_scaled_confidence`), computes it from φ, bit for bit as ``function``
+    does from the logits (None: it needs the whole output).
     """
 
     name: str
@@ -292,17 +303,28 @@ class Statistic:
     member_sign: float
     description: str
     query_mean: Callable[[torch.Tensor], torch.Tensor] = _query_mean
+    from_phi: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def score(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Membership score ``member_sign * query_mean(function(logits, labels))``: float64
         ``logits.shape[:-2]`` for logits ``[..., Q, C]``, higher = more likely member."""
-        return self.member_sign * self.query_mean(self.function(logits, labels))
+        return self._signed_mean(self.function(logits, labels))
+
+    def score_from_phi(self, phi: torch.Tensor) -> torch.Tensor:
+        """The same score from φ per query ``[..., Q]`` (only for a statistic with ``from_phi``)."""
+        if self.from_phi is None:
+            raise ValueError(f"the statistic {self.name!r} does not follow from phi")
+        return self._signed_mean(self.from_phi(phi))
+
+    def _signed_mean(self, per_query: torch.Tensor) -> torch.Tensor:
+        return self.member_sign * self.query_mean(per_query)
 
 
 STATISTICS: dict[str, Statistic] = {
     s.name: s
     for s in (
-        Statistic("loss", cross_entropy, -1.0, "cross-entropy loss -log p_y (Yeom et al. 2018); mean over queries"),
+        Statistic("loss", cross_entropy, -1.0, "cross-entropy loss -log p_y (Yeom et al. 2018); mean over queries",
+                  from_phi=_loss_from_phi),
         Statistic(
             "confidence",
             logit_scaled_confidence,
@@ -310,12 +332,14 @@ STATISTICS: dict[str, Statistic] = {
             "true-class probability p_y, ranked on the log-odds scale log(p/(1 - p)) of its mean over "
             "queries: an order-preserving transform of the mean confidence that stays distinct near 1",
             query_mean=_query_mean_probability,
+            from_phi=_identity,
         ),
         Statistic("entropy", _entropy_statistic, -1.0, "Shannon entropy of the prediction; mean over queries"),
         Statistic(
             "modified_entropy", modified_entropy, -1.0, "modified entropy Mentr (Song & Mittal 2021); mean over queries"
         ),
-        Statistic("phi", logit_scaled_confidence, 1.0, "logit-scaled confidence phi (LiRA's); mean over queries"),
+        Statistic("phi", logit_scaled_confidence, 1.0, "logit-scaled confidence phi (LiRA's); mean over queries",
+                  from_phi=_identity),
     )
 }
-"""Every threshold statistic by name: function, member sign and query averaging in one place."""
+"""Every threshold statistic by name: function, member sign, query averaging and φ form in one place."""

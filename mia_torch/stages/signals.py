@@ -14,7 +14,7 @@ from mia_torch.signals.manifest import write_dense_signals, write_manifest
 from mia_torch.signals.collect import collect_logits
 from mia_torch.signals.collect_many import collect_logits_many
 from mia_torch.signals.output import serve
-from mia_torch.signals.source import SignalSource
+from mia_torch.signals.source import SignalSource, check_signals
 from mia_torch.stages.context import Context, build, is_defended, key_of, model_seed, signal_key
 from mia_torch.stages.train import group_size, stored_model
 from mia_torch.store import array_from_bytes, array_to_bytes
@@ -28,17 +28,16 @@ def signals_stage(ctx: Context, indices: Sequence[int] | None = None) -> SignalS
     The store holds raw logits, one artifact per model, so changing ``output`` reuses models
     and signals; the served transform is applied when they are read. Missing logits are
     collected ``parallel_models`` models at a time where the strategy is vmap (CUDA: one
-    batched forward for all of them), one model at a time otherwise. Nothing is read here:
-    each artifact is verified when it is first read (:class:`SignalSource`).
+    batched forward for all of them), one model at a time otherwise. Artifacts found in the store
+    are not read here: each is verified when it is first read (:class:`SignalSource`); those
+    collected here are verified once as they are stored, and the source knows it.
     """
     s = ctx.settings
     indices = list(range(s.num_models)) if indices is None else list(indices)
-    num_examples = len(ctx.data.y)
 
     def decode(payload: bytes) -> np.ndarray:
         array = array_from_bytes(payload)
-        if array.ndim < 1 or len(array) != num_examples:
-            raise ValueError(f"signals of shape {array.shape} for a population of {num_examples}")
+        check_signals(array, num_examples=len(ctx.data.y), num_queries=len(s.queries))
         return array
 
     keys = {index: signal_key(s, key_of(ctx, index)) for index in indices}
@@ -50,16 +49,17 @@ def signals_stage(ctx: Context, indices: Sequence[int] | None = None) -> SignalS
         for index, array in zip(chunk, logits.cpu().numpy()):
             ctx.store.save("signals", keys[index], array_to_bytes(array), {"model": index, "shape": list(array.shape)})
 
-    def build(missing: list[int], group: int) -> None:
+    def build(missing: list[int], group: int) -> set[int]:
+        """Collect the logits of ``missing``; the models whose artifacts this verified (all of them)."""
         with tqdm(desc="signals", disable=not s.progress, unit="model", leave=False) as bar:
-            build_missing(ctx.store, "signals", {i: keys[i] for i in missing}, collect, group=group, decode=decode,
-                          on_built=bar.update)
+            outcome = build_missing(ctx.store, "signals", {i: keys[i] for i in missing}, collect, group=group,
+                                    decode=decode, on_built=bar.update)
+        return set(outcome.meta)
 
     missing = [i for i in indices if not ctx.store.contains("signals", keys[i])]
-    if missing:
-        build(missing, group_size(ctx))
+    verified = build(missing, group_size(ctx)) if missing else set()
     return SignalSource(ctx.store, keys, s.output, ctx.data.y.cpu().numpy(), num_queries=len(s.queries),
-                        rebuild=lambda index: build([index], 1), progress=s.progress)
+                        rebuild=lambda index: build([index], 1), progress=s.progress, verified=verified)
 
 
 def record_signals(ctx: Context, source: SignalSource) -> None:

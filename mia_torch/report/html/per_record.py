@@ -26,7 +26,9 @@ def _file_name(records_csv: str, default: str) -> str:
 
 @dataclass(frozen=True)
 class AuditAnswer:
-    """How many of the asked-about records are flagged, and how many chance alone would flag."""
+    """How many of the asked-about records are flagged, and how many chance alone would flag (``expected_by_chance``
+    if none had been used; ``expected_false_flags`` and the share of the flags that are members, ``flagged_members``,
+    at each membership prior)."""
 
     fpr: float
     candidates: int
@@ -41,11 +43,8 @@ class AuditAnswer:
     records_csv: str
     public: int = 0
     expected_false_flags: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def expected_by_chance(self) -> float:
-        """Records flagged at ``fpr`` if none of the candidates had been used: ``fpr`` × candidates."""
-        return self.fpr * self.candidates
+    flagged_members: dict[str, float] = field(default_factory=dict)
+    expected_by_chance: float = 0.0
 
     @property
     def listed(self) -> bool:
@@ -64,7 +63,8 @@ def audit_answer(results: RunResults) -> AuditAnswer | None:
         checkpoint=audit.source, checkpoint_sha256=audit.checkpoint_sha256 or audit.outputs_sha256,
         preprocess=audit.preprocess, references=list(audit.references), online=audit.online,
         skipped=dict(audit.skipped_attacks), records_csv=_file_name(audit.records_csv, "records.csv"),
-        public=audit.public, expected_false_flags=dict(audit.expected_false_flags))
+        public=audit.public, expected_false_flags=dict(audit.expected_false_flags),
+        flagged_members=dict(audit.flagged_members), expected_by_chance=audit.expected_by_chance)
 
 
 @dataclass(frozen=True)
