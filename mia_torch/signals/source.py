@@ -31,8 +31,8 @@ class SignalSource:
     """The raw logits of models ``keys`` (model index -> signal key) in ``store``, served as ``output``.
 
     ``labels`` are the population's classes (``[N]``) and ``num_queries`` the Q of every
-    artifact. ``rebuild(model)`` collects a model's logits again, and verifies them, when its
-    artifact turns out corrupt (None: such a model is an error). ``verified`` holds the models
+    artifact. ``rebuild(model)`` collects a model's logits again when its artifact turns out
+    corrupt and returns the models it verified (None: such a model is an error). ``verified`` holds the models
     whose artifacts this process has already verified (e.g. just collected): their first read
     maps them without hashing them again.
     """
@@ -42,7 +42,7 @@ class SignalSource:
     output: ServedOutput
     labels: np.ndarray
     num_queries: int
-    rebuild: Callable[[int], object] | None = None
+    rebuild: Callable[[int], set[int]] | None = None
     progress: bool = False
     verified: set[int] = field(default_factory=set, repr=False)
 
@@ -59,9 +59,8 @@ class SignalSource:
             return np.load(self.store.payload_path("signals", key), mmap_mode="r", allow_pickle=False)
         check = partial(check_signals, num_examples=len(self.labels), num_queries=self.num_queries)
         array = self.store.open_array("signals", key, check=check)
-        if array is None and self.rebuild is not None:  # missing or corrupt (moved aside): collect it again
-            self.rebuild(model)
-            self.verified.add(model)
+        if array is None and self.rebuild is not None and model in self.rebuild(model):  # missing or corrupt
+            self.verified.add(model)  # (moved aside): collected and verified again
             return self.raw(model)
         if array is None:
             raise FileNotFoundError(f"the signals of model {model} (signals/{key}) are not in the store "
